@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv (if missing) and install medmerge into it.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.medmerge-installed
+DEMO    ?= demo_out
+
+.PHONY: demo test test-fast bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: 2.13.0 resolves to the CPU wheel on disk; a bare `torch` pulls GBs of CUDA.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# METEOR (issue 5) needs WordNet from Debian; install it when we can.
+	@if [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q wordnet-base >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null)) \
+	  || echo "warning: could not install wordnet-base"; fi
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medmerge demo-models $(DEMO)/models
+	$(BIN)/medmerge sweep medmerge/resources/demo/sweep.yml $(DEMO)/sweep --models-dir $(DEMO)/models
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/merge_sweep.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

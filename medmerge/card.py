@@ -1,0 +1,53 @@
+"""The model card (README.md) written beside every merged checkpoint."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from medmerge import __version__
+from medmerge.recipe import Recipe
+
+
+def model_card(recipe: Recipe, parents: dict[str, dict], name: str) -> str:
+    m = recipe.method
+    rows = "\n".join(
+        f"| `{ref}` | `{fname}` | `{digest}` |"
+        for ref, info in parents.items()
+        for fname, digest in sorted(info["weights"].items())
+    )
+    seed = f"\nRandom seed: `{recipe.random_seed}` (torch reseeded per tensor from seed and tensor name).\n" \
+        if recipe.random_seed is not None else ""
+    ref = f" ([paper]({m.reference_url}))" if m.reference_url else ""
+    return f"""---
+library_name: transformers
+tags:
+- merge
+- medmerge
+- {m.name}
+---
+# {name}
+
+A merge of {len(parents)} checkpoint(s) made with medmerge {__version__} on
+{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, using **{m.pretty_name}**{ref}.
+
+## Method
+
+```
+{m.formula.splitlines()[0] if m.formula else m.name}
+```
+
+## Recipe
+
+This YAML (also in `mergekit_config.yml`) reproduces the merge with `medmerge merge` or
+`mergekit-yaml`:
+
+```yaml
+{recipe.to_yaml().rstrip()}
+```
+{seed}
+## Parents
+
+| model | weight file | sha256 |
+|---|---|---|
+{rows}
+"""

@@ -1,0 +1,148 @@
+"""The ``medmerge`` command line. Bad input exits 2 with one line naming the problem."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from medmerge.errors import MedmergeError
+
+_common = [
+    click.option("--allow-pickle", is_flag=True, help="Read pickle .bin weights (can execute code: trusted files only)."),
+    click.option("--trust-remote-code", is_flag=True, help="Let transformers run code shipped with a model."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
+    click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard."),
+    click.option("--chunk-size", default="64MiB", show_default=True,
+                 help="Row-separable methods stream tensors larger than this in row blocks."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def common_options(f):
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="medmerge")
+def cli():
+    """medmerge: adapt open LLMs to clinical work by merging weights instead of retraining."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--random-seed", type=int, default=None, help="Seed for dare_*/della* (overrides the recipe's).")
+@common_options
+def merge(config, out_dir, random_seed, allow_pickle, trust_remote_code, overwrite, max_shard_size, chunk_size,
+          quiet):
+    """Merge the models of a mergekit YAML CONFIG into a checkpoint at OUT_DIR."""
+    from medmerge.engine import merge as run_merge
+    from medmerge.io.writer import parse_size
+    from medmerge.recipe import load_recipe
+
+    recipe = load_recipe(config)
+    if random_seed is not None:
+        recipe = recipe.model_copy(update={"random_seed": random_seed})
+    out = run_merge(recipe, out_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                    overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
+                    chunk_bytes=parse_size(chunk_size), quiet=quiet)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("sweep_config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@common_options
+def sweep(sweep_config, out_dir, allow_pickle, trust_remote_code, overwrite, max_shard_size, chunk_size, quiet):
+    """Write every candidate of a ratio sweep to OUT_DIR/<method>-<ratio>/, reading parents once."""
+    from medmerge.engine import sweep as run_sweep
+    from medmerge.io.writer import parse_size
+    from medmerge.recipe import load_sweep
+
+    spec = load_sweep(sweep_config)
+    outs = run_sweep(spec, out_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                     overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
+                     chunk_bytes=parse_size(chunk_size), quiet=quiet)
+    click.echo(f"wrote {len(outs)} candidates to {out_dir}:")
+    for name in outs:
+        click.echo(f"  {name}")
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--scan-values", is_flag=True, help="Also read every tensor and refuse NaN/Inf.")
+@click.option("--allow-pickle", is_flag=True)
+def check(models, scan_values, allow_pickle):
+    """Check that MODELS can be merged with each other."""
+    from medmerge.compat import check_compatible
+    from medmerge.engine import open_parents
+
+    parents = open_parents(list(models), allow_pickle=allow_pickle, check=False)
+    check_compatible(list(parents.values()), scan_values=scan_values)
+    click.echo(f"compatible: {', '.join(models)}")
+
+
+@cli.command()
+def methods():
+    """List merge methods with their declared parameters."""
+    from medmerge.methods import METHODS
+
+    for m in METHODS.values():
+        params = ", ".join(
+            f"{p.name}{'[per model]' if p.per_model else ''}{'' if p.required else '=' + repr(p.default)}"
+            for p in m.params
+        )
+        base = "base required" if m.needs_base else "no base"
+        click.echo(f"{m.name:18s} {m.pretty_name} ({base}); parameters: {params}")
+
+
+@cli.command("demo-models")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def demo_models(out_dir, seed, quiet):
+    """Build the tiny base/clinical/instruct demo checkpoints (offline) and a sweep.yml for them."""
+    import yaml
+
+    from medmerge.demo import build_demo_models
+
+    paths = build_demo_models(out_dir, seed=seed, quiet=quiet)
+    sweep_yml = Path(out_dir) / "sweep.yml"
+    sweep_yml.write_text(yaml.safe_dump({
+        "clinical": str(paths["clinical"].resolve()),
+        "instruct": str(paths["instruct"].resolve()),
+        "base": str(paths["base"].resolve()),
+        "methods": ["linear", "slerp"],
+        "ratios": [round(i / 10, 1) for i in range(11)],
+    }, sort_keys=False))
+    for name, p in paths.items():
+        click.echo(f"{name:9s} {p}")
+    click.echo(f"sweep     {sweep_yml}")
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="medmerge", standalone_mode=False)
+    except MedmergeError as exc:
+        click.echo(f"medmerge: error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""The streaming merge engine: plan per tensor, read each parent tensor once, write as we go.
+
+A :class:`MergePlan` lists one :class:`Step` per output tensor: its name, dtype and shape
+(known before any data is read, so the safetensors header is written first) and a
+``compute(load)`` function. Methods mergekit implements are planned by mergekit's own
+``MergePlanner`` (parameter filters and gradients, dtype casts, optional tensors) and each
+step runs mergekit's ``ExecuteMergeMethodTask`` on the tensors we stream in, so the math is
+mergekit's; ``hierarchical_ot`` is planned here.
+
+Executing several plans over the same parents (a sweep) reads every parent tensor once and
+feeds it to every plan before moving on. Row-separable methods (linear, task_arithmetic)
+process tensors larger than ``chunk_bytes`` in row blocks read with safetensors slices, so
+peak memory follows the chunk, not the largest tensor. Stochastic methods reseed torch's
+RNG per tensor from (seed, tensor name), so results do not depend on processing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from medmerge import __version__
+from medmerge.compat import assert_finite, check_compatible
+from medmerge.errors import CheckpointError, CompatibilityError, RecipeError
+from medmerge.io.atomic import atomic_dir
+from medmerge.io.checkpoint import Checkpoint
+from medmerge.io.hashing import sha256_files
+from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, StreamingCheckpointWriter, TensorSpec
+from medmerge.methods import hierarchical_ot as hot
+from medmerge.recipe import Candidate, Recipe, SweepSpec
+
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+TOKENIZER_FILES = (
+    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
+    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+    "generation_config.json",
+)
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+Loader = Callable[[str, str], torch.Tensor]  # (parent ref, tensor name) -> tensor
+
+
+@dataclass
+class Step:
+    """One output tensor of one merge."""
+
+    name: str
+    spec: TensorSpec
+    reads: tuple[tuple[str, str], ...]           # (parent ref, tensor name) this step reads
+    compute: Callable[[Loader], torch.Tensor]
+    row_separable: bool = False
+    seed: int | None = None                      # reseed torch before compute (stochastic methods)
+
+
+@dataclass
+class MergePlan:
+    recipe: Recipe                                 # as the user wrote it (hub ids, relative paths)
+    steps: list[Step]
+    donor: Checkpoint                              # config source
+    tokenizer_source: Checkpoint                   # tokenizer files source
+    parents: dict[str, Checkpoint] = field(default_factory=dict)
+
+
+def _tensor_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# parents
+# ------------------------------------------------------------------------------------------------
+def open_parents(refs: Sequence[str], *, allow_pickle: bool = False, check: bool = True) -> dict[str, Checkpoint]:
+    """Open every parent (refusing adapters and unallowed pickle) and check they are compatible."""
+    parents: dict[str, Checkpoint] = {}
+    for ref in refs:
+        if ref not in parents:
+            parents[ref] = Checkpoint(ref, allow_pickle=allow_pickle)
+    if check:
+        check_compatible(list(parents.values()))
+    return parents
+
+
+# ------------------------------------------------------------------------------------------------
+# planning
+# ------------------------------------------------------------------------------------------------
+def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote_code: bool) -> list[Step]:
+    """Plan with mergekit's MergePlanner; each step runs mergekit's per-tensor task."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.common import dtype_from_name
+    from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.options import MergeOptions
+    from mergekit.plan import MergePlanner
+    from mergekit.tokenizer import PermutedVocabulary
+
+    local = recipe.with_resolved_paths(lambda r: str(parents[r].path))
+    by_path = {str(parents[r].path): r for r in parents}
+    config = MergeConfiguration.model_validate(local.to_mergekit_dict())
+    options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
+    cache = LoaderCache()
+    cache.loaders.clear()  # a class-level cache: drop indexes of checkpoints rewritten since
+    cache.setup(options)
+    try:
+        arch = get_architecture_info(config, options)
+        donor_ref = config.base_model or config.referenced_models()[0]
+        planner = MergePlanner(config, arch, options=options,
+                               out_model_config=donor_ref.config(trust_remote_code=trust_remote_code))
+        # plan_in_memory() fails pydantic validation in mergekit 0.1.5, so do what plan_to_disk()
+        # does: _plan(), then each (weight, task) with output dtype weight.force_dtype or out_dtype.
+        planner._plan()
+        returns = [(w, t, w.force_dtype or config.out_dtype) for w, t in planner._tensors]
+    except (RuntimeError, ValueError) as exc:
+        raise RecipeError(f"mergekit cannot plan this recipe: {exc}") from exc
+    stochastic_seed = recipe.random_seed if recipe.method.stochastic else None
+
+    steps = []
+    for weight, task, ret_dtype in returns:
+        gather = task.gather_tensors
+        if isinstance(gather, PermutedVocabulary):
+            gather = gather.gather_tensors  # parents share one tokenizer (checked): the permutation is identity
+        inputs = []  # (ModelReference, parent ref, tensor name, cast dtype)
+        for model_ref, wi in gather.weight_info.items():
+            ckpt_ref = by_path[str(model_ref.model.path)]
+            ckpt = parents[ckpt_ref]
+            candidates = [wi.name, *(wi.aliases or ()), *(wi.tied_names or ())]
+            found = next((n for n in candidates if n in ckpt), None)
+            if found is None:
+                if wi.optional:
+                    continue
+                raise CompatibilityError(f"tensor {wi.name} is missing from {ckpt_ref}")
+            inputs.append((model_ref, ckpt_ref, found, dtype_from_name(wi.force_dtype or gather.dtype)))
+        if not inputs:
+            continue
+        in_dtypes = []
+        shape = None
+        for _, ckpt_ref, name, cast in inputs:
+            dt, shp = parents[ckpt_ref].info(name)
+            in_dtypes.append(cast or dt)
+            shape = shape or shp
+        out_dtype = dtype_from_name(ret_dtype)
+        if out_dtype is None:
+            out_dtype = in_dtypes[0]
+            for dt in in_dtypes[1:]:
+                out_dtype = torch.promote_types(out_dtype, dt)
+
+        def compute(load: Loader, task=task, inputs=inputs, out_dtype=out_dtype) -> torch.Tensor:
+            tensors = {}
+            for model_ref, ckpt_ref, name, cast in inputs:
+                t = load(ckpt_ref, name)
+                tensors[model_ref] = t.to(cast) if cast is not None and t.dtype != cast else t
+            result = task.execute(tensors=tensors)
+            return result.to(out_dtype) if result.dtype != out_dtype else result
+
+        steps.append(Step(
+            name=weight.name,
+            spec=TensorSpec(weight.name, out_dtype, tuple(shape)),
+            reads=tuple((r, n) for _, r, n, _ in inputs),
+            compute=compute,
+            row_separable=recipe.method.row_separable,
+            seed=_tensor_seed(stochastic_seed, weight.name) if stochastic_seed is not None else None,
+        ))
+    return steps
+
+
+_ATTN = re.compile(r"^(?P<layer>.*)\.(?P<proj>[qkvo]_proj)\.weight$")
+
+
+def _hierarchical_ot_steps(recipe: Recipe, parents: dict[str, Checkpoint]) -> list[Step]:
+    base_ref = recipe.base_model
+    a_ref, b_ref = [m.model for m in recipe.models if m.model != base_ref]
+    a = parents[a_ref]
+    cfg = a.config
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+    align = recipe.parameters.get("align", "per_projection")
+    cast = _DTYPES.get(recipe.dtype) if recipe.dtype else None
+    out_cast = _DTYPES.get(recipe.out_dtype) if recipe.out_dtype else None
+    layer_perms: dict[str, tuple] = {}
+
+    def perms_for(layer: str, load: Loader):
+        if layer not in layer_perms:
+            layer_perms.clear()  # keep only the current layer's permutation
+            A = {p: load(a_ref, f"{layer}.{p}.weight") for p in hot.ATTENTION_PROJECTIONS}
+            B = {p: load(b_ref, f"{layer}.{p}.weight") for p in hot.ATTENTION_PROJECTIONS}
+            layer_perms[layer] = hot.layer_permutation(A, B, head_dim, n_heads, n_kv)
+        return layer_perms[layer]
+
+    steps = []
+    for name in a.keys():
+        dt, shape = a.info(name)
+        out_dtype = out_cast or cast or dt
+        m = _ATTN.match(name)
+        is_attn = m is not None and m.group("layer").endswith("self_attn") and len(shape) == 2
+        reads = [(a_ref, name), (b_ref, name), (base_ref, name)]
+        if is_attn and align == "per_layer":
+            reads += [(r, f"{m.group('layer')}.{p}.weight") for r in (a_ref, b_ref) for p in hot.ATTENTION_PROJECTIONS]
+
+        def compute(load: Loader, name=name, m=m, is_attn=is_attn, out_dtype=out_dtype) -> torch.Tensor:
+            ta, tb, t0 = (load(r, name) for r in (a_ref, b_ref, base_ref))
+            if cast is not None:
+                ta, tb, t0 = ta.to(cast), tb.to(cast), t0.to(cast)
+            if not ta.is_floating_point():
+                return ta
+            if is_attn:
+                proj = m.group("proj")
+                perm = None
+                if align == "per_layer":
+                    q_perm, kv_perm = perms_for(m.group("layer"), load)
+                    perm = kv_perm if proj in ("k_proj", "v_proj") else q_perm
+                out = hot.merge_projection(ta, tb, t0, head_dim, by_columns=proj == "o_proj", perm=perm)
+            else:
+                out = hot.merge_tensor(ta, tb, t0)
+            return out.to(out_dtype)
+
+        steps.append(Step(name=name, spec=TensorSpec(name, out_dtype, shape), reads=tuple(dict.fromkeys(reads)),
+                          compute=compute))
+    return steps
+
+
+def plan_merge(recipe: Recipe, parents: dict[str, Checkpoint], *, trust_remote_code: bool = False) -> MergePlan:
+    """Plan ``recipe`` over already opened and checked ``parents`` (keyed by the recipe's refs)."""
+    missing = [r for r in recipe.parent_refs if r not in parents]
+    if missing:
+        raise RecipeError(f"parent {missing[0]} was not opened")
+    if recipe.method.backend == "native":
+        steps = _hierarchical_ot_steps(recipe, parents)
+    else:
+        steps = _mergekit_steps(recipe, parents, trust_remote_code)
+    tok = recipe.tokenizer_source
+    tok_ref = recipe.base_model if tok == "base" else (tok or recipe.donor)
+    return MergePlan(recipe=recipe, steps=steps, donor=parents[recipe.donor], tokenizer_source=parents[tok_ref],
+                     parents={r: parents[r] for r in recipe.parent_refs})
+
+
+# ------------------------------------------------------------------------------------------------
+# execution
+# ------------------------------------------------------------------------------------------------
+class _TensorReader:
+    """Reads parent tensors, checks them for NaN/Inf, and memoises them for the current output tensor."""
+
+    def __init__(self, parents: dict[str, Checkpoint]):
+        self.parents = parents
+        self.memo: dict[tuple[str, str], torch.Tensor] = {}
+        self.rows: tuple[int, int] | None = None
+        self.bytes_read = 0
+
+    def reset(self, rows: tuple[int, int] | None = None) -> None:
+        self.memo.clear()
+        self.rows = rows
+
+    def __call__(self, ref: str, name: str) -> torch.Tensor:
+        key = (ref, name)
+        t = self.memo.get(key)
+        if t is None:
+            ckpt = self.parents[ref]
+            t = ckpt.get(name) if self.rows is None else ckpt.get_rows(name, *self.rows)
+            assert_finite(t, name, ref)
+            self.bytes_read += t.numel() * t.element_size()
+            self.memo[key] = t
+        return t
+
+
+def _row_blocks(spec: TensorSpec, chunk_bytes: int) -> list[tuple[int, int]] | None:
+    if len(spec.shape) < 1 or spec.shape[0] < 2 or spec.nbytes <= chunk_bytes:
+        return None
+    rows = spec.shape[0]
+    per_block = max(1, chunk_bytes * rows // max(spec.nbytes, 1))
+    return [(s, min(rows, s + per_block)) for s in range(0, rows, per_block)]
+
+
+def _run_step(step: Step, load: Loader) -> torch.Tensor:
+    if step.seed is not None:
+        torch.manual_seed(step.seed)
+    return step.compute(load)
+
+
+def _same_layout(plans: Sequence[MergePlan]) -> bool:
+    names = [s.name for s in plans[0].steps]
+    return all([s.name for s in p.steps] == names for p in plans[1:])
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=quiet,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def _step_bytes(step: Step, parents: dict[str, Checkpoint]) -> int:
+    total = 0
+    for ref, name in step.reads:
+        dt, shape = parents[ref].info(name)
+        n = 1
+        for s in shape:
+            n *= s
+        total += n * torch.empty((), dtype=dt).element_size()
+    return total
+
+
+def stream_plans(plans: Sequence[MergePlan], emit: Callable[[int, Step, torch.Tensor], None], *,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False, desc: str = "merge") -> None:
+    """Run every plan tensor by tensor, reading each parent tensor once for all plans.
+
+    ``emit(plan_index, step, tensor)`` receives outputs in plan order; row-chunked tensors
+    arrive as consecutive row blocks.
+    """
+    if not _same_layout(plans):
+        for i, plan in enumerate(plans):
+            stream_plans([plan], lambda _, s, t, i=i: emit(i, s, t), chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
+        return
+    parents: dict[str, Checkpoint] = {}
+    for plan in plans:
+        parents.update(plan.parents)
+    reader = _TensorReader(parents)
+    first = plans[0].steps
+    union_bytes = [_step_bytes(s, parents) for s in first]
+    with _progress(sum(union_bytes), f"{desc} ({len(first)} tensors)", quiet) as bar:
+        for idx, step0 in enumerate(first):
+            steps = [p.steps[idx] for p in plans]
+            blocks = _row_blocks(step0.spec, chunk_bytes) if all(s.row_separable for s in steps) else None
+            for rows in blocks or [None]:
+                reader.reset(rows)
+                for pi, step in enumerate(steps):
+                    emit(pi, step, _run_step(step, reader))
+            reader.reset()
+            bar.update(union_bytes[idx])
+            bar.set_postfix_str(f"{idx + 1}/{len(first)} tensors", refresh=False)
+
+
+def _parent_provenance(plans: Sequence[MergePlan]) -> dict[str, dict]:
+    parents: dict[str, Checkpoint] = {}
+    for p in plans:
+        parents.update(p.parents)
+    files = [f for c in parents.values() for f in c.weight_files]
+    digests = sha256_files(files)
+    return {
+        ref: {"path": str(c.path), "weights": {f.name: digests[str(f.resolve())] for f in c.weight_files}}
+        for ref, c in parents.items()
+    }
+
+
+def parent_fingerprint(provenance: dict[str, dict]) -> str:
+    """One digest over every parent's weight-file hashes (stable identity of a merge's inputs)."""
+    canon = json.dumps({r: p["weights"] for r, p in sorted(provenance.items())}, sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _write_metadata(plan: MergePlan, out: Path, provenance: dict[str, dict]) -> None:
+    from medmerge.card import model_card
+
+    cfg = dict(plan.donor.config)
+    dtype = plan.recipe.out_dtype or plan.recipe.dtype
+    if dtype:
+        cfg.pop("torch_dtype", None)
+        cfg["dtype"] = dtype
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    for fname in TOKENIZER_FILES:
+        src = plan.tokenizer_source.path / fname
+        if src.exists():
+            shutil.copyfile(src, out / fname)
+    mine = {r: provenance[r] for r in plan.parents}
+    (out / "mergekit_config.yml").write_text(plan.recipe.to_yaml())
+    (out / "medmerge.json").write_text(json.dumps({
+        "medmerge_version": __version__,
+        "recipe": plan.recipe.model_dump(mode="json"),
+        "parents": mine,
+        "parents_fingerprint": parent_fingerprint(mine),
+    }, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(plan.recipe, mine, out.name))
+
+
+def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwrite: bool = False,
+                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                quiet: bool = False, desc: str = "merge") -> list[Path]:
+    """Execute ``plans`` into ``out_dirs``; every directory appears whole at the end, or not at all."""
+    out_dirs = [Path(d) for d in out_dirs]
+    provenance = _parent_provenance(plans)
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_dir(d, overwrite=overwrite)) for d in out_dirs]
+        writers = [StreamingCheckpointWriter(t, [s.spec for s in p.steps], max_shard_bytes=max_shard_bytes)
+                   for p, t in zip(plans, tmps)]
+        try:
+            stream_plans(plans, lambda i, step, t: writers[i].write(step.name, t),
+                         chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
+            for w in writers:
+                w.close()
+        finally:
+            for w in writers:
+                w.abort()
+        for plan, tmp in zip(plans, tmps):
+            _write_metadata(plan, tmp, provenance)
+    return out_dirs
+
+
+# ------------------------------------------------------------------------------------------------
+# public API
+# ------------------------------------------------------------------------------------------------
+def merge(recipe: Recipe, out_dir: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+          overwrite: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+          chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False) -> Path:
+    """Check compatibility, then merge ``recipe`` into a Hugging Face checkpoint at ``out_dir``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise CheckpointError(f"output directory {out_dir} already exists (use --overwrite to replace it)")
+    parents = open_parents(recipe.parent_refs, allow_pickle=allow_pickle)
+    plan = plan_merge(recipe, parents, trust_remote_code=trust_remote_code)
+    (out,) = write_plans([plan], [out_dir], overwrite=overwrite, max_shard_bytes=max_shard_bytes,
+                         chunk_bytes=chunk_bytes, quiet=quiet, desc=f"{recipe.merge_method}")
+    return out
+
+
+def sweep(spec: SweepSpec, out_dir: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+          overwrite: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+          chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False) -> dict[str, Path]:
+    """Write every candidate of ``spec`` to ``out_dir/<method>-<ratio>/`` reading each parent tensor once."""
+    out_dir = Path(out_dir)
+    candidates = spec.candidates()
+    targets = [out_dir / c.name for c in candidates]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise CheckpointError(f"candidate directory {existing[0]} already exists (use --overwrite to replace it)")
+    refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
+    parents = open_parents(refs, allow_pickle=allow_pickle)
+    plans = [plan_merge(c.recipe, parents, trust_remote_code=trust_remote_code) for c in candidates]
+    write_plans(plans, targets, overwrite=overwrite, max_shard_bytes=max_shard_bytes, chunk_bytes=chunk_bytes,
+                quiet=quiet, desc=f"sweep of {len(candidates)} candidates")
+    return {c.name: t for c, t in zip(candidates, targets)}
+
+
+def merged_state_dict(plan: MergePlan, load: Loader | None = None) -> dict[str, torch.Tensor]:
+    """Compute one plan's tensors in memory."""
+    load = load or _TensorReader(plan.parents)
+    out = {}
+    for step in plan.steps:
+        if isinstance(load, _TensorReader):
+            load.reset()
+        out[step.name] = _run_step(step, load)
+    return out
+
+
+class _Preloaded:
+    """Parents held in memory once, for sweeps evaluated without writing candidates."""
+
+    def __init__(self, parents: dict[str, Checkpoint], plans: Sequence[MergePlan]):
+        wanted = {rn for p in plans for s in p.steps for rn in s.reads}
+        self.tensors = {}
+        for ref, name in wanted:
+            t = parents[ref].get(name)
+            assert_finite(t, name, ref)
+            self.tensors[ref, name] = t
+
+    def __call__(self, ref: str, name: str) -> torch.Tensor:
+        return self.tensors[ref, name]
+
+
+def iter_sweep(spec: SweepSpec, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+               preload: bool = True) -> Iterator[tuple[Candidate, dict[str, torch.Tensor]]]:
+    """Yield ``(candidate, state_dict)`` one candidate at a time, writing nothing.
+
+    With ``preload`` the parents are read into memory once (memory: both parents plus one
+    candidate); without it each candidate re-reads the parents tensor by tensor.
+    """
+    refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
+    parents = open_parents(refs, allow_pickle=allow_pickle)
+    candidates = spec.candidates()
+    plans = [plan_merge(c.recipe, parents, trust_remote_code=trust_remote_code) for c in candidates]
+    load = _Preloaded(parents, plans) if preload else None
+    for cand, plan in zip(candidates, plans):
+        yield cand, merged_state_dict(plan, load)

@@ -1,0 +1,25 @@
+"""Errors medmerge raises on bad input. Each names the offending thing.
+
+The CLI turns any :class:`MedmergeError` into a one-line message and exit code 2,
+so users see what is wrong rather than a traceback.
+"""
+
+
+class MedmergeError(Exception):
+    """Base class for every user-facing error."""
+
+
+class RecipeError(MedmergeError):
+    """A recipe or sweep YAML is malformed, names an unknown method, or an undeclared parameter."""
+
+
+class CompatibilityError(MedmergeError):
+    """Parents cannot be merged: architecture, tensors, shapes, vocabulary, adapters, NaN/Inf."""
+
+
+class CheckpointError(MedmergeError):
+    """A checkpoint is missing, unreadable, or in a refused format (pickle without --allow-pickle)."""
+
+
+class OutputError(MedmergeError):
+    """The output cannot be written (exists already, disk full, ...)."""

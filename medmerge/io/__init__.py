@@ -1,0 +1,1 @@
+"""Checkpoint I/O: streaming safetensors reads and writes, atomic directories, content hashes."""

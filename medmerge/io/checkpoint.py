@@ -1,0 +1,197 @@
+"""Parent checkpoints opened for tensor-by-tensor reads.
+
+A model reference is a local directory or a Hugging Face Hub id (``org/name[@revision]``);
+hub ids are fetched with ``huggingface_hub.snapshot_download`` (safetensors, configs and
+tokenizer files only). Only safetensors are read by default: pickle ``.bin`` weights can
+execute code on load and are refused unless ``allow_pickle`` is set.
+
+Reads go through ``safetensors.safe_open``: one tensor at a time, so memory follows the
+largest tensor, never the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+from medmerge.errors import CheckpointError, CompatibilityError
+
+ST_SINGLE = "model.safetensors"
+ST_INDEX = "model.safetensors.index.json"
+PT_SINGLE = "pytorch_model.bin"
+PT_INDEX = "pytorch_model.bin.index.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
+
+
+def split_revision(ref: str) -> tuple[str, str | None]:
+    if "@" in ref and not os.path.exists(ref):
+        path, rev = ref.rsplit("@", 1)
+        return path, rev
+    return ref, None
+
+
+def resolve_model_path(ref: str | os.PathLike) -> Path:
+    """Return a local directory for ``ref``: the path itself, or a Hub snapshot."""
+    ref = str(ref)
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    if p.exists():
+        raise CheckpointError(f"model path {ref} is a file, not a checkpoint directory")
+    name, revision = split_revision(ref)
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise CheckpointError(f"model path {ref} does not exist")
+    try:
+        import huggingface_hub
+
+        return Path(huggingface_hub.snapshot_download(name, revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # offline, unknown repo, gated, ...
+        raise CheckpointError(
+            f"model {ref} is not a local directory and could not be fetched from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+
+
+class Checkpoint:
+    """A checkpoint directory whose tensors are read one at a time."""
+
+    def __init__(self, ref: str | os.PathLike, *, allow_pickle: bool = False):
+        self.ref = str(ref)
+        self.path = resolve_model_path(ref)
+        self.allow_pickle = allow_pickle
+        self._handles: dict[str, object] = {}
+        self._pickled: dict[str, dict] = {}
+        self._discover()
+
+    # -- discovery -------------------------------------------------------------------------
+    def _discover(self) -> None:
+        d = self.path
+        if (d / ST_INDEX).exists():
+            weight_map = json.loads((d / ST_INDEX).read_text())["weight_map"]
+            self.format = "safetensors"
+        elif (d / ST_SINGLE).exists():
+            weight_map = None
+            self.format = "safetensors"
+        elif (d / PT_INDEX).exists() or (d / PT_SINGLE).exists():
+            if not self.allow_pickle:
+                raise CheckpointError(
+                    f"{self.ref} holds only pickle weights ({PT_SINGLE}); loading pickle can execute "
+                    "arbitrary code. Convert it to safetensors, or pass --allow-pickle if you trust it"
+                )
+            self.format = "pickle"
+            weight_map = (
+                json.loads((d / PT_INDEX).read_text())["weight_map"] if (d / PT_INDEX).exists() else None
+            )
+        elif any((d / f).exists() for f in ADAPTER_FILES):
+            raise CompatibilityError(
+                f"{self.ref} is a PEFT adapter (adapter_config.json), not a full checkpoint; "
+                "merge the adapter into its base model first (peft: merge_and_unload) and merge that"
+            )
+        else:
+            raise CheckpointError(f"no model weights ({ST_SINGLE} or {ST_INDEX}) found in {self.ref}")
+
+        if weight_map is None:
+            single = ST_SINGLE if self.format == "safetensors" else PT_SINGLE
+            weight_map = {k: single for k in self._keys_of(single)}
+        self.weight_map: dict[str, str] = dict(weight_map)
+        missing = sorted({f for f in self.weight_map.values() if not (d / f).exists()})
+        if missing:
+            raise CheckpointError(f"{self.ref}: weight file {missing[0]} listed in the index is missing")
+
+    def _keys_of(self, fname: str) -> list[str]:
+        if self.format == "safetensors":
+            return list(self._handle(fname).keys())
+        return list(self._pickle(fname).keys())
+
+    def _handle(self, fname: str):
+        h = self._handles.get(fname)
+        if h is None:
+            try:
+                h = safe_open(str(self.path / fname), framework="pt")
+            except Exception as exc:
+                raise CheckpointError(f"{self.path / fname} is not a readable safetensors file: {exc}") from exc
+            self._handles[fname] = h
+        return h
+
+    def _pickle(self, fname: str) -> dict:
+        sd = self._pickled.get(fname)
+        if sd is None:
+            sd = torch.load(self.path / fname, map_location="cpu", mmap=True, weights_only=True)
+            self._pickled[fname] = sd
+        return sd
+
+    # -- metadata ----------------------------------------------------------------------------
+    @property
+    def weight_files(self) -> list[Path]:
+        files = sorted(set(self.weight_map.values()))
+        return [self.path / f for f in files]
+
+    @cached_property
+    def config(self) -> dict:
+        f = self.path / "config.json"
+        if not f.exists():
+            raise CheckpointError(f"{self.ref} has no config.json")
+        try:
+            return json.loads(f.read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"{f} is not valid JSON: {exc}") from exc
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def info(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        """(dtype, shape) of a tensor without reading its data."""
+        fname = self.weight_map[name]
+        if self.format == "safetensors":
+            sl = self._handle(fname).get_slice(name)
+            return ST_DTYPES[sl.get_dtype()], tuple(sl.get_shape())
+        t = self._pickle(fname)[name]
+        return t.dtype, tuple(t.shape)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.weight_map:
+            raise CheckpointError(f"tensor {name} is not in {self.ref}")
+        fname = self.weight_map[name]
+        if self.format == "safetensors":
+            try:
+                return self._handle(fname).get_tensor(name)
+            except Exception as exc:
+                raise CheckpointError(f"cannot read tensor {name} from {self.path / fname}: {exc}") from exc
+        return self._pickle(fname)[name].clone()
+
+    def get_rows(self, name: str, start: int, end: int) -> torch.Tensor:
+        """Rows ``start:end`` of a tensor, read without loading the rest of it."""
+        fname = self.weight_map[name]
+        if self.format == "safetensors":
+            return self._handle(fname).get_slice(name)[start:end]
+        return self._pickle(fname)[name][start:end].clone()
+
+    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.keys():
+            yield name, self.get(name)
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._pickled.clear()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.ref!r})"

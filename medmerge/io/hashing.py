@@ -1,0 +1,78 @@
+"""SHA-256 of weight files, cached by (path, size, mtime, inode).
+
+Parent hashes identify a merge's inputs in model cards, registry tags and evaluation
+cache keys. Hashing a multi-GB checkpoint costs seconds, so results are cached in
+``$MEDMERGE_CACHE_DIR/sha256.json`` (default ``~/.cache/medmerge``); the cache entry is
+invalidated whenever the file's size, mtime or inode changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+_CHUNK = 8 * 1024 * 1024
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEDMERGE_CACHE_DIR", Path.home() / ".cache" / "medmerge"))
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "sha256.json"
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _load_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(cache: dict) -> None:
+    f = _cache_file()
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
+        os.replace(tmp, f)
+    except OSError:
+        pass  # the cache is an optimisation; never fail a merge over it
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_files(paths: list[Path], use_cache: bool = True) -> dict[str, str]:
+    """Return ``{str(resolved path): sha256 hex}``, hashing files in parallel threads."""
+    paths = [Path(p).resolve() for p in paths]
+    cache = _load_cache() if use_cache else {}
+    out: dict[str, str] = {}
+    todo = []
+    for p in paths:
+        entry = cache.get(str(p))
+        if entry and entry.get("stat") == _stat_key(p):
+            out[str(p)] = entry["sha256"]
+        else:
+            todo.append(p)
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
+            for p, digest in zip(todo, pool.map(_sha256, todo)):
+                out[str(p)] = digest
+                cache[str(p)] = {"stat": _stat_key(p), "sha256": digest}
+        if use_cache:
+            _save_cache(cache)
+    return out

@@ -1,0 +1,141 @@
+"""A streaming safetensors writer whose header is planned before any data is written.
+
+The safetensors header lists every tensor's dtype, shape and byte range, so a plain
+writer must hold a whole shard in memory. Merges know every output's name, dtype and
+shape in advance, so we write the header first and then each tensor's bytes as soon as
+it is computed: memory stays at one tensor however large the model.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medmerge.io.checkpoint import ST_INDEX, ST_SINGLE, TORCH_TO_ST
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def parse_size(value: str | int) -> int:
+    """'5GB' / '500MB' / '2GiB' / 1234 -> bytes."""
+    if isinstance(value, int):
+        return value
+    s = value.strip().upper().replace(" ", "")
+    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "B": 1}
+    for unit, mult in units.items():
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * mult)
+    return int(s)
+
+
+def plan_shards(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if shards[-1] and size + spec.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += spec.nbytes
+    return shards
+
+
+class StreamingCheckpointWriter:
+    """Write tensors, in the planned order, into (sharded) safetensors under ``out_dir``."""
+
+    def __init__(self, out_dir: Path, specs: list[TensorSpec], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 metadata: dict[str, str] | None = None):
+        self.out_dir = Path(out_dir)
+        self.specs = list(specs)
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate tensor names in the write plan")
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.shards = plan_shards(self.specs, max_shard_bytes)
+        n = len(self.shards)
+        self.filenames = [ST_SINGLE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self._order = [(si, spec) for si, shard in enumerate(self.shards) for spec in shard]
+        self._pos = 0
+        self._partial = 0  # bytes of the current tensor written so far (row blocks)
+        self._shard_idx = -1
+        self._file = None
+
+    def _open_shard(self, si: int) -> None:
+        if self._file is not None:
+            self._file.close()
+        header: dict[str, object] = {"__metadata__": self.metadata}
+        offset = 0
+        for spec in self.shards[si]:
+            header[spec.name] = {
+                "dtype": TORCH_TO_ST[spec.dtype],
+                "shape": list(spec.shape),
+                "data_offsets": [offset, offset + spec.nbytes],
+            }
+            offset += spec.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # safetensors aligns the data start to 8 bytes
+        self._file = open(self.out_dir / self.filenames[si], "wb")
+        self._file.write(struct.pack("<Q", len(raw)))
+        self._file.write(raw)
+        self._shard_idx = si
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write ``tensor`` (a whole tensor, or its next block of rows) for the next planned name."""
+        if self._pos >= len(self._order):
+            raise ValueError(f"unexpected tensor {name}: every planned tensor was already written")
+        si, spec = self._order[self._pos]
+        if name != spec.name:
+            raise ValueError(f"tensor {name} written out of order; expected {spec.name}")
+        whole = tuple(tensor.shape) == spec.shape
+        rows_ok = len(spec.shape) >= 1 and tensor.dim() == len(spec.shape) and tuple(tensor.shape[1:]) == spec.shape[1:]
+        if tensor.dtype != spec.dtype or not (whole or rows_ok):
+            raise ValueError(
+                f"tensor {name} is {tensor.dtype} {tuple(tensor.shape)}, planned {spec.dtype} {spec.shape}"
+            )
+        if si != self._shard_idx:
+            self._open_shard(si)
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        if self._partial + data.nbytes > spec.nbytes:
+            raise ValueError(f"tensor {name}: more rows written than its planned shape {spec.shape}")
+        self._file.write(memoryview(data))
+        self._partial += data.nbytes
+        if self._partial == spec.nbytes:
+            self._pos += 1
+            self._partial = 0
+
+    def close(self) -> None:
+        if self._pos != len(self._order):
+            missing = self._order[self._pos][1].name
+            raise ValueError(f"checkpoint incomplete: tensor {missing} was never written")
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if len(self.filenames) > 1:
+            index = {
+                "metadata": {"total_size": sum(s.nbytes for s in self.specs)},
+                "weight_map": {spec.name: self.filenames[si] for si, spec in self._order},
+            }
+            (self.out_dir / ST_INDEX).write_text(json.dumps(index, indent=2))
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,76 @@
+"""Tiny checkpoints for tests, built in milliseconds (random weights, a word-level tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WORDS = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(60)]
+
+
+def llama_config(**overrides) -> dict:
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(WORDS),
+        "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_tokenizer(d: Path, words=WORDS) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.save_pretrained(d)
+
+
+def llama_state_dict(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}))
+    with torch.no_grad():
+        for p in model.parameters():  # norms start at exactly 1; give them task-like variation too
+            p.add_(torch.randn_like(p) * 0.02)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def write_checkpoint(d: Path, sd: dict[str, torch.Tensor], cfg: dict, tokenizer: bool = True) -> Path:
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    if tokenizer:
+        write_tokenizer(d)
+    return d
+
+
+def make_family(root: Path, n_children: int = 2, scale: float = 0.02, seed: int = 0, dtype=torch.float32,
+                **cfg_overrides) -> dict[str, Path]:
+    """A base and children = base + noise (task vectors), sharing config and tokenizer."""
+    cfg = llama_config(**cfg_overrides)
+    base = {k: v.to(dtype) for k, v in llama_state_dict(cfg, seed).items()}
+    out = {"base": write_checkpoint(Path(root) / "base", base, cfg)}
+    g = torch.Generator().manual_seed(seed + 1000)
+    for i in range(n_children):
+        child = {k: (v.float() + scale * torch.randn(v.shape, generator=g)).to(dtype) for k, v in base.items()}
+        out[f"m{i}"] = write_checkpoint(Path(root) / f"m{i}", child, cfg)
+    return out
+
+
+def read(d: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory (single file or sharded)."""
+    d = Path(d)
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
