@@ -1,0 +1,152 @@
+"""Hierarchical Cosine-OT-LERP: the weight formula, head alignment, and whole-model merges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from factory import llama_config, llama_state_dict, read, write_checkpoint
+from medmerge.engine import merge
+from medmerge.methods import hierarchical_ot as hot
+from medmerge.recipe import parse_recipe
+
+HD, NH, NKV = 8, 4, 2
+
+
+def test_weight_is_clipped_cosine_of_task_vectors():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(16, 8, generator=g)
+    da, db = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    cos = float(torch.nn.functional.cosine_similarity(da.reshape(1, -1), db.reshape(1, -1)))
+    assert hot.cosine_weight(base + da, base + db, base) == pytest.approx(max(0.0, cos), abs=1e-6)
+    assert hot.cosine_weight(base + da, base + 0.5 * da, base) == pytest.approx(1.0)
+    assert hot.cosine_weight(base + da, base - da, base) == 0.0  # cos = -1 is clipped
+
+
+def test_zero_task_vector_gives_weight_zero_and_returns_a():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(8, 8, generator=g)
+    a = base + torch.randn(8, 8, generator=g)
+    assert hot.cosine_weight(a, base.clone(), base) == 0.0
+    assert hot.cosine_weight(base.clone(), a, base) == 0.0
+    assert torch.equal(hot.merge_tensor(a, base.clone(), base), a)
+
+
+def test_merge_tensor_is_lerp_with_cosine_weight():
+    g = torch.Generator().manual_seed(2)
+    base, a, b = (torch.randn(6, 5, generator=g) for _ in range(3))
+    w = hot.cosine_weight(a, b, base)
+    assert 0 < w < 1 or w == 0
+    assert torch.allclose(hot.merge_tensor(a, b, base), (1 - w) * a + w * b)
+
+
+def test_b_equal_a_gives_a():
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(NH * HD, 32, generator=g)
+    a = base + 0.1 * torch.randn(NH * HD, 32, generator=g)
+    out = hot.merge_projection(a, a.clone(), base, HD, by_columns=False)
+    assert torch.allclose(out, a, atol=1e-7)
+
+
+@pytest.mark.parametrize("by_columns", [False, True])
+def test_permuted_heads_are_realigned(by_columns):
+    g = torch.Generator().manual_seed(4)
+    shape = (32, NH * HD) if by_columns else (NH * HD, 32)
+    base = torch.randn(*shape, generator=g)
+    a = base + 0.5 * torch.randn(*shape, generator=g)
+    tau = np.array([2, 0, 3, 1])
+    b = hot.permute_heads(a, tau, HD, by_columns)  # B head i = A head tau(i)
+    assert not torch.allclose(b, a)
+    pi = hot.align_heads(hot.split_heads(a, HD, by_columns), hot.split_heads(b, HD, by_columns))
+    assert list(tau[pi]) == [0, 1, 2, 3]  # aligned B head i = B head pi(i) = A head i
+    assert torch.allclose(hot.merge_projection(a, b, base, HD, by_columns), a, atol=1e-6)
+
+
+def _permute_layer(sd: dict, layer: str, q_perm, kv_perm) -> dict:
+    out = dict(sd)
+    out[f"{layer}.q_proj.weight"] = hot.permute_heads(sd[f"{layer}.q_proj.weight"], q_perm, HD, False)
+    out[f"{layer}.k_proj.weight"] = hot.permute_heads(sd[f"{layer}.k_proj.weight"], kv_perm, HD, False)
+    out[f"{layer}.v_proj.weight"] = hot.permute_heads(sd[f"{layer}.v_proj.weight"], kv_perm, HD, False)
+    out[f"{layer}.o_proj.weight"] = hot.permute_heads(sd[f"{layer}.o_proj.weight"], q_perm, HD, True)
+    return out
+
+
+def _logits(cfg: dict, sd: dict) -> torch.Tensor:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}))
+    model.load_state_dict(sd)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.arange(4, 20).reshape(1, -1)).logits
+
+
+# B's kv head g moves to slot kv_perm[g]; query heads move with their group (G = 2)
+SCRAMBLE_KV = np.array([1, 0])
+SCRAMBLE_Q = np.array([3, 2, 0, 1])
+
+
+def test_per_layer_alignment_keeps_b_function_and_recovers_a():
+    cfg = llama_config()
+    a = llama_state_dict(cfg, seed=10)
+    layer = "model.layers.0.self_attn"
+    b = _permute_layer(a, layer, SCRAMBLE_Q, SCRAMBLE_KV)
+    # the scrambled model computes exactly what A computes: a group-consistent head permutation
+    assert torch.allclose(_logits(cfg, a), _logits(cfg, b), atol=1e-5)
+    A = {p: a[f"{layer}.{p}.weight"] for p in hot.ATTENTION_PROJECTIONS}
+    B = {p: b[f"{layer}.{p}.weight"] for p in hot.ATTENTION_PROJECTIONS}
+    q_perm, kv_perm = hot.layer_permutation(A, B, HD, NH, NKV)
+    aligned = _permute_layer(b, layer, q_perm, kv_perm)
+    for p in hot.ATTENTION_PROJECTIONS:
+        assert torch.equal(aligned[f"{layer}.{p}.weight"], a[f"{layer}.{p}.weight"]), p
+    # every query head keeps its kv group
+    assert all(q_perm[i] // (NH // NKV) == kv_perm[i // (NH // NKV)] for i in range(NH))
+
+
+def test_per_projection_alignment_can_break_grouping_per_layer_cannot():
+    """Noise makes per-projection assignments disagree; per_layer keeps B's function regardless."""
+    cfg = llama_config()
+    a = llama_state_dict(cfg, seed=11)
+    g = torch.Generator().manual_seed(12)
+    b = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in a.items()}
+    b = _permute_layer(b, "model.layers.1.self_attn", SCRAMBLE_Q, SCRAMBLE_KV)
+    layer = "model.layers.1.self_attn"
+    A = {p: a[f"{layer}.{p}.weight"] for p in hot.ATTENTION_PROJECTIONS}
+    B = {p: b[f"{layer}.{p}.weight"] for p in hot.ATTENTION_PROJECTIONS}
+    q_perm, kv_perm = hot.layer_permutation(A, B, HD, NH, NKV)
+    aligned = _permute_layer(b, layer, q_perm, kv_perm)
+    assert torch.allclose(_logits(cfg, b), _logits(cfg, aligned), atol=1e-5)
+
+
+@pytest.mark.parametrize("align", ["per_projection", "per_layer"])
+def test_whole_model_merge_of_a_with_its_scrambled_self_gives_a(tmp_path, align):
+    cfg = llama_config()
+    base = llama_state_dict(cfg, seed=20)
+    g = torch.Generator().manual_seed(21)
+    a = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    b = a
+    for layer in ("model.layers.0.self_attn", "model.layers.1.self_attn"):
+        b = _permute_layer(b, layer, SCRAMBLE_Q, SCRAMBLE_KV)
+    paths = {n: write_checkpoint(tmp_path / n, sd, cfg) for n, sd in (("base", base), ("a", a), ("b", b))}
+    recipe = parse_recipe({"merge_method": "hierarchical_ot", "base_model": str(paths["base"]),
+                           "models": [{"model": str(paths["a"])}, {"model": str(paths["b"])}],
+                           "parameters": {"align": align}})
+    merged = read(merge(recipe, tmp_path / "out", quiet=True))
+    for k, v in a.items():
+        assert torch.allclose(merged[k], v, atol=1e-6), k
+
+
+def test_whole_model_non_attention_tensors_follow_formula(tmp_path):
+    cfg = llama_config()
+    base = llama_state_dict(cfg, seed=30)
+    g = torch.Generator().manual_seed(31)
+    a = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    b = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    paths = {n: write_checkpoint(tmp_path / n, sd, cfg) for n, sd in (("base", base), ("a", a), ("b", b))}
+    recipe = parse_recipe({"merge_method": "hierarchical_ot", "base_model": str(paths["base"]),
+                           "models": [{"model": str(paths["a"])}, {"model": str(paths["b"])}]})
+    merged = read(merge(recipe, tmp_path / "out", quiet=True))
+    k = "model.layers.0.mlp.up_proj.weight"
+    w = hot.cosine_weight(a[k], b[k], base[k])
+    assert torch.allclose(merged[k], (1 - w) * a[k] + w * b[k])
