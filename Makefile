@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/medmerge demo-models $(DEMO)/models
-	$(BIN)/medmerge sweep medmerge/resources/demo/sweep.yml $(DEMO)/sweep --models-dir $(DEMO)/models
+	$(BIN)/medmerge sweep $(DEMO)/models/sweep.yml $(DEMO)/sweep --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs

@@ -1,0 +1,31 @@
+# The image the pipeline steps run in. CPU by default:
+#   docker build -t medmerge .
+# CUDA torch instead of the CPU build:
+#   docker build -t medmerge:cuda --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_DISABLE_TELEMETRY=1
+# wordnet-base: METEOR's WordNet, read offline by NLTK
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends wordnet-base git \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+# torch first, from the chosen index, so the dependency resolver does not pick another build
+RUN pip install --index-url ${TORCH_INDEX} torch==${TORCH_VERSION}
+COPY pyproject.toml README.md ./
+COPY medmerge ./medmerge
+RUN pip install .
+COPY pipelines ./pipelines
+COPY steps ./steps
+COPY materializers ./materializers
+COPY zenml_config ./zenml_config
+
+RUN useradd --create-home medmerge
+USER medmerge
+ENTRYPOINT ["medmerge"]
+CMD ["--help"]

@@ -1,0 +1,1 @@
+"""ZenML materializers for medmerge artifacts: checkpoint directories, evaluation reports, frontiers."""

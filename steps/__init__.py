@@ -1,0 +1,1 @@
+"""Thin ZenML steps; each calls one function of the core package ``medmerge``."""
