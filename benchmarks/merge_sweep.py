@@ -8,8 +8,8 @@ side by side in one run:
 3. the I/O floor: read both parents once and write 11 checkpoints with plain ``safetensors``;
 4. peak RSS of one ``medmerge merge`` for a ~0.5B and a ~2B pair.
 
-Every command runs as a fresh process, so start-up costs count for all. Outputs are deleted
-between phases and ``sync`` flushes dirty pages so no phase pays for another's writes.
+Every command runs as a fresh process, so start-up costs count for all, and each command's time
+includes the ``sync`` that puts its output on disk; outputs are deleted between phases.
 
     python benchmarks/merge_sweep.py              # ~0.5B sweep + 0.5B/2B RSS (about 15 min on 2 cores)
     python benchmarks/merge_sweep.py --quick      # tiny models: checks the script, numbers meaningless
@@ -96,9 +96,16 @@ def build_llama(d: Path, size: str, seed: int) -> Path:
 
 
 def timed(cmd, env=None) -> float:
+    """Wall time of ``cmd`` until its output is on disk (the sync after it is counted).
+
+    Without the trailing sync, a phase of many short processes would leave each run's dirty
+    pages to be flushed between runs, off the clock, while one long process writing the same
+    bytes is throttled by the kernel's dirty-page limit inside its own time.
+    """
     subprocess.run(["sync"])
     t0 = time.perf_counter()
     subprocess.run([str(c) for c in cmd], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["sync"])
     return time.perf_counter() - t0
 
 

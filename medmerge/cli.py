@@ -100,6 +100,86 @@ def methods():
         click.echo(f"{m.name:18s} {m.pretty_name} ({base}); parameters: {params}")
 
 
+def _eval_options(f):
+    opts = [
+        click.option("--suite", "suites", default="clinical,ifeval", show_default=True,
+                     help="Comma-separated suites: clinical, ifeval, medical5."),
+        click.option("--data-dir", default=None, envvar="MEDMERGE_DATA_DIR",
+                     help="Local data directory ('sample' = the sample shipped for the demo); default: the Hub."),
+        click.option("--limit", type=int, default=None, help="First N documents of each task."),
+        click.option("--num-fewshot", type=int, default=None, help="Override every suite's shots."),
+        click.option("--batch-size", default="8", show_default=True, help="An integer or 'auto'."),
+        click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+                     help="vllm serves the generation tasks (needs a GPU and vllm)."),
+        click.option("--device", default="cpu", show_default=True),
+        click.option("--max-gen-toks", type=int, default=None, help="Default: min(1280, context/2)."),
+        click.option("--no-cache", is_flag=True, help="Ignore and do not fill the evaluation cache."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks):
+    from importlib.resources import files
+
+    from medmerge.evaluation.runner import EvalSettings
+
+    if data_dir == "sample":
+        data_dir = str(files("medmerge") / "resources" / "eval_sample")
+    return EvalSettings(
+        suites=tuple(s.strip() for s in suites.split(",") if s.strip()), data_dir=data_dir, limit=limit,
+        num_fewshot=num_fewshot, batch_size=batch_size if batch_size == "auto" else int(batch_size),
+        backend=backend, device=device, max_gen_toks=max_gen_toks,
+    )
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Report JSON.")
+@click.option("--trust-remote-code", is_flag=True)
+@_eval_options
+def evaluate(model_dir, out, trust_remote_code, suites, data_dir, limit, num_fewshot, batch_size, backend, device,
+             max_gen_toks, no_cache):
+    """Score a checkpoint on benchmark suites; print a table and write a JSON report."""
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.evaluation.runner import evaluate_checkpoint
+
+    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks)
+    report = evaluate_checkpoint(model_dir, settings, cache=None if no_cache else EvalCache(),
+                                 trust_remote_code=trust_remote_code)
+    click.echo(report.table())
+    report.write(out)
+    click.echo(f"wrote {out} ({report.seconds:.1f} s)")
+
+
+@cli.command("evaluate-sweep")
+@click.argument("sweep_config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for one report JSON per candidate.")
+@_eval_options
+def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, batch_size, backend, device,
+                       max_gen_toks, no_cache):
+    """Evaluate every candidate of a sweep in memory (nothing written but the reports)."""
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.evaluation.sweep_eval import evaluate_sweep
+    from medmerge.recipe import load_sweep
+
+    spec = load_sweep(sweep_config)
+    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks)
+    cache = None if no_cache else EvalCache()
+    rows = []
+    for cand, report in evaluate_sweep(spec, settings, cache):
+        report.write(Path(out) / f"{cand.name}.json")
+        rows.append((cand.name, report.medical_avg, report.if_score, len(report.cached_tasks)))
+    click.echo(f"{'candidate':14s} {'Medical Avg':>11s} {'IF score':>9s}  cached tasks")
+    for name, med, ifs, cached in rows:
+        fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+        click.echo(f"{name:14s} {fmt(med):>11s} {fmt(ifs):>9s}  {cached}")
+    if cache is not None:
+        click.echo(f"cache: {cache.hits} hits, {cache.misses} misses")
+
+
 @cli.command("demo-models")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -125,6 +205,9 @@ def demo_models(out_dir, seed, quiet):
 
 
 def main(argv=None) -> int:
+    from medmerge.io.alloc import keep_freed_memory
+
+    keep_freed_memory()
     try:
         cli.main(args=argv, prog_name="medmerge", standalone_mode=False)
     except MedmergeError as exc:

@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from medmerge.errors import CheckpointError, CompatibilityError, RecipeError
 from medmerge.io.atomic import atomic_dir
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.hashing import sha256_files
-from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, StreamingCheckpointWriter, TensorSpec
+from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
 from medmerge.methods import hierarchical_ot as hot
 from medmerge.recipe import Candidate, Recipe, SweepSpec
 
@@ -47,7 +48,10 @@ TOKENIZER_FILES = (
 )
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
-Loader = Callable[[str, str], torch.Tensor]  # (parent ref, tensor name) -> tensor
+# load(parent ref, tensor name, cast=None, upcast=False) -> tensor, cast to ``cast`` and then,
+# with ``upcast``, half precision widened to float32; results are shared within one output tensor
+Loader = Callable[..., torch.Tensor]
+HALF = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -152,11 +156,10 @@ def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote
             for dt in in_dtypes[1:]:
                 out_dtype = torch.promote_types(out_dtype, dt)
 
-        def compute(load: Loader, task=task, inputs=inputs, out_dtype=out_dtype) -> torch.Tensor:
-            tensors = {}
-            for model_ref, ckpt_ref, name, cast in inputs:
-                t = load(ckpt_ref, name)
-                tensors[model_ref] = t.to(cast) if cast is not None and t.dtype != cast else t
+        upcast = recipe.method.float32_math
+
+        def compute(load: Loader, task=task, inputs=inputs, out_dtype=out_dtype, upcast=upcast) -> torch.Tensor:
+            tensors = {model_ref: load(ckpt_ref, name, cast, upcast) for model_ref, ckpt_ref, name, cast in inputs}
             result = task.execute(tensors=tensors)
             return result.to(out_dtype) if result.dtype != out_dtype else result
 
@@ -246,26 +249,36 @@ def plan_merge(recipe: Recipe, parents: dict[str, Checkpoint], *, trust_remote_c
 # execution
 # ------------------------------------------------------------------------------------------------
 class _TensorReader:
-    """Reads parent tensors, checks them for NaN/Inf, and memoises them for the current output tensor."""
+    """Reads parent tensors, checks them for NaN/Inf, and memoises them (and their casts) for
+    the current output tensor, so K candidates share one read and one conversion."""
 
     def __init__(self, parents: dict[str, Checkpoint]):
         self.parents = parents
-        self.memo: dict[tuple[str, str], torch.Tensor] = {}
+        self.memo: dict[tuple, torch.Tensor] = {}
         self.rows: tuple[int, int] | None = None
-        self.bytes_read = 0
 
     def reset(self, rows: tuple[int, int] | None = None) -> None:
         self.memo.clear()
         self.rows = rows
 
-    def __call__(self, ref: str, name: str) -> torch.Tensor:
-        key = (ref, name)
+    def raw(self, ref: str, name: str) -> torch.Tensor:
+        ckpt = self.parents[ref]
+        t = ckpt.get(name) if self.rows is None else ckpt.get_rows(name, *self.rows)
+        assert_finite(t, name, ref)
+        return t
+
+    def __call__(self, ref: str, name: str, cast: torch.dtype | None = None, upcast: bool = False) -> torch.Tensor:
+        key = (ref, name, cast, upcast)
         t = self.memo.get(key)
         if t is None:
-            ckpt = self.parents[ref]
-            t = ckpt.get(name) if self.rows is None else ckpt.get_rows(name, *self.rows)
-            assert_finite(t, name, ref)
-            self.bytes_read += t.numel() * t.element_size()
+            if upcast:
+                t = self(ref, name, cast)
+                t = t.float() if t.dtype in HALF else t
+            elif cast is not None:
+                t = self(ref, name)
+                t = t.to(cast) if t.dtype != cast else t
+            else:
+                t = self.raw(ref, name)
             self.memo[key] = t
         return t
 
@@ -382,19 +395,25 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
                 quiet: bool = False, desc: str = "merge") -> list[Path]:
     """Execute ``plans`` into ``out_dirs``; every directory appears whole at the end, or not at all."""
     out_dirs = [Path(d) for d in out_dirs]
-    provenance = _parent_provenance(plans)
     with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmerge-hash"))
+        provenance_future = pool.submit(_parent_provenance, plans)  # hashes parents while we merge
         tmps = [stack.enter_context(atomic_dir(d, overwrite=overwrite)) for d in out_dirs]
         writers = [StreamingCheckpointWriter(t, [s.spec for s in p.steps], max_shard_bytes=max_shard_bytes)
                    for p, t in zip(plans, tmps)]
+        background = BackgroundWriter(writers)
         try:
-            stream_plans(plans, lambda i, step, t: writers[i].write(step.name, t),
-                         chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
+            try:
+                stream_plans(plans, lambda i, step, t: background.put(i, step.name, t),
+                             chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
+            finally:
+                background.finish()
             for w in writers:
                 w.close()
         finally:
             for w in writers:
                 w.abort()
+        provenance = provenance_future.result()
         for plan, tmp in zip(plans, tmps):
             _write_metadata(plan, tmp, provenance)
     return out_dirs
@@ -435,29 +454,26 @@ def sweep(spec: SweepSpec, out_dir: str | Path, *, allow_pickle: bool = False, t
     return {c.name: t for c, t in zip(candidates, targets)}
 
 
-def merged_state_dict(plan: MergePlan, load: Loader | None = None) -> dict[str, torch.Tensor]:
+def merged_state_dict(plan: MergePlan, load: "_TensorReader | None" = None) -> dict[str, torch.Tensor]:
     """Compute one plan's tensors in memory."""
     load = load or _TensorReader(plan.parents)
     out = {}
     for step in plan.steps:
-        if isinstance(load, _TensorReader):
-            load.reset()
+        load.reset()
         out[step.name] = _run_step(step, load)
+    load.reset()
     return out
 
 
-class _Preloaded:
+class _Preloaded(_TensorReader):
     """Parents held in memory once, for sweeps evaluated without writing candidates."""
 
     def __init__(self, parents: dict[str, Checkpoint], plans: Sequence[MergePlan]):
+        super().__init__(parents)
         wanted = {rn for p in plans for s in p.steps for rn in s.reads}
-        self.tensors = {}
-        for ref, name in wanted:
-            t = parents[ref].get(name)
-            assert_finite(t, name, ref)
-            self.tensors[ref, name] = t
+        self.tensors = {(ref, name): super(_Preloaded, self).raw(ref, name) for ref, name in wanted}
 
-    def __call__(self, ref: str, name: str) -> torch.Tensor:
+    def raw(self, ref: str, name: str) -> torch.Tensor:
         return self.tensors[ref, name]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +141,64 @@ class StreamingCheckpointWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class BackgroundWriter:
+    """Hands tensors to :class:`StreamingCheckpointWriter` s on one background thread.
+
+    File writes (and the kernel's dirty-page throttling) then overlap with the merge math.
+    Tensors waiting to be written are bounded by ``max_pending_bytes`` (one tensor may always
+    wait), so memory stays independent of model size. An error on the writer thread is
+    re-raised in the caller at its next ``put`` or at ``finish``.
+    """
+
+    def __init__(self, writers: list[StreamingCheckpointWriter], max_pending_bytes: int = 256 * 1024**2):
+        self.writers = writers
+        self.limit = max_pending_bytes
+        self._queue: deque = deque()
+        self._pending = 0
+        self._cv = threading.Condition()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="medmerge-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, index: int, name: str, tensor: torch.Tensor) -> None:
+        n = tensor.numel() * tensor.element_size()
+        with self._cv:
+            while self._error is None and self._pending and self._pending + n > self.limit:
+                self._cv.wait()
+            if self._error is not None:
+                raise self._error
+            self._queue.append((index, name, tensor, n))
+            self._pending += n
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                index, name, tensor, n = self._queue.popleft()
+            try:
+                self.writers[index].write(name, tensor)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                with self._cv:
+                    self._error = exc
+                    self._queue.clear()
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._pending -= n
+                self._cv.notify_all()
+
+    def finish(self) -> None:
+        """Wait until everything queued is written; re-raise a writer error."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error

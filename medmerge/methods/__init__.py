@@ -39,6 +39,7 @@ class MethodDef:
     max_models: int | None = None
     stochastic: bool = False          # draws random masks: seeded per tensor
     row_separable: bool = False       # output row r depends only on input row r (enables chunked I/O)
+    float32_math: bool = False        # computes in float32 from any half-precision input (exact upcast)
     backend: str = "mergekit"         # "mergekit" (planned and computed by mergekit) or "native"
     function: Any = None              # the pure tensor function documenting the formula
 
@@ -54,6 +55,10 @@ SEED_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare
                 "della_linear", "breadcrumbs", "breadcrumbs_ties")
 _STOCHASTIC = {"dare_ties", "dare_linear", "della", "della_linear"}
 _ROW_SEPARABLE = {"linear", "task_arithmetic"}
+# mergekit's linear accumulates in float32 whatever the input precision, and upcasting bf16/fp16
+# is exact, so feeding it float32 gives the same bits; a sweep then upcasts each parent tensor
+# once for all its candidates instead of once per candidate inside the kernel.
+_FLOAT32_MATH = {"linear"}
 
 
 def _from_mergekit(name: str) -> MethodDef:
@@ -77,6 +82,7 @@ def _from_mergekit(name: str) -> MethodDef:
         max_models=(max_inputs - 1 if needs_base else max_inputs) if max_inputs else None,
         stochastic=name in _STOCHASTIC,
         row_separable=name in _ROW_SEPARABLE,
+        float32_math=name in _FLOAT32_MATH,
         function=getattr(mergekit_methods, name),
     )
 
