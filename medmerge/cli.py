@@ -14,10 +14,29 @@ _common = [
     click.option("--trust-remote-code", is_flag=True, help="Let transformers run code shipped with a model."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
     click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard."),
-    click.option("--chunk-size", default="64MiB", show_default=True,
+    click.option("--chunk-size", default="8MiB", show_default=True,
                  help="Row-separable methods stream tensors larger than this in row blocks."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
 ]
+
+
+def _prefetch_hashes(config: Path, keys) -> None:
+    """Start hashing local parents' weight files before the heavy imports (they use one core).
+    Best effort: a config that does not parse here is reported properly by the real loader."""
+    import yaml
+
+    from medmerge.io.hashing import prefetch
+
+    try:
+        data = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(data, dict):
+        return
+    for key in keys:
+        ref = data.get(key)
+        if isinstance(ref, str) and Path(ref).is_dir():
+            prefetch(sorted(Path(ref).glob("*.safetensors")))
 
 
 def common_options(f):
@@ -59,6 +78,7 @@ def merge(config, out_dir, random_seed, allow_pickle, trust_remote_code, overwri
 @common_options
 def sweep(sweep_config, out_dir, allow_pickle, trust_remote_code, overwrite, max_shard_size, chunk_size, quiet):
     """Write every candidate of a ratio sweep to OUT_DIR/<method>-<ratio>/, reading parents once."""
+    _prefetch_hashes(sweep_config, ("clinical", "instruct", "base"))
     from medmerge.engine import sweep as run_sweep
     from medmerge.io.writer import parse_size
     from medmerge.recipe import load_sweep

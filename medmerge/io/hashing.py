@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 _CHUNK = 8 * 1024 * 1024
@@ -56,23 +57,46 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medmerge-sha256")
+_inflight: dict[tuple[str, str], Future] = {}
+_lock = threading.Lock()
+
+
+def _future(p: Path) -> Future:
+    """One hashing job per (file, stat) in this process, shared by prefetch and later callers."""
+    key = (str(p), _stat_key(p))
+    with _lock:
+        fut = _inflight.get(key)
+        if fut is None:
+            fut = _inflight[key] = _pool.submit(_sha256, p)
+    return fut
+
+
+def prefetch(paths: list[Path]) -> None:
+    """Start hashing ``paths`` in the background (e.g. while heavy imports run on the other core)."""
+    cache = _load_cache()
+    for p in paths:
+        p = Path(p).resolve()
+        entry = cache.get(str(p))
+        if not (entry and entry.get("stat") == _stat_key(p)):
+            _future(p)
+
+
 def sha256_files(paths: list[Path], use_cache: bool = True) -> dict[str, str]:
     """Return ``{str(resolved path): sha256 hex}``, hashing files in parallel threads."""
     paths = [Path(p).resolve() for p in paths]
     cache = _load_cache() if use_cache else {}
     out: dict[str, str] = {}
-    todo = []
+    todo = {}
     for p in paths:
         entry = cache.get(str(p))
         if entry and entry.get("stat") == _stat_key(p):
             out[str(p)] = entry["sha256"]
         else:
-            todo.append(p)
-    if todo:
-        with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
-            for p, digest in zip(todo, pool.map(_sha256, todo)):
-                out[str(p)] = digest
-                cache[str(p)] = {"stat": _stat_key(p), "sha256": digest}
-        if use_cache:
-            _save_cache(cache)
+            todo[p] = _future(p)
+    for p, fut in todo.items():
+        out[str(p)] = fut.result()
+        cache[str(p)] = {"stat": _stat_key(p), "sha256": out[str(p)]}
+    if todo and use_cache:
+        _save_cache(cache)
     return out

@@ -144,24 +144,30 @@ class StreamingCheckpointWriter:
 
 
 class BackgroundWriter:
-    """Hands tensors to :class:`StreamingCheckpointWriter` s on one background thread.
+    """Hands tensors to :class:`StreamingCheckpointWriter` s on background threads.
 
-    File writes (and the kernel's dirty-page throttling) then overlap with the merge math.
-    Tensors waiting to be written are bounded by ``max_pending_bytes`` (one tensor may always
-    wait), so memory stays independent of model size. An error on the writer thread is
-    re-raised in the caller at its next ``put`` or at ``finish``.
+    File writes (the kernel's copies into the page cache, and its dirty-page throttling) then
+    overlap with the merge math. With several outputs (a sweep), writer ``i`` belongs to
+    thread ``i % threads``, so each file is still written in order while copies for different
+    files run in parallel. Tensors waiting to be written are bounded by ``max_pending_bytes``
+    in total (one tensor may always wait), so memory stays independent of model size. An error
+    on a writer thread is re-raised in the caller at its next ``put`` or at ``finish``.
     """
 
-    def __init__(self, writers: list[StreamingCheckpointWriter], max_pending_bytes: int = 256 * 1024**2):
+    def __init__(self, writers: list[StreamingCheckpointWriter], max_pending_bytes: int = 256 * 1024**2,
+                 threads: int = 2):
         self.writers = writers
         self.limit = max_pending_bytes
-        self._queue: deque = deque()
+        n = max(1, min(threads, len(writers)))
+        self._queues: list[deque] = [deque() for _ in range(n)]
         self._pending = 0
         self._cv = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="medmerge-writer", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(q,), name=f"medmerge-writer-{i}", daemon=True)
+                         for i, q in enumerate(self._queues)]
+        for t in self._threads:
+            t.start()
 
     def put(self, index: int, name: str, tensor: torch.Tensor) -> None:
         n = tensor.numel() * tensor.element_size()
@@ -170,24 +176,26 @@ class BackgroundWriter:
                 self._cv.wait()
             if self._error is not None:
                 raise self._error
-            self._queue.append((index, name, tensor, n))
+            self._queues[index % len(self._queues)].append((index, name, tensor, n))
             self._pending += n
             self._cv.notify_all()
 
-    def _run(self) -> None:
+    def _run(self, queue: deque) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closed:
+                while not queue and not self._closed and self._error is None:
                     self._cv.wait()
-                if not self._queue:
+                if not queue or self._error is not None:
                     return
-                index, name, tensor, n = self._queue.popleft()
+                index, name, tensor, n = queue.popleft()
             try:
                 self.writers[index].write(name, tensor)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 with self._cv:
-                    self._error = exc
-                    self._queue.clear()
+                    if self._error is None:
+                        self._error = exc
+                    for q in self._queues:
+                        q.clear()
                     self._cv.notify_all()
                 return
             with self._cv:
@@ -199,6 +207,7 @@ class BackgroundWriter:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        self._thread.join()
+        for t in self._threads:
+            t.join()
         if self._error is not None:
             raise self._error
