@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Hermetic runs: nothing reaches a hub, and caches (hashes, evaluations, the Punkt model) live in a
+# fresh directory rather than the user's ~/.cache/medmerge.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ["MEDMERGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="medmerge-test-cache-")
 
 
 @pytest.fixture(scope="session")

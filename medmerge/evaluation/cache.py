@@ -1,0 +1,50 @@
+"""Evaluation results cached per (candidate identity, task config, settings).
+
+lm-eval's own request cache keys on prompts only, with no model identity, so it would hand
+one candidate's answers to another. Our key is made of what determines a score: the
+candidate's identity (its recipe with every parent replaced by the sha256 of its weights,
+or a checkpoint's weight hashes), the task's config hash (prompt YAML plus data files) and
+the evaluation settings (shots, limit, generation length, lm-eval version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from medmerge.evaluation.report import TaskResult
+from medmerge.io.hashing import cache_dir
+
+
+def cache_key(identity: str, config_hash: str, settings: dict) -> str:
+    blob = json.dumps({"identity": identity, "task": config_hash, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class EvalCache:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else cache_dir() / "eval"
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> TaskResult | None:
+        p = self._path(key)
+        try:
+            result = TaskResult.model_validate_json(p.read_text())
+        except (OSError, ValueError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return result
+
+    def put(self, key: str, result: TaskResult) -> None:
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(result.model_dump_json())
+        os.replace(tmp, p)

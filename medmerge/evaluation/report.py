@@ -1,0 +1,59 @@
+"""The evaluation report: per-task metrics with stderr, Medical Avg, IF score, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class MetricValue(BaseModel):
+    value: float
+    stderr: float | None = None
+
+
+class TaskResult(BaseModel):
+    task: str
+    alias: str | None = None
+    metrics: dict[str, MetricValue]
+    n_samples: int
+    num_fewshot: int
+    config_hash: str
+
+
+class EvalReport(BaseModel):
+    model: str
+    model_fingerprint: str
+    suites: list[str]
+    tasks: dict[str, TaskResult]
+    medical_avg: float | None = None
+    if_score: float | None = None
+    lm_eval_version: str
+    medmerge_version: str
+    settings: dict = Field(default_factory=dict)
+    seconds: float
+    cached_tasks: list[str] = Field(default_factory=list)
+
+    def table(self) -> str:
+        rows = [("task", "metric", "value", "stderr")]
+        for t in self.tasks.values():
+            for m, v in t.metrics.items():
+                rows.append((t.alias or t.task, m, f"{v.value:.4f}", "" if v.stderr is None else f"{v.stderr:.4f}"))
+        if self.medical_avg is not None:
+            rows.append(("Medical Avg", "acc (mean of tasks)", f"{self.medical_avg:.4f}", ""))
+        if self.if_score is not None:
+            rows.append(("IF score", "mean(prompt, inst strict)", f"{self.if_score:.4f}", ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path

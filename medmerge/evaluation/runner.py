@@ -1,0 +1,231 @@
+"""Evaluate a model (object or checkpoint directory) on suites of lm-eval tasks.
+
+Models are handed to lm-eval as objects (``HFLM(pretrained=<model>)``), so a checkpoint on
+disk and a candidate merged in memory go through the same code and give the same numbers.
+Tasks already in the evaluation cache are not run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmerge import __version__
+from medmerge.evaluation.cache import EvalCache, cache_key
+from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
+from medmerge.evaluation.scores import IF_METRICS, if_score, medical_avg
+from medmerge.evaluation.tasks import EvalError, TaskSpec, load_suites, suite_tasks, task_spec
+
+DEFAULT_MAX_GEN_TOKS = 1280  # IFEval's own setting; capped at half the model's context
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    suites: tuple[str, ...] = ("clinical", "ifeval")
+    data_dir: str | None = None          # None: public Hub datasets; else a local data directory
+    limit: int | None = None             # first N documents of each task
+    num_fewshot: int | None = None       # None: each suite's own default
+    batch_size: int | str = 8            # or "auto"
+    backend: str = "hf"                  # "hf", or "vllm" for generation tasks (GPU + vllm needed)
+    device: str = "cpu"
+    max_gen_toks: int | None = None      # None: min(1280, context // 2)
+    bootstrap_iters: int = 1000          # stderr of non-mean aggregations (IFEval's inst-level acc)
+    seed: int = 1234
+
+    def cache_part(self, num_fewshot: int, max_gen_toks: int) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        return {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
+                "backend": self.backend, "seed": self.seed, "lm_eval": version("lm_eval")}
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = False):
+    """A checkpoint directory (or Hub id) as (model, tokenizer), float32 on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medmerge.io.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(path)  # refuses pickle-only and adapter checkpoints with a clear error
+    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt.path, trust_remote_code=trust_remote_code)
+    model.eval()
+    return model, tokenizer
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    from medmerge.io.checkpoint import Checkpoint
+    from medmerge.io.hashing import sha256_files
+
+    files = Checkpoint(path).weight_files
+    digests = sha256_files(files)
+    blob = json.dumps({f.name: digests[str(f.resolve())] for f in files}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _context_length(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
+
+
+def prepare_tasks(settings: EvalSettings) -> dict[str, TaskSpec]:
+    """Load and check every task of the requested suites (data files included) before any model loads."""
+    return {task: task_spec(task, settings.data_dir)
+            for tasks in suite_tasks(list(settings.suites)).values() for task in tasks}
+
+
+class ModelEvaluator:
+    """Wraps one resident model for lm-eval; weights may be swapped between evaluations."""
+
+    def __init__(self, model, tokenizer, settings: EvalSettings, specs: dict[str, TaskSpec] | None = None):
+        from lm_eval.models.huggingface import HFLM
+
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        self.hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
+                         max_length=_context_length(model))
+        self.max_gen_toks = settings.max_gen_toks or min(DEFAULT_MAX_GEN_TOKS, _context_length(model) // 2)
+        self._vllm = None
+        from lm_eval.tasks import TaskManager
+
+        self.task_manager = TaskManager(include_defaults=False)  # our tasks come as configs
+        self._specs: dict[str, TaskSpec] = dict(specs or {})
+
+    def _generation_lm(self, model_path: str | None):
+        if self.settings.backend != "vllm":
+            return self.hflm
+        import importlib.util
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+            raise EvalError("the vllm backend needs a CUDA GPU and the vllm package; use --backend hf")
+        if model_path is None:
+            raise EvalError("the vllm backend evaluates checkpoints on disk, not candidates held in memory")
+        if self._vllm is None:
+            from lm_eval.models.vllm_causallms import VLLM
+
+            self._vllm = VLLM(pretrained=str(model_path), batch_size=self.settings.batch_size)
+        return self._vllm
+
+    def run(self, specs: list[TaskSpec], num_fewshot: int, model_path: str | None = None) -> dict[str, TaskResult]:
+        import lm_eval
+
+        if not specs:
+            return {}
+        results: dict[str, TaskResult] = {}
+        by_lm: dict[int, tuple[Any, list[TaskSpec]]] = {}
+        for s in specs:
+            lm = self._generation_lm(model_path) if s.config.get("output_type") == "generate_until" else self.hflm
+            by_lm.setdefault(id(lm), (lm, []))[1].append(s)
+        for lm, group in by_lm.values():
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=[dict(s.config) for s in group], num_fewshot=num_fewshot,
+                limit=self.settings.limit, log_samples=False, bootstrap_iters=self.settings.bootstrap_iters,
+                gen_kwargs={"max_gen_toks": self.max_gen_toks}, random_seed=self.settings.seed,
+                numpy_random_seed=self.settings.seed, torch_random_seed=self.settings.seed,
+                fewshot_random_seed=self.settings.seed, task_manager=self.task_manager,
+            )
+            for s in group:
+                raw = out["results"][s.name]
+                metrics = {}
+                for key, value in raw.items():
+                    if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+                        continue
+                    metric, filt = key.split(",", 1)
+                    stderr = raw.get(f"{metric}_stderr,{filt}")
+                    metrics[metric] = MetricValue(value=float(value),
+                                                  stderr=float(stderr) if isinstance(stderr, (int, float)) else None)
+                n = out.get("n-samples", {}).get(s.name, {})
+                results[s.name] = TaskResult(task=s.name, alias=raw.get("alias"), metrics=metrics,
+                                             n_samples=int(n.get("effective", 0)), num_fewshot=num_fewshot,
+                                             config_hash=s.config_hash)
+        return results
+
+    def spec(self, task: str) -> TaskSpec:
+        if task not in self._specs:
+            self._specs[task] = task_spec(task, self.settings.data_dir)
+        return self._specs[task]
+
+    def lookup(self, identity: str | None, cache: EvalCache | None) -> list[tuple[int, dict, list, dict]]:
+        """Per suite: (shots, cached results, specs still to run, cache keys)."""
+        suites = load_suites()
+        plan, seen = [], set()
+        for suite, tasks in suite_tasks(list(self.settings.suites)).items():
+            shots = self.settings.num_fewshot if self.settings.num_fewshot is not None else suites[suite]["num_fewshot"]
+            hits, todo, keys = {}, [], {}
+            for task in tasks:
+                if task in seen:
+                    continue
+                seen.add(task)
+                spec = self.spec(task)
+                key = cache_key(identity, spec.config_hash, self.settings.cache_part(shots, self.max_gen_toks)) \
+                    if identity and cache else None
+                hit = cache.get(key) if key else None
+                if hit is not None:
+                    hits[task] = hit
+                else:
+                    todo.append(spec)
+                    keys[task] = key
+            plan.append((shots, hits, todo, keys))
+        return plan
+
+    def evaluate(self, name: str, fingerprint: str, identity: str | None = None, cache: EvalCache | None = None,
+                 model_path: str | None = None, prepare=None) -> EvalReport:
+        """Evaluate the resident weights; ``identity`` keys the cache (None: no caching).
+
+        ``prepare()`` is called before the first task that is not cached (e.g. to swap the
+        candidate's weights in), and not at all when every task is a cache hit.
+        """
+        t0 = time.perf_counter()
+        plan = self.lookup(identity, cache)
+        if prepare is not None and any(todo for _, _, todo, _ in plan):
+            prepare()
+        results: dict[str, TaskResult] = {}
+        cached: list[str] = []
+        for shots, hits, todo, keys in plan:
+            results.update(hits)
+            cached.extend(hits)
+            for task, result in self.run(todo, shots, model_path).items():
+                results[task] = result
+                if keys.get(task):
+                    cache.put(keys[task], result)
+        return make_report(name, fingerprint, results, self.settings, time.perf_counter() - t0, cached,
+                           max_gen_toks=self.max_gen_toks)
+
+
+def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], settings: EvalSettings,
+                seconds: float, cached: list[str], max_gen_toks: int) -> EvalReport:
+    suites = load_suites()
+    med = if_ = None
+    if "clinical" in settings.suites:
+        med = medical_avg({t: results[t].metrics["acc"].value for t in suites["clinical"]["tasks"]})
+    if "ifeval" in settings.suites:
+        if_ = if_score({m: results["mm_ifeval"].metrics[m].value for m in IF_METRICS})
+    return EvalReport(
+        model=name, model_fingerprint=fingerprint, suites=list(settings.suites), tasks=results,
+        medical_avg=med, if_score=if_, lm_eval_version=lm_eval_version(), medmerge_version=__version__,
+        settings={**asdict(settings), "max_gen_toks": max_gen_toks}, seconds=round(seconds, 3), cached_tasks=cached,
+    )
+
+
+def evaluate_checkpoint(path: str | Path, settings: EvalSettings, cache: EvalCache | None = None,
+                        trust_remote_code: bool = False) -> EvalReport:
+    """Evaluate a checkpoint directory; cached by its weight hashes."""
+    specs = prepare_tasks(settings)
+    fingerprint = checkpoint_fingerprint(path)
+    model, tokenizer = load_model(path, settings.device, trust_remote_code)
+    ev = ModelEvaluator(model, tokenizer, settings, specs)
+    return ev.evaluate(str(path), fingerprint, identity=f"checkpoint:{fingerprint}", cache=cache,
+                       model_path=str(path))

@@ -1,0 +1,128 @@
+"""Task and suite loading: the YAMLs in ``medmerge/tasks``, from the Hub or a local data dir.
+
+One setting switches the data source: ``data_dir``. Without it a task reads its public Hub
+dataset through lm-eval as usual; with it, the files named under the YAML's
+``metadata.local`` are read from ``data_dir`` (JSON Lines in the normalised shape), rows
+are filtered by ``metadata.local.where``, and their fields are checked before lm-eval runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medmerge.errors import MedmergeError
+
+TASKS_DIR = Path(str(files("medmerge") / "tasks"))
+
+
+class EvalError(MedmergeError):
+    """A task, suite or data file cannot be used."""
+
+
+def available_tasks() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("mm_*.yaml"))
+
+
+def load_suites() -> dict[str, dict]:
+    return yaml.safe_load((TASKS_DIR / "suites.yaml").read_text())
+
+
+def suite_tasks(suites: list[str]) -> dict[str, list[str]]:
+    known = load_suites()
+    out = {}
+    for s in suites:
+        if s not in known:
+            raise EvalError(f"unknown suite {s!r}; known suites: {', '.join(known)}")
+        out[s] = list(known[s]["tasks"])
+    return out
+
+
+@dataclass
+class TaskSpec:
+    """A task ready for lm-eval: its config dict and the hash that identifies its data and prompt."""
+
+    name: str
+    config: dict[str, Any]
+    config_hash: str
+    data_files: dict[str, Path]
+
+
+def _yaml_text(path: Path) -> str:
+    text = path.read_text()
+    for line in text.splitlines():
+        if line.startswith("include:"):
+            text = (path.parent / line.split(":", 1)[1].strip()).read_text() + "\n" + text
+    return text
+
+
+def _read_jsonl(path: Path, task: str) -> list[dict]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except ValueError as exc:
+        raise EvalError(f"{path} (task {task}): line {i} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def _check_rows(rows: list[dict], fields: list[str], path: Path, task: str) -> None:
+    if not rows:
+        raise EvalError(f"{path} (task {task}) has no records")
+    for i, row in enumerate(rows):
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise EvalError(f"{path} (task {task}): record {i} lacks field(s) {', '.join(missing)}")
+        if "choices" in fields and (not isinstance(row["choices"], list) or len(row["choices"]) < 2):
+            raise EvalError(f"{path} (task {task}): record {i} has no list of choices")
+        if "answer" in fields and not (isinstance(row["answer"], int) and 0 <= row["answer"] < len(row["choices"])):
+            raise EvalError(f"{path} (task {task}): record {i} has answer {row['answer']!r}, not an index into choices")
+
+
+def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
+    """Load task ``name`` (a YAML stem), switching to ``data_dir`` files when given."""
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's loader: resolves include and !function
+
+    path = TASKS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise EvalError(f"unknown task {name!r}; known tasks: {', '.join(available_tasks())}")
+    config = load_yaml(path)
+    local = dict(config.get("metadata", {}).pop("local", {}))
+    digest = hashlib.sha256(_yaml_text(path).encode())
+    data_files: dict[str, Path] = {}
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise EvalError(f"data directory {data_dir} does not exist")
+        where = local.get("where", {})
+        fields = local.get("fields", [])
+        for split, rel in local["files"].items():
+            f = data_dir / rel
+            if not f.exists():
+                raise EvalError(f"task {name} needs data file {f}, which does not exist")
+            rows = [r for r in _read_jsonl(f, name) if all(r.get(k) == v for k, v in where.items())]
+            _check_rows(rows, fields, f, name)
+            data_files[split] = f
+            digest.update(f"{split}:{rel}:{where}".encode())
+            digest.update(hashlib.sha256(f.read_bytes()).digest())
+        for key in ("training_split", "validation_split", "fewshot_split"):
+            if config.get(key) not in (None, *data_files):
+                config.pop(key)  # that split has no local file: lm-eval samples shots elsewhere
+        config["dataset_path"] = "json"
+        config.pop("dataset_name", None)
+        config["dataset_kwargs"] = {"data_files": {s: str(f) for s, f in data_files.items()}}
+        if where:
+            config["process_docs"] = lambda ds, where=where: ds.filter(
+                lambda d: all(d.get(k) == v for k, v in where.items()))
+        else:
+            config.pop("process_docs", None)
+    config.pop("include", None)
+    return TaskSpec(name=name, config=config, config_hash=digest.hexdigest(), data_files=data_files)
