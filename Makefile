@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/medmerge demo-models $(DEMO)/models
 	$(BIN)/medmerge sweep $(DEMO)/models/sweep.yml $(DEMO)/sweep --overwrite
+	$(BIN)/medmerge evaluate-sweep $(DEMO)/models/sweep.yml --out $(DEMO)/eval \
+	  --suite clinical,ifeval --data-dir sample --limit 8 --max-gen-toks 64
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs

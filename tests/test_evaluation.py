@@ -121,6 +121,16 @@ def test_rerun_hits_cache_and_changed_parent_misses(sweep_spec, demo_models, tmp
     assert third["linear-0.0"].medical_avg == first["linear-0.0"].medical_avg  # clinical alone: same numbers
 
 
+def test_hub_dataset_unreachable_is_a_clear_error(demo_models, tmp_path, capsys):
+    # conftest sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: the Hub path must fail cleanly, not with a traceback
+    code = main(["evaluate", str(demo_models["base"]), "--suite", "ifeval", "--limit", "1",
+                 "--out", str(tmp_path / "r.json"), "--no-cache"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "could not load the Hub datasets (google/IFEval) for mm_ifeval" in err and "--data-dir" in err
+    assert not (tmp_path / "r.json").exists()
+
+
 @pytest.mark.parametrize("case", ["missing_file", "unknown_task", "wrong_fields", "unknown_suite", "bad_json"])
 def test_bad_evaluation_input(case, demo_models, tmp_path, capsys):
     data = tmp_path / "data"

@@ -95,6 +95,9 @@ class ModelEvaluator:
 
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        import datasets
+
+        datasets.disable_progress_bars()  # one bar per candidate is ours; per-split bars are noise
         self.hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
                          max_length=_context_length(model))
         self.max_gen_toks = settings.max_gen_toks or min(DEFAULT_MAX_GEN_TOKS, _context_length(model) // 2)
@@ -120,8 +123,6 @@ class ModelEvaluator:
         return self._vllm
 
     def run(self, specs: list[TaskSpec], num_fewshot: int, model_path: str | None = None) -> dict[str, TaskResult]:
-        import lm_eval
-
         if not specs:
             return {}
         results: dict[str, TaskResult] = {}
@@ -130,13 +131,7 @@ class ModelEvaluator:
             lm = self._generation_lm(model_path) if s.config.get("output_type") == "generate_until" else self.hflm
             by_lm.setdefault(id(lm), (lm, []))[1].append(s)
         for lm, group in by_lm.values():
-            out = lm_eval.simple_evaluate(
-                model=lm, tasks=[dict(s.config) for s in group], num_fewshot=num_fewshot,
-                limit=self.settings.limit, log_samples=False, bootstrap_iters=self.settings.bootstrap_iters,
-                gen_kwargs={"max_gen_toks": self.max_gen_toks}, random_seed=self.settings.seed,
-                numpy_random_seed=self.settings.seed, torch_random_seed=self.settings.seed,
-                fewshot_random_seed=self.settings.seed, task_manager=self.task_manager,
-            )
+            out = self._simple_evaluate(lm, group, num_fewshot)
             for s in group:
                 raw = out["results"][s.name]
                 metrics = {}
@@ -152,6 +147,27 @@ class ModelEvaluator:
                                              n_samples=int(n.get("effective", 0)), num_fewshot=num_fewshot,
                                              config_hash=s.config_hash)
         return results
+
+    def _simple_evaluate(self, lm, group: list[TaskSpec], num_fewshot: int) -> dict:
+        import lm_eval
+
+        try:
+            return lm_eval.simple_evaluate(
+                model=lm, tasks=[dict(s.config) for s in group], num_fewshot=num_fewshot,
+                limit=self.settings.limit, log_samples=False, bootstrap_iters=self.settings.bootstrap_iters,
+                gen_kwargs={"max_gen_toks": self.max_gen_toks}, random_seed=self.settings.seed,
+                numpy_random_seed=self.settings.seed, torch_random_seed=self.settings.seed,
+                fewshot_random_seed=self.settings.seed, task_manager=self.task_manager,
+            )
+        except (ConnectionError, OSError) as exc:
+            if self.settings.data_dir is not None:
+                raise
+            sources = ", ".join(sorted({str(s.config.get("dataset_path")) for s in group}))
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EvalError(
+                f"could not load the Hub datasets ({sources}) for {', '.join(s.name for s in group)}: {first}. "
+                "Without network access, pass --data-dir with local copies (see README)"
+            ) from exc
 
     def spec(self, task: str) -> TaskSpec:
         if task not in self._specs:
