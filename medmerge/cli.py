@@ -200,6 +200,55 @@ def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, 
         click.echo(f"cache: {cache.hits} hits, {cache.misses} misses")
 
 
+@cli.group()
+def server():
+    """Start, stop or inspect the local MLflow tracking server."""
+
+
+_state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+                          default=Path(".medmerge") / "mlflow", show_default=True,
+                          help="Where the server keeps its PID, log, sqlite store and artifacts.")
+
+
+@server.command("start")
+@_state_opt
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True, help="0 picks a free port.")
+@click.option("--backend-store-uri", default=None, help="Default: sqlite in the state dir (PostgreSQL URIs work).")
+@click.option("--artifacts-destination", default=None, help="Default: artifacts/ in the state dir.")
+@click.option("--basic-auth", is_flag=True, help="Serve MLflow's basic-auth app.")
+def server_start(state_dir, host, port, backend_store_uri, artifacts_destination, basic_auth):
+    """Start the server in the background (or report the one already running)."""
+    from medmerge.tracking.server import start
+
+    info = start(state_dir, host=host, port=port or None, backend_store_uri=backend_store_uri,
+                 artifacts_destination=artifacts_destination, app_name="basic-auth" if basic_auth else None)
+    click.echo(f"mlflow server running at {info.uri} (pid {info.pid}; log {info.log})")
+
+
+@server.command("stop")
+@_state_opt
+def server_stop(state_dir):
+    """Stop the server started from this state dir."""
+    from medmerge.tracking.server import stop
+
+    info = stop(state_dir)
+    click.echo(f"stopped mlflow server {info.uri} (pid {info.pid})" if info else "no mlflow server running")
+
+
+@server.command("status")
+@_state_opt
+def server_status(state_dir):
+    """Say whether the server is running, and where; exit 1 if it is not."""
+    from medmerge.tracking.server import healthy, status
+
+    info = status(state_dir)
+    if info is None:
+        click.echo("no mlflow server running")
+        raise click.exceptions.Exit(1)
+    click.echo(f"mlflow server at {info.uri} (pid {info.pid}): {'healthy' if healthy(info.uri) else 'not answering'}")
+
+
 @cli.command("demo-models")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -229,7 +278,9 @@ def main(argv=None) -> int:
 
     keep_freed_memory()
     try:
-        cli.main(args=argv, prog_name="medmerge", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="medmerge", standalone_mode=False)
+        if isinstance(rv, int):  # click hands back Exit codes instead of exiting when not standalone
+            return rv
     except MedmergeError as exc:
         click.echo(f"medmerge: error: {exc}", err=True)
         return 2
@@ -238,6 +289,8 @@ def main(argv=None) -> int:
         return 130
     except click.ClickException as exc:
         exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
         return exc.exit_code
     return 0
 

@@ -1,0 +1,1 @@
+"""MLflow: the local tracking server's lifecycle, run logging, the model registry and promotion."""

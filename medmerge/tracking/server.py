@@ -1,0 +1,152 @@
+"""A real local MLflow tracking server, started and stopped by one command.
+
+``start`` launches ``mlflow server`` as its own process session (so it outlives the command)
+with a sqlite backend and a local artifact root by default (any backend URI the user gives,
+e.g. ``postgresql://…``, works), one worker (lean enough for 2 cores), bound to loopback, and
+waits until ``/health`` answers. Its PID, URI and log live in the state directory, so ``stop``
+ends exactly that process group and ``status`` reports it. ``--app-name basic-auth`` serves
+MLflow's basic-auth app; clients then read MLFLOW_TRACKING_USERNAME/PASSWORD from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medmerge.errors import MedmergeError
+
+DEFAULT_STATE_DIR = Path(".medmerge") / "mlflow"
+
+
+class ServerError(MedmergeError):
+    """The tracking server cannot be started, reached or stopped."""
+
+
+@dataclass
+class ServerInfo:
+    pid: int
+    uri: str
+    backend_store_uri: str
+    artifacts_destination: str
+    log: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def healthy(uri: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _state_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "server.json"
+
+
+def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> ServerInfo | None:
+    """The running server recorded in ``state_dir``, or None (a stale record is removed)."""
+    f = _state_file(Path(state_dir))
+    if not f.exists():
+        return None
+    info = ServerInfo(**json.loads(f.read_text()))
+    if _alive(info.pid):
+        return info
+    f.unlink(missing_ok=True)
+    return None
+
+
+def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0.1", port: int | None = 5000,
+          backend_store_uri: str | None = None, artifacts_destination: str | None = None,
+          app_name: str | None = None, timeout: float = 90.0) -> ServerInfo:
+    """Start the server (or return the one already running from ``state_dir``)."""
+    state_dir = Path(state_dir).resolve()
+    running = status(state_dir)
+    if running:
+        return running
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    with socket.socket() as s:
+        if s.connect_ex((host, port)) == 0:
+            raise ServerError(f"port {port} on {host} is already in use; pass --port or stop what listens there")
+    backend = backend_store_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    artifacts = artifacts_destination or str(state_dir / "artifacts")
+    uri = f"http://{host}:{port}"
+    log = state_dir / "server.log"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+           "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--serve-artifacts",
+           "--workers", "1"]
+    if app_name:
+        cmd += ["--app-name", app_name]
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=state_dir)
+    info = ServerInfo(pid=proc.pid, uri=uri, backend_store_uri=backend, artifacts_destination=artifacts, log=str(log))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise ServerError(f"mlflow server exited with code {proc.returncode}; last log lines:\n{tail}")
+        if healthy(uri):
+            _state_file(state_dir).write_text(info.to_json())
+            return info
+        time.sleep(0.5)
+    _terminate(proc.pid)
+    raise ServerError(f"mlflow server did not answer on {uri}/health within {timeout:.0f} s (log: {log})")
+
+
+def _terminate(pid: int, grace: float = 15.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> ServerInfo | None:
+    """Stop the server recorded in ``state_dir`` (its whole process group); None if none ran."""
+    info = status(state_dir)
+    if info is None:
+        return None
+    _terminate(info.pid)
+    _state_file(Path(state_dir)).unlink(missing_ok=True)
+    return info
