@@ -249,6 +249,38 @@ def server_status(state_dir):
     click.echo(f"mlflow server at {info.uri} (pid {info.pid}): {'healthy' if healthy(info.uri) else 'not answering'}")
 
 
+def _tracking_uri(uri: str | None, state_dir: Path) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the local server started by `medmerge server start`."""
+    import os
+
+    from medmerge.tracking.server import status
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    info = status(state_dir)
+    if info is None:
+        raise MedmergeError("no tracking URI: pass --tracking-uri, set MLFLOW_TRACKING_URI, or run medmerge server start")
+    return info.uri
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--stage", type=click.Choice(["staging", "production"]), default="staging", show_default=True)
+@click.option("--tracking-uri", default=None)
+@_state_opt
+def promote(name, version, stage, tracking_uri, state_dir):
+    """Promote registered model NAME's VERSION: alias @STAGE and the stage in the MLflow UI."""
+    from medmerge.tracking.registry import check_reachable, promote as do_promote
+
+    uri = _tracking_uri(tracking_uri, state_dir)
+    check_reachable(uri)
+    reason = do_promote(name, version, uri, stage=stage)
+    click.echo(f"promoted to {stage}: {reason}")
+    click.echo(f"models:/{name}@{stage} -> version {version}")
+
+
 @cli.command("demo-models")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -1,0 +1,399 @@
+"""Pareto selection over a merge sweep's candidates: frontier, near-frontier, knee, hypervolume.
+
+Every candidate is a point (x, y) = (IF score, Medical Avg); both axes are maximised. The
+functions are pure: they take a list of points and return some of the same objects (never
+copies), so callers can compare by identity. Anything with the attributes of
+:class:`Candidate` (``name``, ``medical_avg``, ``if_score`` and optionally the stderrs) works.
+
+Definitions (x = if_score, y = medical_avg):
+
+* ``a`` dominates ``b``  ⇔  a.x ≥ b.x and a.y ≥ b.y and (a.x > b.x or a.y > b.y).
+* frontier  = the points no other point dominates (exact duplicates do not dominate each other).
+* near_frontier(ε) = the points p for which no q dominates p + (ε, ε).
+* knee      = the frontier point farthest above the chord joining the frontier's extremes,
+  in coordinates normalised to [0, 1] by the frontier's own range.
+* hypervolume = area of the union of the boxes [r.x, p.x] × [r.y, p.y] over the frontier,
+  for a reference point r (by default the worse parent on each axis).
+
+Bad input (no points, non-finite scores or stderrs, ε < 0) raises :class:`ParetoError`, a
+``ValueError`` that the CLI also reports as a :class:`~medmerge.errors.MedmergeError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from medmerge.errors import MedmergeError
+
+# Two floats closer than this count as tied (knee selection): hand-equal values computed along
+# different paths differ by an ulp or so, and the tie rule must still apply to them.
+TIE_TOL = 1e-12
+
+
+class ParetoError(MedmergeError, ValueError):
+    """Bad input to Pareto selection: no points, non-finite scores, negative ε, no reference."""
+
+
+class Candidate(BaseModel):
+    """One scored candidate: x = ``if_score``, y = ``medical_avg`` (both maximised).
+
+    Scores and stderrs must be finite; stderrs must be ≥ 0. ``method``/``ratio`` describe the
+    merge (e.g. ``"slerp"``, 0.3) and are only used for tables and trajectory plots.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    medical_avg: float
+    if_score: float
+    medical_stderr: float | None = None
+    if_stderr: float | None = None
+    method: str | None = None
+    ratio: float | None = None
+
+    @field_validator("medical_avg", "if_score", "ratio")
+    @classmethod
+    def _finite(cls, v, info):
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"{info.field_name} must be a finite number, got {v}")
+        return v
+
+    @field_validator("medical_stderr", "if_stderr")
+    @classmethod
+    def _stderr(cls, v, info):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{info.field_name} must be a finite number >= 0 or None, got {v}")
+        return v
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_points(points) -> list:
+    """Materialise ``points`` and check each has finite scores and finite, non-negative stderrs."""
+    if points is None:
+        raise ParetoError("no candidates: points is None")
+    pts = list(points)
+    if not pts:
+        raise ParetoError("no candidates: need at least one point")
+    for i, p in enumerate(pts):
+        label = repr(getattr(p, "name", f"#{i}"))
+        for attr in ("if_score", "medical_avg"):
+            v = getattr(p, attr, None)
+            if not _number(v):
+                raise ParetoError(f"candidate {label}: {attr} is {v!r}; scores must be finite numbers")
+        for attr in ("if_stderr", "medical_stderr"):
+            v = getattr(p, attr, None)
+            if v is not None and not (_number(v) and v >= 0):
+                raise ParetoError(f"candidate {label}: {attr} is {v!r}; stderrs must be finite and >= 0, or None")
+    return pts
+
+
+def _check_eps(eps) -> float:
+    if not (_number(eps) and eps >= 0):
+        raise ParetoError(f"eps is {eps!r}; it must be a finite number >= 0")
+    return float(eps)
+
+
+def _check_reference(reference) -> tuple[float, float]:
+    try:
+        x, y = reference
+    except (TypeError, ValueError):
+        raise ParetoError(f"reference is {reference!r}; it must be a pair (if_score, medical_avg)") from None
+    if not (_number(x) and _number(y)):
+        raise ParetoError(f"reference is {reference!r}; both coordinates must be finite numbers")
+    return float(x), float(y)
+
+
+# --- dominance and frontier -------------------------------------------------------------------
+
+
+def _order(points: list) -> list:
+    """Frontier order: if_score ascending, then medical_avg descending, then name."""
+    return sorted(points, key=lambda p: (p.if_score, -p.medical_avg, str(getattr(p, "name", ""))))
+
+
+def dominates(a, b) -> bool:
+    """``a`` dominates ``b``: a.x ≥ b.x and a.y ≥ b.y, strictly on at least one axis.
+
+    x = if_score, y = medical_avg. A point never dominates an exact copy of itself.
+    """
+    return (a.if_score >= b.if_score and a.medical_avg >= b.medical_avg
+            and (a.if_score > b.if_score or a.medical_avg > b.medical_avg))
+
+
+def frontier(points) -> list:
+    """The non-dominated points: {p : no q dominates p}.
+
+    Exact duplicates of a frontier point all stay (equal points do not dominate each other).
+    Returned in frontier order: if_score ascending, then medical_avg descending, then name
+    (on a frontier, x ascending means y descending). O(n²), which is nothing for a sweep.
+    """
+    pts = validate_points(points)
+    return _order([p for p in pts if not any(dominates(q, p) for q in pts)])
+
+
+def _shift(p, q, eps: float, use_stderr: bool) -> tuple[float, float]:
+    """Per-axis shift of p when compared with q: ε, or ε + sqrt(se_p² + se_q²) per axis."""
+    if not use_stderr:
+        return eps, eps
+    se = lambda o, a: getattr(o, a, None) or 0.0  # noqa: E731  (missing stderr counts as 0)
+    return (eps + math.hypot(se(p, "if_stderr"), se(q, "if_stderr")),
+            eps + math.hypot(se(p, "medical_stderr"), se(q, "medical_stderr")))
+
+
+def _far_dominated(p, q, eps: float, use_stderr: bool) -> bool:
+    """q dominates p shifted up by the per-axis shift (dx, dy)."""
+    dx, dy = _shift(p, q, eps, use_stderr)
+    px, py = p.if_score + dx, p.medical_avg + dy
+    return q.if_score >= px and q.medical_avg >= py and (q.if_score > px or q.medical_avg > py)
+
+
+def near_frontier(points, eps: float = 0.0, use_stderr: bool = False) -> list:
+    """Points within ε of the frontier.
+
+    p is kept iff no q satisfies q.x ≥ p.x + dx and q.y ≥ p.y + dy with at least one strict,
+    i.e. no q beats p by at least the shift on *both* axes. The shift is dx = dy = ε; with
+    ``use_stderr`` it is per pair and axis: dx = ε + sqrt(se_x(p)² + se_x(q)²) (likewise dy
+    with the Medical Avg stderrs; a missing stderr counts as 0), so a candidate beaten only
+    within one combined standard error stays. ε = 0 without stderrs gives exactly
+    :func:`frontier`; the result always contains the frontier. Frontier order.
+    """
+    eps = _check_eps(eps)
+    pts = validate_points(points)
+    return _order([p for p in pts if not any(_far_dominated(p, q, eps, use_stderr) for q in pts)])
+
+
+# --- knee -------------------------------------------------------------------------------------
+
+
+def _normalise(front: list) -> list[tuple[float, float]]:
+    """(x, y) scaled per axis to [0, 1] by the frontier's own min/max; a zero-range axis maps to 0."""
+    def scale(vals):
+        lo, hi = min(vals), max(vals)
+        return [0.0 if hi == lo else (v - lo) / (hi - lo) for v in vals]
+
+    return list(zip(scale([p.if_score for p in front]), scale([p.medical_avg for p in front])))
+
+
+def _chord_distances(norm: list[tuple[float, float]], a: tuple[float, float],
+                     b: tuple[float, float]) -> list[float]:
+    """Signed perpendicular distance of each point to the line a→b, positive towards (1, 1).
+
+    a is the max-x extreme and b the max-y extreme, so the cross product (b − a) × (p − a) is
+    negative on the (1, 1) side; it is negated. A degenerate chord (a == b) gives all zeros.
+    """
+    (ax, ay), (bx, by) = a, b
+    length = math.hypot(bx - ax, by - ay)
+    if length == 0:
+        return [0.0] * len(norm)
+    return [((by - ay) * (px - ax) - (bx - ax) * (py - ay)) / length for px, py in norm]
+
+
+def _first_max(values: list[float]) -> int:
+    """Index of the first value within TIE_TOL of the maximum."""
+    top = max(values)
+    return next(i for i, v in enumerate(values) if v >= top - TIE_TOL)
+
+
+def knee(points):
+    """The knee of the frontier of ``points``: the best-balanced trade-off.
+
+    1. Take the frontier F (frontier order) and normalise it per axis to [0, 1] by F's own
+       min/max: x' = (x − min x) / (max x − min x), same for y; a zero-range axis maps to 0.
+    2. Draw the chord from the max-if_score point A to the max-medical_avg point B (in
+       normalised coordinates A = (1, 0), B = (0, 1), so the chord is x' + y' = 1).
+    3. The knee is the point P of F with the largest *signed* perpendicular distance to the
+       chord, d(P) = ((B.y − A.y)(P.x − A.x) − (B.x − A.x)(P.y − A.y)) / |B − A|, positive on
+       the side of the ideal corner (1, 1); here d = (x' + y' − 1) / √2. Signed, because a point
+       in a dent of the frontier (below the chord) is the worst compromise, not the knee.
+    4. If |F| < 3, or no point lies above the chord (max d ≤ 0), take the point with the
+       largest x' + y'. Ties (within 1e-12) go to the first point in frontier order, i.e. the
+       lower IF score / higher Medical Avg: a 2-point frontier yields its max-Medical-Avg end.
+
+    Since d is a monotone function of x' + y', the knee is always the frontier point with the
+    largest normalised x' + y' (first in frontier order on ties); steps 2–4 say why.
+    """
+    front = frontier(points)
+    norm = _normalise(front)
+    if len(front) >= 3:
+        a = norm[max(range(len(front)), key=lambda i: front[i].if_score)]
+        b = norm[max(range(len(front)), key=lambda i: front[i].medical_avg)]
+        dist = _chord_distances(norm, a, b)
+        if max(dist) > TIE_TOL:
+            return front[_first_max(dist)]
+    return front[_first_max([x + y for x, y in norm])]
+
+
+# --- reference and hypervolume ----------------------------------------------------------------
+
+
+def parent_points(parents) -> list[tuple[str, float, float]]:
+    """``[(label, if_score, medical_avg), ...]`` from the accepted parent forms.
+
+    ``parents`` is a mapping ``{label: (if_score, medical_avg) | Candidate}`` or a sequence of
+    Candidates / ``(if_score, medical_avg)`` pairs (labelled by name, else "parent 1", ...).
+    """
+    if parents is None:
+        raise ParetoError("no parents given")
+    items = list(parents.items()) if isinstance(parents, Mapping) else [
+        (getattr(p, "name", None) or f"parent {i + 1}", p) for i, p in enumerate(parents)]
+    if not items:
+        raise ParetoError("no parents: need at least one parent")
+    out = []
+    for label, p in items:
+        if hasattr(p, "if_score") and hasattr(p, "medical_avg"):
+            xy = (p.if_score, p.medical_avg)
+        elif isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
+            xy = tuple(p)
+        else:
+            raise ParetoError(f"parent {label!r} is {p!r}; give a Candidate or an (if_score, medical_avg) pair")
+        if not (_number(xy[0]) and _number(xy[1])):
+            raise ParetoError(f"parent {label!r} has scores {xy!r}; they must be finite numbers")
+        out.append((str(label), float(xy[0]), float(xy[1])))
+    return out
+
+
+def default_reference(parents) -> tuple[float, float]:
+    """The worse parent on each axis: (min parents' if_score, min parents' medical_avg)."""
+    pp = parent_points(parents)
+    return min(x for _, x, _ in pp), min(y for _, _, y in pp)
+
+
+def _resolve_reference(reference, parents) -> tuple[float, float]:
+    """An explicit reference wins; else the parents' default; neither is an error."""
+    if reference is not None:
+        return _check_reference(reference)
+    if parents is not None:
+        return default_reference(parents)
+    raise ParetoError("hypervolume needs a reference point or the parents to derive one from")
+
+
+def hypervolume(points, reference=None, parents=None) -> float:
+    """Area dominated by the frontier and bounded below-left by the reference r = (r.x, r.y).
+
+    HV = area of ⋃_p [r.x, p.x] × [r.y, p.y] over frontier points with p.x > r.x and p.y > r.y
+    (others add nothing). Exact sweep over that frontier in x-ascending (hence y-descending)
+    order: HV = Σ_i (x_i − x_{i−1}) · (y_i − r.y), with x_0 = r.x. Duplicates add a zero-width
+    strip, so they never count twice. ``reference`` defaults to
+    :func:`default_reference` of ``parents``; one of the two is required.
+    """
+    rx, ry = _resolve_reference(reference, parents)
+    area, prev_x = 0.0, rx
+    for p in frontier(points):
+        if p.if_score > rx and p.medical_avg > ry:
+            area += (p.if_score - prev_x) * (p.medical_avg - ry)
+            prev_x = p.if_score
+    return area
+
+
+# --- one-call selection -----------------------------------------------------------------------
+
+
+def _fmt(v, se=None) -> str:
+    if v is None:
+        return ""
+    return f"{v:.4f}" if se is None else f"{v:.4f}±{se:.4f}"
+
+
+def _fmt_ratio(r) -> str:
+    """0.0 -> '0.0', 0.25 -> '0.25' (as in candidate names)."""
+    if r is None:
+        return ""
+    s = f"{r:.4f}".rstrip("0")
+    return s + "0" if s.endswith(".") else s
+
+
+def _point_dict(p) -> dict:
+    keys = ("name", "method", "ratio", "medical_avg", "if_score", "medical_stderr", "if_stderr")
+    return {k: getattr(p, k, None) for k in keys}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Result of :func:`select`. Lists hold the caller's own objects (compare by identity).
+
+    ``hypervolume`` and ``reference`` are None when neither a reference nor parents were given.
+    """
+
+    points: list
+    frontier: list
+    near: list
+    knee: Any
+    hypervolume: float | None
+    reference: tuple[float, float] | None
+    eps: float = 0.0
+    use_stderr: bool = False
+
+    def flags(self, p) -> dict[str, bool]:
+        """``{"on_frontier", "near", "knee"}`` for one of ``self.points``."""
+        return {"on_frontier": any(p is q for q in self.frontier),
+                "near": any(p is q for q in self.near),
+                "knee": p is self.knee}
+
+    def table(self) -> str:
+        """Plain text table of every candidate (input order) with its flags, then the hypervolume."""
+        head = ("name", "method", "ratio", "Medical Avg", "IF score", "frontier", "near", "knee")
+        rows = [head]
+        for p in self.points:
+            f = self.flags(p)
+            rows.append((str(getattr(p, "name", "")), str(getattr(p, "method", None) or ""),
+                         _fmt_ratio(getattr(p, "ratio", None)),
+                         _fmt(p.medical_avg, getattr(p, "medical_stderr", None)),
+                         _fmt(p.if_score, getattr(p, "if_stderr", None)),
+                         "yes" if f["on_frontier"] else "", "yes" if f["near"] else "",
+                         "yes" if f["knee"] else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        near = f"near: eps={self.eps:g}" + (" + combined stderr" if self.use_stderr else "")
+        if self.hypervolume is None:
+            lines.append(f"{near}; hypervolume: n/a (no reference)")
+        else:
+            rx, ry = self.reference
+            lines.append(f"{near}; hypervolume: {self.hypervolume:.6f} "
+                         f"(reference IF score {rx:.4f}, Medical Avg {ry:.4f})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable summary: every point with its flags, the selected sets, HV, reference."""
+        return {
+            "points": [{**_point_dict(p), **self.flags(p)} for p in self.points],
+            "frontier": [_point_dict(p) for p in self.frontier],
+            "near": [_point_dict(p) for p in self.near],
+            "knee": _point_dict(self.knee),
+            "hypervolume": self.hypervolume,
+            "reference": None if self.reference is None else list(self.reference),
+            "eps": self.eps,
+            "use_stderr": self.use_stderr,
+        }
+
+
+def select(points, eps: float = 0.0, use_stderr: bool = False, reference=None, parents=None) -> Selection:
+    """Frontier, near-frontier (ε, stderr), knee and hypervolume of ``points`` in one call.
+
+    The hypervolume uses ``reference`` if given, else :func:`default_reference` of ``parents``;
+    with neither it is None (the rest is still computed).
+    """
+    eps = _check_eps(eps)
+    pts = validate_points(points)
+    ref = None if reference is None and parents is None else _resolve_reference(reference, parents)
+    return Selection(
+        points=pts,
+        frontier=frontier(pts),
+        near=near_frontier(pts, eps=eps, use_stderr=use_stderr),
+        knee=knee(pts),
+        hypervolume=None if ref is None else hypervolume(pts, reference=ref),
+        reference=ref,
+        eps=eps,
+        use_stderr=bool(use_stderr),
+    )

@@ -1,0 +1,134 @@
+"""MLflow run logging, model registration and promotion (the core; steps call these).
+
+* One parent run per sweep evaluation, one nested run per candidate: the recipe as params,
+  every per-task score as metrics (plus Medical Avg, IF score, seconds), the report as an artifact.
+* A selected checkpoint is logged as artifacts of its candidate run and registered as a version of
+  one registered model, tagged with its recipe, the parents' hashes, Medical Avg, IF score and the
+  run id. A version with the same candidate identity is reused, never duplicated.
+* Promotion sets the alias (``models:/NAME@staging`` resolves to it), moves the version to the
+  Staging stage (archiving the previous one) and says why; it refuses a version that does not
+  exist or whose run did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medmerge.errors import MedmergeError
+
+
+class RegistryError(MedmergeError):
+    """A registry or tracking operation was refused or failed."""
+
+
+def client(tracking_uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Fail early, naming the URI, when the tracking server does not answer."""
+    from medmerge.tracking.server import healthy
+
+    if tracking_uri.startswith(("http://", "https://")) and not healthy(tracking_uri, timeout=5):
+        raise RegistryError(f"MLflow tracking server {tracking_uri} is not reachable (start it: medmerge server start)")
+
+
+def flat_params(recipe) -> dict[str, str]:
+    return {k: v[:500] for k, v in recipe.tags().items()}
+
+
+def report_metrics(report) -> dict[str, float]:
+    out = {}
+    for task, res in report.tasks.items():
+        for metric, value in res.metrics.items():
+            out[f"{task}.{metric}"] = value.value
+            if value.stderr is not None:
+                out[f"{task}.{metric}_stderr"] = value.stderr
+    if report.medical_avg is not None:
+        out["medical_avg"] = report.medical_avg
+    if report.if_score is not None:
+        out["if_score"] = report.if_score
+    out["eval_seconds"] = report.seconds
+    return out
+
+
+def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, report, tracking_uri: str) -> str:
+    """A nested run for one candidate; returns its run id."""
+    import mlflow
+
+    c = client(tracking_uri)
+    run = c.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, "candidate": name})
+    rid = run.info.run_id
+    try:
+        for k, v in flat_params(recipe).items():
+            c.log_param(rid, k, v)
+        for k, v in report_metrics(report).items():
+            c.log_metric(rid, k, v)
+        c.log_text(rid, json.dumps(report.model_dump(mode="json"), indent=2), "report.json")
+    except Exception:
+        c.set_terminated(rid, status="FAILED")
+        raise
+    c.set_terminated(rid, status="FINISHED")
+    _ = mlflow  # imported for set_tracking_uri side effects in client()
+    return rid
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    reused: bool
+
+
+def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str, tags: dict[str, Any],
+                        tracking_uri: str) -> Registered:
+    """Log ``checkpoint`` under the run and register it as a version of ``name`` (idempotent by identity)."""
+    c = client(tracking_uri)
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        c.create_registered_model(name, description="medmerge merged checkpoints")
+    for mv in c.search_model_versions(f"name='{name}'"):
+        if mv.tags.get("candidate_identity") == identity:
+            return Registered(name, mv.version, mv.run_id, reused=True)
+    c.log_artifacts(run_id, str(checkpoint), artifact_path="checkpoint")
+    all_tags = {**{k: str(v)[:5000] for k, v in tags.items()}, "candidate_identity": identity, "run_id": run_id}
+    mv = c.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags=all_tags)
+    return Registered(name, mv.version, run_id, reused=False)
+
+
+def promote(name: str, version: str, tracking_uri: str, stage: str = "staging") -> str:
+    """Point alias ``stage`` at ``version``, move it to that stage, archive the previous; return why."""
+    c = client(tracking_uri)
+    try:
+        mv = c.get_model_version(name, str(version))
+    except Exception as exc:
+        raise RegistryError(f"model {name} has no version {version}") from exc
+    if mv.run_id:
+        status = c.get_run(mv.run_id).info.status
+        if status != "FINISHED":
+            raise RegistryError(f"refusing to promote {name} version {version}: its run {mv.run_id} is {status}")
+    previous = None
+    try:
+        previous = c.get_model_version_by_alias(name, stage)
+    except Exception:
+        pass
+    reason = f"{name} v{version}: medical_avg={mv.tags.get('medical_avg')}, if_score={mv.tags.get('if_score')}"
+    if previous is not None and previous.version != mv.version:
+        reason += (f"; replaces v{previous.version} (medical_avg={previous.tags.get('medical_avg')}, "
+                   f"if_score={previous.tags.get('if_score')}), now archived")
+    c.set_registered_model_alias(name, stage, str(version))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stages are deprecated in MLflow but still what the UI shows
+        c.transition_model_version_stage(name, str(version), stage.capitalize(), archive_existing_versions=True)
+    c.set_model_version_tag(name, str(version), "promotion_reason", reason)
+    return reason

@@ -1,0 +1,92 @@
+"""Run logging, registration and promotion against a real MLflow server on a free loopback port."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factory import make_family, read
+from medmerge.cli import main
+from medmerge.engine import merge
+from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
+from medmerge.recipe import parse_recipe
+from medmerge.tracking import registry
+from medmerge.tracking.server import start, stop
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    state = tmp_path_factory.mktemp("mlflow")
+    info = start(state, port=0)
+    yield info.uri
+    stop(state)
+
+
+def fake_report(name: str, med: float, ifs: float) -> EvalReport:
+    task = TaskResult(task="mm_pubmedqa", metrics={"acc": MetricValue(value=med, stderr=0.01)}, n_samples=10,
+                      num_fewshot=0, config_hash="0" * 64)
+    return EvalReport(model=name, model_fingerprint="f" * 64, suites=["clinical"], tasks={"mm_pubmedqa": task},
+                      medical_avg=med, if_score=ifs, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+
+
+def test_log_register_promote(server, tmp_path):
+    import mlflow
+
+    fam = make_family(tmp_path / "fam", n_children=2)
+    recipes = {r: parse_recipe({"merge_method": "linear", "models": [
+        {"model": str(fam["m0"]), "parameters": {"weight": 1 - r}},
+        {"model": str(fam["m1"]), "parameters": {"weight": r}}]}) for r in (0.3, 0.7)}
+    ckpts = {r: merge(rec, tmp_path / f"c{r}", quiet=True) for r, rec in recipes.items()}
+
+    c = registry.client(server)
+    exp = c.get_experiment_by_name("medmerge-test") or c.get_experiment(c.create_experiment("medmerge-test"))
+    parent = c.create_run(exp.experiment_id, run_name="sweep")
+    runs = {r: registry.log_candidate(parent.info.run_id, exp.experiment_id, f"linear-{r}", rec,
+                                      fake_report(f"linear-{r}", 0.4 + r / 10, 0.5 - r / 10), server)
+            for r, rec in recipes.items()}
+    c.set_terminated(parent.info.run_id)
+    nested = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.info.run_name for r in nested} == {"linear-0.3", "linear-0.7"}
+    got = c.get_run(runs[0.3]).data
+    assert got.metrics["medical_avg"] == pytest.approx(0.43) and got.metrics["mm_pubmedqa.acc_stderr"] == 0.01
+    assert got.params["merge_method"] == "linear"
+
+    reg = {r: registry.register_checkpoint("medmerge-demo", ckpts[r], runs[r], identity=f"id-{r}",
+                                           tags={"medical_avg": 0.4 + r / 10, "if_score": 0.5 - r / 10}, tracking_uri=server)
+           for r in (0.3, 0.7)}
+    assert [x.reused for x in reg.values()] == [False, False]
+    again = registry.register_checkpoint("medmerge-demo", ckpts[0.3], runs[0.3], identity="id-0.3", tags={},
+                                         tracking_uri=server)
+    assert again.reused and again.version == reg[0.3].version
+    assert len(c.search_model_versions("name='medmerge-demo'")) == 2
+
+    assert main(["promote", "medmerge-demo", reg[0.3].version, "--tracking-uri", server]) == 0
+    local = mlflow.artifacts.download_artifacts("models:/medmerge-demo@staging", dst_path=str(tmp_path / "dl"))
+    downloaded, expected = read(local), read(ckpts[0.3])
+    assert sorted(downloaded) == sorted(expected) and all(torch.equal(downloaded[k], expected[k]) for k in expected)
+    assert c.get_model_version("medmerge-demo", reg[0.3].version).current_stage == "Staging"
+
+    reason = registry.promote("medmerge-demo", reg[0.7].version, server)
+    assert f"replaces v{reg[0.3].version}" in reason
+    assert c.get_model_version("medmerge-demo", reg[0.3].version).current_stage == "Archived"
+    assert c.get_model_version_by_alias("medmerge-demo", "staging").version == reg[0.7].version
+
+
+def test_promotion_refusals(server, tmp_path, capsys):
+    c = registry.client(server)
+    assert main(["promote", "medmerge-demo", "999", "--tracking-uri", server]) == 2
+    assert "has no version 999" in capsys.readouterr().err
+    exp_id = c.create_experiment("medmerge-failed")
+    run = c.create_run(exp_id)
+    fam = make_family(tmp_path / "fam", n_children=1)
+    reg = registry.register_checkpoint("medmerge-failing", fam["m0"], run.info.run_id, "idf", {}, server)
+    c.set_terminated(run.info.run_id, status="FAILED")
+    assert main(["promote", "medmerge-failing", reg.version, "--tracking-uri", server]) == 2
+    assert "is FAILED" in capsys.readouterr().err
+
+
+def test_unreachable_server_is_named(capsys):
+    assert main(["promote", "m", "1", "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    assert "http://127.0.0.1:9 is not reachable" in capsys.readouterr().err
