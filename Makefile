@@ -22,11 +22,18 @@ $(STAMP): pyproject.toml
 	  || echo "warning: could not install wordnet-base"; fi
 	@touch $(STAMP)
 
+# ZenML keeps its local store in the repo (not ~/.config), quietly and without analytics.
+ZENV    := ZENML_CONFIG_PATH=$(CURDIR)/.medmerge/zenml ZENML_ANALYTICS_OPT_IN=false \
+           AUTO_OPEN_DASHBOARD=false ZENML_LOGGING_VERBOSITY=WARN
+
 demo: $(STAMP)
-	$(BIN)/medmerge demo-models $(DEMO)/models
-	$(BIN)/medmerge sweep $(DEMO)/models/sweep.yml $(DEMO)/sweep --overwrite
-	$(BIN)/medmerge evaluate-sweep $(DEMO)/models/sweep.yml --out $(DEMO)/eval \
-	  --suite clinical,ifeval --data-dir sample --limit 8 --max-gen-toks 64
+	@test -f $(DEMO)/models/instruct/config.json || $(BIN)/medmerge demo-models $(DEMO)/models
+	$(BIN)/medmerge server start
+	$(ZENV) $(BIN)/python -m pipelines.merge_search --config zenml_config/merge_search_demo.yaml --promote-knee
+
+stack: $(STAMP)
+	$(BIN)/medmerge server start
+	$(ZENV) bash zenml_config/register_local_stack.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs

@@ -13,6 +13,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ["MEDMERGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="medmerge-test-cache-")
+os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="medmerge-test-zenml-")
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("AUTO_OPEN_DASHBOARD", "false")
 
 
 @pytest.fixture(scope="session")

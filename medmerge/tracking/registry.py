@@ -62,8 +62,6 @@ def report_metrics(report) -> dict[str, float]:
 
 def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, report, tracking_uri: str) -> str:
     """A nested run for one candidate; returns its run id."""
-    import mlflow
-
     c = client(tracking_uri)
     run = c.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, "candidate": name})
     rid = run.info.run_id
@@ -77,7 +75,6 @@ def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, rep
         c.set_terminated(rid, status="FAILED")
         raise
     c.set_terminated(rid, status="FINISHED")
-    _ = mlflow  # imported for set_tracking_uri side effects in client()
     return rid
 
 

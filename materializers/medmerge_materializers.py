@@ -1,0 +1,107 @@
+"""Materializers: what ZenML stores for each medmerge artifact, and what its dashboard shows.
+
+* ``CheckpointDir``: the whole checkpoint directory is copied into the artifact store (loading
+  gives a ``CheckpointDir`` pointing at that copy); metadata: size, files, identity.
+* ``SearchResults`` (every candidate's evaluation report): JSON, a markdown table, metadata.
+* ``Frontier``: JSON, the frontier and trajectory PNGs, and the frontier table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+from zenml.enums import ArtifactType, VisualizationType
+from zenml.io import fileio
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from medmerge.search import CheckpointDir, Frontier, SearchResults
+
+
+def _write(path: str, text: str) -> None:
+    with fileio.open(path, "w") as f:
+        f.write(text)
+
+
+def _read(path: str) -> str:
+    with fileio.open(path, "r") as f:
+        return f.read()
+
+
+class CheckpointDirMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (CheckpointDir,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
+
+    def save(self, data: CheckpointDir) -> None:
+        target = os.path.join(self.uri, "checkpoint")
+        fileio.makedirs(target)
+        for name in sorted(os.listdir(data.path)):
+            src = os.path.join(data.path, name)
+            if os.path.isfile(src):
+                fileio.copy(src, os.path.join(target, name), overwrite=True)
+        _write(os.path.join(self.uri, "checkpoint.json"), data.model_dump_json())
+
+    def load(self, data_type: type[Any]) -> CheckpointDir:
+        meta = CheckpointDir.model_validate_json(_read(os.path.join(self.uri, "checkpoint.json")))
+        return meta.model_copy(update={"path": os.path.join(self.uri, "checkpoint")})
+
+    def extract_metadata(self, data: CheckpointDir) -> dict[str, Any]:
+        files = [f for f in os.listdir(data.path) if os.path.isfile(os.path.join(data.path, f))]
+        size = sum(os.path.getsize(os.path.join(data.path, f)) for f in files)
+        return {"candidate": data.name, "identity": data.identity, "files": len(files), "bytes": size,
+                "mlflow_run_id": data.run_id}
+
+
+class SearchResultsMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (SearchResults,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+
+    def save(self, data: SearchResults) -> None:
+        _write(os.path.join(self.uri, "results.json"), data.model_dump_json(indent=2))
+
+    def load(self, data_type: type[Any]) -> SearchResults:
+        return SearchResults.model_validate_json(_read(os.path.join(self.uri, "results.json")))
+
+    def save_visualizations(self, data: SearchResults) -> dict[str, VisualizationType]:
+        rows = ["| candidate | Medical Avg | IF score | MLflow run |", "|---|---|---|---|"]
+        for c in data.candidates:
+            med = "" if c.report.medical_avg is None else f"{c.report.medical_avg:.4f}"
+            ifs = "" if c.report.if_score is None else f"{c.report.if_score:.4f}"
+            rows.append(f"| {c.name} | {med} | {ifs} | {c.run_id} |")
+        path = os.path.join(self.uri, "reports.md")
+        _write(path, "\n".join(rows) + "\n")
+        return {path: VisualizationType.MARKDOWN}
+
+    def extract_metadata(self, data: SearchResults) -> dict[str, Any]:
+        meds = [c.report.medical_avg for c in data.candidates if c.report.medical_avg is not None]
+        return {"candidates": len(data.candidates), "best_medical_avg": max(meds) if meds else None,
+                "mlflow_parent_run_id": data.parent_run_id, "tracking_uri": data.tracking_uri}
+
+
+class FrontierMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (Frontier,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+
+    def save(self, data: Frontier) -> None:
+        stored = {}
+        for key, src in data.figures.items():
+            if os.path.exists(src):
+                dst = os.path.join(self.uri, f"{key}.png")
+                fileio.copy(src, dst, overwrite=True)
+                stored[key] = dst
+        _write(os.path.join(self.uri, "frontier.json"), data.model_copy(update={"figures": stored}).model_dump_json())
+
+    def load(self, data_type: type[Any]) -> Frontier:
+        return Frontier.model_validate_json(_read(os.path.join(self.uri, "frontier.json")))
+
+    def save_visualizations(self, data: Frontier) -> dict[str, VisualizationType]:
+        out = {os.path.join(self.uri, f"{k}.png"): VisualizationType.IMAGE for k in data.figures}
+        table = os.path.join(self.uri, "frontier.md")
+        _write(table, "```\n" + data.table + "\n```\n")
+        out[table] = VisualizationType.MARKDOWN
+        return {p: v for p, v in out.items() if fileio.exists(p)}
+
+    def extract_metadata(self, data: Frontier) -> dict[str, Any]:
+        return {"knee": data.knee, "frontier": ", ".join(data.frontier), "near": len(data.near),
+                "hypervolume": data.hypervolume}

@@ -1,0 +1,236 @@
+"""Merge search, the first phase end to end (the core the ZenML steps call; no ZenML here).
+
+check compatibility -> sweep in memory and evaluate each candidate (one MLflow parent run,
+a nested run per candidate) -> Pareto selection (frontier, near set, knee, figures) -> write
+only the selected checkpoints -> register them. Each function is one step's work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medmerge.evaluation.report import EvalReport
+from medmerge.evaluation.runner import EvalSettings
+from medmerge.recipe import Recipe, SweepSpec, load_sweep
+
+
+class SearchConfig(BaseModel):
+    """The run configuration of ``merge_search`` (YAML under ``zenml_config/``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    sweep: SweepSpec
+    suites: tuple[str, ...] = ("clinical", "ifeval")
+    data_dir: str | None = None
+    limit: int | None = None
+    num_fewshot: int | None = None
+    max_gen_toks: int | None = None
+    batch_size: int | str = 8
+    eps: float = 0.0
+    use_stderr: bool = False
+    output_dir: str = "merge_search_out"
+    registered_model: str = "medmerge-clinical"
+    experiment: str = "medmerge-merge-search"
+    tracking_uri: str | None = None
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep_path(cls, v):
+        return load_sweep(v) if isinstance(v, (str, Path)) else v
+
+    def eval_settings(self) -> EvalSettings:
+        data_dir = self.data_dir
+        if data_dir == "sample":
+            from importlib.resources import files
+
+            data_dir = str(files("medmerge") / "resources" / "eval_sample")
+        return EvalSettings(suites=self.suites, data_dir=data_dir, limit=self.limit, num_fewshot=self.num_fewshot,
+                            batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
+
+    def resolved_tracking_uri(self) -> str:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            from medmerge.tracking.server import status
+
+            info = status()
+            uri = info.uri if info else None
+        if not uri:
+            from medmerge.tracking.registry import RegistryError
+
+            raise RegistryError("no MLflow tracking URI: set tracking_uri, MLFLOW_TRACKING_URI, or run medmerge server start")
+        return uri
+
+
+class CandidateResult(BaseModel):
+    name: str
+    method: str
+    ratio: float
+    recipe: Recipe
+    identity: str
+    run_id: str
+    report: EvalReport
+
+
+class SearchResults(BaseModel):
+    """What the evaluation step hands on: the MLflow runs and every candidate's report."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    parents: dict[str, dict]          # ref -> {path, weights: {file: sha256}}
+    candidates: list[CandidateResult]
+
+    def by_name(self) -> dict[str, CandidateResult]:
+        return {c.name: c for c in self.candidates}
+
+
+class Frontier(BaseModel):
+    """The selection: frontier, near set, knee and hypervolume, with the figures' paths."""
+
+    selection: dict
+    frontier: list[str]
+    near: list[str]
+    knee: str
+    hypervolume: float | None
+    table: str
+    figures: dict[str, str] = Field(default_factory=dict)
+
+
+class CheckpointDir(BaseModel):
+    """A merged checkpoint directory and what identifies it."""
+
+    name: str
+    path: str
+    identity: str
+    run_id: str
+
+
+def check_parents(cfg: SearchConfig) -> dict[str, dict]:
+    """Open and check the parents (errors name the first offending thing); return their hashes."""
+    from medmerge.engine import _parent_provenance, open_parents, plan_merge
+
+    spec = cfg.sweep
+    refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
+    parents = open_parents(refs)
+    plans = [plan_merge(spec.candidates()[0].recipe, parents)]
+    prov = _parent_provenance(plans)
+    if spec.base:  # the base is opened and checked but unused by linear/slerp; record its hash too
+        from medmerge.io.hashing import sha256_files
+
+        files = parents[spec.base].weight_files
+        digests = sha256_files(files)
+        prov[spec.base] = {"path": str(parents[spec.base].path),
+                           "weights": {f.name: digests[str(f.resolve())] for f in files}}
+    return prov
+
+
+def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str | None = None) -> SearchResults:
+    """Evaluate every candidate in memory; log a parent run and a nested run per candidate."""
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.evaluation.sweep_eval import evaluate_sweep
+    from medmerge.tracking import registry
+
+    uri = cfg.resolved_tracking_uri()
+    registry.check_reachable(uri)
+    c = registry.client(uri)
+    exp = c.get_experiment_by_name(cfg.experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(cfg.experiment)
+    parent = c.create_run(exp_id, run_name=run_name or "merge_search", tags={"medmerge.phase": "merge_search"})
+    pid = parent.info.run_id
+    try:
+        c.log_param(pid, "sweep", json.dumps(cfg.sweep.model_dump(mode="json"))[:500])
+        for k in ("suites", "limit", "eps", "data_dir", "registered_model"):
+            c.log_param(pid, k, str(getattr(cfg, k)))
+        c.log_dict(pid, parents, "parents.json")
+        results = []
+        for cand, report in evaluate_sweep(cfg.sweep, cfg.eval_settings(), EvalCache()):
+            identity = report.model_fingerprint.removeprefix("candidate:")
+            rid = registry.log_candidate(pid, exp_id, cand.name, cand.recipe, report, uri)
+            results.append(CandidateResult(name=cand.name, method=cand.method, ratio=cand.ratio, recipe=cand.recipe,
+                                           identity=identity, run_id=rid, report=report))
+    except BaseException:
+        c.set_terminated(pid, status="FAILED")
+        raise
+    return SearchResults(tracking_uri=uri, experiment_id=exp_id, parent_run_id=pid, parents=parents,
+                         candidates=results)
+
+
+def _points(results: SearchResults):
+    from medmerge.pareto import Candidate as Point
+
+    pts = []
+    for c in results.candidates:
+        r = c.report
+        if r.medical_avg is None or r.if_score is None:
+            raise ValueError("Pareto selection needs both the clinical and ifeval suites")
+        pts.append(Point(name=c.name, medical_avg=r.medical_avg, if_score=r.if_score, method=c.method, ratio=c.ratio))
+    return pts
+
+
+def select_frontier(results: SearchResults, cfg: SearchConfig, figures_dir: str | Path) -> Frontier:
+    """Frontier, ε-near set, knee and hypervolume (reference: the worse parent); figures logged to MLflow."""
+    from medmerge import figures, pareto
+    from medmerge.tracking import registry
+
+    pts = _points(results)
+    ends = {"clinical": next((p for p in pts if p.ratio == 0.0), None),
+            "instruct": next((p for p in pts if p.ratio == 1.0), None)}
+    parents = {k: (v.if_score, v.medical_avg) for k, v in ends.items() if v is not None}
+    sel = pareto.select(pts, eps=cfg.eps, use_stderr=cfg.use_stderr, parents=parents if len(parents) == 2 else None)
+    figures_dir = Path(figures_dir)
+    fig_f = figures.plot_frontier(pts, figures_dir / "frontier.png", parents=parents or None, selection=sel,
+                                  title="Medical Avg vs IF score")
+    fig_t = figures.plot_trajectories(pts, figures_dir / "trajectories.png", title="Scores along the ratio")
+    c = registry.client(results.tracking_uri)
+    for f in (fig_f, fig_t):
+        c.log_artifact(results.parent_run_id, str(f), "figures")
+    c.log_text(results.parent_run_id, sel.table(), "frontier.txt")
+    c.log_dict(results.parent_run_id, sel.to_dict(), "frontier.json")
+    if sel.hypervolume is not None:
+        c.log_metric(results.parent_run_id, "hypervolume", sel.hypervolume)
+    return Frontier(selection=sel.to_dict(), frontier=[p.name for p in sel.frontier], near=[p.name for p in sel.near],
+                    knee=sel.knee.name, hypervolume=sel.hypervolume, table=sel.table(),
+                    figures={"frontier": str(fig_f), "trajectories": str(fig_t)})
+
+
+def write_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier) -> list[CheckpointDir]:
+    """Write only the selected (near-frontier) candidates, each atomically, reading parents once."""
+    from medmerge.engine import open_parents, plan_merge, write_plans
+
+    by = results.by_name()
+    chosen = [by[n] for n in frontier.near]
+    out = Path(cfg.output_dir)
+    todo = [c for c in chosen if not (out / c.name / "medmerge.json").exists()]
+    if todo:
+        spec = cfg.sweep
+        refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
+        parents = open_parents(refs)
+        plans = [plan_merge(c.recipe, parents) for c in todo]
+        write_plans(plans, [out / c.name for c in todo], overwrite=True, quiet=True, desc="writing selected")
+    return [CheckpointDir(name=c.name, path=str((out / c.name).resolve()), identity=c.identity, run_id=c.run_id)
+            for c in chosen]
+
+
+def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier,
+                      checkpoints: list[CheckpointDir]) -> dict[str, str]:
+    """Register each written checkpoint (no duplicates); close the parent run. Returns {candidate: version}."""
+    from medmerge.tracking import registry
+
+    by = results.by_name()
+    fingerprint = json.dumps({r: p["weights"] for r, p in sorted(results.parents.items())}, sort_keys=True)
+    versions = {}
+    for ck in checkpoints:
+        cand = by[ck.name]
+        tags = {**cand.recipe.tags(), "candidate": ck.name, "medical_avg": cand.report.medical_avg,
+                "if_score": cand.report.if_score, "parents_sha256": fingerprint,
+                "knee": str(ck.name == frontier.knee)}
+        reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), ck.run_id, ck.identity, tags,
+                                           results.tracking_uri)
+        versions[ck.name] = reg.version
+    c = registry.client(results.tracking_uri)
+    c.log_dict(results.parent_run_id, versions, "registered_versions.json")
+    c.set_terminated(results.parent_run_id, status="FINISHED")
+    return versions

@@ -1,0 +1,45 @@
+"""The merge_search steps. Each is a few lines around one ``medmerge.search`` function."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Annotated
+
+from zenml import get_step_context, step
+
+import materializers  # noqa: F401  (registers the medmerge materializers)
+from medmerge import search
+from medmerge.search import CheckpointDir, Frontier, SearchConfig, SearchResults
+
+
+@step
+def check_parents(config: SearchConfig) -> Annotated[dict, "parents"]:
+    """In: the run config. Out: each parent's weight-file sha256. Fails naming the first incompatibility."""
+    return search.check_parents(config)
+
+
+@step
+def evaluate_candidates(config: SearchConfig, parents: dict) -> Annotated[SearchResults, "evaluation_reports"]:
+    """In: config, parent hashes. Out: every candidate's report, evaluated in memory (MLflow: parent + nested runs)."""
+    run_name = get_step_context().pipeline_run.name
+    return search.evaluate_and_log(config, parents, run_name=run_name)
+
+
+@step
+def select_frontier(config: SearchConfig, results: SearchResults) -> Annotated[Frontier, "frontier"]:
+    """In: reports. Out: frontier, near set, knee, hypervolume and figures (also logged to MLflow)."""
+    return search.select_frontier(results, config, tempfile.mkdtemp(prefix="medmerge-figures-"))
+
+
+@step
+def write_selected(config: SearchConfig, results: SearchResults,
+                   frontier: Frontier) -> Annotated[list[CheckpointDir], "selected_checkpoints"]:
+    """In: the selection. Out: only the selected candidates, written atomically."""
+    return search.write_selected(config, results, frontier)
+
+
+@step
+def register_selected(config: SearchConfig, results: SearchResults, frontier: Frontier,
+                      checkpoints: list[CheckpointDir]) -> Annotated[dict, "registered_versions"]:
+    """In: written checkpoints. Out: {candidate: registered version} (no duplicates on re-runs)."""
+    return search.register_selected(config, results, frontier, checkpoints)
