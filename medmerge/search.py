@@ -135,6 +135,8 @@ def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str 
 
     uri = cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
+    # one "View run" line per candidate would bury the frontier table; the pipeline prints the parent's URL
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     c = registry.client(uri)
     exp = c.get_experiment_by_name(cfg.experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(cfg.experiment)
