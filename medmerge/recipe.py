@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medmerge.errors import RecipeError
 from medmerge.methods import MethodDef, get_method
@@ -29,6 +29,15 @@ Scalar = Union[bool, int, float, str]
 ParameterValue = Union[Scalar, list[Scalar], list[dict[str, Any]], dict[str, Any]]
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 MERGEKIT_ONLY_KEYS = ("slices", "modules", "tokenizer", "chat_template")
+
+
+def _check_dtype(v: str | None) -> str | None:
+    if v is not None and v not in DTYPES:
+        raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(DTYPES)}")
+    return v
+
+
+DType = Annotated[Optional[str], AfterValidator(_check_dtype)]
 
 
 class ModelEntry(BaseModel):
@@ -45,17 +54,10 @@ class Recipe(BaseModel):
     base_model: str | None = None
     models: tuple[ModelEntry, ...]
     parameters: dict[str, ParameterValue] = Field(default_factory=dict)
-    dtype: str | None = None
-    out_dtype: str | None = None
+    dtype: DType = None
+    out_dtype: DType = None
     tokenizer_source: str | None = None
     random_seed: int | None = None
-
-    @field_validator("dtype", "out_dtype")
-    @classmethod
-    def _dtype(cls, v):
-        if v is not None and v not in DTYPES:
-            raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(DTYPES)}")
-        return v
 
     @model_validator(mode="after")
     def _check_against_method(self):
@@ -106,8 +108,6 @@ class Recipe(BaseModel):
                 f"tokenizer_source {self.tokenizer_source!r} must be 'base' or one of the models "
                 "(medmerge merges parents that share one tokenizer; 'union' is not supported)"
             )
-        if method.stochastic is False and self.random_seed is not None:
-            pass  # harmless: recorded, unused
         return self
 
     # -- views -------------------------------------------------------------------------------
@@ -249,8 +249,8 @@ class SweepSpec(BaseModel):
     base: str | None = None
     methods: tuple[str, ...] = ("linear", "slerp")
     ratios: tuple[float, ...] = DEFAULT_RATIOS
-    dtype: str | None = None
-    out_dtype: str | None = None
+    dtype: DType = None
+    out_dtype: DType = None
 
     @field_validator("methods")
     @classmethod
@@ -275,13 +275,6 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"ratio {r} is outside [0, 1]")
         if len({ratio_label(r) for r in v}) != len(v):
             raise ValueError("ratios: duplicates")
-        return v
-
-    @field_validator("dtype", "out_dtype")
-    @classmethod
-    def _dtype(cls, v):
-        if v is not None and v not in DTYPES:
-            raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(DTYPES)}")
         return v
 
     def candidate_recipe(self, method: str, ratio: float) -> Recipe:
