@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-URI=${1:-${MLFLOW_TRACKING_URI:-$($PY -c 'from medmerge.tracking.server import status; i = status(); print(i.uri if i else "")')}}
+STATE=${MEDMERGE_SERVER_STATE:-.medmerge/mlflow}   # where `medmerge server start` keeps its state
+URI=${1:-${MLFLOW_TRACKING_URI:-$($PY -c "from medmerge.tracking.server import status; i = status('$STATE'); print(i.uri if i else '')")}}
 if [ -z "$URI" ]; then echo "no MLflow server: run 'medmerge server start' first" >&2; exit 2; fi
 ZENML="$PY -m zenml.cli.cli"
 command -v zenml >/dev/null && ZENML=zenml || ZENML="$(dirname "$PY")/zenml"
