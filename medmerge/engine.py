@@ -331,9 +331,7 @@ def stream_plans(plans: Sequence[MergePlan], emit: Callable[[int, Step, torch.Te
         for i, plan in enumerate(plans):
             stream_plans([plan], lambda _, s, t, i=i: emit(i, s, t), chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
         return
-    parents: dict[str, Checkpoint] = {}
-    for plan in plans:
-        parents.update(plan.parents)
+    parents = _plans_parents(plans)
     reader = _TensorReader(parents)
     first = plans[0].steps
     union_bytes = [_step_bytes(s, parents) for s in first]
@@ -350,16 +348,21 @@ def stream_plans(plans: Sequence[MergePlan], emit: Callable[[int, Step, torch.Te
             bar.set_postfix_str(f"{idx + 1}/{len(first)} tensors", refresh=False)
 
 
-def _parent_provenance(plans: Sequence[MergePlan]) -> dict[str, dict]:
-    parents: dict[str, Checkpoint] = {}
-    for p in plans:
-        parents.update(p.parents)
+def parent_provenance(parents: dict[str, Checkpoint]) -> dict[str, dict]:
+    """``{ref: {path, weights: {file: sha256}}}`` for opened parents (hashes cached across runs)."""
     files = [f for c in parents.values() for f in c.weight_files]
     digests = sha256_files(files)
     return {
         ref: {"path": str(c.path), "weights": {f.name: digests[str(f.resolve())] for f in c.weight_files}}
         for ref, c in parents.items()
     }
+
+
+def _plans_parents(plans: Sequence[MergePlan]) -> dict[str, Checkpoint]:
+    parents: dict[str, Checkpoint] = {}
+    for p in plans:
+        parents.update(p.parents)
+    return parents
 
 
 def parent_fingerprint(provenance: dict[str, dict]) -> str:
@@ -399,7 +402,7 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
     out_dirs = [Path(d) for d in out_dirs]
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmerge-hash"))
-        provenance_future = pool.submit(_parent_provenance, plans)  # hashes parents while we merge
+        provenance_future = pool.submit(parent_provenance, _plans_parents(plans))  # hashes parents while we merge
         tmps = [stack.enter_context(atomic_dir(d, overwrite=overwrite)) for d in out_dirs]
         writers = [StreamingCheckpointWriter(t, [s.spec for s in p.steps], max_shard_bytes=max_shard_bytes)
                    for p, t in zip(plans, tmps)]
@@ -467,13 +470,13 @@ def merged_state_dict(plan: MergePlan, load: "_TensorReader | None" = None) -> d
     return out
 
 
-class _Preloaded(_TensorReader):
+class PreloadedParents(_TensorReader):
     """Parents held in memory once, for sweeps evaluated without writing candidates."""
 
     def __init__(self, parents: dict[str, Checkpoint], plans: Sequence[MergePlan]):
         super().__init__(parents)
         wanted = {rn for p in plans for s in p.steps for rn in s.reads}
-        self.tensors = {(ref, name): super(_Preloaded, self).raw(ref, name) for ref, name in wanted}
+        self.tensors = {(ref, name): super(PreloadedParents, self).raw(ref, name) for ref, name in wanted}
 
     def raw(self, ref: str, name: str) -> torch.Tensor:
         return self.tensors[ref, name]
@@ -490,6 +493,6 @@ def iter_sweep(spec: SweepSpec, *, allow_pickle: bool = False, trust_remote_code
     parents = open_parents(refs, allow_pickle=allow_pickle)
     candidates = spec.candidates()
     plans = [plan_merge(c.recipe, parents, trust_remote_code=trust_remote_code) for c in candidates]
-    load = _Preloaded(parents, plans) if preload else None
+    load = PreloadedParents(parents, plans) if preload else None
     for cand, plan in zip(candidates, plans):
         yield cand, merged_state_dict(plan, load)

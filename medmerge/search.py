@@ -109,22 +109,12 @@ class CheckpointDir(BaseModel):
 
 
 def check_parents(cfg: SearchConfig) -> dict[str, dict]:
-    """Open and check the parents (errors name the first offending thing); return their hashes."""
-    from medmerge.engine import _parent_provenance, open_parents, plan_merge
+    """Open and check the parents (errors name the first offending thing); return their weight hashes."""
+    from medmerge.engine import open_parents, parent_provenance
 
     spec = cfg.sweep
     refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
-    parents = open_parents(refs)
-    plans = [plan_merge(spec.candidates()[0].recipe, parents)]
-    prov = _parent_provenance(plans)
-    if spec.base:  # the base is opened and checked but unused by linear/slerp; record its hash too
-        from medmerge.io.hashing import sha256_files
-
-        files = parents[spec.base].weight_files
-        digests = sha256_files(files)
-        prov[spec.base] = {"path": str(parents[spec.base].path),
-                           "weights": {f.name: digests[str(f.resolve())] for f in files}}
-    return prov
+    return parent_provenance(open_parents(refs))
 
 
 def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str | None = None) -> SearchResults:

@@ -15,7 +15,8 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from medmerge.engine import _Preloaded, _parent_provenance, merged_state_dict, open_parents, parent_fingerprint, plan_merge
+from medmerge.engine import (PreloadedParents, merged_state_dict, open_parents, parent_fingerprint,
+                             parent_provenance, plan_merge)
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import EvalSettings, ModelEvaluator, load_model, prepare_tasks
@@ -42,19 +43,19 @@ def evaluate_sweep(spec: SweepSpec, settings: EvalSettings, cache: EvalCache | N
     parents = open_parents(refs, allow_pickle=allow_pickle)
     candidates = spec.candidates()
     plans = [plan_merge(c.recipe, parents) for c in candidates]
-    provenance = _parent_provenance(plans)
+    provenance = parent_provenance(parents)
     parent_hashes = {ref: parent_fingerprint({ref: p}) for ref, p in provenance.items()}
 
     model, tokenizer = load_model(spec.clinical, settings.device)
     evaluator = ModelEvaluator(model, tokenizer, settings, specs)
-    preloaded: list[_Preloaded] = []
+    preloaded: list[PreloadedParents] = []
 
     for cand, plan in tqdm(list(zip(candidates, plans)), desc="evaluating candidates", disable=quiet):
         identity = candidate_identity(cand.recipe, parent_hashes)
 
         def swap_in(plan=plan, cand=cand):
             if not preloaded:  # parents are read only once some candidate really needs evaluating
-                preloaded.append(_Preloaded(parents, plans))
+                preloaded.append(PreloadedParents(parents, plans))
             state = merged_state_dict(plan, preloaded[0])
             with torch.no_grad():
                 missing, unexpected = model.load_state_dict(state, strict=False)
