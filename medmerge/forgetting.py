@@ -1,0 +1,76 @@
+"""The forgetting gate: did fine-tuning cost a candidate its benchmark scores?
+
+After SFT the clinical and IFEval suites are re-run and compared with the same candidate's
+pre-SFT report. For every score s with standard error se (per task metric, plus Medical Avg
+and IF score, whose stderr is unknown and counts as 0):
+
+    drop = before − after
+    fails  ⇔  drop > margin + sqrt(se_before² + se_after²)
+
+i.e. a drop counts only when it exceeds the configured margin by more than the two
+measurements' combined standard error. The gate passes when no score fails.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel
+
+from medmerge.evaluation.report import EvalReport
+
+
+class ScoreChange(BaseModel):
+    score: str
+    before: float
+    after: float
+    drop: float
+    allowed: float
+    failed: bool
+
+
+class ForgettingReport(BaseModel):
+    margin: float
+    passed: bool
+    changes: list[ScoreChange]
+
+    @property
+    def failures(self) -> list[ScoreChange]:
+        return [c for c in self.changes if c.failed]
+
+    def table(self) -> str:
+        rows = [("score", "before", "after", "drop", "allowed", "")]
+        for c in self.changes:
+            rows.append((c.score, f"{c.before:.4f}", f"{c.after:.4f}", f"{c.drop:+.4f}", f"{c.allowed:.4f}",
+                         "FORGOT" if c.failed else "ok"))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _scores(report: EvalReport) -> dict[str, tuple[float, float]]:
+    out = {}
+    for task, res in report.tasks.items():
+        for metric, v in res.metrics.items():
+            out[f"{task}.{metric}"] = (v.value, v.stderr or 0.0)
+    if report.medical_avg is not None:
+        out["medical_avg"] = (report.medical_avg, 0.0)
+    if report.if_score is not None:
+        out["if_score"] = (report.if_score, 0.0)
+    return out
+
+
+def forgetting_gate(before: EvalReport, after: EvalReport, margin: float = 0.02) -> ForgettingReport:
+    """Compare ``after`` (post-SFT) with ``before`` (pre-SFT) on every score both reports hold."""
+    if margin < 0 or math.isnan(margin):
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    b, a = _scores(before), _scores(after)
+    common = [k for k in b if k in a]
+    if not common:
+        raise ValueError("the two reports share no score to compare")
+    changes = []
+    for k in common:
+        (vb, sb), (va, sa) = b[k], a[k]
+        allowed = margin + math.sqrt(sb * sb + sa * sa)
+        drop = vb - va
+        changes.append(ScoreChange(score=k, before=vb, after=va, drop=drop, allowed=allowed, failed=drop > allowed))
+    return ForgettingReport(margin=margin, passed=not any(c.failed for c in changes), changes=changes)

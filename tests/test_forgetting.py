@@ -1,0 +1,50 @@
+"""The forgetting gate on hand-made reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
+from medmerge.forgetting import forgetting_gate
+
+
+def report(ifeval: float, pubmed: float, pubmed_se: float | None, med: float) -> EvalReport:
+    tasks = {
+        "mm_pubmedqa": TaskResult(task="mm_pubmedqa", metrics={"acc": MetricValue(value=pubmed, stderr=pubmed_se)},
+                                  n_samples=100, num_fewshot=0, config_hash="0" * 64),
+        "mm_ifeval": TaskResult(task="mm_ifeval", metrics={
+            "prompt_level_strict_acc": MetricValue(value=ifeval, stderr=0.0),
+            "inst_level_strict_acc": MetricValue(value=ifeval, stderr=0.0)}, n_samples=100, num_fewshot=0,
+            config_hash="0" * 64),
+    }
+    return EvalReport(model="m", model_fingerprint="f", suites=["clinical", "ifeval"], tasks=tasks, medical_avg=med,
+                      if_score=ifeval, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+
+
+def test_drop_within_margin_plus_stderr_passes():
+    # pubmed drop 0.05 <= 0.02 + sqrt(0.03^2 + 0.03^2) = 0.0624; medical_avg drop 0.01 <= 0.02
+    gate = forgetting_gate(report(0.50, 0.60, 0.03, 0.40), report(0.50, 0.55, 0.03, 0.39), margin=0.02)
+    assert gate.passed and not gate.failures
+    pub = next(c for c in gate.changes if c.score == "mm_pubmedqa.acc")
+    assert pub.drop == pytest.approx(0.05) and pub.allowed == pytest.approx(0.02 + (2 * 0.03**2) ** 0.5)
+
+
+def test_ifeval_falling_fails_the_gate():
+    # if_score drop 0.30 - 0.10 = 0.20 > 0.02 (no stderr): forgotten
+    gate = forgetting_gate(report(0.30, 0.60, 0.03, 0.40), report(0.10, 0.62, 0.03, 0.41), margin=0.02)
+    assert not gate.passed
+    assert {c.score for c in gate.failures} == {"if_score", "mm_ifeval.prompt_level_strict_acc",
+                                                "mm_ifeval.inst_level_strict_acc"}
+    assert "FORGOT" in gate.table()
+
+
+def test_improvements_and_missing_stderr():
+    gate = forgetting_gate(report(0.3, 0.5, None, 0.4), report(0.4, 0.47, None, 0.45), margin=0.05)
+    assert gate.passed  # pubmed drop 0.03 <= 0.05 with stderr counted as 0
+    gate = forgetting_gate(report(0.3, 0.5, None, 0.4), report(0.4, 0.44, None, 0.45), margin=0.05)
+    assert [c.score for c in gate.failures] == ["mm_pubmedqa.acc"]  # drop 0.06 > 0.05
+
+
+def test_bad_margin():
+    with pytest.raises(ValueError, match="margin"):
+        forgetting_gate(report(0.3, 0.5, 0.1, 0.4), report(0.3, 0.5, 0.1, 0.4), margin=-0.1)
