@@ -141,12 +141,10 @@ def _eval_options(f):
 
 
 def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks):
-    from importlib.resources import files
-
     from medmerge.evaluation.runner import EvalSettings
+    from medmerge.evaluation.tasks import resolve_data_dir
 
-    if data_dir == "sample":
-        data_dir = str(files("medmerge") / "resources" / "eval_sample")
+    data_dir = resolve_data_dir(data_dir)
     return EvalSettings(
         suites=tuple(s.strip() for s in suites.split(",") if s.strip()), data_dir=data_dir, limit=limit,
         num_fewshot=num_fewshot, batch_size=batch_size if batch_size == "auto" else int(batch_size),

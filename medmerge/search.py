@@ -42,12 +42,9 @@ class SearchConfig(BaseModel):
         return load_sweep(v) if isinstance(v, (str, Path)) else v
 
     def eval_settings(self) -> EvalSettings:
-        data_dir = self.data_dir
-        if data_dir == "sample":
-            from importlib.resources import files
+        from medmerge.evaluation.tasks import resolve_data_dir
 
-            data_dir = str(files("medmerge") / "resources" / "eval_sample")
-        return EvalSettings(suites=self.suites, data_dir=data_dir, limit=self.limit, num_fewshot=self.num_fewshot,
+        return EvalSettings(suites=self.suites, data_dir=resolve_data_dir(self.data_dir), limit=self.limit, num_fewshot=self.num_fewshot,
                             batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
 
     def resolved_tracking_uri(self) -> str:

@@ -26,6 +26,13 @@ class EvalError(MedmergeError):
     """A task, suite or data file cannot be used."""
 
 
+def resolve_data_dir(value: str | Path | None) -> str | None:
+    """``None`` (the Hub), a directory, or ``"sample"``: the evaluation sample shipped in the package."""
+    if value == "sample":
+        return str(files("medmerge") / "resources" / "eval_sample")
+    return None if value is None else str(value)
+
+
 def available_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("mm_*.yaml"))
 
