@@ -67,13 +67,12 @@ def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = 
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
+    """sha256 over the checkpoint's ``{weight file: sha256}`` map."""
+    from medmerge.engine import parent_provenance
     from medmerge.io.checkpoint import Checkpoint
-    from medmerge.io.hashing import sha256_files
 
-    files = Checkpoint(path).weight_files
-    digests = sha256_files(files)
-    blob = json.dumps({f.name: digests[str(f.resolve())] for f in files}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    weights = parent_provenance({"model": Checkpoint(path)})["model"]["weights"]
+    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()
 
 
 def _context_length(model) -> int:
