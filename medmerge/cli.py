@@ -198,6 +198,146 @@ def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, 
         click.echo(f"cache: {cache.hits} hits, {cache.misses} misses")
 
 
+# --- validate-data -----------------------------------------------------------------------------
+
+_REPORT_FORMATS = {".md": "markdown", ".markdown": "markdown", ".json": "json"}
+_UNKNOWN_MAX_LENGTH = 10**9  # transformers reports int(1e30) when a tokenizer does not know its context
+
+
+def _load_tokenizer(ref: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # OSError, ValueError, hub errors offline: all mean "cannot use it"
+        raise MedmergeError(f"cannot load tokenizer {ref!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+            from exc
+
+
+def _context_length(tokenizer, ref: str, trust_remote_code: bool) -> int | None:
+    """The smaller of the tokenizer's model_max_length (unless it is transformers' 'unknown' sentinel)
+    and the model config's max_position_embeddings (or its aliases); None when neither is known."""
+    known = []
+    mml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(mml, int) and 0 < mml < _UNKNOWN_MAX_LENGTH:
+        known.append(mml)
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except Exception:  # a tokenizer-only directory has no config.json
+        cfg = None
+    if cfg is not None:
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            v = getattr(cfg, attr, None)
+            if isinstance(v, int) and 0 < v < _UNKNOWN_MAX_LENGTH:
+                known.append(v)
+                break
+    return min(known) if known else None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@cli.command("validate-data")
+@click.argument("source")
+@click.option("--split", default=None,
+              help="Known task: the split file (default: train; 'test' = every test* file). "
+                   "File: keep rows whose 'split' column equals this (default: all rows).")
+@click.option("--data-dir", default=None, help="Directory of known tasks (<dir>/<task>/<split>.jsonl); "
+                                               "default: $MEDMERGE_DATA_DIR.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "tsv"]), default=None,
+              help="File format when the suffix does not tell.")
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--input-field", default="input", show_default=True)
+@click.option("--target-field", default="target", show_default=True)
+@click.option("--tokenizer", "tokenizer_ref", default=None, metavar="MODEL_DIR_OR_HUB_ID",
+              help="Count input tokens with this tokenizer (and check them against the context).")
+@click.option("--max-input-tokens", type=click.IntRange(min=1), default=None,
+              help="Longest allowed input in tokens; default with --tokenizer: the model's context length.")
+@click.option("--min-rows", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=0), default=None)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report, as Markdown (.md) or JSON (.json); written on failure too.")
+@click.option("--trust-remote-code", is_flag=True, help="Let transformers run code shipped with the tokenizer.")
+def validate_data(source, split, data_dir, fmt, id_field, input_field, target_field, tokenizer_ref,
+                  max_input_tokens, min_rows, max_rows, report, trust_remote_code):
+    """Check a generation dataset before fine-tuning: SOURCE is a known task name or a JSONL/CSV file.
+
+    Checks the id/input/target columns, unique ids, non-empty inputs and targets, unique
+    (input, target) pairs, the row count and (with --tokenizer) that every input fits the
+    context. Exit 0 when every expectation holds, 2 with the failures and offending ids otherwise."""
+    # load_task's DataErrors (missing file, bad line, missing columns) reach main() and exit 2
+    from medmerge.generation.data import TASKS, load_task
+    from medmerge.generation.validation import DataValidationError, validate_dataset
+
+    report_kind = None
+    if report is not None:
+        report_kind = _REPORT_FORMATS.get(report.suffix.lower())
+        if report_kind is None:
+            raise click.BadParameter(f"{report}: use a .md or .json file name", param_hint="'--report'")
+    if max_input_tokens is not None and tokenizer_ref is None:
+        raise click.UsageError("--max-input-tokens needs --tokenizer (to count the tokens)")
+    if max_rows is not None and max_rows < min_rows:
+        raise click.UsageError(f"--max-rows ({max_rows}) < --min-rows ({min_rows})")
+
+    is_task = source in TASKS and not Path(source).is_file()
+    if split is None and is_task:
+        split = "train"
+    name = f"{source} [{split}]" if split else source
+
+    tokenizer = None
+    if tokenizer_ref is not None:
+        tokenizer = _load_tokenizer(tokenizer_ref, trust_remote_code)
+        if max_input_tokens is None:
+            max_input_tokens = _context_length(tokenizer, tokenizer_ref, trust_remote_code)
+            if max_input_tokens is None:
+                raise MedmergeError(f"cannot tell the context length of {tokenizer_ref!r} (no model_max_length, "
+                                    f"no max_position_embeddings); pass --max-input-tokens")
+
+    examples = load_task(source, split, data_dir=data_dir, id_field=id_field, input_field=input_field,
+                         target_field=target_field, fmt=fmt)
+    if examples:
+        data = examples
+    else:  # no rows also means no columns: validate an empty frame so only row_count fails
+        import pandas as pd
+
+        data = pd.DataFrame({"id": pd.Series(dtype=str), "input": pd.Series(dtype=str),
+                             "target": pd.Series(dtype=str)})
+    result = validate_dataset(data, name=name, min_rows=min_rows, max_rows=max_rows,
+                              max_input_tokens=max_input_tokens, tokenizer=tokenizer)
+    if report is not None:
+        _write_text_atomic(report, result.to_markdown() if report_kind == "markdown" else result.to_json() + "\n")
+    if not result.success:
+        message = result.failure_message()
+        if not examples:
+            where = f" (split {split!r})" if split else ""
+            message = f"{source}{where}: no rows (empty dataset)\n{message}"
+        raise DataValidationError(message, report=result)
+
+    n = len(result.expectations)
+    line = f"ok: dataset {name!r}: {result.n_rows} rows, {n}/{n} expectations met"
+    if max_input_tokens is not None:
+        observed = result.outcome("input_fits_context").observed_value
+        longest = observed.get("max_input_tokens") if isinstance(observed, dict) else None
+        if longest is not None:
+            line += f"; longest input {longest} tokens <= {max_input_tokens}"
+    click.echo(line)
+    if report is not None:
+        click.echo(f"wrote {report}")
+
+
 @cli.group()
 def server():
     """Start, stop or inspect the local MLflow tracking server."""
@@ -267,14 +407,18 @@ def _tracking_uri(uri: str | None, state_dir: Path) -> str:
 @click.argument("version")
 @click.option("--stage", type=click.Choice(["staging", "production"]), default="staging", show_default=True)
 @click.option("--tracking-uri", default=None)
+@click.option("--force", is_flag=True, help="Promote even though the version's forgetting gate failed (recorded).")
 @_state_opt
-def promote(name, version, stage, tracking_uri, state_dir):
-    """Promote registered model NAME's VERSION: alias @STAGE and the stage in the MLflow UI."""
+def promote(name, version, stage, tracking_uri, force, state_dir):
+    """Promote registered model NAME's VERSION: alias @STAGE and the stage in the MLflow UI.
+
+    Refuses a missing version, one whose run did not finish, and a fine-tuned version whose
+    forgetting gate failed (unless --force)."""
     from medmerge.tracking.registry import check_reachable, promote as do_promote
 
     uri = _tracking_uri(tracking_uri, state_dir)
     check_reachable(uri)
-    reason = do_promote(name, version, uri, stage=stage)
+    reason = do_promote(name, version, uri, stage=stage, force=force)
     click.echo(f"promoted to {stage}: {reason}")
     click.echo(f"models:/{name}@{stage} -> version {version}")
 

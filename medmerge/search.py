@@ -48,17 +48,9 @@ class SearchConfig(BaseModel):
                             batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
 
     def resolved_tracking_uri(self) -> str:
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            from medmerge.tracking.server import status
+        from medmerge.tracking.registry import resolve_tracking_uri
 
-            info = status()
-            uri = info.uri if info else None
-        if not uri:
-            from medmerge.tracking.registry import RegistryError
-
-            raise RegistryError("no MLflow tracking URI: set tracking_uri, MLFLOW_TRACKING_URI, or run medmerge server start")
-        return uri
+        return resolve_tracking_uri(self.tracking_uri)
 
 
 class CandidateResult(BaseModel):

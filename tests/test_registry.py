@@ -90,3 +90,32 @@ def test_promotion_refusals(server, tmp_path, capsys):
 def test_unreachable_server_is_named(capsys):
     assert main(["promote", "m", "1", "--tracking-uri", "http://127.0.0.1:9"]) == 2
     assert "http://127.0.0.1:9 is not reachable" in capsys.readouterr().err
+
+
+def test_promotion_refuses_failed_forgetting_gate_unless_forced(server, tmp_path, capsys):
+    c = registry.client(server)
+    exp_id = c.create_experiment("medmerge-gate")
+    fam = make_family(tmp_path / "fam", n_children=2)
+    versions = {}
+    for gate, model in (("failed", fam["m0"]), ("passed", fam["m1"])):
+        run = c.create_run(exp_id)
+        tags = {"forgetting_gate": gate}
+        if gate == "failed":
+            tags["forgetting_failures"] = "if_score 0.2000 -> 0.0000 (drop 0.2000 > allowed 0.0200)"
+        versions[gate] = registry.register_checkpoint("medmerge-gated", model, run.info.run_id, f"id-{gate}", tags,
+                                                      server).version
+        c.set_terminated(run.info.run_id, status="FINISHED")
+
+    assert main(["promote", "medmerge-gated", versions["failed"], "--tracking-uri", server]) == 2
+    err = capsys.readouterr().err
+    assert "forgetting gate failed" in err and "if_score 0.2000 -> 0.0000" in err and "--force" in err
+    with pytest.raises(Exception):
+        c.get_model_version_by_alias("medmerge-gated", "staging")
+
+    assert main(["promote", "medmerge-gated", versions["passed"], "--tracking-uri", server]) == 0
+    assert c.get_model_version_by_alias("medmerge-gated", "staging").version == versions["passed"]
+
+    assert main(["promote", "medmerge-gated", versions["failed"], "--tracking-uri", server, "--force"]) == 0
+    assert "FORCED past a failed forgetting gate" in capsys.readouterr().out
+    mv = c.get_model_version("medmerge-gated", versions["failed"])
+    assert mv.current_stage == "Staging" and "FORCED" in mv.tags["promotion_reason"]

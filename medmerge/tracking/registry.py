@@ -33,6 +33,21 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """``explicit``, else ``MLFLOW_TRACKING_URI``, else the server ``medmerge server start`` runs."""
+    import os
+
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        from medmerge.tracking.server import status
+
+        info = status()
+        uri = info.uri if info else None
+    if not uri:
+        raise RegistryError("no MLflow tracking URI: set tracking_uri, MLFLOW_TRACKING_URI, or run medmerge server start")
+    return uri
+
+
 def check_reachable(tracking_uri: str) -> None:
     """Fail early, naming the URI, when the tracking server does not answer."""
     from medmerge.tracking.server import healthy
@@ -103,8 +118,12 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     return Registered(name, mv.version, run_id, reused=False)
 
 
-def promote(name: str, version: str, tracking_uri: str, stage: str = "staging") -> str:
-    """Point alias ``stage`` at ``version``, move it to that stage, archive the previous; return why."""
+def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", force: bool = False) -> str:
+    """Point alias ``stage`` at ``version``, move it to that stage, archive the previous; return why.
+
+    Refused: a missing version, a version whose run did not finish, and a version tagged
+    ``forgetting_gate=failed`` (a fine-tuned model that lost benchmark scores) unless ``force``.
+    """
     c = client(tracking_uri)
     try:
         mv = c.get_model_version(name, str(version))
@@ -114,6 +133,11 @@ def promote(name: str, version: str, tracking_uri: str, stage: str = "staging") 
         status = c.get_run(mv.run_id).info.status
         if status != "FINISHED":
             raise RegistryError(f"refusing to promote {name} version {version}: its run {mv.run_id} is {status}")
+    gate_failed = mv.tags.get("forgetting_gate") == "failed"
+    if gate_failed and not force:
+        raise RegistryError(f"refusing to promote {name} version {version}: its forgetting gate failed after SFT "
+                            f"({mv.tags.get('forgetting_failures', 'see the run forgetting.txt')}); "
+                            f"pass --force to promote it anyway")
     previous = None
     try:
         previous = c.get_model_version_by_alias(name, stage)
@@ -123,6 +147,8 @@ def promote(name: str, version: str, tracking_uri: str, stage: str = "staging") 
     if previous is not None and previous.version != mv.version:
         reason += (f"; replaces v{previous.version} (medical_avg={previous.tags.get('medical_avg')}, "
                    f"if_score={previous.tags.get('if_score')}), now archived")
+    if gate_failed:
+        reason += f"; FORCED past a failed forgetting gate ({mv.tags.get('forgetting_failures', '')})"
     c.set_registered_model_alias(name, stage, str(version))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # stages are deprecated in MLflow but still what the UI shows
