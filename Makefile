@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml
 	@if [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null; then \
 	  (apt-get install -y -q wordnet-base >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null)) \
 	  || echo "warning: could not install wordnet-base"; fi
+	@# The MLflow UI test (tests/test_mlflow_ui.py) drives Debian's headless chromium.
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+	     || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) \
+	    || echo "warning: could not install chromium; tests/test_mlflow_ui.py will fail"; \
+	  else echo "warning: chromium is missing (as root: apt-get install chromium); tests/test_mlflow_ui.py will fail"; fi; fi
 	@touch $(STAMP)
 
 # ZenML keeps its local store in the repo (not ~/.config), quietly and without analytics.
