@@ -26,6 +26,10 @@ COPY materializers ./materializers
 COPY zenml_config ./zenml_config
 
 RUN useradd --create-home medmerge
-USER medmerge
+# The user the image ends as. ZenML builds its own layer on top of this image (pip/uv install, COPY,
+# chmod) and needs root for that: the remote run config passes APP_USER=root and sets
+# DockerSettings.user=medmerge, so the steps still run unprivileged.
+ARG APP_USER=medmerge
+USER ${APP_USER}
 ENTRYPOINT ["medmerge"]
 CMD ["--help"]
