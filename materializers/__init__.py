@@ -1,7 +1,9 @@
-"""ZenML materializers for medmerge artifacts: checkpoint directories, evaluation reports, frontiers."""
+"""ZenML materializers for medmerge artifacts: checkpoints, evaluation reports, frontiers, SFT summaries."""
 
 from materializers.medmerge_materializers import (  # noqa: F401  (import registers them with ZenML)
     CheckpointDirMaterializer,
+    FinetuneSummaryMaterializer,
     FrontierMaterializer,
     SearchResultsMaterializer,
+    SFTCheckpointMaterializer,
 )

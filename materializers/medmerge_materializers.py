@@ -4,18 +4,22 @@
   gives a ``CheckpointDir`` pointing at that copy); metadata: size, files, identity.
 * ``SearchResults`` (every candidate's evaluation report): JSON, a markdown table, metadata.
 * ``Frontier``: JSON, the frontier and trajectory PNGs, and the frontier table.
+* ``SFTCheckpoint`` (a fine-tuned model): copied like ``CheckpointDir``; metadata: losses, steps.
+* ``FinetuneSummary``: JSON, the learning-curve PNG and table, and the forgetting table.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, ClassVar
 
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
+from medmerge.finetune import FinetuneSummary, SFTCheckpoint
 from medmerge.search import CheckpointDir, Frontier, SearchResults
 
 
@@ -30,10 +34,12 @@ def _read(path: str) -> str:
 
 
 class CheckpointDirMaterializer(BaseMaterializer):
+    """A checkpoint directory (any pydantic model with a ``path``) copied into the artifact store."""
+
     ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (CheckpointDir,)
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
 
-    def save(self, data: CheckpointDir) -> None:
+    def save(self, data) -> None:
         target = os.path.join(self.uri, "checkpoint")
         fileio.makedirs(target)
         for name in sorted(os.listdir(data.path)):
@@ -42,15 +48,32 @@ class CheckpointDirMaterializer(BaseMaterializer):
                 fileio.copy(src, os.path.join(target, name), overwrite=True)
         _write(os.path.join(self.uri, "checkpoint.json"), data.model_dump_json())
 
-    def load(self, data_type: type[Any]) -> CheckpointDir:
-        meta = CheckpointDir.model_validate_json(_read(os.path.join(self.uri, "checkpoint.json")))
-        return meta.model_copy(update={"path": os.path.join(self.uri, "checkpoint")})
+    def load(self, data_type: type[Any]):
+        meta = data_type.model_validate_json(_read(os.path.join(self.uri, "checkpoint.json")))
+        stored = os.path.join(self.uri, "checkpoint")
+        if os.path.isdir(stored):  # a local artifact store: use the copy in place
+            return meta.model_copy(update={"path": stored})
+        # an object store (s3://, gs://, ...): transformers and MLflow need a local directory
+        local = tempfile.mkdtemp(prefix="medmerge-checkpoint-")
+        for name in fileio.listdir(stored):
+            fileio.copy(os.path.join(stored, str(name)), os.path.join(local, str(name)), overwrite=True)
+        return meta.model_copy(update={"path": local})
 
-    def extract_metadata(self, data: CheckpointDir) -> dict[str, Any]:
+    def extract_metadata(self, data) -> dict[str, Any]:
         files = [f for f in os.listdir(data.path) if os.path.isfile(os.path.join(data.path, f))]
         size = sum(os.path.getsize(os.path.join(data.path, f)) for f in files)
         return {"candidate": data.name, "identity": data.identity, "files": len(files), "bytes": size,
                 "mlflow_run_id": data.run_id}
+
+
+class SFTCheckpointMaterializer(CheckpointDirMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (SFTCheckpoint,)
+
+    def extract_metadata(self, data: SFTCheckpoint) -> dict[str, Any]:
+        files = [f for f in os.listdir(data.path) if os.path.isfile(os.path.join(data.path, f))]
+        size = sum(os.path.getsize(os.path.join(data.path, f)) for f in files)
+        return {"initialisation": data.init, "shots": data.shots, "n_examples": data.n_examples, "steps": data.steps,
+                "train_loss": data.train_loss, "bytes": size, "mlflow_run_id": data.run_id}
 
 
 class SearchResultsMaterializer(BaseMaterializer):
@@ -105,3 +128,30 @@ class FrontierMaterializer(BaseMaterializer):
     def extract_metadata(self, data: Frontier) -> dict[str, Any]:
         return {"knee": data.knee, "frontier": ", ".join(data.frontier), "near": len(data.near),
                 "hypervolume": data.hypervolume}
+
+
+class FinetuneSummaryMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (FinetuneSummary,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+
+    def save(self, data: FinetuneSummary) -> None:
+        stored = {}
+        for key, src in data.figures.items():
+            if os.path.exists(src):
+                dst = os.path.join(self.uri, f"{key}.png")
+                fileio.copy(src, dst, overwrite=True)
+                stored[key] = dst
+        _write(os.path.join(self.uri, "summary.json"), data.model_copy(update={"figures": stored}).model_dump_json())
+
+    def load(self, data_type: type[Any]) -> FinetuneSummary:
+        return FinetuneSummary.model_validate_json(_read(os.path.join(self.uri, "summary.json")))
+
+    def save_visualizations(self, data: FinetuneSummary) -> dict[str, VisualizationType]:
+        out = {os.path.join(self.uri, f"{k}.png"): VisualizationType.IMAGE for k in data.figures}
+        table = os.path.join(self.uri, "learning_curves.md")
+        _write(table, "```\n" + data.table + "\n```\n\n" + data.forgetting_table)
+        out[table] = VisualizationType.MARKDOWN
+        return {p: v for p, v in out.items() if fileio.exists(p)}
+
+    def extract_metadata(self, data: FinetuneSummary) -> dict[str, Any]:
+        return {"versions": len(data.versions), "forgetting_gate_failures": sum(not g for g in data.gate.values())}

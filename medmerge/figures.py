@@ -155,3 +155,34 @@ def plot_trajectories(points, path, title: str | None = None) -> Path:
     ax_med.legend(fontsize=8, loc="best")
     fig.suptitle(title if title is not None else "Scores along the merge ratio")
     return _save_png(fig, path)
+
+
+LEARNING_SIZE = (7.0, 4.5)
+
+
+def plot_learning_curves(curves: dict[str, dict[int, float]], path, full_sizes: dict[str, int] | None = None,
+                         metric: str = "composite", title: str | None = None) -> Path:
+    """The few-shot learning curves (the first seed's Figure 4): x = training examples, y = ``metric``.
+
+    ``curves`` maps each initialisation to ``{n_examples: score}``; one line per initialisation,
+    x on a log2 axis. ``full_sizes`` marks which point of each line is the full training set.
+    """
+    if not curves or not any(curves.values()):
+        raise ValueError("no learning-curve points to plot")
+    fig = _new_figure(LEARNING_SIZE)
+    ax = fig.add_subplot()
+    for i, (init, pts) in enumerate(curves.items()):
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker=PARENT_MARKERS[i % len(PARENT_MARKERS)], label=_text(init))
+        full = (full_sizes or {}).get(init)
+        if full in pts:
+            ax.annotate("full", (full, pts[full]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log", base=2)
+    xs = sorted({x for pts in curves.values() for x in pts})
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("training examples")
+    ax.set_ylabel(f"{metric} (0–1)")
+    ax.set_title(_text(title or f"Few-shot learning curves ({metric})"))
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="initialisation", fontsize=8)
+    return _save_png(fig, path)

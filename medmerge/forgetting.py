@@ -2,13 +2,19 @@
 
 After SFT the clinical and IFEval suites are re-run and compared with the same candidate's
 pre-SFT report. For every score s with standard error se (per task metric, plus Medical Avg
-and IF score, whose stderr is unknown and counts as 0):
+and IF score):
 
     drop = before − after
     fails  ⇔  drop > margin + sqrt(se_before² + se_after²)
 
 i.e. a drop counts only when it exceeds the configured margin by more than the two
 measurements' combined standard error. The gate passes when no score fails.
+
+The two means get a standard error from their parts: Medical Avg, the mean of n task
+accuracies, ``se = sqrt(Σ se_i²) / n`` (independent tasks); IF score, the mean of prompt- and
+instruction-level strict accuracy, ``se = (se_prompt + se_inst) / 2`` (the two are strongly
+correlated, so their errors add rather than combine in quadrature; a missing instruction-level
+stderr, which lm-eval does not report, takes the prompt-level one). A missing stderr counts as 0.
 """
 
 from __future__ import annotations
@@ -48,14 +54,22 @@ class ForgettingReport(BaseModel):
 
 
 def _scores(report: EvalReport) -> dict[str, tuple[float, float]]:
+    from medmerge.evaluation.scores import IF_METRICS
+
     out = {}
     for task, res in report.tasks.items():
         for metric, v in res.metrics.items():
             out[f"{task}.{metric}"] = (v.value, v.stderr or 0.0)
     if report.medical_avg is not None:
-        out["medical_avg"] = (report.medical_avg, 0.0)
+        ses = [res.metrics["acc"].stderr or 0.0 for task, res in report.tasks.items()
+               if task != "mm_ifeval" and "acc" in res.metrics]
+        out["medical_avg"] = (report.medical_avg, math.sqrt(sum(x * x for x in ses)) / len(ses) if ses else 0.0)
     if report.if_score is not None:
-        out["if_score"] = (report.if_score, 0.0)
+        ife = report.tasks.get("mm_ifeval")
+        ses = [ife.metrics[m].stderr if ife and m in ife.metrics else None for m in IF_METRICS]
+        known = [x for x in ses if x is not None]
+        fill = known[0] if known else 0.0
+        out["if_score"] = (report.if_score, sum(fill if x is None else x for x in ses) / len(ses))
     return out
 
 

@@ -35,6 +35,8 @@ class SFTSettings(BaseModel):
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
+    gradient_checkpointing: bool = True   # TRL's default: saves memory on large models, costs time on tiny ones
+    bf16: bool | None = None              # None: bf16 mixed precision on a GPU that has it, fp32 on CPU
     seed: int = 0
     instruction: str = DEFAULT_INSTRUCTION
 
@@ -62,7 +64,7 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
              overwrite: bool = False) -> dict:
     """Fine-tune ``model_path`` on ``examples``; write the full checkpoint to ``out_dir``.
 
-    Returns ``{"steps", "train_loss", "first_loss", "last_loss", "out_dir"}``. ``max_steps``
+    Returns ``{"steps", "train_loss", "first_loss", "last_loss", "losses", "out_dir"}``. ``max_steps``
     overrides the computed step count (tests and smoke runs).
     """
     import tempfile
@@ -91,13 +93,16 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
 
         peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, task_type="CAUSAL_LM",
                                  target_modules="all-linear")
+    bf16 = settings.bf16
+    if bf16 is None:  # TRL turns bf16 autocast on by default; on a CPU it is many times slower than fp32
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     with tempfile.TemporaryDirectory(prefix="medmerge-sft-") as work:
         args = SFTConfig(
             output_dir=work, max_steps=steps, learning_rate=settings.learning_rate,
             per_device_train_batch_size=settings.per_device_batch, gradient_accumulation_steps=settings.grad_accum,
             max_length=settings.max_length, completion_only_loss=True, seed=settings.seed, data_seed=settings.seed,
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-            disable_tqdm=True,
+            disable_tqdm=True, gradient_checkpointing=settings.gradient_checkpointing, bf16=bf16,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=peft_config)
@@ -110,4 +115,4 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
             trained.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     return {"steps": steps, "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "out_dir": str(out_dir)}
+            "last_loss": losses[-1] if losses else None, "losses": losses, "out_dir": str(out_dir)}

@@ -34,7 +34,9 @@ def run(config_path: str, promote_knee: bool = False) -> dict:
         params = yaml.safe_load(f)["parameters"]["config"]
     config = SearchConfig.model_validate(params)  # errors name the bad field before ZenML starts
     check_reachable(config.resolved_tracking_uri())
-    pipeline_run = merge_search.with_options(config_path=config_path)()
+    from pipelines._launch import launch
+
+    pipeline_run = launch(merge_search, config_path)
     frontier = pipeline_run.steps["select_frontier"].output.load()
     versions = pipeline_run.steps["register_selected"].output.load()
     results = pipeline_run.steps["evaluate_candidates"].output.load()
@@ -52,6 +54,8 @@ def run(config_path: str, promote_knee: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
+    from pydantic import ValidationError
+
     from medmerge.errors import MedmergeError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +64,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         run(args.config, args.promote_knee)
-    except MedmergeError as exc:
+    except (MedmergeError, ValidationError) as exc:
         print(f"merge_search: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -35,7 +35,32 @@ project's shared data (provenance per file there), first records of each file.
 | pubmedqa | PubMedQA PQA-L (Jin et al., EMNLP 2019) | MIT | pubmedqa/pubmedqa |
 | hellaswag | HellaSwag (Zellers et al., ACL 2019), validation | MIT | rowanz/hellaswag |
 | ifeval | IFEval (Zhou et al., 2023) prompts | Apache-2.0 | google-research/google-research, instruction_following_eval |
+| mts_dialog | MTS-Dialog (Ben Abacha et al., EACL 2023): dialogue -> note section; the shortest pairs (dialogue <= 600 characters, section <= 300), duplicates dropped; `train` from its train split, `test` from test1 | CC BY 4.0 | abachaa/MTS-Dialog |
+
+The `mts_dialog` files are the fine-tuning demo's data (phase two): short inputs so that SFT and
+generation on the tiny demo models finish on 2 cores.
 """
+
+#: MTS-Dialog records kept for the phase-two demo: split file -> (out split, count)
+MTS = {"train.jsonl": ("train", 64), "test1.jsonl": ("test", 16)}
+
+
+def mts_sample(shared: Path) -> None:
+    """The shortest distinct MTS-Dialog pairs, in file order (deterministic)."""
+    for src, (split, n) in MTS.items():
+        rows = [json.loads(line) for line in (shared / "mts_dialog" / src).read_text(encoding="utf-8").split("\n") if line]
+        seen, kept = set(), []
+        for r in rows:
+            key = (r["input"].strip(), r["target"].strip())
+            if len(r["input"]) <= 600 and len(r["target"]) <= 300 and r["target"].strip() and key not in seen:
+                seen.add(key)
+                kept.append({"id": r["id"], "split": split, "input": r["input"], "target": r["target"],
+                             "section_header": r.get("section_header")})
+            if len(kept) == n:
+                break
+        out = OUT / "mts_dialog" / f"{split}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
 
 
 def main() -> None:
@@ -57,6 +82,7 @@ def main() -> None:
         out = OUT / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    mts_sample(args.shared)
     (OUT / "LICENSES.md").write_text(LICENSES)
     print(f"wrote {OUT}")
 

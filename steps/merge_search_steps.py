@@ -12,9 +12,12 @@ from medmerge import search
 from medmerge.search import CheckpointDir, Frontier, SearchConfig, SearchResults
 
 
-@step
+@step(enable_cache=False)
 def check_parents(config: SearchConfig) -> Annotated[dict, "parents"]:
-    """In: the run config. Out: each parent's weight-file sha256. Fails naming the first incompatibility."""
+    """In: the run config. Out: each parent's weight-file sha256. Fails naming the first incompatibility.
+
+    Never cached: it re-hashes the weights (fast: hashes are cached by file size and mtime), and the
+    later steps are cached on that output's content, so a changed parent re-runs them."""
     return search.check_parents(config)
 
 

