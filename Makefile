@@ -37,6 +37,7 @@ demo: $(STAMP)
 	@test -f $(DEMO)/models/instruct/config.json || $(BIN)/medmerge demo-models $(DEMO)/models
 	$(BIN)/medmerge server start
 	$(ZENV) $(BIN)/python -m pipelines.merge_search --config zenml_config/merge_search_demo.yaml --promote-knee
+	$(ZENV) $(BIN)/python -m pipelines.finetune --config zenml_config/finetune_demo.yaml
 
 stack: $(STAMP)
 	$(BIN)/medmerge server start

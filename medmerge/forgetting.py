@@ -14,7 +14,9 @@ The two means get a standard error from their parts: Medical Avg, the mean of n 
 accuracies, ``se = sqrt(Σ se_i²) / n`` (independent tasks); IF score, the mean of prompt- and
 instruction-level strict accuracy, ``se = (se_prompt + se_inst) / 2`` (the two are strongly
 correlated, so their errors add rather than combine in quadrature; a missing instruction-level
-stderr, which lm-eval does not report, takes the prompt-level one). A missing stderr counts as 0.
+stderr, which lm-eval does not report, takes the prompt-level one). A task metric with no
+stderr at all is shown in the table but not gated: its drop cannot be told from noise (the IF
+score, which includes it, is gated).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class ScoreChange(BaseModel):
     before: float
     after: float
     drop: float
-    allowed: float
+    allowed: float | None             # None: no stderr known, so the score is shown but not gated
     failed: bool
 
 
@@ -47,8 +49,9 @@ class ForgettingReport(BaseModel):
     def table(self) -> str:
         rows = [("score", "before", "after", "drop", "allowed", "")]
         for c in self.changes:
-            rows.append((c.score, f"{c.before:.4f}", f"{c.after:.4f}", f"{c.drop:+.4f}", f"{c.allowed:.4f}",
-                         "FORGOT" if c.failed else "ok"))
+            rows.append((c.score, f"{c.before:.4f}", f"{c.after:.4f}", f"{c.drop:+.4f}",
+                         "n/a" if c.allowed is None else f"{c.allowed:.4f}",
+                         "FORGOT" if c.failed else ("not gated (no stderr)" if c.allowed is None else "ok")))
         widths = [max(len(r[i]) for r in rows) for i in range(6)]
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -59,7 +62,7 @@ def _scores(report: EvalReport) -> dict[str, tuple[float, float]]:
     out = {}
     for task, res in report.tasks.items():
         for metric, v in res.metrics.items():
-            out[f"{task}.{metric}"] = (v.value, v.stderr or 0.0)
+            out[f"{task}.{metric}"] = (v.value, v.stderr)
     if report.medical_avg is not None:
         ses = [res.metrics["acc"].stderr or 0.0 for task, res in report.tasks.items()
                if task != "mm_ifeval" and "acc" in res.metrics]
@@ -84,7 +87,10 @@ def forgetting_gate(before: EvalReport, after: EvalReport, margin: float = 0.02)
     changes = []
     for k in common:
         (vb, sb), (va, sa) = b[k], a[k]
-        allowed = margin + math.sqrt(sb * sb + sa * sa)
         drop = vb - va
+        if sb is None or sa is None:  # lm-eval gave no stderr (IFEval's instruction-level accuracy)
+            changes.append(ScoreChange(score=k, before=vb, after=va, drop=drop, allowed=None, failed=False))
+            continue
+        allowed = margin + math.sqrt(sb * sb + sa * sa)
         changes.append(ScoreChange(score=k, before=vb, after=va, drop=drop, allowed=allowed, failed=drop > allowed))
     return ForgettingReport(margin=margin, passed=not any(c.failed for c in changes), changes=changes)

@@ -34,10 +34,10 @@ TRACKER = "medmerge_mlflow_remote"
 # One line per pipeline: (module, pipeline object, its remote run config under zenml_config/remote/).
 PIPELINES = [
     ("pipelines.merge_search", "merge_search", "merge_search_remote.yaml"),
-    # ("pipelines.finetune", "finetune", "finetune_remote.yaml"),   # with zenml_config/remote/finetune_remote.yaml
+    ("pipelines.finetune", "finetune", "finetune_remote.yaml"),
 ]
 # Steps that must land on a GPU node, in every pipeline above.
-GPU_STEP = re.compile(r"evaluate_candidates|sft_.+|baseline_.+|forget_.+")
+GPU_STEP = re.compile(r"evaluate_.+|sft_.+|baseline_.+")
 
 SCRIPT_ENV = {
     "MEDMERGE_K8S_CONTEXT": "medmerge-test",
