@@ -51,3 +51,40 @@ def test_bad_backend_uri_reports_the_log(tmp_path):
     with pytest.raises(ServerError, match="mlflow server exited"):
         start(tmp_path, port=0, backend_store_uri="nosuchscheme://x", timeout=60)
     assert status(tmp_path) is None
+
+
+def test_basic_auth_needs_the_admin_password_from_the_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    assert main(["server", "start", "--state-dir", str(tmp_path), "--port", "0", "--basic-auth"]) == 2
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in capsys.readouterr().err
+    assert status(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_basic_auth_server_and_credentials_from_the_environment(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from medmerge.tracking import registry
+
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "test-only-Pa55word")
+    info = start(tmp_path, port=0, app_name="basic-auth")
+    try:
+        url = f"{info.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        with pytest.raises(urllib.error.HTTPError) as exc:  # anonymous: refused
+            urllib.request.urlopen(url, timeout=30)
+        assert exc.value.code == 401
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        with pytest.raises(Exception):
+            registry.client(info.uri).create_experiment("anonymous")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # the client reads these, nothing else
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "test-only-Pa55word")
+        exp = registry.client(info.uri).create_experiment("with-credentials")
+        assert registry.client(info.uri).get_experiment(exp).name == "with-credentials"
+        req = urllib.request.Request(url, headers={"Authorization": "Basic YWRtaW46d3Jvbmc="})  # admin:wrong
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(req, timeout=30)
+    finally:
+        stop(tmp_path)
+    assert (tmp_path / "flask_secret_key").stat().st_mode & 0o077 == 0  # the CSRF key is private to its owner

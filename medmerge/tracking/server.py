@@ -70,6 +70,18 @@ def _state_file(state_dir: Path) -> Path:
     return Path(state_dir) / "server.json"
 
 
+def _csrf_key(state_dir: Path) -> str:
+    """The basic-auth app's CSRF secret: generated once per state directory (mode 0600), not a credential."""
+    import secrets
+
+    f = state_dir / "flask_secret_key"
+    if not f.exists():
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return f.read_text().strip()
+
+
 def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> ServerInfo | None:
     """The running server recorded in ``state_dir``, or None (a stale record is removed)."""
     f = _state_file(Path(state_dir))
@@ -90,6 +102,11 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0
     running = status(state_dir)
     if running:
         return running
+    if app_name == "basic-auth" and not (state_dir / "basic_auth.db").exists() \
+            and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise ServerError("the basic-auth app needs an admin password on first start: set MLFLOW_AUTH_ADMIN_PASSWORD "
+                          "in the environment (never in a file in the repository); clients then set "
+                          "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
     state_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     with socket.socket() as s:
@@ -105,6 +122,8 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0
     if app_name:
         cmd += ["--app-name", app_name]
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    if app_name == "basic-auth" and not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _csrf_key(state_dir)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env, cwd=state_dir)
