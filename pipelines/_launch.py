@@ -16,6 +16,27 @@ class StepFailed(MedmergeError):
     """A pipeline step raised a medmerge error; the message is that step's."""
 
 
+class RunConfigError(MedmergeError):
+    """A ZenML run-config YAML cannot be read or lacks ``parameters.config``."""
+
+
+def read_run_config(config_path: str) -> dict:
+    """``parameters.config`` of a run-config YAML; errors name the file and what is wrong."""
+    import yaml
+
+    try:
+        with open(config_path) as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise RunConfigError(f"{config_path}: no such run configuration") from None
+    except yaml.YAMLError as exc:
+        raise RunConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    params = (doc or {}).get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(params, dict) or not isinstance(params.get("config"), dict):
+        raise RunConfigError(f"{config_path}: expected a mapping under parameters.config (the pipeline's config)")
+    return params["config"]
+
+
 def launch(pipeline, config_path: str):
     from zenml.client import Client
     from zenml.enums import ExecutionStatus

@@ -40,11 +40,9 @@ def finetune(config: FinetuneConfig):
 
 
 def load_config(config_path: str) -> FinetuneConfig:
-    import yaml
+    from pipelines._launch import read_run_config
 
-    with open(config_path) as f:
-        params = yaml.safe_load(f)["parameters"]["config"]
-    return FinetuneConfig.model_validate(params)  # errors name the bad field before ZenML starts
+    return FinetuneConfig.model_validate(read_run_config(config_path))  # errors name the bad field before ZenML starts
 
 
 def run(config_path: str) -> dict:

@@ -26,13 +26,10 @@ def merge_search(config: SearchConfig):
 
 def run(config_path: str, promote_knee: bool = False) -> dict:
     """Run the pipeline from a ZenML run-config YAML; print the frontier and where to look in MLflow."""
-    import yaml
-
     from medmerge.tracking.registry import check_reachable, promote
+    from pipelines._launch import read_run_config
 
-    with open(config_path) as f:
-        params = yaml.safe_load(f)["parameters"]["config"]
-    config = SearchConfig.model_validate(params)  # errors name the bad field before ZenML starts
+    config = SearchConfig.model_validate(read_run_config(config_path))  # errors name the bad field first
     check_reachable(config.resolved_tracking_uri())
     from pipelines._launch import launch
 
