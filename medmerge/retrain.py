@@ -1,0 +1,308 @@
+"""Scheduled retraining: has anything changed since the last promoted version? (the core; no ZenML here)
+
+What counts as a change, by content hash only:
+
+* a parent checkpoint: the sha256 of every weight file of every parent of the merge search
+  (:func:`medmerge.search.check_parents`), compared with the ``parents_sha256`` tag of the version
+  the search's registered model has under the ``staging`` alias;
+* the training data: ``TrainingData.train_sha256`` (after the configured cleaning), compared with the
+  ``train_sha256`` tag of the fine-tuned model's ``staging`` version, or of its newest version when none
+  is staged.
+
+The initialisations of the fine-tuning are *not* compared: one given as ``models:/NAME@staging``
+resolves to whatever is promoted now, which a merge search changes. Nothing promoted yet, nothing
+fine-tuned yet, or a previous retrain that did not finish also count as reasons to run.
+Changes to the run configurations themselves (ratios, suites, shots ...) are not looked for: run
+the pipelines directly for those.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from medmerge.errors import MedmergeError
+
+RETRAIN_EXPERIMENT = "medmerge-retrain"
+STAGE = "staging"
+_TAG_LIMIT = 5000        # medmerge.tracking.registry.register_checkpoint cuts tag values to this length
+_TAG_NOOP, _TAG_RAN = "noop", "ran"
+
+
+class RetrainError(MedmergeError):
+    """The retrain decision could not be made (registry unreachable, unreadable tags ...)."""
+
+
+class ComparedVersion(BaseModel):
+    """The registered version a fingerprint was compared with."""
+
+    name: str
+    version: str
+    chosen_by: Literal["alias staging", "newest version"]
+    sha256: str | None            # the tag compared (parents_sha256 JSON or train_sha256); None: no such tag
+
+
+class RetrainDecision(BaseModel):
+    """Whether to run merge search and fine-tuning again, and why."""
+
+    changed: bool
+    reasons: list[str]
+    parents_sha256: dict[str, dict[str, str]]      # parent ref -> {weight file: sha256} (the tag's content)
+    train_sha256: str
+    promoted: ComparedVersion | None = None         # the search's registered model @staging
+    finetuned: ComparedVersion | None = None        # the fine-tuned model it compared the data with
+    last_retrain: dict[str, str] | None = None      # the previous run that ran the pipelines: run_id, status
+    notes: list[str] = Field(default_factory=list)  # worth saying, not a reason to run
+
+    @property
+    def parents_tag(self) -> str:
+        return parents_tag(self.parents_sha256)
+
+    @property
+    def parents_fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.parents_tag.encode()).hexdigest()
+
+    def describe(self) -> str:
+        lines = []
+        for ref, files in sorted(self.parents_sha256.items()):
+            digests = ", ".join(f"{f} {h[:12]}" for f, h in sorted(files.items()))
+            lines.append(f"parent   {ref}: {digests}")
+        lines.append(f"data     train_sha256 {self.train_sha256[:12]}")
+        for label, v in (("promoted", self.promoted), ("tuned", self.finetuned)):
+            if v is not None:
+                lines.append(f"{label.ljust(8)} {v.name} v{v.version} ({v.chosen_by})")
+        if self.changed:
+            lines.append("changed: " + "; ".join(self.reasons))
+        else:
+            lines.append("unchanged: parents and training data match the promoted versions")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def parents_tag(parents: dict[str, dict[str, str]]) -> str:
+    """The ``parents_sha256`` tag value of :func:`medmerge.search.register_selected`."""
+    return json.dumps({r: parents[r] for r in sorted(parents)}, sort_keys=True)
+
+
+def _short(h: str | None) -> str:
+    return "none" if not h else h[:12] + "…"
+
+
+def compare_parents(current: dict[str, dict[str, str]], stored: str | None, where: str) -> tuple[list[str], list[str]]:
+    """Reasons (and notes) comparing the current parents' weight hashes with a ``parents_sha256`` tag.
+
+    By content: a parent moved to a new path with the same weight files is no change."""
+    if stored is None:
+        return [f"{where} has no parents_sha256 tag"], []
+    try:
+        old = json.loads(stored)
+    except json.JSONDecodeError:
+        if len(stored) >= _TAG_LIMIT and parents_tag(current).startswith(stored):
+            return [], [f"{where}'s parents_sha256 tag was cut at {_TAG_LIMIT} characters; the part kept matches"]
+        return [f"{where}'s parents_sha256 tag is not readable JSON"], []
+    if not isinstance(old, dict):
+        return [f"{where}'s parents_sha256 tag is not a mapping"], []
+    reasons, notes = [], []
+    gone = {r: w for r, w in old.items() if r not in current}
+    for ref, files in sorted(current.items()):
+        if ref in old:
+            if old[ref] == files:
+                continue
+            diffs = [f"{f} {_short(old[ref].get(f))} -> {_short(h)}" for f, h in sorted(files.items())
+                     if old[ref].get(f) != h]
+            diffs += [f"{f} removed" for f in sorted(set(old[ref]) - set(files))]
+            reasons.append(f"parent {ref} changed since {where}: {'; '.join(diffs)}")
+            continue
+        same = [r for r, w in gone.items() if w == files]
+        if same:
+            notes.append(f"parent {ref} has the weights of {same[0]} ({where}): moved, unchanged")
+            gone.pop(same[0])
+        else:
+            reasons.append(f"parent {ref} is new (not a parent of {where})")
+    reasons += [f"parent {r} of {where} is no longer configured" for r in sorted(gone)]
+    return reasons, notes
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+def _not_found(exc: Exception) -> bool:
+    """No such registered model, or no such alias (MLflow says INVALID_PARAMETER_VALUE for the latter)."""
+    code, text = getattr(exc, "error_code", ""), str(exc)
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "alias" in text
+                                                 and "not found" in text)
+
+
+def staged_version(c, name: str):
+    """The version of ``name`` under the ``staging`` alias, or None (no model, or no alias)."""
+    try:
+        return c.get_model_version_by_alias(name, STAGE)
+    except MedmergeError:
+        raise  # the server stopped answering: registry.client says so
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise RetrainError(f"cannot read {name}@{STAGE} from the registry: {exc}") from exc
+
+
+def newest_version(c, name: str):
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except MedmergeError:
+        raise  # the server stopped answering: registry.client says so
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise RetrainError(f"cannot list the versions of {name}: {exc}") from exc
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _last_retrain(c, key: str) -> dict[str, str] | None:
+    exp = c.get_experiment_by_name(RETRAIN_EXPERIMENT)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id],
+                         filter_string=f"tags.`medmerge.retrain` = '{_TAG_RAN}' and tags.`medmerge.retrain.key` = '{key}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    return {"run_id": runs[0].info.run_id, "status": runs[0].info.status} if runs else None
+
+
+def _key(search_cfg, ft_cfg) -> str:
+    return f"{search_cfg.registered_model}->{ft_cfg.registered_model}"
+
+
+# --- fingerprints ---------------------------------------------------------------------------------
+
+def current_parents(search_cfg) -> dict[str, dict[str, str]]:
+    """``{parent ref: {weight file: sha256}}`` now (hashes are cached by file size and mtime)."""
+    from medmerge.search import check_parents
+
+    return {ref: p["weights"] for ref, p in check_parents(search_cfg).items()}
+
+
+def current_train_sha256(ft_cfg) -> tuple[str, list[str]]:
+    """``TrainingData.train_sha256`` as the finetune pipeline computes it, and notes.
+
+    The cleaning needs a tokenizer only with ``drop_overlong``; ``load_data`` takes it from the first
+    initialisation, so only that one is resolved (a registry version is downloaded as the pipeline would).
+    When it is a registry alias that does not exist yet, the first local initialisation stands in."""
+    from medmerge.finetune import FinetuneError, load_data, resolve_initialisations
+
+    notes: list[str] = []
+    inits = None
+    if ft_cfg.drop_overlong:
+        first = ft_cfg.model_copy(update={"initialisations": ft_cfg.initialisations[:1]})
+        try:
+            inits = resolve_initialisations(first)
+        except FinetuneError:
+            local = [i for i in ft_cfg.initialisations if i.path is not None]
+            if not local:
+                raise
+            inits = resolve_initialisations(ft_cfg.model_copy(update={"initialisations": (local[0],)}))
+            notes.append(f"{ft_cfg.initialisations[0].model_uri} does not resolve yet: the data's overlong check "
+                         f"used {local[0].name}'s tokenizer")
+    return load_data(ft_cfg, inits).train_sha256, notes
+
+
+# --- the decision ---------------------------------------------------------------------------------
+
+def decide(search_cfg, ft_cfg) -> RetrainDecision:
+    """Compare the current parents and training data with the promoted versions' tags."""
+    from medmerge.tracking import registry
+
+    parents = current_parents(search_cfg)
+    train_sha, notes = current_train_sha256(ft_cfg)
+    reasons: list[str] = []
+
+    c = registry.client(search_cfg.resolved_tracking_uri())
+    mv = staged_version(c, search_cfg.registered_model)
+    promoted = None
+    if mv is None:
+        reasons.append(f"nothing promoted yet: {search_cfg.registered_model} has no {STAGE} version")
+    else:
+        tag = mv.tags.get("parents_sha256")
+        promoted = ComparedVersion(name=mv.name, version=str(mv.version), chosen_by="alias staging", sha256=tag)
+        r, n = compare_parents(parents, tag, f"{mv.name} v{mv.version}")
+        reasons += r
+        notes += n
+
+    fc = registry.client(ft_cfg.resolved_tracking_uri())
+    name = ft_cfg.registered_model
+    fv, chosen = staged_version(fc, name), "alias staging"
+    if fv is None:
+        fv, chosen = newest_version(fc, name), "newest version"
+    finetuned = None
+    if fv is None:
+        reasons.append(f"nothing fine-tuned yet: {name} has no version")
+    else:
+        tag = fv.tags.get("train_sha256")
+        finetuned = ComparedVersion(name=fv.name, version=str(fv.version), chosen_by=chosen, sha256=tag)
+        if tag is None:
+            reasons.append(f"{name} v{fv.version} has no train_sha256 tag")
+        elif tag != train_sha:
+            reasons.append(f"training data changed since {name} v{fv.version}: train_sha256 {_short(tag)} -> "
+                           f"{_short(train_sha)}")
+
+    last = _last_retrain(c, _key(search_cfg, ft_cfg))
+    if last is not None and last["status"] != "FINISHED":
+        reasons.append(f"the last retrain that ran the pipelines (MLflow run {last['run_id']}) ended "
+                       f"{last['status']}")
+    return RetrainDecision(changed=bool(reasons), reasons=reasons, parents_sha256=parents, train_sha256=train_sha,
+                           promoted=promoted, finetuned=finetuned, last_retrain=last, notes=notes)
+
+
+# --- the record -----------------------------------------------------------------------------------
+
+def open_record(decision: RetrainDecision, search_cfg, ft_cfg, tracking_uri: str) -> str:
+    """An MLflow run in ``medmerge-retrain`` for this decision; a no-op run is closed at once. Returns its id."""
+    import os
+
+    from medmerge.tracking import registry
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    c = registry.client(tracking_uri)
+    exp = c.get_experiment_by_name(RETRAIN_EXPERIMENT)
+    exp_id = exp.experiment_id if exp else c.create_experiment(RETRAIN_EXPERIMENT)
+    outcome = _TAG_RAN if decision.changed else _TAG_NOOP
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    tags = {"medmerge.phase": "retrain", "medmerge.retrain": outcome, "medmerge.retrain.key": _key(search_cfg, ft_cfg),
+            "medmerge.retrain.reasons": ("; ".join(decision.reasons) or "nothing changed")[:7900],
+            "medmerge.retrain.host": socket.gethostname()}
+    run = c.create_run(exp_id, run_name=f"retrain-{outcome}-{stamp}", tags=tags)
+    rid = run.info.run_id
+    params = {"train_sha256": decision.train_sha256, "parents_fingerprint": decision.parents_fingerprint,
+              "search_registered_model": search_cfg.registered_model,
+              "finetune_registered_model": ft_cfg.registered_model,
+              "promoted_version": decision.promoted.version if decision.promoted else "none",
+              "finetuned_version": decision.finetuned.version if decision.finetuned else "none"}
+    for i, (ref, files) in enumerate(sorted(decision.parents_sha256.items())):
+        params[f"parent{i}"] = ref[:6000]
+        for f, h in sorted(files.items()):
+            params[f"parent{i}.sha256.{f}"[:250]] = h
+    for k, v in params.items():
+        c.log_param(rid, k, v)
+    c.log_dict(rid, decision.model_dump(mode="json"), "decision.json")
+    if not decision.changed:
+        c.set_terminated(rid, status="FINISHED")
+    return rid
+
+
+def close_record(tracking_uri: str, run_id: str, ok: bool, outputs: dict | None = None,
+                 error: str | None = None) -> None:
+    """Finish a run that ran the pipelines: FINISHED with what they registered, or FAILED with the error."""
+    from medmerge.tracking import registry
+
+    c = registry.client(tracking_uri)
+    for k, v in (outputs or {}).items():
+        if isinstance(v, (dict, list)):
+            c.log_dict(run_id, v, f"{k}.json")
+        else:
+            c.set_tag(run_id, f"medmerge.retrain.{k}", str(v)[:7900])
+    if error:
+        c.set_tag(run_id, "medmerge.retrain.error", error[:7900])
+    c.set_terminated(run_id, status="FINISHED" if ok else "FAILED")

@@ -1,0 +1,295 @@
+"""Scheduled retraining: ``medmerge schedule`` (crontab on the local stack, a ZenML Schedule where the
+orchestrator can schedule), the cron checks, and the ``pipelines.retrain`` entry point run twice with
+nothing changed (the work is done once), then again after the training data changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "medmerge" / "resources" / "eval_sample" / "mts_dialog"
+
+
+def write_config(path: Path, **config) -> Path:
+    path.write_text(yaml.safe_dump({"parameters": {"config": config}}))
+    return path
+
+
+@pytest.fixture
+def configs(tmp_path, monkeypatch):
+    """Valid run configurations (parents need not exist to validate); run from the repository root."""
+    monkeypatch.chdir(ROOT)
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text(yaml.safe_dump({"clinical": "/nonexistent/clinical", "instruct": "/nonexistent/instruct",
+                                     "methods": ["linear"], "ratios": [0.0, 1.0]}))
+    search = write_config(tmp_path / "search.yaml", sweep=str(sweep), registered_model="sched-merge",
+                          tracking_uri="http://127.0.0.1:9")
+    finetune = write_config(tmp_path / "finetune.yaml", initialisations=[
+        {"name": "merge", "model_uri": "models:/sched-merge@staging"}], registered_model="sched-sft",
+        tracking_uri="http://127.0.0.1:9")
+    return search, finetune
+
+
+def schedule_args(tmp_path, configs, cron):
+    return ["schedule", "--cron", cron, "--search-config", str(configs[0]), "--finetune-config", str(configs[1]),
+            "--crontab-out", str(tmp_path / "out" / "retrain.crontab"), "--log", str(tmp_path / "retrain.log")]
+
+
+# --- medmerge schedule ------------------------------------------------------------------------------
+
+def test_schedule_on_local_stack_writes_crontab_line(tmp_path, configs, capsys):
+    from medmerge.cli import main
+
+    sd = tmp_path / "systemd"
+    assert main(schedule_args(tmp_path, configs, "0 3 * * 1") + ["--systemd-out", str(sd)]) == 0
+    out = capsys.readouterr().out
+    assert "the local orchestrator" in out and "cannot schedule" in out
+    assert "no ZenML schedule was created" in out and "created, id" not in out
+    lines = (tmp_path / "out" / "retrain.crontab").read_text().splitlines()
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith("0 3 * * 1 ") and " -m pipelines.retrain " in line
+    assert f"cd {ROOT} && " in line and f"--search-config {configs[0]} --finetune-config {configs[1]}" in line
+    assert line.endswith(f">> {tmp_path / 'retrain.log'} 2>&1")
+    assert "crontab -l 2>/dev/null | cat - " in out and "It is not installed" in out
+    # the systemd pair runs the same entry point at the same times
+    service, timer = (sd / "medmerge-retrain.service").read_text(), (sd / "medmerge-retrain.timer").read_text()
+    assert "-m pipelines.retrain --search-config" in service and f"WorkingDirectory={ROOT}" in service
+    assert "OnCalendar=Mon *-*-* 03:00:00" in timer
+
+
+@pytest.mark.parametrize("cron, problem", [
+    ("0 3 * *", "expected 5 fields"),
+    ("61 3 * * 1", "minute field '61': 61 is outside 0-59"),
+    ("a b c d e", "minute field 'a': 'a' is not a number"),
+])
+def test_schedule_refuses_bad_cron(tmp_path, configs, capsys, cron, problem):
+    from medmerge.cli import main
+
+    assert main(schedule_args(tmp_path, configs, cron) + ["--systemd-out", str(tmp_path / "sd")]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sd").exists()
+
+
+class FakePipeline:
+    """Stands in for a ZenML pipeline: ``with_options(schedule=..., config_path=...)()`` records the call and,
+    as ZenML does, stores the schedule (unless told to lose it)."""
+
+    def __init__(self, name, store, calls, create=True):
+        self.name, self.store, self.calls, self.create = name, store, calls, create
+
+    def with_options(self, **kw):
+        def call():
+            self.calls.append((self.name, kw))
+            if self.create:
+                s = kw["schedule"]
+                self.store[s.name] = SimpleNamespace(id=f"id-{s.name}", cron_expression=s.cron_expression)
+        return call
+
+
+def _schedulable(monkeypatch, create=True):
+    import pipelines.finetune
+    import pipelines.merge_search
+    import pipelines.retrain
+
+    store, calls = {}, []
+    orch = SimpleNamespace(name="k8s", flavor="kubernetes", config=SimpleNamespace(is_schedulable=True))
+    monkeypatch.setattr(pipelines.retrain, "active_stack", lambda: SimpleNamespace(name="remote", orchestrator=orch))
+    monkeypatch.setattr(pipelines.retrain, "find_schedule", store.get)
+    monkeypatch.setattr(pipelines.merge_search, "merge_search", FakePipeline("merge_search", store, calls, create))
+    monkeypatch.setattr(pipelines.finetune, "finetune", FakePipeline("finetune", store, calls, create))
+    return store, calls
+
+
+def test_schedule_on_a_schedulable_orchestrator_attaches_a_zenml_schedule(tmp_path, configs, capsys, monkeypatch):
+    from zenml.config.schedule import Schedule
+
+    from medmerge.cli import main
+
+    store, calls = _schedulable(monkeypatch)
+    assert main(schedule_args(tmp_path, configs, "0  3 * * 1")) == 0
+    out = capsys.readouterr().out
+    assert "(flavor kubernetes) can schedule" in out
+    assert [c[0] for c in calls] == ["merge_search", "finetune"]
+    for (name, kw), cfg in zip(calls, configs):
+        assert isinstance(kw["schedule"], Schedule) and kw["schedule"].cron_expression == "0 3 * * 1"
+        assert kw["config_path"] == str(cfg.resolve())
+    assert "schedule medmerge-retrain-merge_search (merge_search): created, id id-medmerge-retrain-merge_search" in out
+    assert "a run with nothing changed is all cached" in out
+    assert not (tmp_path / "out").exists()  # no crontab where ZenML schedules
+
+    # again with the same cron: reported as there, nothing submitted twice
+    assert main(schedule_args(tmp_path, configs, "0 3 * * 1")) == 0
+    assert len(calls) == 2 and "already there, unchanged" in capsys.readouterr().out
+    # another cron while one exists: refused before anything is submitted
+    assert main(schedule_args(tmp_path, configs, "0 4 * * 1")) == 2
+    assert len(calls) == 2 and "exists with cron '0 3 * * 1'" in capsys.readouterr().err
+
+
+def test_schedule_never_claims_a_schedule_zenml_does_not_hold(tmp_path, configs, capsys, monkeypatch):
+    from medmerge.cli import main
+
+    _, calls = _schedulable(monkeypatch, create=False)
+    assert main(schedule_args(tmp_path, configs, "0 3 * * 1")) == 2
+    captured = capsys.readouterr()
+    assert len(calls) == 1 and "not scheduled" in captured.err and "created" not in captured.out
+
+
+def test_retrain_without_a_tracking_server_is_one_line_exit_2(configs, tmp_path, capsys):
+    from pipelines.retrain import main
+
+    assert main(["--search-config", str(configs[0]), "--finetune-config", str(configs[1]),
+                 "--lock-file", str(tmp_path / "lock")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("retrain: error: MLflow tracking server http://127.0.0.1:9 is not reachable")
+    assert err.count("\n") == 1
+
+
+# --- the pieces -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cron, on_calendar", [
+    ("0 3 * * 1", "Mon *-*-* 03:00:00"),
+    ("*/15 * * * *", "*-*-* *:00/15:00"),
+    ("30 2 1 1-6/2 *", "*-01..06/2-01 02:30:00"),
+    ("0 0 * * 0,6", "Sat,Sun *-*-* 00:00:00"),
+])
+def test_systemd_on_calendar(cron, on_calendar):
+    from medmerge.schedule import CronError, systemd_on_calendar
+
+    assert systemd_on_calendar(cron) == on_calendar
+    if shutil.which("systemd-analyze"):
+        r = subprocess.run(["systemd-analyze", "calendar", on_calendar], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    with pytest.raises(CronError, match="either matches"):
+        systemd_on_calendar("0 3 1 * 1")  # cron ORs day-of-month and day-of-week; OnCalendar ANDs them
+
+
+def test_compare_parents_by_content():
+    from medmerge.retrain import compare_parents, parents_tag
+
+    now = {"/m/clinical": {"model.safetensors": "a" * 64}, "/m/instruct": {"model.safetensors": "b" * 64}}
+    assert compare_parents(now, parents_tag(now), "m v1") == ([], [])
+    moved = {"/new/clinical": now["/m/clinical"], "/m/instruct": now["/m/instruct"]}
+    reasons, notes = compare_parents(moved, parents_tag(now), "m v1")
+    assert reasons == [] and "moved, unchanged" in notes[0]
+    changed = {**now, "/m/instruct": {"model.safetensors": "c" * 64}}
+    reasons, _ = compare_parents(changed, parents_tag(now), "m v1")
+    assert reasons == [f"parent /m/instruct changed since m v1: model.safetensors {'b' * 12}… -> {'c' * 12}…"]
+    assert compare_parents(now, None, "m v1")[0] == ["m v1 has no parents_sha256 tag"]
+
+
+# --- the entry point, end to end ------------------------------------------------------------------------
+
+def _versions(uri, name):
+    from mlflow import MlflowClient
+
+    return sorted(int(v.version) for v in MlflowClient(uri).search_model_versions(f"name='{name}'"))
+
+
+def _runs(uri, experiment):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
+
+
+def _zenml_runs(name):
+    from zenml.client import Client
+
+    return Client().list_pipeline_runs(pipeline_name=name, size=1).total
+
+
+@pytest.mark.slow
+def test_retrain_runs_only_when_something_changed(demo_models, tmp_path, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from medmerge.tracking.server import start, stop
+    from pipelines.retrain import main
+
+    data = tmp_path / "mts.jsonl"  # the training data as a file the test can change
+    data.write_text((SAMPLE / "train.jsonl").read_text() + (SAMPLE / "test.jsonl").read_text())
+    server = start(tmp_path / "mlflow", port=0)
+    uri = server.uri
+    try:
+        sweep = tmp_path / "sweep.yml"
+        sweep.write_text(yaml.safe_dump({"clinical": str(demo_models["clinical"]),
+                                         "instruct": str(demo_models["instruct"]),
+                                         "methods": ["linear"], "ratios": [0.0, 0.5, 1.0]}))
+        search = write_config(tmp_path / "search.yaml", sweep=str(sweep), suites=["clinical", "ifeval"],
+                              data_dir="sample", limit=4, max_gen_toks=32, eps=0.0,
+                              output_dir=str(tmp_path / "selected"), registered_model="rt-merge",
+                              experiment="rt-search", tracking_uri=uri)
+        finetune = write_config(
+            tmp_path / "finetune.yaml", initialisations=[{"name": "merge", "model_uri": "models:/rt-merge@staging"}],
+            task=str(data), eval_split="test", eval_limit=4, shots=[8],
+            sft={"epochs": 1, "per_device_batch": 8, "grad_accum": 2, "min_steps_few_shot": 4, "max_length": 512,
+                 "gradient_checkpointing": False},
+            generation={"max_new_tokens": 32},
+            forgetting={"suites": ["ifeval"], "data_dir": "sample", "limit": 4, "max_gen_toks": 32},
+            output_dir=str(tmp_path / "ft"), registered_model="rt-sft", experiment="rt-finetune", tracking_uri=uri)
+        argv = ["--search-config", str(search), "--finetune-config", str(finetune), "--promote-knee",
+                "--lock-file", str(tmp_path / "retrain.lock")]
+
+        # 1. nothing promoted yet: both pipelines run, versions are registered and the knee staged
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "nothing promoted yet: rt-merge has no staging version" in out
+        assert "nothing fine-tuned yet: rt-sft has no version" in out
+        merge_v, sft_v = _versions(uri, "rt-merge"), _versions(uri, "rt-sft")
+        assert merge_v and sft_v == [1]
+        runs = _runs(uri, "medmerge-retrain")
+        assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED")]
+        assert runs[0].data.params["train_sha256"] and "nothing promoted yet" in runs[0].data.tags[
+            "medmerge.retrain.reasons"]
+
+        # 2. nothing changed: a recorded no-op, no pipeline run, no new version
+        before = {"zenml": (_zenml_runs("merge_search"), _zenml_runs("finetune")),
+                  "mlflow": (len(_runs(uri, "rt-search")), len(_runs(uri, "rt-finetune")))}
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "no-op: nothing changed" in out and "unchanged: parents and training data match" in out
+        assert _versions(uri, "rt-merge") == merge_v and _versions(uri, "rt-sft") == sft_v
+        assert (_zenml_runs("merge_search"), _zenml_runs("finetune")) == before["zenml"]
+        assert (len(_runs(uri, "rt-search")), len(_runs(uri, "rt-finetune"))) == before["mlflow"]
+        runs = _runs(uri, "medmerge-retrain")
+        assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED"),
+                                                                                      ("noop", "FINISHED")]
+        noop = runs[1]
+        assert noop.data.params["train_sha256"] == runs[0].data.params["train_sha256"]
+        staged = MlflowClient(uri).get_model_version_by_alias("rt-merge", "staging").version
+        assert noop.data.params["promoted_version"] == staged and noop.data.params["finetuned_version"] == "1"
+        decision = json.loads(Path(mlflow.artifacts.download_artifacts(
+            run_id=noop.info.run_id, artifact_path="decision.json", dst_path=str(tmp_path / "dl"),
+            tracking_uri=uri)).read_text())
+        assert decision["changed"] is False and decision["reasons"] == []
+
+        # 3. one training target edited: the data's hash names the change and fine-tuning runs again
+        rows = [json.loads(x) for x in data.read_text().splitlines()]
+        first_train = next(r for r in rows if r["split"] == "train")
+        first_train["target"] += " Follow up in two weeks."
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert main(argv + ["--dry-run"]) == 0  # says what changed; runs and records nothing
+        out = capsys.readouterr().out
+        assert "training data changed since rt-sft v1" in out and "dry run: nothing run, nothing recorded" in out
+        assert len(_runs(uri, "medmerge-retrain")) == 2 and _versions(uri, "rt-sft") == [1]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "training data changed since rt-sft v1: train_sha256" in out and "nothing promoted" not in out
+        assert _versions(uri, "rt-merge") == merge_v  # the parents did not change: merge search all cached
+        assert _versions(uri, "rt-sft") == [1, 2]
+        runs = _runs(uri, "medmerge-retrain")
+        assert [r.data.tags["medmerge.retrain"] for r in runs] == ["ran", "noop", "ran"]
+        assert runs[2].info.status == "FINISHED" and "training data changed" in runs[2].data.tags[
+            "medmerge.retrain.reasons"]
+    finally:
+        stop(tmp_path / "mlflow")
