@@ -412,11 +412,13 @@ def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
         else:
             name, version = ref.rsplit("/", 1)
             mv = c.get_model_version(name, version)
+    except registry.RegistryError:
+        raise  # the server is down: say so, not "not in the registry"
     except Exception as exc:
         raise FinetuneError(f"initialisation {init.name!r}: {init.model_uri} is not in the registry at {uri}") from exc
     dest = Path(cfg.output_dir) / "initialisations" / f"{name}-v{mv.version}"
     if not (dest / "config.json").exists():
-        with atomic_dir(dest, overwrite=True) as tmp:
+        with atomic_dir(dest, overwrite=True) as tmp, registry.unreachable_as_error(uri, f"downloading {ref}"):
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
                                                            tracking_uri=uri))
             if got != Path(tmp):  # the artifact folder lands inside tmp: lift its files up
@@ -460,10 +462,17 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
     identity = sft_identity(cfg, init, ids, data)
     c = registry.client(run.tracking_uri)
     name = f"{init.name}-{shots}"
-    nested = c.create_run(run.experiment_id, run_name=name, tags={
-        "mlflow.parentRunId": run.parent_run_id, "initialisation": init.name, "shots": shots,
-        "medmerge.identity": identity})
-    rid = nested.info.run_id
+    # a killed run left this (init, shots) run unfinished under the same parent: resume it, as the parent is
+    unfinished = [r for r in c.search_runs([run.experiment_id], max_results=5, filter_string=(
+        f"tags.mlflow.parentRunId = '{run.parent_run_id}' and tags.`medmerge.identity` = '{identity}'"))
+        if r.info.status != "FINISHED"]
+    if unfinished:
+        rid = unfinished[0].info.run_id
+        c.update_run(rid, status="RUNNING")
+    else:
+        rid = c.create_run(run.experiment_id, run_name=name, tags={
+            "mlflow.parentRunId": run.parent_run_id, "initialisation": init.name, "shots": shots,
+            "medmerge.identity": identity}).info.run_id
     try:
         params = {"initialisation": init.name, "init_source": init.source, "shots": shots, "n_examples": len(examples),
                   "steps": steps, "lora": cfg.sft.lora, "learning_rate": cfg.sft.learning_rate,

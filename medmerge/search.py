@@ -107,7 +107,8 @@ def check_parents(cfg: SearchConfig) -> dict[str, dict]:
 
 
 def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str | None = None) -> SearchResults:
-    """Evaluate every candidate in memory; log a parent run and a nested run per candidate."""
+    """Evaluate every candidate in memory; log a parent run and a nested run per candidate. A rerun of a run
+    that did not finish (killed, say) logs into its parent run and keeps its finished candidate runs."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
     from medmerge.tracking import registry
@@ -119,8 +120,7 @@ def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str 
     c = registry.client(uri)
     exp = c.get_experiment_by_name(cfg.experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(cfg.experiment)
-    parent = c.create_run(exp_id, run_name=run_name or "merge_search", tags={"medmerge.phase": "merge_search"})
-    pid = parent.info.run_id
+    pid, logged = _open_parent_run(c, exp_id, cfg, parents, run_name or "merge_search")
     try:
         c.log_param(pid, "sweep", json.dumps(cfg.sweep.model_dump(mode="json"))[:500])
         for k in ("suites", "limit", "eps", "data_dir", "registered_model"):
@@ -129,7 +129,7 @@ def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str 
         results = []
         for cand, report in evaluate_sweep(cfg.sweep, cfg.eval_settings(), EvalCache()):
             identity = report.model_fingerprint.removeprefix("candidate:")
-            rid = registry.log_candidate(pid, exp_id, cand.name, cand.recipe, report, uri)
+            rid = logged.get(cand.name) or registry.log_candidate(pid, exp_id, cand.name, cand.recipe, report, uri)
             results.append(CandidateResult(name=cand.name, method=cand.method, ratio=cand.ratio, recipe=cand.recipe,
                                            identity=identity, run_id=rid, report=report))
     except BaseException:
@@ -137,6 +137,30 @@ def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str 
         raise
     return SearchResults(tracking_uri=uri, experiment_id=exp_id, parent_run_id=pid, parents=parents,
                          candidates=results)
+
+
+def _open_parent_run(c, exp_id: str, cfg: SearchConfig, parents: dict[str, dict],
+                     run_name: str) -> tuple[str, dict[str, str]]:
+    """The parent run of an unfinished (say killed) run of the same config and parents, resumed, with its
+    finished candidate runs ``{name: run_id}`` (a half-logged one is deleted: it is logged again); else a new
+    parent run and ``{}``."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps({"config": cfg.model_dump(mode="json"), "parents": parents},
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    for r in c.search_runs([exp_id], filter_string=f"tags.`medmerge.run_key` = '{key}'", max_results=5):
+        if r.info.status != "FINISHED":
+            pid = r.info.run_id
+            c.update_run(pid, status="RUNNING")
+            logged = {}
+            for n in c.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{pid}'", max_results=1000):
+                if n.info.status == "FINISHED" and "candidate" in n.data.tags:
+                    logged[n.data.tags["candidate"]] = n.info.run_id
+                else:
+                    c.delete_run(n.info.run_id)
+            return pid, logged
+    run = c.create_run(exp_id, run_name=run_name, tags={"medmerge.phase": "merge_search", "medmerge.run_key": key})
+    return run.info.run_id, {}
 
 
 def _points(results: SearchResults):

@@ -7,6 +7,7 @@ MLflow server on a free loopback port; then the server's REST API is asked what 
    learning rate: nothing is forgotten): nested runs, metrics, the learning-curve figure, the forgetting
    tables, gated registered versions; a rerun is cached and registers nothing new.
 3. A forced drop (a learning rate that makes the model's IFEval fall) fails the gate; promotion refuses.
+   This run asks for ``log_samples: 2``: exactly two rows of clinical text reach MLflow.
 """
 
 from __future__ import annotations
@@ -148,12 +149,18 @@ def test_finetune_pipeline(demo_models, tmp_path, capsys):
         # 3. a forced drop: a learning rate that wrecks instruction following
         forced = {**cleaned, "initialisations": [{"name": "clinical", "path": str(demo_models["clinical"])}],
                   "shots": [16], "sft": {**cleaned["sft"], "learning_rate": 3e-3, "min_steps_few_shot": 60},
-                  "forgetting": {**cleaned["forgetting"], "suites": ["ifeval"]}}
+                  "forgetting": {**cleaned["forgetting"], "suites": ["ifeval"]}, "log_samples": 2}
         out = run(write_config(tmp_path / "forced.yaml", **forced))
         s = out["summary"]
         assert s.gate == {"clinical-16": False}
         assert "if_score" in s.forgetting_table and "FORGOT" in s.forgetting_table
         bad = s.versions["clinical-16"]
+        # log_samples asked for two rows of clinical text: exactly two, with the generation
+        forced_run = api_post(uri, "runs/search", {"experiment_ids": [exp_id], "filter":
+                              f"tags.mlflow.parentRunId = '{out['tracking'].parent_run_id}'"})["runs"][0]
+        samples = json.loads(urllib.request.urlopen(
+            f"{uri}/get-artifact?path=samples.json&run_uuid={forced_run['info']['run_id']}", timeout=30).read())
+        assert len(samples) == 2 and set(samples[0]) == {"id", "input", "target", "prediction"}
         assert cli(["promote", "e2e-sft", bad, "--tracking-uri", uri]) == 2
         err = capsys.readouterr().err
         assert f"refusing to promote e2e-sft version {bad}: its forgetting gate failed" in err and "if_score" in err

@@ -2,14 +2,19 @@
 
 A crash, a kill or an exception leaves no directory at the final path, so nothing
 half-made ever looks like a checkpoint. The temporary directory is a hidden sibling
-(same filesystem, so the rename is atomic) and is removed on any exception.
+(same filesystem, so the rename is atomic) and is removed on any exception. Its name
+carries the host and process id (``.medmerge-tmp-<name>.<host>.<pid>.<random>``): a
+``kill -9`` leaves it behind, and the next write of the same output removes it once that
+process is gone (a live writer's directory is never touched).
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +25,31 @@ from medmerge.errors import OutputError
 TMP_PREFIX = ".medmerge-tmp-"
 
 
+def _owner_prefix(name: str) -> str:
+    return f"{TMP_PREFIX}{name}.{socket.gethostname()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC, raised as an OSError or wrapped (safetensors: "No space left on device (os error 28)")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``final`` when the block succeeds."""
@@ -27,30 +57,36 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     if final.exists() and not overwrite:
         raise OutputError(f"output directory {final} already exists (use --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + final.name + "-", dir=final.parent))
+    remove_stale_tmp(final.parent, final.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix(final.name)}{os.getpid()}.", dir=final.parent))
     try:
         yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
+        if isinstance(exc, Exception) and not isinstance(exc, OutputError) and _disk_full(exc):
             raise OutputError(
                 f"no space left on device while writing {final}; the temporary directory {tmp} was removed"
             ) from exc
         raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def remove_stale_tmp(parent: str | os.PathLike) -> list[Path]:
-    """Remove leftovers of killed runs (``.medmerge-tmp-*``) under ``parent``; return what was removed."""
+def remove_stale_tmp(parent: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporary directories under ``parent`` (of output ``name``, or all) that processes
+    of this host left behind when killed; a live process's are kept. Returns what was removed."""
     removed = []
     parent = Path(parent)
-    if parent.is_dir():
-        for p in parent.glob(TMP_PREFIX + "*"):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+    if not parent.is_dir():
+        return removed
+    host = "." + socket.gethostname() + "."
+    pattern = glob.escape(_owner_prefix(name)) + "*" if name is not None else glob.escape(TMP_PREFIX) + "*"
+    for p in parent.glob(pattern):
+        head, sep, rest = p.name.rpartition(host)  # <prefix><name> . <host> . <pid>.<random>
+        pid = rest.split(".", 1)[0]
+        if not sep or not head.startswith(TMP_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
     return removed

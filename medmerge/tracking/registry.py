@@ -8,12 +8,17 @@
 * Promotion sets the alias (``models:/NAME@staging`` resolves to it), moves the version to the
   Staging stage (archiving the previous one) and says why; it refuses a version that does not
   exist or whose run did not finish.
+* A tracking server that stops answering fails the call within seconds (MLflow's HTTP retries are
+  bounded unless the user set them) with a :class:`RegistryError` naming the tracking URI.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +30,62 @@ class RegistryError(MedmergeError):
     """A registry or tracking operation was refused or failed."""
 
 
+# MLflow retries a refused connection 7 times with exponential backoff (about 4 minutes) and waits
+# 120 s for an answer: a dead server would look like a hung step. These bound it to seconds; a value
+# the user set in the environment wins.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
 def client(tracking_uri: str):
+    """An ``MlflowClient`` for ``tracking_uri`` whose calls raise :class:`RegistryError`, naming the URI,
+    when the server does not answer (see :func:`unreachable_as_error`)."""
     import mlflow
     from mlflow import MlflowClient
 
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
     mlflow.set_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return _Client(MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), tracking_uri)
+
+
+@contextmanager
+def unreachable_as_error(tracking_uri: str, what: str = "MLflow call"):
+    """Turn a failed MLflow call into ``RegistryError("MLflow tracking server <uri> is not reachable ...")``
+    when the server has stopped answering; any other failure (the server answered) goes through as is."""
+    from mlflow.exceptions import RestException
+
+    try:
+        yield
+    except (RestException, MedmergeError):
+        raise  # the server answered (not found, bad request, ...), or the error is already ours
+    except Exception as exc:
+        from medmerge.tracking.server import healthy
+
+        if tracking_uri.startswith(("http://", "https://")) and not healthy(tracking_uri, timeout=5):
+            raise RegistryError(f"MLflow tracking server {tracking_uri} is not reachable ({what} failed: "
+                                f"{type(exc).__name__}); start it again (medmerge server start) and rerun: "
+                                f"the rerun resumes from the finished steps and registers no version twice") from exc
+        raise
+
+
+class _Client:
+    """Delegates to an ``MlflowClient``; each method call goes through :func:`unreachable_as_error`."""
+
+    def __init__(self, inner, tracking_uri: str):
+        self._inner, self._uri = inner, tracking_uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with unreachable_as_error(self._uri, f"{name}()"):
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -104,10 +159,12 @@ class Registered:
 def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str, tags: dict[str, Any],
                         tracking_uri: str) -> Registered:
     """Log ``checkpoint`` under the run and register it as a version of ``name`` (idempotent by identity)."""
+    from mlflow.exceptions import MlflowException
+
     c = client(tracking_uri)
     try:
         c.get_registered_model(name)
-    except Exception:
+    except MlflowException:  # not registered yet (a server that is down raises RegistryError)
         c.create_registered_model(name, description="medmerge merged checkpoints")
     for mv in c.search_model_versions(f"name='{name}'"):
         if mv.tags.get("candidate_identity") == identity:
@@ -127,6 +184,8 @@ def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", 
     c = client(tracking_uri)
     try:
         mv = c.get_model_version(name, str(version))
+    except RegistryError:
+        raise  # the server is down: say so, not "no version"
     except Exception as exc:
         raise RegistryError(f"model {name} has no version {version}") from exc
     if mv.run_id:
