@@ -161,11 +161,13 @@ LEARNING_SIZE = (7.0, 4.5)
 
 
 def plot_learning_curves(curves: dict[str, dict[int, float]], path, full_sizes: dict[str, int] | None = None,
-                         metric: str = "composite", title: str | None = None) -> Path:
+                         metric: str = "composite", title: str | None = None,
+                         forgot: dict[str, set[int]] | None = None) -> Path:
     """The few-shot learning curves (the first seed's Figure 4): x = training examples, y = ``metric``.
 
     ``curves`` maps each initialisation to ``{n_examples: score}``; one line per initialisation,
-    x on a log2 axis. ``full_sizes`` marks which point of each line is the full training set.
+    x on a log2 axis. ``full_sizes`` marks which point of each line is the full training set;
+    ``forgot`` the points whose forgetting gate failed (circled in red).
     """
     if not curves or not any(curves.values()):
         raise ValueError("no learning-curve points to plot")
@@ -177,6 +179,10 @@ def plot_learning_curves(curves: dict[str, dict[int, float]], path, full_sizes: 
         full = (full_sizes or {}).get(init)
         if full in pts:
             ax.annotate("full", (full, pts[full]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    bad = [(x, curves[i][x]) for i, xs in (forgot or {}).items() if i in curves for x in xs if x in curves[i]]
+    if bad:
+        ax.scatter([b[0] for b in bad], [b[1] for b in bad], s=160, facecolors="none", edgecolors="red",
+                   linewidths=1.5, zorder=3, label="forgetting gate failed")
     ax.set_xscale("log", base=2)
     xs = sorted({x for pts in curves.values() for x in pts})
     ax.set_xticks(xs, [str(x) for x in xs])

@@ -605,8 +605,12 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
     c = registry.client(run.tracking_uri)
     curves = learning_curves(results)
     full = {r.init: r.n_examples for r in results if r.shots == "full"}
+    forgot: dict[str, set[int]] = {}
+    for r in results:
+        if not r.forgetting.passed:
+            forgot.setdefault(r.init, set()).add(r.n_examples)
     fig = figures.plot_learning_curves(curves, Path(figures_dir) / "learning_curves.png", full_sizes=full,
-                                       title=f"{cfg.task}: composite score after SFT")
+                                       title=f"{cfg.task}: composite score after SFT", forgot=forgot)
     table, ftable = curve_table(results), forgetting_table(results)
     c.log_artifact(run.parent_run_id, str(fig), "figures")
     c.log_text(run.parent_run_id, table + "\n", "learning_curves.txt")

@@ -134,5 +134,10 @@ def test_learning_curve_table_and_figure(tmp_path):
     png = plot_learning_curves(curves, tmp_path / "lc.png", full_sizes={"clinical": 64})
     with Image.open(png) as im:
         assert im.size == (840, 540) and len(set(im.convert("L").getdata())) > 20  # drawn, not blank
+        plain = im.convert("RGB").getdata()
+        assert not any(r > 200 and g < 60 and b < 60 for r, g, b in plain)  # no red: nothing forgot
+    marked = plot_learning_curves(curves, tmp_path / "lc2.png", forgot={"merge": {8}})
+    with Image.open(marked) as im:  # the failed point is circled in pure red
+        assert sum(1 for r, g, b in im.convert("RGB").getdata() if r > 200 and g < 60 and b < 60) > 30
     with pytest.raises(ValueError, match="no learning-curve points"):
         plot_learning_curves({}, tmp_path / "x.png")
