@@ -236,20 +236,6 @@ def _context_length(tokenizer, ref: str, trust_remote_code: bool) -> int | None:
     return min(known) if known else None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @cli.command("validate-data")
 @click.argument("source")
 @click.option("--split", default=None,
@@ -279,6 +265,7 @@ def validate_data(source, split, data_dir, fmt, id_field, input_field, target_fi
     (input, target) pairs, the row count and (with --tokenizer) that every input fits the
     context. Exit 0 when every expectation holds, 2 with the failures and offending ids otherwise."""
     # load_task's DataErrors (missing file, bad line, missing columns) reach main() and exit 2
+    from medmerge.io.atomic import write_text_atomic
     from medmerge.generation.data import TASKS, load_task
     from medmerge.generation.validation import DataValidationError, validate_dataset
 
@@ -318,7 +305,7 @@ def validate_data(source, split, data_dir, fmt, id_field, input_field, target_fi
     result = validate_dataset(data, name=name, min_rows=min_rows, max_rows=max_rows,
                               max_input_tokens=max_input_tokens, tokenizer=tokenizer)
     if report is not None:
-        _write_text_atomic(report, result.to_markdown() if report_kind == "markdown" else result.to_json() + "\n")
+        write_text_atomic(report, result.to_markdown() if report_kind == "markdown" else result.to_json() + "\n")
     if not result.success:
         message = result.failure_message()
         if not examples:
@@ -474,8 +461,9 @@ def schedule(cron_expr, search_config, finetune_config, promote_knee, crontab_ou
     --systemd-out a systemd timer) running `python -m pipelines.retrain`; it installs neither."""
     import os
 
+    from medmerge.io.atomic import write_text_atomic
     from medmerge.schedule import (crontab_line, retrain_argv, scheduled_env, systemd_on_calendar, systemd_units,
-                                   validate_cron, write_text_atomic)
+                                   validate_cron)
 
     cron = validate_cron(cron_expr)                     # CronError: exit 2, nothing written
     if systemd_out is not None:

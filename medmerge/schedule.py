@@ -197,14 +197,3 @@ def systemd_units(cron: str, repo: Path, argv: list[str], log: Path, env: dict[s
     return {f"{UNIT_NAME}.service": service, f"{UNIT_NAME}.timer": timer}
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -43,8 +43,6 @@ class EvalCache:
         return result
 
     def put(self, key: str, result: TaskResult) -> None:
-        p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(result.model_dump_json())
-        os.replace(tmp, p)
+        from medmerge.io.atomic import write_text_atomic
+
+        write_text_atomic(self._path(key), result.model_dump_json())

@@ -51,9 +51,6 @@ class EvalReport(BaseModel):
         return "\n".join(lines)
 
     def write(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        from medmerge.io.atomic import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.model_dump(mode="json"), indent=2) + "\n")

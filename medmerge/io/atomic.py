@@ -29,7 +29,8 @@ def _owner_prefix(name: str) -> str:
     return f"{TMP_PREFIX}{name}.{socket.gethostname()}."
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a process we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -85,8 +86,25 @@ def remove_stale_tmp(parent: str | os.PathLike, name: str | None = None) -> list
     for p in parent.glob(pattern):
         head, sep, rest = p.name.rpartition(host)  # <prefix><name> . <host> . <pid>.<random>
         pid = rest.split(".", 1)[0]
-        if not sep or not head.startswith(TMP_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+        if not sep or not head.startswith(TMP_PREFIX) or not pid.isdigit() or pid_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary sibling and ``os.replace``: readers see the old file or
+    the new one, never half of it; the temporary file is removed on any error."""
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

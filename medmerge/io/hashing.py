@@ -15,6 +15,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from medmerge.io.atomic import write_text_atomic
+
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -41,10 +43,7 @@ def _load_cache() -> dict:
 def _save_cache(cache: dict) -> None:
     f = _cache_file()
     try:
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
-        os.replace(tmp, f)
+        write_text_atomic(f, json.dumps(cache, indent=0, sort_keys=True))
     except OSError:
         pass  # the cache is an optimisation; never fail a merge over it
 

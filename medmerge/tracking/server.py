@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from medmerge.errors import MedmergeError
+from medmerge.io.atomic import pid_alive
 
 DEFAULT_STATE_DIR = Path(".medmerge") / "mlflow"
 
@@ -56,16 +57,6 @@ def healthy(uri: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _state_file(state_dir: Path) -> Path:
     return Path(state_dir) / "server.json"
 
@@ -88,7 +79,7 @@ def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> ServerInfo | Non
     if not f.exists():
         return None
     info = ServerInfo(**json.loads(f.read_text()))
-    if _alive(info.pid):
+    if pid_alive(info.pid):
         return info
     f.unlink(missing_ok=True)
     return None
@@ -148,7 +139,7 @@ def _terminate(pid: int, grace: float = 15.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             return
         try:
             os.waitpid(pid, os.WNOHANG)
