@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medmerge.errors import MedmergeError
 from medmerge.evaluation.report import EvalReport
-from medmerge.evaluation.runner import EvalSettings
+from medmerge.evaluation.runner import EvalOptions
 from medmerge.forgetting import ForgettingReport
 from medmerge.generation.data import GenerationExample
 from medmerge.generation.generate import GenerationSettings
@@ -65,23 +65,10 @@ class Initialisation(BaseModel):
         return self
 
 
-class ForgettingSettings(BaseModel):
-    """The benchmark re-check after SFT (same suites and settings before and after)."""
+class ForgettingSettings(EvalOptions):
+    """The benchmark re-check after SFT (same suites and settings before and after) and its margin."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    suites: tuple[str, ...] = ("clinical", "ifeval")
-    data_dir: str | None = None
-    limit: int | None = None
-    num_fewshot: int | None = None
-    max_gen_toks: int | None = None
-    batch_size: int | str = 8
     margin: float = Field(0.02, ge=0.0)
-
-    def eval_settings(self) -> EvalSettings:
-        from medmerge.evaluation.tasks import resolve_data_dir
-
-        return EvalSettings(suites=self.suites, data_dir=resolve_data_dir(self.data_dir), limit=self.limit,
-                            num_fewshot=self.num_fewshot, batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
 
 
 Shot = Union[int, Literal["full"]]

@@ -14,21 +14,16 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medmerge.evaluation.report import EvalReport
-from medmerge.evaluation.runner import EvalSettings
+from medmerge.evaluation.runner import EvalOptions
 from medmerge.recipe import Recipe, SweepSpec, load_sweep
 
 
-class SearchConfig(BaseModel):
-    """The run configuration of ``merge_search`` (YAML under ``zenml_config/``)."""
+class SearchConfig(EvalOptions):
+    """The run configuration of ``merge_search`` (YAML under ``zenml_config/``); the evaluation fields
+    (suites, data_dir, limit, ...) come from :class:`EvalOptions`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     sweep: SweepSpec
-    suites: tuple[str, ...] = ("clinical", "ifeval")
-    data_dir: str | None = None
-    limit: int | None = None
-    num_fewshot: int | None = None
-    max_gen_toks: int | None = None
-    batch_size: int | str = 8
     eps: float = 0.0
     use_stderr: bool = False
     output_dir: str = "merge_search_out"
@@ -40,12 +35,6 @@ class SearchConfig(BaseModel):
     @classmethod
     def _sweep_path(cls, v):
         return load_sweep(v) if isinstance(v, (str, Path)) else v
-
-    def eval_settings(self) -> EvalSettings:
-        from medmerge.evaluation.tasks import resolve_data_dir
-
-        return EvalSettings(suites=self.suites, data_dir=resolve_data_dir(self.data_dir), limit=self.limit, num_fewshot=self.num_fewshot,
-                            batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
 
     def resolved_tracking_uri(self) -> str:
         from medmerge.tracking.registry import resolve_tracking_uri

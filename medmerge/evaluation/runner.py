@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from medmerge import __version__
 from medmerge.evaluation.cache import EvalCache, cache_key
@@ -44,6 +45,24 @@ class EvalSettings:
 
         return {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
                 "backend": self.backend, "seed": self.seed, "lm_eval": version("lm_eval")}
+
+
+class EvalOptions(BaseModel):
+    """The evaluation fields a run configuration exposes (merge_search's config, the forgetting check)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    suites: tuple[str, ...] = ("clinical", "ifeval")
+    data_dir: str | None = None          # None: the Hub; a directory; or "sample" (shipped in the package)
+    limit: int | None = None
+    num_fewshot: int | None = None
+    max_gen_toks: int | None = None
+    batch_size: int | str = 8
+
+    def eval_settings(self) -> EvalSettings:
+        from medmerge.evaluation.tasks import resolve_data_dir
+
+        return EvalSettings(suites=self.suites, data_dir=resolve_data_dir(self.data_dir), limit=self.limit,
+                            num_fewshot=self.num_fewshot, batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
 
 
 def lm_eval_version() -> str:
