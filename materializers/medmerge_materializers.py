@@ -28,6 +28,12 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
+def _dir_size(path: str) -> tuple[int, int]:
+    """(number of files, total bytes) of a checkpoint directory's top level."""
+    files = [os.path.join(path, f) for f in os.listdir(path) if os.path.isfile(os.path.join(path, f))]
+    return len(files), sum(os.path.getsize(f) for f in files)
+
+
 def _read(path: str) -> str:
     with fileio.open(path, "r") as f:
         return f.read()
@@ -60,9 +66,8 @@ class CheckpointDirMaterializer(BaseMaterializer):
         return meta.model_copy(update={"path": local})
 
     def extract_metadata(self, data) -> dict[str, Any]:
-        files = [f for f in os.listdir(data.path) if os.path.isfile(os.path.join(data.path, f))]
-        size = sum(os.path.getsize(os.path.join(data.path, f)) for f in files)
-        return {"candidate": data.name, "identity": data.identity, "files": len(files), "bytes": size,
+        files, size = _dir_size(data.path)
+        return {"candidate": data.name, "identity": data.identity, "files": files, "bytes": size,
                 "mlflow_run_id": data.run_id}
 
 
@@ -70,8 +75,7 @@ class SFTCheckpointMaterializer(CheckpointDirMaterializer):
     ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (SFTCheckpoint,)
 
     def extract_metadata(self, data: SFTCheckpoint) -> dict[str, Any]:
-        files = [f for f in os.listdir(data.path) if os.path.isfile(os.path.join(data.path, f))]
-        size = sum(os.path.getsize(os.path.join(data.path, f)) for f in files)
+        _, size = _dir_size(data.path)
         return {"initialisation": data.init, "shots": data.shots, "n_examples": data.n_examples, "steps": data.steps,
                 "train_loss": data.train_loss, "bytes": size, "mlflow_run_id": data.run_id}
 
@@ -102,56 +106,56 @@ class SearchResultsMaterializer(BaseMaterializer):
                 "mlflow_parent_run_id": data.parent_run_id, "tracking_uri": data.tracking_uri}
 
 
-class FrontierMaterializer(BaseMaterializer):
-    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (Frontier,)
-    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+class _FiguresMaterializer(BaseMaterializer):
+    """A pydantic result with ``figures`` ({key: png path}) and a text table: JSON, the PNGs and a
+    Markdown table are stored; the dashboard shows the images and the table."""
 
-    def save(self, data: Frontier) -> None:
+    SKIP_REGISTRATION: ClassVar[bool] = True   # a base class: only its subclasses are registered
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    JSON: ClassVar[str]
+    MARKDOWN: ClassVar[str]
+
+    def markdown(self, data) -> str:
+        raise NotImplementedError
+
+    def save(self, data) -> None:
         stored = {}
         for key, src in data.figures.items():
             if os.path.exists(src):
                 dst = os.path.join(self.uri, f"{key}.png")
                 fileio.copy(src, dst, overwrite=True)
                 stored[key] = dst
-        _write(os.path.join(self.uri, "frontier.json"), data.model_copy(update={"figures": stored}).model_dump_json())
+        _write(os.path.join(self.uri, self.JSON), data.model_copy(update={"figures": stored}).model_dump_json())
 
-    def load(self, data_type: type[Any]) -> Frontier:
-        return Frontier.model_validate_json(_read(os.path.join(self.uri, "frontier.json")))
+    def load(self, data_type: type[Any]):
+        return data_type.model_validate_json(_read(os.path.join(self.uri, self.JSON)))
 
-    def save_visualizations(self, data: Frontier) -> dict[str, VisualizationType]:
+    def save_visualizations(self, data) -> dict[str, VisualizationType]:
         out = {os.path.join(self.uri, f"{k}.png"): VisualizationType.IMAGE for k in data.figures}
-        table = os.path.join(self.uri, "frontier.md")
-        _write(table, "```\n" + data.table + "\n```\n")
+        table = os.path.join(self.uri, self.MARKDOWN)
+        _write(table, self.markdown(data))
         out[table] = VisualizationType.MARKDOWN
         return {p: v for p, v in out.items() if fileio.exists(p)}
+
+
+class FrontierMaterializer(_FiguresMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (Frontier,)
+    JSON, MARKDOWN = "frontier.json", "frontier.md"
+
+    def markdown(self, data: Frontier) -> str:
+        return "```\n" + data.table + "\n```\n"
 
     def extract_metadata(self, data: Frontier) -> dict[str, Any]:
         return {"knee": data.knee, "frontier": ", ".join(data.frontier), "near": len(data.near),
                 "hypervolume": data.hypervolume}
 
 
-class FinetuneSummaryMaterializer(BaseMaterializer):
+class FinetuneSummaryMaterializer(_FiguresMaterializer):
     ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (FinetuneSummary,)
-    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    JSON, MARKDOWN = "summary.json", "learning_curves.md"
 
-    def save(self, data: FinetuneSummary) -> None:
-        stored = {}
-        for key, src in data.figures.items():
-            if os.path.exists(src):
-                dst = os.path.join(self.uri, f"{key}.png")
-                fileio.copy(src, dst, overwrite=True)
-                stored[key] = dst
-        _write(os.path.join(self.uri, "summary.json"), data.model_copy(update={"figures": stored}).model_dump_json())
-
-    def load(self, data_type: type[Any]) -> FinetuneSummary:
-        return FinetuneSummary.model_validate_json(_read(os.path.join(self.uri, "summary.json")))
-
-    def save_visualizations(self, data: FinetuneSummary) -> dict[str, VisualizationType]:
-        out = {os.path.join(self.uri, f"{k}.png"): VisualizationType.IMAGE for k in data.figures}
-        table = os.path.join(self.uri, "learning_curves.md")
-        _write(table, "```\n" + data.table + "\n```\n\n" + data.forgetting_table)
-        out[table] = VisualizationType.MARKDOWN
-        return {p: v for p, v in out.items() if fileio.exists(p)}
+    def markdown(self, data: FinetuneSummary) -> str:
+        return "```\n" + data.table + "\n```\n\n" + data.forgetting_table
 
     def extract_metadata(self, data: FinetuneSummary) -> dict[str, Any]:
         return {"versions": len(data.versions), "forgetting_gate_failures": sum(not g for g in data.gate.values())}
