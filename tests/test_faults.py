@@ -15,7 +15,6 @@ The pipeline scenarios run against a real MLflow server on a free loopback port,
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import socket
@@ -23,13 +22,12 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 import zenml  # noqa: F401  (imported at collection: ZenML wraps the session's stdout, not a test's capsys)
+from mlflow_api import api, api_post
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
@@ -38,20 +36,6 @@ CHECKPOINT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "token
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-def api(uri: str, endpoint: str, **params):
-    url = f"{uri}/api/2.0/mlflow/{endpoint}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def api_post(uri: str, endpoint: str, body: dict):
-    req = urllib.request.Request(f"{uri}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def registered(uri: str, model: str) -> list[dict]:

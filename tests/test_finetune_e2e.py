@@ -13,31 +13,16 @@ MLflow server on a free loopback port; then the server's REST API is asked what 
 from __future__ import annotations
 
 import json
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow_api import api, api_post
 
 pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def api(uri: str, endpoint: str, **params):
-    url = f"{uri}/api/2.0/mlflow/{endpoint}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params, doseq=True)
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def api_post(uri: str, path: str, body: dict):
-    req = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def artifacts(uri: str, run_id: str, path: str | None = None) -> dict[str, int]:

@@ -3,32 +3,15 @@ demo models, then the server's REST API is asked what a user would look for."""
 
 from __future__ import annotations
 
-import json
-import urllib.parse
-import urllib.request
 
 import pytest
 import torch
 import yaml
 
 from factory import read
+from mlflow_api import api, api_post
 
 pytestmark = pytest.mark.slow
-
-
-def api(uri: str, endpoint: str, **params):
-    url = f"{uri}/api/2.0/mlflow/{endpoint}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def api_post(uri: str, path: str, body: dict):
-    req = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def test_merge_search_pipeline(demo_models, tmp_path, capsys):

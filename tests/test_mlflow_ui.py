@@ -5,7 +5,6 @@ the frontier figure and the registered model with its staging version. Content, 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow_api import api
 
 pytestmark = pytest.mark.slow
 
@@ -110,11 +110,6 @@ def render(exe: str, url: str, expect: list[str | re.Pattern], tmp: Path, deadli
     shot = tmp / (re.sub(r"\W+", "_", url.split("#", 1)[-1]).strip("_") + ".png")
     chromium(exe, url, tmp, f"--screenshot={shot}", "--virtual-time-budget=20000")
     raise AssertionError(f"{url} does not show {missing(text)} (screenshot: {shot}); its text:\n{text[:3000]}")
-
-
-def api(uri: str, endpoint: str, **params) -> dict:
-    with urllib.request.urlopen(f"{uri}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(params)}", timeout=30) as r:
-        return json.loads(r.read())
 
 
 def test_mlflow_ui_shows_demo_run(chromium_exe, demo_models, tmp_path):
