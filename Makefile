@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: 2.13.0 resolves to the CPU wheel on disk; a bare `torch` pulls GBs of CUDA.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
 	@# METEOR (issue 5) needs WordNet from Debian; install it when we can.
 	@if [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null; then \
 	  (apt-get install -y -q wordnet-base >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null)) \
@@ -27,6 +27,13 @@ $(STAMP): pyproject.toml
 	     || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) \
 	    || echo "warning: could not install chromium; tests/test_mlflow_ui.py will fail"; \
 	  else echo "warning: chromium is missing (as root: apt-get install chromium); tests/test_mlflow_ui.py will fail"; fi; fi
+	@# The Postgres-backed server test (tests/test_postgres.py) runs a throwaway cluster of Debian's postgresql.
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 \
+	     || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null)) \
+	    || echo "warning: could not install postgresql; tests/test_postgres.py will be skipped"; \
+	  else echo "warning: postgresql is missing (as root: apt-get install postgresql); tests/test_postgres.py will be skipped"; fi; fi
 	@touch $(STAMP)
 
 # ZenML keeps its local store in the repo (not ~/.config), quietly and without analytics.

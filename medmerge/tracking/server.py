@@ -2,7 +2,8 @@
 
 ``start`` launches ``mlflow server`` as its own process session (so it outlives the command)
 with a sqlite backend and a local artifact root by default (any backend URI the user gives,
-e.g. ``postgresql://…``, works), one worker (lean enough for 2 cores), bound to loopback, and
+e.g. ``postgresql://…`` with the ``postgres`` extra installed, works; a missing driver is one clear
+error before anything starts), one worker (lean enough for 2 cores), bound to loopback, and
 waits until ``/health`` answers. Its PID, URI and log live in the state directory, so ``stop``
 ends exactly that process group and ``status`` reports it. ``--app-name basic-auth`` serves
 MLflow's basic-auth app; clients then read MLFLOW_TRACKING_USERNAME/PASSWORD from the environment.
@@ -73,6 +74,24 @@ def _csrf_key(state_dir: Path) -> str:
     return f.read_text().strip()
 
 
+# The database driver each backend-store scheme needs in this Python, and the extra that installs it.
+DRIVERS = {"postgresql": ("psycopg2", "postgres")}
+
+
+def check_backend_driver(backend_store_uri: str | None) -> None:
+    """Raise :class:`ServerError` naming the extra to install when the backend's driver is missing
+    (otherwise the server would die with a traceback after it started)."""
+    scheme, _, driver = (backend_store_uri or "").split(":", 1)[0].lower().partition("+")
+    if scheme not in DRIVERS or driver not in ("", DRIVERS[scheme][0]):  # another driver named: not ours to check
+        return
+    module, extra = DRIVERS[scheme]
+    try:
+        __import__(module)
+    except ImportError:
+        raise ServerError(f"the {scheme} backend store needs the {module} driver: "
+                          f"pip install 'medmerge[{extra}]'") from None
+
+
 def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> ServerInfo | None:
     """The running server recorded in ``state_dir``, or None (a stale record is removed)."""
     f = _state_file(Path(state_dir))
@@ -93,6 +112,7 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0
     running = status(state_dir)
     if running:
         return running
+    check_backend_driver(backend_store_uri)
     if app_name == "basic-auth" and not (state_dir / "basic_auth.db").exists() \
             and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
         raise ServerError("the basic-auth app needs an admin password on first start: set MLFLOW_AUTH_ADMIN_PASSWORD "
@@ -105,6 +125,8 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0
             raise ServerError(f"port {port} on {host} is already in use; pass --port or stop what listens there")
     backend = backend_store_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
     artifacts = artifacts_destination or str(state_dir / "artifacts")
+    if "://" not in artifacts:  # a local path: the server runs in state_dir, so make it the caller's path
+        artifacts = str(Path(artifacts).resolve())
     uri = f"http://{host}:{port}"
     log = state_dir / "server.log"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
