@@ -9,6 +9,8 @@ so the entry points print one clear message and exit 2); anything else is re-rai
 
 from __future__ import annotations
 
+import sys
+
 from medmerge.errors import MedmergeError
 
 
@@ -25,10 +27,16 @@ def read_run_config(config_path: str) -> dict:
     import yaml
 
     try:
-        with open(config_path) as f:
+        with open(config_path, encoding="utf-8") as f:
             doc = yaml.safe_load(f)
     except FileNotFoundError:
         raise RunConfigError(f"{config_path}: no such run configuration") from None
+    except IsADirectoryError:
+        raise RunConfigError(f"{config_path}: is a directory, not a run configuration YAML") from None
+    except UnicodeDecodeError:
+        raise RunConfigError(f"{config_path}: not UTF-8 text (binary?); expected a run configuration YAML") from None
+    except OSError as exc:
+        raise RunConfigError(f"{config_path}: cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise RunConfigError(f"{config_path}: not valid YAML: {exc}") from None
     params = (doc or {}).get("parameters") if isinstance(doc, dict) else None
@@ -37,7 +45,51 @@ def read_run_config(config_path: str) -> dict:
     return params["config"]
 
 
+def build_time_tracking_uri(explicit: str | None) -> str | None:
+    """The tracking server the MLflow steps log to, resolved when the pipeline is built: the config's
+    ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the server ``medmerge server start`` runs. The steps
+    take it as a parameter, which is part of ZenML's cache key, so a run against another server logs there
+    instead of replaying the cached steps of the old one. None when none is known here (a remote step pod
+    then reads the one its stack's experiment tracker sets)."""
+    from medmerge.tracking.registry import RegistryError, resolve_tracking_uri
+
+    try:
+        return resolve_tracking_uri(explicit)
+    except RegistryError:
+        return None
+
+
+def run_lock_path(pipeline_name: str, config: dict, tracking_uri: str | None) -> "Path":
+    """The lock file of one (pipeline, run configuration, tracking server): two runs with the same key would
+    resume the same MLflow parent run (it is found again by a key of the config) and mix their nested runs."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from medmerge.io.hashing import cache_dir
+
+    blob = json.dumps({"config": config, "tracking_uri": tracking_uri}, sort_keys=True, default=str)
+    return Path(cache_dir()) / "locks" / f"{pipeline_name}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.lock"
+
+
 def launch(pipeline, config_path: str):
+    """Run ``pipeline`` with the run config at ``config_path``. A second run of the same configuration against
+    the same server on this machine waits for the first to finish (then runs from ZenML's cache), instead of
+    sharing its MLflow parent run."""
+    from medmerge.io.atomic import exclusive_lock
+
+    config = read_run_config(config_path)
+    lock = run_lock_path(pipeline.name, config, build_time_tracking_uri(config.get("tracking_uri")))
+
+    def waiting(pid):
+        print(f"another {pipeline.name} run of this configuration (pid {pid}) is in progress; "
+              f"waiting for it to finish ({lock})", file=sys.stderr, flush=True)
+
+    with exclusive_lock(lock, wait=True, on_wait=waiting):
+        return _launch_unlocked(pipeline, config_path)
+
+
+def _launch_unlocked(pipeline, config_path: str):
     from zenml.client import Client
     from zenml.enums import ExecutionStatus
 

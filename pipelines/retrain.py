@@ -19,48 +19,20 @@ import sys
 from pathlib import Path
 
 from medmerge.errors import MedmergeError
+from medmerge.io.atomic import exclusive_lock
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULE_PREFIX = "medmerge-retrain"
-
-
-def _read_run_config(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise MedmergeError(f"{path}: no such run configuration")
-    try:
-        return yaml.safe_load(p.read_text())["parameters"]["config"]
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise MedmergeError(f"{path}: not a ZenML run configuration with parameters.config ({exc})") from None
 
 
 def load_configs(search_config: str, finetune_config: str):
     """Both run configurations, validated (a pydantic error names the bad field)."""
     from medmerge.finetune import FinetuneConfig
     from medmerge.search import SearchConfig
+    from pipelines._launch import read_run_config
 
-    return (SearchConfig.model_validate(_read_run_config(search_config)),
-            FinetuneConfig.model_validate(_read_run_config(finetune_config)))
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """Hold ``path`` exclusively (two overlapping retrains would race on the same registry); None if taken."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield None
-            return
-        try:
-            yield f
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return (SearchConfig.model_validate(read_run_config(search_config)),
+            FinetuneConfig.model_validate(read_run_config(finetune_config)))
 
 
 def run(search_config: str, finetune_config: str, promote_knee: bool = False, dry_run: bool = False,
@@ -73,7 +45,7 @@ def run(search_config: str, finetune_config: str, promote_knee: bool = False, dr
     uri = search_cfg.resolved_tracking_uri()
     check_reachable(uri)
     check_reachable(ft_cfg.resolved_tracking_uri())
-    with _lock(Path(lock_file)) as held:
+    with exclusive_lock(Path(lock_file)) as held:
         if held is None:
             print(f"retrain: another retrain holds {lock_file}; nothing done")
             return {"decision": None, "outcome": "busy"}

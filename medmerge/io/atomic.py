@@ -16,9 +16,10 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from medmerge.errors import OutputError
 
@@ -51,10 +52,34 @@ def _disk_full(exc: BaseException) -> bool:
     return False
 
 
+def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str = "input model",
+                          *, may_contain: bool = False) -> None:
+    """Raise :class:`OutputError` when the output directory ``out`` is, contains or lies inside one of
+    ``inputs`` (local paths; Hub ids that are not directories here are ignored). Writing there, with
+    ``--overwrite`` above all, would replace or bury the user's own model, so no flag allows it.
+    ``may_contain``: ``out`` is a parent folder whose own subfolders are checked separately (a sweep's
+    output directory), so holding an input elsewhere inside it is fine."""
+    dest = Path(os.path.realpath(Path(out).expanduser()))
+    for ref in inputs:
+        src_path = Path(str(ref)).expanduser()
+        if not src_path.exists():
+            continue
+        src = Path(os.path.realpath(src_path))
+        if dest == src:
+            raise OutputError(f"output directory {out} is the {what} {ref}; choose another destination")
+        if src.is_relative_to(dest) and not may_contain:
+            raise OutputError(f"output directory {out} contains the {what} {ref}; choose another destination")
+        if dest.is_relative_to(src) and src.is_dir():
+            raise OutputError(f"output directory {out} lies inside the {what} {ref}; choose another destination")
+
+
 @contextmanager
-def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory that becomes ``final`` when the block succeeds."""
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False,
+               protect: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``final`` when the block succeeds. ``final`` may not
+    be, contain or lie inside any path of ``protect`` (the inputs), whatever ``overwrite`` says."""
     final = Path(final)
+    refuse_aliased_output(final, protect)
     if final.exists() and not overwrite:
         raise OutputError(f"output directory {final} already exists (use --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -108,3 +133,38 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, *, wait: bool = False, on_wait=None) -> Iterator[object | None]:
+    """Hold the file ``path`` exclusively (``flock``; released when the process dies, even by kill -9).
+    Yields the open file, or None when another process holds it and ``wait`` is False. With ``wait``,
+    ``on_wait(holder_pid)`` is called once before blocking. The holder's pid is written into the file."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield None
+                return
+            if on_wait is not None:
+                f.seek(0)
+                on_wait(f.read().strip() or "?")
+            while True:   # a plain blocking flock cannot be interrupted by Ctrl-C on every platform
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.5)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield f
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
