@@ -28,8 +28,8 @@ def _prefetch_hashes(config: Path, keys) -> None:
     from medmerge.io.hashing import prefetch
 
     try:
-        data = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):   # ValueError: UnicodeDecodeError of a binary file
         return
     if not isinstance(data, dict):
         return

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from medmerge import __version__
 from medmerge.compat import assert_finite, check_compatible
 from medmerge.errors import CheckpointError, CompatibilityError, RecipeError
-from medmerge.io.atomic import atomic_dir
+from medmerge.io.atomic import atomic_dir, refuse_aliased_output
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.hashing import sha256_files
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
@@ -403,7 +403,8 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmerge-hash"))
         provenance_future = pool.submit(parent_provenance, _plans_parents(plans))  # hashes parents while we merge
-        tmps = [stack.enter_context(atomic_dir(d, overwrite=overwrite)) for d in out_dirs]
+        inputs = [c.path for c in _plans_parents(plans).values()]
+        tmps = [stack.enter_context(atomic_dir(d, overwrite=overwrite, protect=inputs)) for d in out_dirs]
         writers = [StreamingCheckpointWriter(t, [s.spec for s in p.steps], max_shard_bytes=max_shard_bytes)
                    for p, t in zip(plans, tmps)]
         background = BackgroundWriter(writers)
@@ -432,6 +433,7 @@ def merge(recipe: Recipe, out_dir: str | Path, *, allow_pickle: bool = False, tr
           chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False) -> Path:
     """Check compatibility, then merge ``recipe`` into a Hugging Face checkpoint at ``out_dir``."""
     out_dir = Path(out_dir)
+    refuse_aliased_output(out_dir, recipe.parent_refs)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"output directory {out_dir} already exists (use --overwrite to replace it)")
     parents = open_parents(recipe.parent_refs, allow_pickle=allow_pickle)
@@ -446,13 +448,15 @@ def sweep(spec: SweepSpec, out_dir: str | Path, *, allow_pickle: bool = False, t
           chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False) -> dict[str, Path]:
     """Write every candidate of ``spec`` to ``out_dir/<method>-<ratio>/`` reading each parent tensor once."""
     out_dir = Path(out_dir)
+    refuse_aliased_output(out_dir, spec.parent_refs, may_contain=True)
     candidates = spec.candidates()
     targets = [out_dir / c.name for c in candidates]
+    for t in targets:
+        refuse_aliased_output(t, spec.parent_refs)
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
         raise CheckpointError(f"candidate directory {existing[0]} already exists (use --overwrite to replace it)")
-    refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
-    parents = open_parents(refs, allow_pickle=allow_pickle)
+    parents = open_parents(spec.parent_refs, allow_pickle=allow_pickle)
     plans = [plan_merge(c.recipe, parents, trust_remote_code=trust_remote_code) for c in candidates]
     write_plans(plans, targets, overwrite=overwrite, max_shard_bytes=max_shard_bytes, chunk_bytes=chunk_bytes,
                 quiet=quiet, desc=f"sweep of {len(candidates)} candidates")

@@ -129,6 +129,14 @@ class FinetuneConfig(BaseModel):
             raise ValueError(f"shots repeat a size: {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _output_apart_from_inputs(self):
+        from medmerge.io.atomic import refuse_aliased_output
+
+        refuse_aliased_output(self.output_dir, [i.path for i in self.initialisations], "initialisation",
+                              may_contain=True)
+        return self
+
     def resolved_tracking_uri(self) -> str:
         from medmerge.tracking.registry import resolve_tracking_uri
 

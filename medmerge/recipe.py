@@ -196,8 +196,14 @@ def load_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.exists():
         raise RecipeError(f"config file {p} does not exist")
+    if not p.is_file():
+        raise RecipeError(f"config file {p} is not a file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"config file {p} is not UTF-8 text (binary?); expected a YAML file") from None
+    except OSError as exc:
+        raise RecipeError(f"config file {p} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{p} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -302,6 +308,10 @@ class SweepSpec(BaseModel):
             for m in self.methods
             for r in self.ratios
         ]
+
+    @property
+    def parent_refs(self) -> list[str]:
+        return [self.clinical, self.instruct] + ([self.base] if self.base else [])
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import EvalOptions
@@ -35,6 +35,13 @@ class SearchConfig(EvalOptions):
     @classmethod
     def _sweep_path(cls, v):
         return load_sweep(v) if isinstance(v, (str, Path)) else v
+
+    @model_validator(mode="after")
+    def _output_apart_from_parents(self):
+        from medmerge.io.atomic import refuse_aliased_output
+
+        refuse_aliased_output(self.output_dir, self.sweep.parent_refs, "parent model", may_contain=True)
+        return self
 
     def resolved_tracking_uri(self) -> str:
         from medmerge.tracking.registry import resolve_tracking_uri

@@ -77,6 +77,9 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
     from medmerge.errors import OutputError
     from medmerge.io.atomic import atomic_dir
 
+    from medmerge.io.atomic import refuse_aliased_output
+
+    refuse_aliased_output(out_dir, [model_path], "model to fine-tune")  # before training, whatever overwrite says
     if Path(out_dir).exists() and not overwrite:  # before training, not after it
         raise OutputError(f"output directory {out_dir} already exists (pass overwrite=True to replace it)")
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -179,8 +179,9 @@ def test_exclusive_lock_makes_the_second_run_wait(tmp_path):
     t0 = time.monotonic()
     with exclusive_lock(lock, wait=True, on_wait=waited.append) as held:
         elapsed = time.monotonic() - t0
-        assert held is not None and first.poll() is not None   # got it only once the first had exited
-    assert waited == [str(first.pid)] and elapsed > 1.0
+        assert held is not None
+    assert first.wait(timeout=30) == 0
+    assert waited == [str(first.pid)] and elapsed > 1.5   # got it only once the first had slept its 3 s
     killed = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock), "60"], stdout=subprocess.PIPE, text=True,
                               env=env)
     assert killed.stdout.readline().strip() == "held"
