@@ -5,7 +5,7 @@ A :class:`MergePlan` lists one :class:`Step` per output tensor: its name, dtype 
 ``compute(load)`` function. Methods mergekit implements are planned by mergekit's own
 ``MergePlanner`` (parameter filters and gradients, dtype casts, optional tensors) and each
 step runs mergekit's ``ExecuteMergeMethodTask`` on the tensors we stream in, so the math is
-mergekit's; ``hierarchical_ot`` is planned here.
+mergekit's; a native method (``hierarchical_ot``) is planned by its registry entry's ``plan_steps``.
 
 Executing several plans over the same parents (a sweep) reads every parent tensor once and
 feeds it to every plan before moving on. Row-separable methods (linear, task_arithmetic)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,6 @@ from medmerge.io.atomic import atomic_dir, refuse_aliased_output
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.hashing import sha256_files
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
-from medmerge.methods import hierarchical_ot as hot
 from medmerge.recipe import Candidate, Recipe, SweepSpec
 
 # Row blocks of 8 MiB keep each float32 temporary (16 MiB) under glibc's mmap ceiling, so
@@ -48,7 +46,6 @@ TOKENIZER_FILES = (
     "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
     "generation_config.json",
 )
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 # load(parent ref, tensor name, cast=None, upcast=False) -> tensor, cast to ``cast`` and then,
 # with ``upcast``, half precision widened to float32; results are shared within one output tensor
@@ -176,69 +173,13 @@ def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote
     return steps
 
 
-_ATTN = re.compile(r"^(?P<layer>.*)\.(?P<proj>[qkvo]_proj)\.weight$")
-
-
-def _hierarchical_ot_steps(recipe: Recipe, parents: dict[str, Checkpoint]) -> list[Step]:
-    base_ref = recipe.base_model
-    a_ref, b_ref = [m.model for m in recipe.models if m.model != base_ref]
-    a = parents[a_ref]
-    cfg = a.config
-    n_heads = cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads") or n_heads
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
-    align = recipe.parameters.get("align", "per_projection")
-    cast = _DTYPES.get(recipe.dtype) if recipe.dtype else None
-    out_cast = _DTYPES.get(recipe.out_dtype) if recipe.out_dtype else None
-    layer_perms: dict[str, tuple] = {}
-
-    def perms_for(layer: str, load: Loader):
-        if layer not in layer_perms:
-            layer_perms.clear()  # keep only the current layer's permutation
-            A = {p: load(a_ref, f"{layer}.{p}.weight") for p in hot.ATTENTION_PROJECTIONS}
-            B = {p: load(b_ref, f"{layer}.{p}.weight") for p in hot.ATTENTION_PROJECTIONS}
-            layer_perms[layer] = hot.layer_permutation(A, B, head_dim, n_heads, n_kv)
-        return layer_perms[layer]
-
-    steps = []
-    for name in a.keys():
-        dt, shape = a.info(name)
-        out_dtype = out_cast or cast or dt
-        m = _ATTN.match(name)
-        is_attn = m is not None and m.group("layer").endswith("self_attn") and len(shape) == 2
-        reads = [(a_ref, name), (b_ref, name), (base_ref, name)]
-        if is_attn and align == "per_layer":
-            reads += [(r, f"{m.group('layer')}.{p}.weight") for r in (a_ref, b_ref) for p in hot.ATTENTION_PROJECTIONS]
-
-        def compute(load: Loader, name=name, m=m, is_attn=is_attn, out_dtype=out_dtype) -> torch.Tensor:
-            ta, tb, t0 = (load(r, name) for r in (a_ref, b_ref, base_ref))
-            if cast is not None:
-                ta, tb, t0 = ta.to(cast), tb.to(cast), t0.to(cast)
-            if not ta.is_floating_point():
-                return ta
-            if is_attn:
-                proj = m.group("proj")
-                perm = None
-                if align == "per_layer":
-                    q_perm, kv_perm = perms_for(m.group("layer"), load)
-                    perm = kv_perm if proj in ("k_proj", "v_proj") else q_perm
-                out = hot.merge_projection(ta, tb, t0, head_dim, by_columns=proj == "o_proj", perm=perm)
-            else:
-                out = hot.merge_tensor(ta, tb, t0)
-            return out.to(out_dtype)
-
-        steps.append(Step(name=name, spec=TensorSpec(name, out_dtype, shape), reads=tuple(dict.fromkeys(reads)),
-                          compute=compute))
-    return steps
-
-
 def plan_merge(recipe: Recipe, parents: dict[str, Checkpoint], *, trust_remote_code: bool = False) -> MergePlan:
     """Plan ``recipe`` over already opened and checked ``parents`` (keyed by the recipe's refs)."""
     missing = [r for r in recipe.parent_refs if r not in parents]
     if missing:
         raise RecipeError(f"parent {missing[0]} was not opened")
-    if recipe.method.backend == "native":
-        steps = _hierarchical_ot_steps(recipe, parents)
+    if recipe.method.plan_steps is not None:  # a native method plans itself (its registry entry says how)
+        steps = recipe.method.plan_steps(recipe, parents)
     else:
         steps = _mergekit_steps(recipe, parents, trust_remote_code)
     tok = recipe.tokenizer_source

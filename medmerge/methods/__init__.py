@@ -2,13 +2,15 @@
 
 Methods mergekit implements take their declared parameters from mergekit's own method
 spec, so a recipe is checked against what the method actually accepts; medmerge's
-native ``hierarchical_ot`` sits beside them with the same shape.
+native ``hierarchical_ot`` sits beside them with the same shape. A native method's entry also
+carries ``plan_steps``, the function the engine calls to plan it, so adding one is one new
+module and one entry here; the engine knows no method by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from medmerge.errors import RecipeError
 from medmerge.methods import hierarchical_ot, mergekit_methods
@@ -42,6 +44,9 @@ class MethodDef:
     float32_math: bool = False        # computes in float32 from any half-precision input (exact upcast)
     backend: str = "mergekit"         # "mergekit" (planned and computed by mergekit) or "native"
     function: Any = None              # the pure tensor function documenting the formula
+    # a native method plans itself: plan_steps(recipe, parents) -> list[engine.Step], one per output
+    # tensor, each with its reads and compute(load); None means mergekit's planner does it
+    plan_steps: Callable[..., list] | None = None
 
     def param(self, name: str) -> ParamDef | None:
         return next((p for p in self.params if p.name == name), None)
@@ -97,6 +102,7 @@ HIERARCHICAL_OT = MethodDef(
     max_models=2,
     backend="native",
     function=hierarchical_ot,
+    plan_steps=hierarchical_ot.plan_steps,
 )
 
 METHODS: dict[str, MethodDef] = {name: _from_mergekit(name) for name in SEED_METHODS}
