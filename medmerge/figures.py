@@ -68,6 +68,11 @@ def _ids(points) -> set[int]:
 
 
 def plot_frontier(points, path, parents=None, selection: Selection | None = None, title: str | None = None) -> Path:
+    """Write :func:`frontier_figure` as a PNG at ``path``; returns the path."""
+    return _save_png(frontier_figure(points, parents=parents, selection=selection, title=title), path)
+
+
+def frontier_figure(points, parents=None, selection: Selection | None = None, title: str | None = None) -> Figure:
     """Medical Avg (y) against IF score (x) for every candidate, with the Pareto frontier.
 
     Draws: candidates coloured by method; the frontier as a line through its points in x order;
@@ -75,7 +80,7 @@ def plot_frontier(points, path, parents=None, selection: Selection | None = None
     with its name; each parent with its own marker and label. ``parents`` is
     ``{label: (if_score, medical_avg) | Candidate}`` or a list of Candidates. ``selection``
     defaults to :func:`medmerge.pareto.select` of ``points`` (ε = 0, reference from parents).
-    Returns the PNG path.
+    Returns the figure (one axes; its artists are what the PNG shows).
     """
     pts = validate_points(points)
     sel = selection if selection is not None else select(pts, parents=parents)
@@ -109,12 +114,12 @@ def plot_frontier(points, path, parents=None, selection: Selection | None = None
         ax.annotate(_text(label), (x, y), xytext=(8, -14), textcoords="offset points", fontsize=9)
 
     ax.margins(0.08)  # room for the parent and knee labels at the extremes
-    ax.set_xlabel("IF score")
-    ax.set_ylabel("Medical Avg")
-    ax.set_title(title if title is not None else "Medical Avg vs IF score: Pareto frontier")
+    ax.set_xlabel(sel.labels[0])
+    ax.set_ylabel(sel.labels[1])
+    ax.set_title(title if title is not None else f"{sel.labels[1]} vs {sel.labels[0]}: Pareto frontier")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save_png(fig, path)
+    return fig
 
 
 def _series(ax, group, attr: str, se_attr: str, label: str, color) -> None:
@@ -129,7 +134,8 @@ def _series(ax, group, attr: str, se_attr: str, label: str, color) -> None:
         ax.plot(xs, ys, marker="o", markersize=4, color=color, label=label)
 
 
-def plot_trajectories(points, path, title: str | None = None) -> Path:
+def plot_trajectories(points, path, title: str | None = None,
+                      labels: tuple[str, str] = ("IF score", "Medical Avg")) -> Path:
     """Medical Avg and IF score against the merge ratio, one line per method, two panels.
 
     Points without a ratio are skipped (at least one must have one, else ValueError). Within a
@@ -147,7 +153,7 @@ def plot_trajectories(points, path, title: str | None = None) -> Path:
         group = sorted(group, key=lambda p: p.ratio)
         _series(ax_med, group, "medical_avg", "medical_stderr", _text(method), colors[i % 10])
         _series(ax_if, group, "if_score", "if_stderr", _text(method), colors[i % 10])
-    for ax, name in ((ax_med, "Medical Avg"), (ax_if, "IF score")):
+    for ax, name in ((ax_med, labels[1]), (ax_if, labels[0])):
         ax.set_xlabel(RATIO_LABEL)
         ax.set_ylabel(name)
         ax.set_title(name)
@@ -163,11 +169,19 @@ LEARNING_SIZE = (7.0, 4.5)
 def plot_learning_curves(curves: dict[str, dict[int, float]], path, full_sizes: dict[str, int] | None = None,
                          metric: str = "composite", title: str | None = None,
                          forgot: dict[str, set[int]] | None = None) -> Path:
+    """Write :func:`learning_curves_figure` as a PNG at ``path``; returns the path."""
+    return _save_png(learning_curves_figure(curves, full_sizes=full_sizes, metric=metric, title=title, forgot=forgot),
+                     path)
+
+
+def learning_curves_figure(curves: dict[str, dict[int, float]], full_sizes: dict[str, int] | None = None,
+                           metric: str = "composite", title: str | None = None,
+                           forgot: dict[str, set[int]] | None = None) -> Figure:
     """The few-shot learning curves (the first seed's Figure 4): x = training examples, y = ``metric``.
 
     ``curves`` maps each initialisation to ``{n_examples: score}``; one line per initialisation,
     x on a log2 axis. ``full_sizes`` marks which point of each line is the full training set;
-    ``forgot`` the points whose forgetting gate failed (circled in red).
+    ``forgot`` the points whose forgetting gate failed (circled in red). Returns the figure.
     """
     if not curves or not any(curves.values()):
         raise ValueError("no learning-curve points to plot")
@@ -191,4 +205,4 @@ def plot_learning_curves(curves: dict[str, dict[int, float]], path, full_sizes: 
     ax.set_title(_text(title or f"Few-shot learning curves ({metric})"))
     ax.grid(True, alpha=0.3)
     ax.legend(title="initialisation", fontsize=8)
-    return _save_png(fig, path)
+    return fig

@@ -24,3 +24,40 @@ def demo_models(tmp_path_factory) -> dict[str, Path]:
     from medmerge.demo import build_demo_models
 
     return build_demo_models(tmp_path_factory.mktemp("demo"), seed=0, quiet=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "shared_data(*paths): needs these paths under ../shared/data; skipped with the reason on a "
+        "clone without it, a failure under CI (CI=true), which must have it")
+
+
+def pytest_runtest_setup(item):
+    from factory import SHARED_DATA
+
+    for mark in item.iter_markers(name="shared_data"):
+        missing = [p for p in (mark.args or (".",)) if not (SHARED_DATA / p).exists()]
+        if missing:
+            reason = f"needs the shared data {SHARED_DATA / missing[0]} (../shared/data beside the repository)"
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(f"{reason}: CI must have it", pytrace=False)
+            pytest.skip(reason)
+
+
+@pytest.fixture
+def parent_reads(monkeypatch):
+    """Every byte range read from a safetensors file through medmerge's reader, whole tensors and row
+    blocks alike: ``{resolved file path: [(start, stop), ...]}`` (offsets into the data section)."""
+    from collections import defaultdict
+
+    from medmerge.io.checkpoint import SafetensorsFile
+
+    reads: dict[Path, list[tuple[int, int]]] = defaultdict(list)
+    real = SafetensorsFile._read
+
+    def counting_read(self, offset, nbytes):
+        reads[self.path.resolve()].append((offset, offset + nbytes))
+        return real(self, offset, nbytes)
+
+    monkeypatch.setattr(SafetensorsFile, "_read", counting_read)
+    return reads

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+# The real public data sits beside the repository (../shared/data from its root); never an absolute
+# machine path. MEDMERGE_TEST_SHARED_DATA points elsewhere (e.g. at nothing, to see what a clone without it skips).
+SHARED_DATA = Path(os.environ.get("MEDMERGE_TEST_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+# The evaluation and generation sample the package ships (what a clone without shared/ runs on).
+PACKAGED_SAMPLE = Path(__file__).resolve().parents[1] / "medmerge" / "resources" / "eval_sample"
 
 WORDS = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(60)]
 
@@ -74,3 +82,43 @@ def read(d: Path) -> dict[str, torch.Tensor]:
     for f in sorted(d.glob("*.safetensors")):
         out.update(load_file(str(f)))
     return out
+
+
+def shared_or_sample(*parts: str) -> Path:
+    """The shared data directory when it holds ``parts``; without it, a failure under CI (which must
+    have it) and the package's shipped sample elsewhere, so a user's clone still runs the test."""
+    if all((SHARED_DATA / p).exists() for p in parts or (".",)):
+        return SHARED_DATA
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        import pytest
+
+        pytest.fail(f"needs the shared data {SHARED_DATA} (../shared/data beside the repository): CI must have it",
+                    pytrace=False)
+    return PACKAGED_SAMPLE
+
+
+def assert_read_once(reads: dict[Path, list[tuple[int, int]]], checkpoint_dir: Path) -> int:
+    """Every tensor byte of the checkpoint's weight files was read exactly once (no range twice, none
+    missed); ``reads`` as the ``parent_reads`` fixture records them. Returns how many reads it took."""
+    from medmerge.io.checkpoint import Checkpoint, SafetensorsFile
+
+    n = 0
+    for f in Checkpoint(checkpoint_dir).weight_files:
+        got = sorted(reads.get(f.resolve(), []))
+        want = sorted((b, e) for _, _, b, e in SafetensorsFile(f).entries.values())
+        covered = []
+        for start, stop in got:  # consecutive ranges that tile the file's data section
+            if covered and covered[-1][1] == start:
+                covered[-1] = (covered[-1][0], stop)
+            else:
+                assert not covered or covered[-1][1] < start, f"{f}: bytes {start}..{covered[-1][1]} read twice"
+                covered.append((start, stop))
+        tiles = []
+        for start, stop in want:
+            if tiles and tiles[-1][1] == start:
+                tiles[-1] = (tiles[-1][0], stop)
+            else:
+                tiles.append((start, stop))
+        assert covered == tiles, f"{f}: read {covered}, tensors span {tiles}"
+        n += len(got)
+    return n

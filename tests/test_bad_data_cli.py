@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from factory import SHARED_DATA as REAL
 from factory import llama_config, write_tokenizer
 from medmerge.cli import main
-
-REAL = Path("/work/shared/data")
 
 
 def rows(n: int = 6) -> list[dict]:
@@ -181,7 +180,7 @@ def test_missing_source(capsys, tmp_path):
     assert code == 2 and "task 'mts_dialog': data directory" in err and "does not exist" in err
 
 
-@pytest.mark.skipif(not (REAL / "mts_dialog" / "validation.jsonl").is_file(), reason="needs the shared data")
+@pytest.mark.shared_data("mts_dialog/validation.jsonl")
 def test_real_data_passes(capsys, tmp_path):
     report = tmp_path / "out" / "report.json"
     code, out, err = run_cli(capsys, REAL / "mts_dialog" / "validation.jsonl", "--report", report)

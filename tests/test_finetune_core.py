@@ -3,19 +3,17 @@ split, subsets, batched generation, the learning-curve table and figure."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
-from factory import llama_config, llama_state_dict, write_checkpoint
+from factory import SHARED_DATA, llama_config, llama_state_dict, write_checkpoint
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
 from medmerge.finetune import (FinetuneConfig, FinetuneError, InitModel, SFTResult, curve_table, forgetting_table,
                                learning_curves, load_data, subsample)
 from medmerge.forgetting import forgetting_gate
 from medmerge.generation.data import GenerationExample
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 INIT = {"name": "clinical", "path": "/nonexistent"}
 
 
@@ -50,7 +48,7 @@ def test_defaults_follow_the_seed():
     assert c.log_samples == 0  # clinical text stays out of MLflow unless asked
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
+@pytest.mark.shared_data("mts_dialog")
 def test_cleaning_real_mts_dialog_is_opt_in_and_names_dropped_ids(demo_models):
     inits = {"clinical": InitModel(name="clinical", path=str(demo_models["clinical"]), sha256="x", source="x")}
     raw = load_data(cfg(data_dir=str(DATA)), inits)
@@ -141,3 +139,19 @@ def test_learning_curve_table_and_figure(tmp_path):
         assert sum(1 for r, g, b in im.convert("RGB").getdata() if r > 200 and g < 60 and b < 60) > 30
     with pytest.raises(ValueError, match="no learning-curve points"):
         plot_learning_curves({}, tmp_path / "x.png")
+
+
+def test_learning_curves_figure_draws_one_line_per_initialisation():
+    from medmerge.figures import learning_curves_figure
+
+    curves = {"clinical": {16: 0.30, 8: 0.20, 64: 0.40}, "merge": {8: 0.25, 16: 0.35}}
+    (ax,) = learning_curves_figure(curves, full_sizes={"clinical": 64}, forgot={"merge": {8}}).axes
+    lines = {ln.get_label(): [tuple(xy) for xy in ln.get_xydata()] for ln in ax.lines}
+    assert lines == {"clinical": [(8, 0.20), (16, 0.30), (64, 0.40)],   # sorted by training examples
+                     "merge": [(8, 0.25), (16, 0.35)]}
+    (circled,) = [c for c in ax.collections if c.get_label() == "forgetting gate failed"]
+    assert [tuple(xy) for xy in circled.get_offsets()] == [(8, 0.25)]
+    (full,) = [t for t in ax.texts if t.get_text() == "full"]
+    assert full.xy == (64, 0.40)
+    assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [8, 16, 64]
+    assert ax.get_xlabel() == "training examples" and ax.get_ylabel() == "composite (0–1)"

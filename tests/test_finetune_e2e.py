@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from factory import SHARED_DATA as DATA
 from mlflow_api import api, api_post
 
 pytestmark = pytest.mark.slow
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def artifacts(uri: str, run_id: str, path: str | None = None) -> dict[str, int]:
@@ -39,7 +38,7 @@ def write_config(path: Path, **config) -> str:
     return str(path)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
+@pytest.mark.shared_data("mts_dialog")
 def test_finetune_pipeline(demo_models, tmp_path, capsys):
     from zenml.enums import ExecutionStatus
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from factory import SHARED_DATA
 from medmerge.errors import MedmergeError
 from medmerge.generation.data import TASKS, DataError, GenerationExample, load_task, task_splits
 from medmerge.generation.subsets import few_shot_subsets, seeded_order
@@ -22,11 +23,7 @@ from medmerge.generation.validation import (
     validate_dataset,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED_DATA.is_dir():
-    SHARED_DATA = Path("/work/shared/data")
-needs_shared = pytest.mark.skipif(not (SHARED_DATA / "mts_dialog").is_dir(),
-                                  reason="shared/data/mts_dialog not available")
+needs_shared = pytest.mark.shared_data("mts_dialog")
 
 
 def whitespace_tokenizer(text: str) -> list[str]:

@@ -305,6 +305,36 @@ def test_plot_frontier_writes_a_png_atomically(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["frontier.png"]
 
 
+def _offsets(ax, label) -> list[tuple[float, float]]:
+    (coll,) = [c for c in ax.collections if c.get_label() == label]
+    return [tuple(round(float(v), 6) for v in xy) for xy in coll.get_offsets()]
+
+
+def test_frontier_figure_shows_the_points_the_frontier_the_near_set_the_knee_and_the_parents():
+    from medmerge.figures import frontier_figure
+
+    parents = {"clinical": (0.30, 0.70), "instruct": (0.80, 0.50)}
+    sel = select(SWEEP, eps=0.03, parents=parents)
+    (ax,) = frontier_figure(SWEEP, parents=parents, selection=sel).axes
+    # every candidate, grouped by method in first-seen order; the ratioless point as "candidates"
+    assert _offsets(ax, "linear") == [(0.30, 0.70), (0.45, 0.66), (0.62, 0.60), (0.80, 0.50)]
+    assert _offsets(ax, "slerp") == [(0.30, 0.70), (0.47, 0.66), (0.64, 0.60), (0.80, 0.50)]
+    assert _offsets(ax, "candidates") == [(0.50, 0.50)]
+    # The frontier line, by hand: slerp beats linear by 0.02 in IF score at 0.3 and 0.6; at 0.0 and
+    # 1.0 the two coincide (both kept); (0.5, 0.5) is beaten by slerp-0.6. Joined in IF-score order.
+    (line,) = [ln for ln in ax.lines if ln.get_label() == "Pareto frontier"]
+    assert [(round(x, 6), round(y, 6)) for x, y in line.get_xydata()] == [
+        (0.30, 0.70), (0.30, 0.70), (0.47, 0.66), (0.64, 0.60), (0.80, 0.50), (0.80, 0.50)]
+    # ringed: near (within ε = 0.03) but not on it -- linear-0.3 and linear-0.6 are 0.02 behind
+    ringed = _offsets(ax, "near frontier (ε=0.03)")
+    assert {(0.45, 0.66), (0.62, 0.60)} <= set(ringed) and (0.47, 0.66) not in ringed
+    assert len(ringed) == len(sel.near) - len(sel.frontier)
+    assert _offsets(ax, "knee") == [(sel.knee.if_score, sel.knee.medical_avg)]
+    assert f"knee: {sel.knee.name}" in [t.get_text() for t in ax.texts]
+    assert _offsets(ax, "parent: clinical") == [(0.30, 0.70)] and _offsets(ax, "parent: instruct") == [(0.80, 0.50)]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("IF score", "Medical Avg")
+
+
 def test_plot_trajectories_writes_a_png_and_skips_ratioless_points(tmp_path):
     from medmerge.figures import plot_trajectories
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from factory import read
+from factory import SHARED_DATA, read
 from medmerge.errors import OutputError
 from medmerge.generation.data import GenerationExample, load_task
 from medmerge.sft import SFTSettings, finetune, optimisation_steps
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def test_optimisation_steps_follow_the_seed():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from factory import make_family, read
+from factory import assert_read_once, make_family, read
 from medmerge.cli import main
 from medmerge.engine import iter_sweep, sweep
 from medmerge.io.checkpoint import Checkpoint
@@ -57,18 +57,28 @@ def test_ratio_semantics(swept, fam):
     assert cfg["base_model"] == str(fam["m0"]) and cfg["parameters"] == {"t": 0.3}
 
 
-def test_each_parent_tensor_is_read_once(spec, tmp_path, monkeypatch):
-    reads = Counter()
-    real = Checkpoint.get
-
-    def counting_get(self, name):
-        reads[self.ref, name] += 1
-        return real(self, name)
-
-    monkeypatch.setattr(Checkpoint, "get", counting_get)
+def test_each_parent_tensor_is_read_once(spec, tmp_path, parent_reads):
     sweep(spec, tmp_path / "out", quiet=True)
-    assert reads and max(reads.values()) == 1
-    assert {ref for ref, _ in reads} == {spec.clinical, spec.instruct}  # the base is opened, not needed
+    assert assert_read_once(parent_reads, spec.clinical) == assert_read_once(parent_reads, spec.instruct) == \
+        len(Checkpoint(spec.clinical).keys())                           # whole tensors: one read each
+    assert Path(spec.base).resolve() / "model.safetensors" not in parent_reads  # opened, not needed
+
+
+def test_row_chunked_sweep_still_reads_each_byte_once(spec, tmp_path, parent_reads):
+    linear = spec.model_copy(update={"methods": ("linear",)})
+    sweep(linear, tmp_path / "out", quiet=True, chunk_bytes=1000)
+    n_tensors = len(Checkpoint(spec.clinical).keys())
+    # chunking happened (the 64 x 32 float32 embedding alone is 8 blocks of 1000 bytes or less) ...
+    assert assert_read_once(parent_reads, spec.clinical) > n_tensors + 8
+    # ... and each row block was read once for all 11 candidates
+    assert assert_read_once(parent_reads, spec.instruct) > n_tensors + 8
+
+
+def test_in_memory_sweep_reads_each_parent_byte_once(spec, parent_reads):
+    names = [cand.name for cand, _ in iter_sweep(spec)]                  # preloaded parents
+    assert len(names) == 22
+    assert_read_once(parent_reads, spec.clinical)
+    assert_read_once(parent_reads, spec.instruct)
 
 
 def test_in_memory_sweep_writes_nothing_and_matches_disk(spec, swept, tmp_path, monkeypatch):
