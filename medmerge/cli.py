@@ -132,6 +132,8 @@ def _eval_options(f):
         click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
                      help="vllm serves the generation tasks (needs a GPU and vllm)."),
         click.option("--device", default="cpu", show_default=True),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True, help="auto: the checkpoint's dtype on CUDA, float32 on a CPU."),
         click.option("--max-gen-toks", type=int, default=None, help="Default: min(1280, context/2)."),
         click.option("--no-cache", is_flag=True, help="Ignore and do not fill the evaluation cache."),
     ]
@@ -140,7 +142,7 @@ def _eval_options(f):
     return f
 
 
-def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks):
+def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype="auto"):
     from medmerge.evaluation.runner import EvalSettings
     from medmerge.evaluation.tasks import resolve_data_dir
 
@@ -148,7 +150,7 @@ def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, de
     return EvalSettings(
         suites=tuple(s.strip() for s in suites.split(",") if s.strip()), data_dir=data_dir, limit=limit,
         num_fewshot=num_fewshot, batch_size=batch_size if batch_size == "auto" else int(batch_size),
-        backend=backend, device=device, max_gen_toks=max_gen_toks,
+        backend=backend, device=device, max_gen_toks=max_gen_toks, dtype=dtype,
     )
 
 
@@ -158,12 +160,12 @@ def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, de
 @click.option("--trust-remote-code", is_flag=True)
 @_eval_options
 def evaluate(model_dir, out, trust_remote_code, suites, data_dir, limit, num_fewshot, batch_size, backend, device,
-             max_gen_toks, no_cache):
+             dtype, max_gen_toks, no_cache):
     """Score a checkpoint on benchmark suites; print a table and write a JSON report."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.runner import evaluate_checkpoint
 
-    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks)
+    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype)
     report = evaluate_checkpoint(model_dir, settings, cache=None if no_cache else EvalCache(),
                                  trust_remote_code=trust_remote_code)
     click.echo(report.table())
@@ -177,14 +179,14 @@ def evaluate(model_dir, out, trust_remote_code, suites, data_dir, limit, num_few
               help="Directory for one report JSON per candidate.")
 @_eval_options
 def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, batch_size, backend, device,
-                       max_gen_toks, no_cache):
+                       dtype, max_gen_toks, no_cache):
     """Evaluate every candidate of a sweep in memory (nothing written but the reports)."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
     from medmerge.recipe import load_sweep
 
     spec = load_sweep(sweep_config)
-    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks)
+    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype)
     cache = None if no_cache else EvalCache()
     rows = []
     for cand, report in evaluate_sweep(spec, settings, cache):
@@ -234,6 +236,34 @@ def _context_length(tokenizer, ref: str, trust_remote_code: bool) -> int | None:
                 known.append(v)
                 break
     return min(known) if known else None
+
+
+@cli.command("sft-memory")
+@click.argument("model")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="auto: the checkpoint's dtype on CUDA, float32 on a CPU.")
+@click.option("--lora", is_flag=True, help="Train a LoRA adapter (rank --lora-r) instead of every weight.")
+@click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--optim", type=click.Choice(["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]),
+              default="adamw_torch", show_default=True)
+@click.option("--no-gradient-checkpointing", is_flag=True)
+@click.option("--per-device-batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=1), default=8192, show_default=True)
+@click.option("--num-gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="> 1: sharded with FSDP / ZeRO-3.")
+@click.option("--device-memory-gib", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The device's size (default: detected).")
+def sft_memory(model, dtype, lora, lora_r, optim, no_gradient_checkpointing, per_device_batch, max_length, num_gpus,
+               device_memory_gib):
+    """Estimate the memory SFT of MODEL needs (from its config.json; no weights read); exit 2 if it cannot fit."""
+    from medmerge.sft import SFTSettings, check_memory
+    from medmerge.sft_memory import gib
+
+    settings = SFTSettings(dtype=dtype, lora=lora, lora_r=lora_r, optim=optim,
+                           gradient_checkpointing=not no_gradient_checkpointing, per_device_batch=per_device_batch,
+                           max_length=max_length, num_gpus=num_gpus, device_memory_gib=device_memory_gib)
+    est = check_memory(model, settings)
+    click.echo(f"fits: about {gib(est.per_device)}{' per GPU' if num_gpus > 1 else ''} ({est.breakdown()})")
 
 
 @cli.command("validate-data")

@@ -8,17 +8,30 @@ full data or 100 for few-shot runs:
 
 Loss is on the completion only (TRL's prompt–completion format). ``lora=True`` trains a PEFT
 LoRA adapter and merges it back, so the output is always a full checkpoint, written atomically.
+
+``dtype`` (``auto``: the checkpoint's dtype on a CUDA GPU, float32 on a CPU) is the dtype the
+weights are loaded and trained in. Before any weight is loaded, the memory the setting needs is
+estimated (:mod:`medmerge.sft_memory`) and a setting that cannot fit the device is refused with
+the settings that would. With ``num_gpus > 1`` the same function runs under ``accelerate launch``
+(FSDP full sharding, or DeepSpeed ZeRO-3), one process per GPU: ``python -m medmerge.sft JOB.json``
+is the entry point each process runs.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medmerge.errors import MedmergeError
 from medmerge.generation.data import GenerationExample
+from medmerge.precision import DType, normalise
 
 DEFAULT_INSTRUCTION = "Write the clinical text requested for the following input."
 
@@ -37,8 +50,22 @@ class SFTSettings(BaseModel):
     lora_alpha: int = 32
     gradient_checkpointing: bool = True   # TRL's default: saves memory on large models, costs time on tiny ones
     bf16: bool | None = None              # None: bf16 mixed precision on a GPU that has it, fp32 on CPU
+    dtype: DType = "auto"                 # the weights' dtype; auto: the checkpoint's on CUDA, float32 on CPU
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw_torch"
+    num_gpus: int = Field(1, ge=1)        # > 1: accelerate launch, one process per GPU, sharded
+    distributed: Literal["fsdp", "deepspeed"] = "fsdp"   # FSDP full shard, or DeepSpeed ZeRO-3
+    device_memory_gib: float | None = Field(None, gt=0)  # the memory check's device size (default: detected)
     seed: int = 0
     instruction: str = DEFAULT_INSTRUCTION
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v):
+        return normalise(v)
+
+
+class SFTLaunchError(MedmergeError):
+    """The distributed SFT launch cannot start or one of its processes failed."""
 
 
 def optimisation_steps(n_examples: int, settings: SFTSettings, few_shot: bool) -> int:
@@ -59,15 +86,102 @@ def prompt_for(example: GenerationExample, tokenizer, instruction: str) -> str:
     return user + "\n\n"
 
 
+def memory_setting(settings: SFTSettings, dtype: str, mixed_bf16: bool):
+    """The estimate's view of ``settings`` with the dtype resolved."""
+    from medmerge.sft_memory import MemorySetting
+
+    return MemorySetting(dtype=dtype, mixed_bf16=mixed_bf16, lora=settings.lora, lora_r=settings.lora_r,
+                         optim=settings.optim, gradient_checkpointing=settings.gradient_checkpointing,
+                         per_device_batch=settings.per_device_batch, max_length=settings.max_length,
+                         num_gpus=settings.num_gpus)
+
+
+def plan_precision(model_path: str | Path, settings: SFTSettings) -> tuple[str, bool]:
+    """``(weights dtype, bf16 autocast)`` for ``settings`` on this machine."""
+    import torch
+
+    from medmerge.precision import resolve_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = resolve_dtype(settings.dtype, device, model_path)
+    bf16 = settings.bf16
+    if bf16 is None:  # TRL turns bf16 autocast on by default; on a CPU it is many times slower than fp32
+        bf16 = device == "cuda" and torch.cuda.is_bf16_supported() and dtype != "float16"
+    return dtype, bool(bf16)
+
+
+def check_memory(model_path: str | Path, settings: SFTSettings, dtype: str | None = None,
+                 mixed_bf16: bool | None = None):
+    """Estimate the memory ``settings`` need for ``model_path`` (from its config.json only) and refuse
+    (:class:`medmerge.sft_memory.SFTMemoryError`, exit 2) when it cannot fit; returns the estimate."""
+    from medmerge.sft_memory import Device, ModelShape, check_fits
+
+    if dtype is None or mixed_bf16 is None:
+        dtype, mixed_bf16 = plan_precision(model_path, settings)
+    device = Device.detect(settings.device_memory_gib)
+    return check_fits(ModelShape.from_checkpoint(model_path), memory_setting(settings, dtype, mixed_bf16), device)
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def accelerate_command(settings: SFTSettings, job: str | Path, mixed_bf16: bool = False) -> list[str]:
+    """``accelerate launch`` for ``settings.num_gpus`` processes running ``python -m medmerge.sft JOB``.
+
+    FSDP: full sharding of weights, gradients and optimiser states, one wrap per decoder layer, the
+    full state dict gathered on rank 0 for saving. DeepSpeed: ZeRO-3 with a 16-bit model saved."""
+    n = settings.num_gpus
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+           "--machine_rank", "0", "--main_process_port", os.environ.get("MEDMERGE_SFT_PORT", "29517"),
+           "--mixed_precision", "bf16" if mixed_bf16 else "no"]
+    if settings.distributed == "fsdp":
+        cmd += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD",
+                "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_state_dict_type", "FULL_STATE_DICT",
+                "--fsdp_backward_prefetch", "BACKWARD_PRE", "--fsdp_use_orig_params", "true",
+                "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true",
+                "--fsdp_offload_params", "false"]
+    else:
+        cmd += ["--use_deepspeed", "--zero_stage", "3", "--zero3_init_flag", "true", "--zero3_save_16bit_model",
+                "true", "--offload_optimizer_device", "none", "--offload_param_device", "none",
+                "--gradient_accumulation_steps", str(settings.grad_accum)]
+    return cmd + ["--module", "medmerge.sft", str(job)]
+
+
+def _launch(model_path, examples, out_dir, settings: SFTSettings, few_shot: bool, max_steps, overwrite,
+            mixed_bf16: bool) -> dict:
+    """Run :func:`finetune` under ``accelerate launch`` (one process per GPU); returns rank 0's result."""
+    import tempfile
+
+    import torch
+
+    if torch.cuda.device_count() < settings.num_gpus:
+        raise SFTLaunchError(f"num_gpus: {settings.num_gpus} but {torch.cuda.device_count()} CUDA device(s) "
+                             "are visible to this step")
+    with tempfile.TemporaryDirectory(prefix="medmerge-sft-job-") as work:
+        job = Path(work) / "job.json"
+        job.write_text(json.dumps({
+            "model_path": str(model_path), "examples": [e.model_dump() for e in examples], "out_dir": str(out_dir),
+            "settings": settings.model_dump(mode="json"), "few_shot": few_shot, "max_steps": max_steps,
+            "overwrite": overwrite, "result": str(Path(work) / "result.json")}))
+        done = subprocess.run(accelerate_command(settings, job, mixed_bf16))
+        if done.returncode != 0:
+            raise SFTLaunchError(f"accelerate launch ({settings.num_gpus} processes, {settings.distributed}) "
+                                 f"exited {done.returncode}; its output is above")
+        return json.loads((Path(work) / "result.json").read_text())
+
+
 def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_dir: str | Path,
              settings: SFTSettings = SFTSettings(), few_shot: bool = True, max_steps: int | None = None,
              overwrite: bool = False) -> dict:
     """Fine-tune ``model_path`` on ``examples``; write the full checkpoint to ``out_dir``.
 
-    Returns ``{"steps", "train_loss", "first_loss", "last_loss", "losses", "out_dir"}``. ``max_steps``
-    overrides the computed step count (tests and smoke runs).
+    Returns ``{"steps", "train_loss", "first_loss", "last_loss", "losses", "out_dir", "dtype",
+    "memory_estimate_gib", "seconds", "samples_per_second"}``. ``max_steps`` overrides the computed
+    step count (tests and smoke runs). Refuses (exit 2) a setting whose memory estimate exceeds the device.
     """
     import tempfile
+    import time
 
     import torch
     from datasets import Dataset
@@ -75,13 +189,21 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
     from trl import SFTConfig, SFTTrainer
 
     from medmerge.errors import OutputError
-    from medmerge.io.atomic import atomic_dir
-
-    from medmerge.io.atomic import refuse_aliased_output
+    from medmerge.io.atomic import atomic_dir, refuse_aliased_output
+    from medmerge.precision import torch_dtype
 
     refuse_aliased_output(out_dir, [model_path], "model to fine-tune")  # before training, whatever overwrite says
     if Path(out_dir).exists() and not overwrite:  # before training, not after it
         raise OutputError(f"output directory {out_dir} already exists (pass overwrite=True to replace it)")
+    dtype, bf16 = plan_precision(model_path, settings)
+    distributed = _distributed()
+    if not distributed:  # the launcher checked it for every rank
+        est = check_memory(model_path, settings, dtype, bf16)
+        if settings.num_gpus > 1:
+            return _launch(model_path, examples, out_dir, settings, few_shot, max_steps, overwrite, bf16)
+    else:
+        est = None
+    t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -89,16 +211,13 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
     rows = [{"prompt": prompt_for(e, tokenizer, settings.instruction), "completion": e.target + eos}
             for e in examples]
     steps = max_steps or optimisation_steps(len(rows), settings, few_shot)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
     peft_config = None
     if settings.lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, task_type="CAUSAL_LM",
                                  target_modules="all-linear")
-    bf16 = settings.bf16
-    if bf16 is None:  # TRL turns bf16 autocast on by default; on a CPU it is many times slower than fp32
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     with tempfile.TemporaryDirectory(prefix="medmerge-sft-") as work:
         args = SFTConfig(
             output_dir=work, max_steps=steps, learning_rate=settings.learning_rate,
@@ -106,16 +225,64 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
             max_length=settings.max_length, completion_only_loss=True, seed=settings.seed, data_seed=settings.seed,
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
             disable_tqdm=True, gradient_checkpointing=settings.gradient_checkpointing, bf16=bf16,
+            optim={"adamw_8bit": "adamw_bnb_8bit"}.get(settings.optim, settings.optim),
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=peft_config)
         result = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        trained = trainer.model
-        if settings.lora:
-            trained = trained.merge_and_unload()
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            trained.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        if distributed:
+            _save_distributed(trainer, model_path, tokenizer, out_dir, settings, dtype, overwrite, work)
+        else:
+            trained = trainer.model
+            if settings.lora:
+                trained = trained.merge_and_unload()
+            with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+                trained.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+    seconds = time.perf_counter() - t0
     return {"steps": steps, "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "losses": losses, "out_dir": str(out_dir)}
+            "last_loss": losses[-1] if losses else None, "losses": losses, "out_dir": str(out_dir),
+            "dtype": dtype, "memory_estimate_gib": None if est is None else round(est.per_device / 2 ** 30, 3),
+            "seconds": seconds, "train_seconds": result.metrics.get("train_runtime"),
+            "samples_per_second": result.metrics.get("train_samples_per_second")}
+
+
+def _save_distributed(trainer, model_path, tokenizer, out_dir, settings: SFTSettings, dtype: str,
+                      overwrite: bool, work: str) -> None:
+    """Every rank takes part in gathering the sharded weights; rank 0 writes the full checkpoint."""
+    from medmerge.io.atomic import atomic_dir
+
+    gathered = Path(work) / "gathered"
+    trainer.save_model(str(gathered))  # FSDP FULL_STATE_DICT / ZeRO-3 16-bit: gathered on rank 0
+    if not trainer.is_world_process_zero():
+        return
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        if settings.lora:  # the adapter was saved: merge it into the base on rank 0
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            from medmerge.precision import torch_dtype
+
+            base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
+            PeftModel.from_pretrained(base, str(gathered)).merge_and_unload().save_pretrained(tmp)
+        else:
+            for f in gathered.iterdir():
+                if f.is_file() and not f.name.startswith("training_args"):
+                    f.rename(Path(tmp) / f.name)
+        tokenizer.save_pretrained(tmp)
+
+
+def _main(argv: list[str]) -> int:
+    """One process of a distributed SFT: ``python -m medmerge.sft JOB.json`` (under ``accelerate launch``)."""
+    job = json.loads(Path(argv[0]).read_text())
+    res = finetune(job["model_path"], [GenerationExample(**e) for e in job["examples"]], job["out_dir"],
+                   SFTSettings(**job["settings"]), few_shot=job["few_shot"], max_steps=job["max_steps"],
+                   overwrite=job["overwrite"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(job["result"]).write_text(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

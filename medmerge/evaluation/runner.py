@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from medmerge import __version__
 from medmerge.evaluation.cache import EvalCache, cache_key
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
 from medmerge.evaluation.scores import IF_METRICS, if_score, medical_avg
 from medmerge.evaluation.tasks import EvalError, TaskSpec, load_suites, suite_tasks, task_spec
+from medmerge.precision import DType, normalise, resolve_dtype, torch_dtype
 
 DEFAULT_MAX_GEN_TOKS = 1280  # IFEval's own setting; capped at half the model's context
 
@@ -36,15 +37,19 @@ class EvalSettings:
     batch_size: int | str = 8            # or "auto"
     backend: str = "hf"                  # "hf", or "vllm" for generation tasks (GPU + vllm needed)
     device: str = "cpu"
+    dtype: str = "auto"                  # auto: the checkpoint's dtype on CUDA, float32 on a CPU (precision.py)
     max_gen_toks: int | None = None      # None: min(1280, context // 2)
     bootstrap_iters: int = 1000          # stderr of non-mean aggregations (IFEval's inst-level acc)
     seed: int = 1234
 
-    def cache_part(self, num_fewshot: int, max_gen_toks: int) -> dict[str, Any]:
+    def cache_part(self, num_fewshot: int, max_gen_toks: int, dtype: str = "float32") -> dict[str, Any]:
         from importlib.metadata import version
 
-        return {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
+        part = {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
                 "backend": self.backend, "seed": self.seed, "lm_eval": version("lm_eval")}
+        if dtype != "float32":  # float32 keys stay as they were before the dtype setting existed
+            part["dtype"] = dtype
+        return part
 
 
 class EvalOptions(BaseModel):
@@ -57,12 +62,29 @@ class EvalOptions(BaseModel):
     num_fewshot: int | None = None
     max_gen_toks: int | None = None
     batch_size: int | str = 8
+    device: str | None = None            # None: cuda when there is a GPU, else cpu
+    dtype: DType = "auto"                # auto: the checkpoint's dtype on CUDA, float32 on a CPU
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v):
+        return normalise(v)
 
     def eval_settings(self) -> EvalSettings:
         from medmerge.evaluation.tasks import resolve_data_dir
 
         return EvalSettings(suites=self.suites, data_dir=resolve_data_dir(self.data_dir), limit=self.limit,
-                            num_fewshot=self.num_fewshot, batch_size=self.batch_size, max_gen_toks=self.max_gen_toks)
+                            num_fewshot=self.num_fewshot, batch_size=self.batch_size, max_gen_toks=self.max_gen_toks,
+                            device=self.device or default_device(), dtype=self.dtype)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_dtype(model) -> str:
+    """The dtype a loaded model computes in, as a name (``float32``, ``bfloat16``)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def lm_eval_version() -> str:
@@ -71,14 +93,16 @@ def lm_eval_version() -> str:
     return version("lm_eval")
 
 
-def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = False):
-    """A checkpoint directory (or Hub id) as (model, tokenizer), float32 on ``device``."""
+def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = False, dtype: str = "auto"):
+    """A checkpoint directory (or Hub id) as (model, tokenizer) on ``device``, in ``dtype``
+    (``auto``: the checkpoint's dtype on CUDA, float32 on a CPU; :mod:`medmerge.precision`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from medmerge.io.checkpoint import Checkpoint
 
     ckpt = Checkpoint(path)  # refuses pickle-only and adapter checkpoints with a clear error
-    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32,
+    resolved = resolve_dtype(dtype, device, ckpt.path)
+    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch_dtype(resolved),
                                                  trust_remote_code=trust_remote_code).to(device)
     tokenizer = AutoTokenizer.from_pretrained(ckpt.path, trust_remote_code=trust_remote_code)
     model.eval()
@@ -119,6 +143,7 @@ class ModelEvaluator:
         self.hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
                          max_length=_context_length(model))
         self.max_gen_toks = settings.max_gen_toks or min(DEFAULT_MAX_GEN_TOKS, _context_length(model) // 2)
+        self.dtype = model_dtype(model)
         self._vllm = None
         from lm_eval.tasks import TaskManager
 
@@ -137,7 +162,7 @@ class ModelEvaluator:
         if self._vllm is None:
             from lm_eval.models.vllm_causallms import VLLM
 
-            self._vllm = VLLM(pretrained=str(model_path), batch_size=self.settings.batch_size)
+            self._vllm = VLLM(pretrained=str(model_path), batch_size=self.settings.batch_size, dtype=self.dtype)
         return self._vllm
 
     def run(self, specs: list[TaskSpec], num_fewshot: int, model_path: str | None = None) -> dict[str, TaskResult]:
@@ -204,8 +229,8 @@ class ModelEvaluator:
                     continue
                 seen.add(task)
                 spec = self.spec(task)
-                key = cache_key(identity, spec.config_hash, self.settings.cache_part(shots, self.max_gen_toks)) \
-                    if identity and cache else None
+                part = self.settings.cache_part(shots, self.max_gen_toks, self.dtype)
+                key = cache_key(identity, spec.config_hash, part) if identity and cache else None
                 hit = cache.get(key) if key else None
                 if hit is not None:
                     hits[task] = hit
@@ -236,11 +261,11 @@ class ModelEvaluator:
                 if keys.get(task):
                     cache.put(keys[task], result)
         return make_report(name, fingerprint, results, self.settings, time.perf_counter() - t0, cached,
-                           max_gen_toks=self.max_gen_toks)
+                           max_gen_toks=self.max_gen_toks, dtype=self.dtype)
 
 
 def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], settings: EvalSettings,
-                seconds: float, cached: list[str], max_gen_toks: int) -> EvalReport:
+                seconds: float, cached: list[str], max_gen_toks: int, dtype: str | None = None) -> EvalReport:
     suites = load_suites()
     med = if_ = None
     if "clinical" in settings.suites:
@@ -250,7 +275,8 @@ def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], set
     return EvalReport(
         model=name, model_fingerprint=fingerprint, suites=list(settings.suites), tasks=results,
         medical_avg=med, if_score=if_, lm_eval_version=lm_eval_version(), medmerge_version=__version__,
-        settings={**asdict(settings), "max_gen_toks": max_gen_toks}, seconds=round(seconds, 3), cached_tasks=cached,
+        settings={**asdict(settings), "max_gen_toks": max_gen_toks, "dtype": dtype or settings.dtype},
+        seconds=round(seconds, 3), cached_tasks=cached,
     )
 
 
@@ -259,7 +285,7 @@ def evaluate_checkpoint(path: str | Path, settings: EvalSettings, cache: EvalCac
     """Evaluate a checkpoint directory; cached by its weight hashes."""
     specs = prepare_tasks(settings)
     fingerprint = checkpoint_fingerprint(path)
-    model, tokenizer = load_model(path, settings.device, trust_remote_code)
+    model, tokenizer = load_model(path, settings.device, trust_remote_code, settings.dtype)
     ev = ModelEvaluator(model, tokenizer, settings, specs)
     return ev.evaluate(str(path), fingerprint, identity=f"checkpoint:{fingerprint}", cache=cache,
                        model_path=str(path))

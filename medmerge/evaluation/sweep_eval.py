@@ -35,32 +35,52 @@ def candidate_identity(recipe: Recipe, parent_hashes: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def evaluate_sweep(spec: SweepSpec, settings: EvalSettings, cache: EvalCache | None = None, *,
-                   allow_pickle: bool = False, quiet: bool = False) -> Iterator[tuple[Candidate, EvalReport]]:
-    """Yield ``(candidate, report)`` for every candidate of ``spec``, evaluated in memory."""
-    specs = prepare_tasks(settings)
-    refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
-    parents = open_parents(refs, allow_pickle=allow_pickle)
-    candidates = spec.candidates()
-    plans = [plan_merge(c.recipe, parents) for c in candidates]
-    provenance = parent_provenance(parents)
-    parent_hashes = {ref: parent_fingerprint({ref: p}) for ref, p in provenance.items()}
+class SweepEvaluator:
+    """One resident model evaluating candidates of ``spec`` one at a time, in memory.
 
-    model, tokenizer = load_model(spec.clinical, settings.device)
-    evaluator = ModelEvaluator(model, tokenizer, settings, specs)
-    preloaded: list[PreloadedParents] = []
+    The parents are opened (and checked) once; their tensors are read into memory once, when the
+    first candidate that is not fully cached is evaluated, for every plan of ``plans`` (the
+    tensors a candidate reads do not depend on its parameter values, so a search that proposes
+    candidates as it goes passes one representative plan per method)."""
 
-    for cand, plan in tqdm(list(zip(candidates, plans)), desc="evaluating candidates", disable=quiet):
-        identity = candidate_identity(cand.recipe, parent_hashes)
+    def __init__(self, spec: SweepSpec, settings: EvalSettings, cache: EvalCache | None = None, *,
+                 allow_pickle: bool = False, representatives: list[Candidate] | None = None):
+        specs = prepare_tasks(settings)
+        self.parents = open_parents(spec.parent_refs, allow_pickle=allow_pickle)
+        provenance = parent_provenance(self.parents)
+        self.parent_hashes = {ref: parent_fingerprint({ref: p}) for ref, p in provenance.items()}
+        self.cache = cache
+        self.representatives = [plan_merge(c.recipe, self.parents) for c in representatives or []]
+        self.model, tokenizer = load_model(spec.clinical, settings.device, dtype=settings.dtype)
+        self.evaluator = ModelEvaluator(self.model, tokenizer, settings, specs)
+        self._preloaded: PreloadedParents | None = None
 
-        def swap_in(plan=plan, cand=cand):
-            if not preloaded:  # parents are read only once some candidate really needs evaluating
-                preloaded.append(PreloadedParents(parents, plans))
-            state = merged_state_dict(plan, preloaded[0])
+    def plan(self, cand: Candidate):
+        return plan_merge(cand.recipe, self.parents)
+
+    def evaluate(self, cand: Candidate, plan=None, all_plans=None) -> EvalReport:
+        plan = plan or self.plan(cand)
+        identity = candidate_identity(cand.recipe, self.parent_hashes)
+
+        def swap_in():
+            if self._preloaded is None:  # parents are read only once some candidate really needs evaluating
+                self._preloaded = PreloadedParents(self.parents, all_plans or self.representatives or [plan])
+            state = merged_state_dict(plan, self._preloaded)
             with torch.no_grad():
-                missing, unexpected = model.load_state_dict(state, strict=False)
+                missing, unexpected = self.model.load_state_dict(state, strict=False)
             if unexpected or missing:
                 raise RuntimeError(f"candidate {cand.name} does not fit the resident model: {missing or unexpected}")
 
-        yield cand, evaluator.evaluate(cand.name, f"candidate:{identity}", identity=identity, cache=cache,
+        return self.evaluator.evaluate(cand.name, f"candidate:{identity}", identity=identity, cache=self.cache,
                                        prepare=swap_in)
+
+
+def evaluate_sweep(spec: SweepSpec, settings: EvalSettings, cache: EvalCache | None = None, *,
+                   allow_pickle: bool = False, quiet: bool = False) -> Iterator[tuple[Candidate, EvalReport]]:
+    """Yield ``(candidate, report)`` for every candidate of ``spec`` (and the parents, for a methods
+    grid that does not hold them), evaluated in memory."""
+    candidates = spec.evaluated_candidates()
+    ev = SweepEvaluator(spec, settings, cache, allow_pickle=allow_pickle)
+    plans = [ev.plan(c) for c in candidates]
+    for cand, plan in tqdm(list(zip(candidates, plans)), desc="evaluating candidates", disable=quiet):
+        yield cand, ev.evaluate(cand, plan, plans)
