@@ -1,6 +1,9 @@
 """Pareto selection over a merge sweep's candidates: frontier, near-frontier, knee, hypervolume.
 
-Every candidate is a point (x, y) = (IF score, Medical Avg); both axes are maximised. The
+Every candidate is a point (x, y) = (IF score, Medical Avg) by default; both axes are maximised.
+Any two objectives work: a caller puts its x objective in the ``if_score`` slot and its y
+objective in ``medical_avg`` (with their stderrs) and passes ``labels`` (see
+:mod:`medmerge.objectives`). The
 functions are pure: they take a list of points and return some of the same objects (never
 copies), so callers can compare by identity. Anything with the attributes of
 :class:`Candidate` (``name``, ``medical_avg``, ``if_score`` and optionally the stderrs) works.
@@ -333,6 +336,7 @@ class Selection:
     reference: tuple[float, float] | None
     eps: float = 0.0
     use_stderr: bool = False
+    labels: tuple[str, str] = ("IF score", "Medical Avg")   # the objectives on x (if_score) and y (medical_avg)
 
     def flags(self, p) -> dict[str, bool]:
         """``{"on_frontier", "near", "knee"}`` for one of ``self.points``."""
@@ -342,7 +346,7 @@ class Selection:
 
     def table(self) -> str:
         """Plain text table of every candidate (input order) with its flags, then the hypervolume."""
-        head = ("name", "method", "ratio", "Medical Avg", "IF score", "frontier", "near", "knee")
+        head = ("name", "method", "ratio", self.labels[1], self.labels[0], "frontier", "near", "knee")
         rows = [head]
         for p in self.points:
             f = self.flags(p)
@@ -361,7 +365,7 @@ class Selection:
         else:
             rx, ry = self.reference
             lines.append(f"{near}; hypervolume: {self.hypervolume:.6f} "
-                         f"(reference IF score {rx:.4f}, Medical Avg {ry:.4f})")
+                         f"(reference {self.labels[0]} {rx:.4f}, {self.labels[1]} {ry:.4f})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -375,14 +379,17 @@ class Selection:
             "reference": None if self.reference is None else list(self.reference),
             "eps": self.eps,
             "use_stderr": self.use_stderr,
+            "objectives": {"x": self.labels[0], "y": self.labels[1]},
         }
 
 
-def select(points, eps: float = 0.0, use_stderr: bool = False, reference=None, parents=None) -> Selection:
+def select(points, eps: float = 0.0, use_stderr: bool = False, reference=None, parents=None,
+           labels: tuple[str, str] = ("IF score", "Medical Avg")) -> Selection:
     """Frontier, near-frontier (ε, stderr), knee and hypervolume of ``points`` in one call.
 
     The hypervolume uses ``reference`` if given, else :func:`default_reference` of ``parents``;
-    with neither it is None (the rest is still computed).
+    with neither it is None (the rest is still computed). ``labels`` name the two objectives
+    (x, y) in the table and the JSON: any two scores can sit in the x and y slots.
     """
     eps = _check_eps(eps)
     pts = validate_points(points)
@@ -396,4 +403,5 @@ def select(points, eps: float = 0.0, use_stderr: bool = False, reference=None, p
         reference=ref,
         eps=eps,
         use_stderr=bool(use_stderr),
+        labels=tuple(labels),
     )

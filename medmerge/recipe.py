@@ -232,31 +232,118 @@ def ratio_label(r: float) -> str:
 
 DEFAULT_RATIOS = tuple(round(i / 10, 1) for i in range(11))
 SWEEP_METHODS = ("linear", "slerp")
+SEARCHES = ("grid", "optuna")
+RATIO = "ratio"      # a sweep-level parameter: instruct's share (weights (1 - r, r), or slerp's t)
+PRESETS_DIR = Path(__file__).parent / "resources" / "presets"
+
+
+class Range(BaseModel):
+    """A continuous range ``[low, high]`` for ``search: optuna``; ``gradient: n`` proposes n values
+    interpolated across layers (mergekit's gradient form, e.g. ``t: [x0, x1, x2]``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    low: float
+    high: float
+    gradient: int | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"range [{self.low}, {self.high}] must have finite ends")
+        if self.low > self.high:
+            raise ValueError(f"range low {self.low:g} > high {self.high:g}")
+        if self.gradient is not None and self.gradient < 2:
+            raise ValueError(f"range gradient {self.gradient}: a gradient needs at least 2 points")
+        if self.log and self.low <= 0:
+            raise ValueError(f"range low {self.low:g}: a log range needs low > 0")
+        return self
+
+
+# one entry of a method's grid: a value (a scalar or a gradient list), a list of values, or a range
+GridValue = Union[Scalar, list[Scalar]]
 
 
 class Candidate(BaseModel):
+    """One merge a sweep evaluates: its recipe, the method and the grid values that made it.
+
+    ``role`` is "clinical" or "instruct" for a candidate that reproduces that parent (a ratio of
+    0 or 1, or the parents a methods grid adds for comparison), else None."""
+
     model_config = ConfigDict(frozen=True)
     name: str
     method: str
-    ratio: float
+    ratio: float | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
     recipe: Recipe
+    role: str | None = None
+
+
+def _label(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "-".join(_label(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def candidate_name(method: str, params: dict[str, Any]) -> str:
+    """``linear-0.5`` for a ratio alone (as the ratio grid names them), else ``dare_ties-density=0.6``."""
+    if list(params) == [RATIO] and not isinstance(params[RATIO], (list, tuple)):
+        return f"{method}-{ratio_label(params[RATIO])}"
+    return "-".join([method, *(f"{k}={_label(v)}" for k, v in params.items())]) if params else method
+
+
+def load_preset(name: str) -> dict:
+    """A preset shipped in the package (``medmerge/resources/presets/<name>.yaml``)."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+        raise RecipeError(f"unknown preset {name!r}; known presets: {known}")
+    return load_yaml(path)
 
 
 class SweepSpec(BaseModel):
-    """A ratio grid between a clinical model (ratio 0) and an instruct model (ratio 1).
+    """The candidates of a sweep between a clinical model and an instruct model.
 
-    Linear at α weights (clinical, instruct) by (1 − α, α); slerp at t takes clinical as
-    base_model. ``base`` is optional and recorded (later methods and checks use it).
+    Two forms. The ratio form ``methods: [linear, slerp]`` with ``ratios:`` sweeps a ratio r:
+    linear weights (clinical, instruct) by (1 − r, r); slerp at t = r takes clinical as base_model.
+    The methods form maps each method to a grid of its declared parameters, e.g.
+    ``{dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}`` (or names a shipped ``preset:``):
+
+    * a per-model parameter (weight, density, ...) is set on both models, a shared one
+      (t, lambda, ...) once; ``ratio`` sets the weights (1 − r, r), or t for slerp;
+    * a list is the grid's values (a gradient is a nested list, ``t: [[0, 0.5, 1]]``), a scalar
+      one value; a ``{low, high}`` range is for ``search: optuna``, which proposes values
+      within ``budget`` evaluations instead of enumerating a grid;
+    * a method that interpolates from one model to one other (slerp) goes from clinical to
+      instruct; a method that needs a base takes ``base``; a missing weight is 1.0.
+
+    Every candidate of a grid is built (and checked against the method registry) when the spec
+    is parsed, so a bad grid fails before any model is read.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     clinical: str
     instruct: str
     base: str | None = None
-    methods: tuple[str, ...] = ("linear", "slerp")
-    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    preset: str | None = None
+    methods: Union[tuple[str, ...], dict[str, Optional[dict[str, Union[GridValue, list[GridValue], Range]]]]] = \
+        ("linear", "slerp")
+    ratios: tuple[float, ...] | None = None
+    search: str = "grid"
+    budget: int | None = None
+    seed: int = 0
     dtype: DType = None
     out_dtype: DType = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") is not None:
+            if "methods" in data:
+                raise ValueError("give either preset or methods, not both")
+            preset = load_preset(str(data["preset"]))
+            data = {**{k: v for k, v in preset.items() if k not in ("description",)}, **data}
+        return data
 
     @field_validator("methods")
     @classmethod
@@ -265,15 +352,20 @@ class SweepSpec(BaseModel):
             raise ValueError("methods: at least one method is required")
         for m in v:
             get_method(m)
-            if m not in SWEEP_METHODS:
-                raise ValueError(f"method {m!r} cannot be swept over a ratio; use one of {', '.join(SWEEP_METHODS)}")
-        if len(set(v)) != len(v):
-            raise ValueError("methods: duplicates")
+        if isinstance(v, tuple):
+            for m in v:
+                if m not in SWEEP_METHODS:
+                    raise ValueError(f"method {m!r} cannot be swept over a ratio; use one of "
+                                     f"{', '.join(SWEEP_METHODS)} (or the methods mapping: {{{m}: {{...}}}})")
+            if len(set(v)) != len(v):
+                raise ValueError("methods: duplicates")
         return v
 
     @field_validator("ratios")
     @classmethod
     def _ratios(cls, v):
+        if v is None:
+            return v
         if not v:
             raise ValueError("ratios: at least one ratio is required")
         for r in v:
@@ -283,31 +375,150 @@ class SweepSpec(BaseModel):
             raise ValueError("ratios: duplicates")
         return v
 
-    def candidate_recipe(self, method: str, ratio: float) -> Recipe:
+    @model_validator(mode="after")
+    def _check(self):
+        if self.search not in SEARCHES:
+            raise ValueError(f"search {self.search!r}: use one of {', '.join(SEARCHES)}")
+        if isinstance(self.methods, dict) and self.ratios is not None:
+            raise ValueError("ratios: belongs to the list form of methods; in the methods mapping put "
+                             "ratio: [...] under each method")
+        if self.search == "optuna":
+            if self.budget is None:
+                raise ValueError("search: optuna needs budget: N (the number of evaluations)")
+            if self.budget < 1:
+                raise ValueError(f"budget {self.budget}: it must be at least 1")
+        elif self.budget is not None:
+            raise ValueError("budget: applies to search: optuna (a grid evaluates all its candidates)")
+        for method, grid in self.grids().items():
+            m = get_method(method)
+            for key, values in grid.items():
+                where = f"methods.{method}.{key}"
+                if key == RATIO:
+                    if not (m.param("weight") or (m.param("t") and m.max_models == 1)):
+                        raise ValueError(f"{where}: {method} takes no ratio (it has no weight or t)")
+                elif m.param(key) is None:
+                    declared = ", ".join(p.name for p in m.params) or "none"
+                    raise ValueError(f"{where}: parameter {key!r} is not declared by {method} (it takes: {declared})")
+                if isinstance(values, Range):
+                    if self.search != "optuna":
+                        raise ValueError(f"{where}: a range needs search: optuna (a grid lists values)")
+                elif not values:
+                    raise ValueError(f"{where}: empty grid (give at least one value)")
+                elif key == RATIO:
+                    for r in values:
+                        for x in (r if isinstance(r, list) else [r]):
+                            if not (isinstance(x, (int, float)) and 0.0 <= x <= 1.0):
+                                raise ValueError(f"{where}: ratio {x} is outside [0, 1]")
+            if m.max_models != 1 and m.needs_base and not self.base:
+                raise ValueError(f"methods.{method}: {method} needs a base model; set base: (the parents' "
+                                 "common ancestor)")
+            if RATIO in grid and "weight" in grid:
+                raise ValueError(f"methods.{method}: give ratio or weight, not both")
+        if self.search == "grid":
+            self.candidates()  # every candidate is a valid Recipe, or the spec is refused here
+        else:
+            for method in self.grids():
+                self.candidate(method, self.first_params(method))
+        return self
+
+    # -- the grid ------------------------------------------------------------------------------
+    def grids(self) -> dict[str, dict[str, Any]]:
+        """``{method: {param: [values] | Range}}``; the ratio form becomes ``{m: {ratio: ratios}}``."""
+        if isinstance(self.methods, tuple):
+            return {m: {RATIO: list(self.ratios or DEFAULT_RATIOS)} for m in self.methods}
+        out = {}
+        for method, grid in self.methods.items():
+            out[method] = {k: v if isinstance(v, (Range, list)) else [v] for k, v in (grid or {}).items()}
+            # a flat list of scalars is the grid's values; a scalar is one value
+        return out
+
+    def candidate_recipe(self, method: str, ratio: float | None = None, **params) -> Recipe:
+        """The recipe of ``method`` at these parameter values (``ratio`` as described on the class)."""
+        m = get_method(method)
+        if ratio is not None:
+            params[RATIO] = ratio
         common = {"dtype": self.dtype, "out_dtype": self.out_dtype}
-        if method == "linear":
-            return Recipe(
-                merge_method="linear",
-                models=(
-                    ModelEntry(model=self.clinical, parameters={"weight": 1.0 - ratio}),
-                    ModelEntry(model=self.instruct, parameters={"weight": ratio}),
-                ),
-                **common,
-            )
-        return Recipe(
-            merge_method="slerp",
-            base_model=self.clinical,
-            models=(ModelEntry(model=self.clinical), ModelEntry(model=self.instruct)),
-            parameters={"t": ratio},
-            **common,
-        )
+        shared, per_model = {}, {}
+        for key, value in params.items():
+            if key == RATIO:
+                continue
+            (per_model if m.param(key).per_model else shared)[key] = value
+        r = params.get(RATIO)
+        w_clin = w_inst = per_model.pop("weight", 1.0)
+        if r is not None:
+            if m.param("weight") is not None:
+                w_clin = [1.0 - x for x in r] if isinstance(r, list) else 1.0 - r
+                w_inst = r
+            else:
+                shared["t"] = r
+        if m.max_models == 1:   # interpolates from the base to one model: clinical -> instruct
+            base, models = self.clinical, (ModelEntry(model=self.clinical), ModelEntry(model=self.instruct))
+            return Recipe(merge_method=method, base_model=base, models=models, parameters=shared, **common)
+        weighted = m.param("weight") is not None
+        models = tuple(
+            ModelEntry(model=ref, parameters={**per_model, **({"weight": w} if weighted else {})})
+            for ref, w in ((self.clinical, w_clin), (self.instruct, w_inst)))
+        return Recipe(merge_method=method, base_model=self.base if m.needs_base else None, models=models,
+                      parameters=shared, **common)
+
+    def candidate(self, method: str, params: dict[str, Any], name: str | None = None,
+                  role: str | None = None) -> Candidate:
+        ratio = params.get(RATIO)
+        name = name or candidate_name(method, params)
+        try:
+            recipe = self.candidate_recipe(method, **params)
+        except ValidationError as exc:
+            raise RecipeError(_errors_text(exc, f"candidate {name}")) from None
+        return Candidate(name=name, method=method, ratio=ratio if isinstance(ratio, (int, float)) else None,
+                         params=dict(params), recipe=recipe, role=role)
+
+    def first_params(self, method: str) -> dict[str, Any]:
+        """The first value of every grid entry (a range's low end): one valid point of ``method``'s space."""
+        out = {}
+        for key, values in self.grids()[method].items():
+            if isinstance(values, Range):
+                out[key] = [values.low] * values.gradient if values.gradient else values.low
+            else:
+                out[key] = values[0]
+        return out
 
     def candidates(self) -> list[Candidate]:
-        return [
-            Candidate(name=f"{m}-{ratio_label(r)}", method=m, ratio=r, recipe=self.candidate_recipe(m, r))
-            for m in self.methods
-            for r in self.ratios
-        ]
+        """Every candidate of the grid (a ratio of 0 or 1 is marked as reproducing that parent)."""
+        if self.search != "grid":
+            raise RecipeError("search: optuna proposes its candidates while it evaluates them; run it with "
+                              "medmerge evaluate-sweep or the merge_search pipeline")
+        import itertools
+
+        out = []
+        for method, grid in self.grids().items():
+            keys = list(grid)
+            # the methods form names a candidate by the values that vary (a one-value grid is just the method)
+            varying = keys if isinstance(self.methods, tuple) else [k for k in keys if len(grid[k]) > 1]
+            for combo in itertools.product(*(grid[k] for k in keys)):
+                params = dict(zip(keys, combo))
+                r = params.get(RATIO)
+                role = {0.0: "clinical", 1.0: "instruct"}.get(r) if isinstance(r, (int, float)) else None
+                name = candidate_name(method, {k: params[k] for k in varying})
+                out.append(self.candidate(method, params, name=name, role=role))
+        names = [c.name for c in out]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise ValueError(f"two candidates are both named {dup!r}: duplicate grid values")
+        return out
+
+    def parent_candidates(self) -> list[Candidate]:
+        """The parents as candidates (linear with weights (1, 0) and (0, 1): exactly each parent),
+        evaluated beside a methods grid for the comparison and the hypervolume's reference."""
+        return [self.candidate("linear", {RATIO: 0.0}, name="clinical", role="clinical"),
+                self.candidate("linear", {RATIO: 1.0}, name="instruct", role="instruct")]
+
+    def evaluated_candidates(self) -> list[Candidate]:
+        """What an evaluation runs: the grid, plus the parents when the grid does not hold them."""
+        cands = self.candidates()
+        if isinstance(self.methods, tuple):   # the ratio form: its ratios 0 and 1 are the parents, if asked for
+            return cands
+        roles = {c.role for c in cands}
+        return [*(p for p in self.parent_candidates() if p.role not in roles), *cands]
 
     @property
     def parent_refs(self) -> list[str]:
@@ -315,10 +526,13 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    data = load_yaml(path)
+    return parse_sweep(load_yaml(path), str(path))
+
+
+def parse_sweep(data: dict, source: str = "sweep") -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except RecipeError:
         raise
     except ValidationError as exc:
-        raise RecipeError(_errors_text(exc, str(path))) from None
+        raise RecipeError(_errors_text(exc, source)) from None

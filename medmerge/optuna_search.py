@@ -1,0 +1,131 @@
+"""``search: optuna``: a multi-objective search over methods and continuous parameter ranges.
+
+Optuna proposes each candidate from the sweep's space (a method, then each of its grid entries:
+a ``{low, high}`` range is a float, a ``gradient: n`` range n floats that mergekit interpolates
+across layers, a list a categorical choice, a scalar a fixed value); the candidate is merged in
+memory and evaluated, and its two objectives (both maximised) are told to the study. The study
+lives in a persistent storage (sqlite or any SQLAlchemy URL), so a killed search resumes: trials
+already complete are kept, and a trial the kill interrupted is evaluated again with the same
+parameters (enqueued) while the budget counts complete trials only.
+
+Sampler: TPE (multi-objective, ``multivariate``). With budgets of 8–22 evaluations NSGA-II is
+the wrong tool: its first generation (a population, 50 by default) is plain random sampling
+and it improves only generation by generation, so at this budget it is a random search. TPE
+fits its good/bad densities from every finished trial after ``n_startup_trials`` random ones,
+and handles a conditional space (each method's own parameters) natively.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable, Iterator
+
+from medmerge.recipe import RATIO, Candidate, Range, SweepSpec
+
+N_STARTUP_TRIALS = 5
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def suggest(trial, spec: SweepSpec) -> tuple[str, dict]:
+    """``(method, params)`` for one trial: the method, then each of its grid entries."""
+    grids = spec.grids()
+    methods = list(grids)
+    method = trial.suggest_categorical("method", methods) if len(methods) > 1 else methods[0]
+    params = {}
+    for key, values in grids[method].items():
+        name = f"{method}.{key}"
+        if isinstance(values, Range):
+            if values.gradient:
+                params[key] = [trial.suggest_float(f"{name}[{i}]", values.low, values.high, log=values.log)
+                               for i in range(values.gradient)]
+            else:
+                params[key] = trial.suggest_float(name, values.low, values.high, log=values.log)
+        elif len(values) == 1:
+            params[key] = values[0]
+        else:
+            choices = [json.dumps(v) for v in values]
+            params[key] = json.loads(trial.suggest_categorical(name, choices))
+    return method, params
+
+
+def trial_name(number: int, method: str) -> str:
+    return f"trial-{number:03d}-{method}"
+
+
+def study_name(spec: SweepSpec, objectives: tuple[str, str], extra: dict) -> str:
+    """The same space, objectives, evaluation and parents give the same study (the budget is left out:
+    raising it continues the study)."""
+    key = {"spec": spec.model_dump(mode="json", exclude={"budget"}), "objectives": list(objectives), **extra}
+    return "medmerge-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def open_study(storage: str | None, name: str, seed: int):
+    """Create or load the study; a trial left RUNNING by a killed process is failed and its parameters
+    enqueued, so the next ask evaluates that candidate again."""
+    optuna = _optuna()
+    from optuna.trial import TrialState
+
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=N_STARTUP_TRIALS)
+    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize"],
+                                sampler=sampler, load_if_exists=True)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params)
+    return study
+
+
+def complete_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+
+
+def candidate_of(spec: SweepSpec, trial) -> Candidate:
+    """The candidate a finished (or enqueued and asked) trial stands for."""
+    method, params = json.loads(trial.user_attrs["candidate"]) if "candidate" in trial.user_attrs \
+        else suggest(trial, spec)
+    return spec.candidate(method, params, name=trial_name(trial.number, method))
+
+
+def run_study(spec: SweepSpec, evaluate: Callable, score: Callable, *, storage: str | None, name: str,
+              on_trial: Callable | None = None) -> Iterator[tuple[Candidate, object]]:
+    """Run trials until ``spec.budget`` are complete; yield ``(candidate, report)`` for every complete
+    trial in trial order (those finished before a resume are re-evaluated from the evaluation cache).
+
+    ``evaluate(candidate) -> report``; ``score(report) -> (x, y)``, both maximised;
+    ``on_trial(n_complete)`` is called after each trial is told (progress, tests)."""
+    study = open_study(storage, name, spec.seed)
+    done = {t.number for t in complete_trials(study)}
+    reports = {}
+    while len(done) < spec.budget:
+        trial = study.ask()
+        method, params = suggest(trial, spec)
+        cand = spec.candidate(method, params, name=trial_name(trial.number, method))
+        trial.set_user_attr("candidate", json.dumps([method, params]))
+        report = evaluate(cand)
+        study.tell(trial, list(score(report)))
+        reports[trial.number] = (cand, report)
+        done.add(trial.number)
+        if on_trial is not None:
+            on_trial(len(done))
+    for t in complete_trials(study)[:spec.budget]:
+        if t.number in reports:
+            yield reports[t.number]
+        else:
+            cand = candidate_of(spec, t)
+            yield cand, evaluate(cand)
+
+
+def representatives(spec: SweepSpec) -> list[Candidate]:
+    """One candidate per method of the space (the parents read the same tensors whatever the values)."""
+    return [spec.candidate(m, spec.first_params(m)) for m in spec.grids()]
+
+
+__all__ = ["RATIO", "run_study", "suggest", "open_study", "study_name", "representatives", "complete_trials"]

@@ -1,0 +1,121 @@
+"""Sweeps over methods and their parameters: the methods mapping, presets as data, bad grids refused early."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from medmerge.cli import main
+from medmerge.recipe import Range, SweepSpec, load_preset
+
+NOWHERE = {"clinical": "/nonexistent/clinical", "instruct": "/nonexistent/instruct", "base": "/nonexistent/base"}
+
+
+def test_seed2_preset_is_the_second_seeds_six_methods():
+    spec = SweepSpec(**NOWHERE, preset="seed2-methods")
+    cands = {c.name: c for c in spec.evaluated_candidates()}
+    assert list(cands) == ["clinical", "instruct", "linear", "task_arithmetic", "dare_ties", "della", "breadcrumbs",
+                           "hierarchical_ot"]
+    assert cands["clinical"].role == "clinical" and cands["instruct"].role == "instruct"
+    mk = {n: yaml.safe_load(c.recipe.to_yaml()) for n, c in cands.items()}
+    assert [m["parameters"] for m in mk["linear"]["models"]] == [{"weight": 0.5}, {"weight": 0.5}]
+    assert "base_model" not in mk["linear"]
+    assert mk["dare_ties"]["base_model"] == NOWHERE["base"]
+    assert mk["dare_ties"]["models"][0]["parameters"] == {"weight": 0.5, "density": 0.6}
+    assert mk["della"]["models"][1]["parameters"] == {"weight": 0.5, "density": 0.6, "epsilon": 0.05}
+    assert mk["breadcrumbs"]["models"][0]["parameters"] == {"weight": 0.5, "density": 0.9, "gamma": 0.01}
+    assert mk["hierarchical_ot"]["base_model"] == NOWHERE["base"]
+    # the clinical parent as a candidate: weights (1, 0), exactly the clinical model
+    assert [m["parameters"]["weight"] for m in mk["clinical"]["models"]] == [1.0, 0.0]
+    assert load_preset("seed2-methods")["methods"]["hierarchical_ot"] == {}
+
+
+def test_grid_expands_and_names_by_what_varies():
+    spec = SweepSpec(**NOWHERE, methods={"dare_ties": {"density": [0.6, 0.8], "ratio": 0.3},
+                                         "slerp": {"t": [[0.0, 0.5, 1.0], 0.25]}})
+    names = [c.name for c in spec.candidates()]
+    assert names == ["dare_ties-density=0.6", "dare_ties-density=0.8", "slerp-t=0-0.5-1", "slerp-t=0.25"]
+    c = spec.candidates()[0]
+    assert [m.parameters["weight"] for m in c.recipe.models] == pytest.approx([0.7, 0.3])
+    slerp = spec.candidates()[2].recipe
+    assert slerp.base_model == NOWHERE["clinical"] and slerp.parameters == {"t": [0.0, 0.5, 1.0]}
+
+
+def test_ratio_form_is_unchanged():
+    spec = SweepSpec(clinical="c", instruct="i", methods=["linear", "slerp"], ratios=[0.0, 0.5, 1.0])
+    assert [c.name for c in spec.evaluated_candidates()] == [
+        "linear-0.0", "linear-0.5", "linear-1.0", "slerp-0.0", "slerp-0.5", "slerp-1.0"]
+    assert [c.role for c in spec.candidates()][:3] == ["clinical", None, "instruct"]
+    assert len(SweepSpec(clinical="c", instruct="i").candidates()) == 22
+
+
+def test_optuna_space_parses_ranges():
+    spec = SweepSpec(**NOWHERE, search="optuna", budget=8,
+                     methods={"della": {"density": {"low": 0.5, "high": 1.0}, "epsilon": {"low": 0.0, "high": 0.1}},
+                              "slerp": {"t": {"low": 0.0, "high": 1.0, "gradient": 3}}})
+    assert spec.grids()["slerp"]["t"] == Range(low=0.0, high=1.0, gradient=3)
+    assert spec.first_params("slerp") == {"t": [0.0, 0.0, 0.0]}
+
+
+def _write(tmp_path, data) -> str:
+    p = tmp_path / "sweep.yml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+BAD = [
+    ({"methods": {"frankenmerge": {}}}, "unknown merge method 'frankenmerge'"),
+    ({"methods": {"dare_ties": {"densty": [0.6]}}}, "parameter 'densty' is not declared by dare_ties"),
+    ({"methods": {"dare_ties": {"density": []}}}, "methods.dare_ties.density: empty grid"),
+    ({"methods": {"della": {"density": {"low": 0.9, "high": 0.6}}}, "search": "optuna", "budget": 4},
+     "range low 0.9 > high 0.6"),
+    ({"methods": {"della": {"density": {"low": 0.6, "high": 0.9}}}, "search": "optuna", "budget": 0},
+     "budget 0: it must be at least 1"),
+    ({"methods": {"dare_ties": {"density": [0.6]}}, "base": None}, "dare_ties needs a base model"),
+    ({"methods": {"della": {"density": {"low": 0.6, "high": 0.9}}}}, "a range needs search: optuna"),
+    ({"preset": "seed3"}, "unknown preset 'seed3'"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD, ids=[m for _, m in BAD])
+@pytest.mark.parametrize("command", ["sweep", "evaluate-sweep"])
+def test_bad_grid_exits_2_before_any_model_is_read(tmp_path, capsys, bad, message, command):
+    """The parents do not exist: a message about them would mean a model was about to be read."""
+    cfg = _write(tmp_path, {**NOWHERE, **bad})
+    args = [command, cfg, str(tmp_path / "out")] if command == "sweep" else \
+        [command, cfg, "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medmerge: error:") and message in err, err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad, message", BAD, ids=[m for _, m in BAD])
+def test_merge_search_config_refuses_bad_grid(tmp_path, capsys, bad, message):
+    from pipelines.merge_search import main as ms
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"parameters": {"config": {"sweep": {**NOWHERE, **bad},
+                                                             "output_dir": str(tmp_path / "out")}}}))
+    assert ms(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("merge_search: error:") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("objectives, message", [
+    (["if_score", "hellaswag_avg"], "unknown objective 'hellaswag_avg'"),
+    (["if_score", "if_score"], "'if_score' twice"),
+    (["if_score", "mm_hellaswag"], "objective 'mm_hellaswag' needs task mm_hellaswag, which the suites"),
+])
+def test_merge_search_config_refuses_bad_objectives(tmp_path, capsys, objectives, message):
+    from pipelines.merge_search import main as ms
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"parameters": {"config": {
+        "sweep": {**NOWHERE, "methods": ["linear"]}, "objectives": objectives, "suites": ["clinical", "ifeval"],
+        "output_dir": str(tmp_path / "out")}}}))
+    assert ms(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("merge_search: error:") and message in err and err.count("\n") == 1, err
