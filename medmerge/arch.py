@@ -52,7 +52,11 @@ def families() -> dict[str, Family]:
 
 
 def family_of(config: dict) -> Family | None:
+    """The family whose ``architectures`` hold the config's; without ``architectures``, the family
+    named after its ``model_type``."""
     archs = config.get("architectures") or []
+    if not archs:
+        return families().get(config.get("model_type"))
     for fam in families().values():
         if any(a in fam.architectures for a in archs):
             return fam

@@ -20,6 +20,8 @@ HIDDEN, N_HEADS, N_KV, LAYERS, INTER = 48, 6, 2, 2, 64
 VOCAB = 300  # 256 byte symbols + 4 specials + 40 merges
 BOS, EOS, PAD = 0, 1, 3  # medmerge.demo.tokenizer.SPECIAL_TOKENS order
 EXPLICIT_HEAD_DIM = {"qwen3": 16, "gemma2": 16}
+# variants of a family: Llama with attention_bias (q/k/v/o biases, as some Llama-derived models have)
+VARIANTS = {"llama_bias": ("llama", {"attention_bias": True})}
 
 # A realistic GQA permutation: kv heads swap, each query head moves with its kv head's group, and the
 # query heads inside each group are shuffled too (group g of B holds A's group KV_PERM[g]).
@@ -35,6 +37,9 @@ def config(family: str):
     """The transformers config of the tiny ``family`` model."""
     import transformers as tf
 
+    if family in VARIANTS:
+        family, overrides = VARIANTS[family]
+        return config(family).__class__(**{**config(family).to_dict(), **overrides})
     common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
                   num_attention_heads=N_HEADS, num_key_value_heads=N_KV, max_position_embeddings=256,
                   bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)

@@ -62,7 +62,7 @@ def test_merge_is_bit_identical_to_mergekit(fams, tmp_path, family, method):
 
 # -- hierarchical_ot is exact on a head-permuted copy -------------------------------------------------
 @pytest.mark.parametrize("align", ["per_layer", "per_projection"])
-@pytest.mark.parametrize("family", F.FAMILIES)
+@pytest.mark.parametrize("family", F.FAMILIES + tuple(F.VARIANTS))
 def test_hierarchical_ot_gives_a_back_from_its_head_permuted_copy(tok, tmp_path, family, align):
     from transformers import AutoModelForCausalLM
 
@@ -72,7 +72,7 @@ def test_hierarchical_ot_gives_a_back_from_its_head_permuted_copy(tok, tmp_path,
     a = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
     b = F.permute_heads(a, family)
     moved = [k for k in a if not torch.equal(a[k], b[k])]
-    assert any(".bias" in k for k in moved) == (family == "qwen2")
+    assert any(".bias" in k for k in moved) == (family in ("qwen2", "llama_bias"))
     assert any("qkv_proj" in k for k in moved) == (family == "phi3")
     a_logits = F.logits(model, a)
     # the permuted copy computes what A computes: same function, other weights

@@ -24,6 +24,12 @@ def test_weight_is_clipped_cosine_of_task_vectors():
     assert hot.cosine_weight(base + da, base - da, base) == 0.0  # cos = -1 is clipped
 
 
+def clipped_cosine(da: torch.Tensor, db: torch.Tensor) -> float:
+    """max(0, cos) of two task vectors, by hand: the dot product over the product of the norms."""
+    da, db = da.double().reshape(-1), db.double().reshape(-1)
+    return max(0.0, float((da * db).sum() / ((da * da).sum().sqrt() * (db * db).sum().sqrt())))
+
+
 def test_zero_task_vector_gives_weight_zero_and_returns_a():
     g = torch.Generator().manual_seed(1)
     base = torch.randn(8, 8, generator=g)
@@ -36,7 +42,7 @@ def test_zero_task_vector_gives_weight_zero_and_returns_a():
 def test_merge_tensor_is_lerp_with_cosine_weight():
     g = torch.Generator().manual_seed(2)
     base, a, b = (torch.randn(6, 5, generator=g) for _ in range(3))
-    w = hot.cosine_weight(a, b, base)
+    w = clipped_cosine(a - base, b - base)
     assert 0 < w < 1 or w == 0
     assert torch.allclose(hot.merge_tensor(a, b, base), (1 - w) * a + w * b)
 
@@ -117,6 +123,16 @@ def test_per_projection_alignment_can_break_grouping_per_layer_cannot():
     q_perm, kv_perm = hot.layer_permutation(A, B, HD, NH, NKV)
     aligned = _permute_layer(b, layer, q_perm, kv_perm)
     assert torch.allclose(_logits(cfg, b), _logits(cfg, aligned), atol=1e-5)
+    # per_projection aligns q, k, v, o each on its own: here a query head lands away from its kv group,
+    # so B's attention computes something else
+    pp = {p: hot.align_heads(hot.split_heads(A[p], HD, p == "o_proj"), hot.split_heads(B[p], HD, p == "o_proj"))
+          for p in hot.ATTENTION_PROJECTIONS}
+    group = NH // NKV
+    assert any(pp["q_proj"][i] // group != pp["k_proj"][i // group] for i in range(NH)), pp
+    per_projection = dict(b)
+    for p in hot.ATTENTION_PROJECTIONS:
+        per_projection[f"{layer}.{p}.weight"] = hot.permute_heads(B[p], pp[p], HD, p == "o_proj")
+    assert not torch.allclose(_logits(cfg, b), _logits(cfg, per_projection), atol=1e-3)
 
 
 @pytest.mark.parametrize("align", ["per_projection", "per_layer"])
@@ -148,5 +164,51 @@ def test_whole_model_non_attention_tensors_follow_formula(tmp_path):
                            "models": [{"model": str(paths["a"])}, {"model": str(paths["b"])}]})
     merged = read(merge(recipe, tmp_path / "out", quiet=True))
     k = "model.layers.0.mlp.up_proj.weight"
-    w = hot.cosine_weight(a[k], b[k], base[k])
+    w = clipped_cosine(a[k] - base[k], b[k] - base[k])
+    assert 0 < w < 1
     assert torch.allclose(merged[k], (1 - w) * a[k] + w * b[k])
+
+
+def test_a_native_method_is_one_registry_entry(tmp_path, monkeypatch):
+    """The engine plans a native method through its registry entry's ``plan_steps`` alone: a new
+    method needs no engine change (here a toy ``negate``: every tensor of the one model, negated)."""
+    from factory import make_family
+    from medmerge.engine import Step
+    from medmerge.io.writer import TensorSpec
+    from medmerge.methods import METHODS, MethodDef
+
+    def plan_steps(recipe, parents):
+        ref = recipe.models[0].model
+        ckpt = parents[ref]
+        return [Step(name=n, spec=TensorSpec(n, *ckpt.info(n)), reads=((ref, n),),
+                     compute=lambda load, n=n: -load(ref, n)) for n in ckpt.keys()]
+
+    monkeypatch.setitem(METHODS, "negate", MethodDef(
+        name="negate", pretty_name="Negate", reference_url=None, params=(), needs_base=False, max_models=1,
+        backend="native", function=plan_steps, plan_steps=plan_steps))
+    fam = make_family(tmp_path / "fam", n_children=1)
+    merged = read(merge(parse_recipe({"merge_method": "negate", "models": [{"model": str(fam["m0"])}]}),
+                        tmp_path / "out", quiet=True))
+    child = read(fam["m0"])
+    assert sorted(merged) == sorted(child)
+    assert all(torch.equal(merged[k], -v) for k, v in child.items())
+
+
+@pytest.mark.parametrize("family,head_dim,fused", [
+    ("llama", 8, False), ("mistral", 8, False), ("qwen2", 8, False), ("qwen3", 16, False), ("gemma2", 16, False),
+    ("phi3", 8, True)])
+def test_attention_layout_is_read_from_the_table_and_config(family, head_dim, fused):
+    import families as F
+    from medmerge.arch import attention_layout
+
+    model = F.new_model(family, seed=0)
+    cfg = model.config.to_dict()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    layout = attention_layout(cfg, shapes)
+    assert (layout.n_heads, layout.n_kv_heads, layout.head_dim) == (F.N_HEADS, F.N_KV, head_dim)
+    assert sorted(layout.weights) == [f"model.layers.{i}" for i in range(F.LAYERS)]
+    name, part = layout.weights["model.layers.1"]["k"]
+    assert (part.stop - part.start) == F.N_KV * head_dim
+    assert name.endswith("qkv_proj.weight" if fused else "k_proj.weight")
+    # Qwen3's per-head norms are shared by every head: plain tensors, not aligned
+    assert not any("norm" in n for n in layout.tensors)
