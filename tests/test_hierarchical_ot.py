@@ -185,10 +185,11 @@ def test_a_native_method_is_one_registry_entry(tmp_path, monkeypatch):
 
     monkeypatch.setitem(METHODS, "negate", MethodDef(
         name="negate", pretty_name="Negate", reference_url=None, params=(), needs_base=False, max_models=1,
-        backend="native", function=plan_steps, plan_steps=plan_steps))
+        function=plan_steps, plan_steps=plan_steps))
     fam = make_family(tmp_path / "fam", n_children=1)
     merged = read(merge(parse_recipe({"merge_method": "negate", "models": [{"model": str(fam["m0"])}]}),
                         tmp_path / "out", quiet=True))
+    assert METHODS["negate"].backend == "native" and METHODS["linear"].backend == "mergekit"
     child = read(fam["m0"])
     assert sorted(merged) == sorted(child)
     assert all(torch.equal(merged[k], -v) for k, v in child.items())

@@ -42,11 +42,15 @@ class MethodDef:
     stochastic: bool = False          # draws random masks: seeded per tensor
     row_separable: bool = False       # output row r depends only on input row r (enables chunked I/O)
     float32_math: bool = False        # computes in float32 from any half-precision input (exact upcast)
-    backend: str = "mergekit"         # "mergekit" (planned and computed by mergekit) or "native"
     function: Any = None              # the pure tensor function documenting the formula
     # a native method plans itself: plan_steps(recipe, parents) -> list[engine.Step], one per output
     # tensor, each with its reads and compute(load); None means mergekit's planner does it
     plan_steps: Callable[..., list] | None = None
+
+    @property
+    def backend(self) -> str:
+        """``native`` (plans itself) or ``mergekit`` (planned and computed by mergekit)."""
+        return "native" if self.plan_steps is not None else "mergekit"
 
     def param(self, name: str) -> ParamDef | None:
         return next((p for p in self.params if p.name == name), None)
@@ -100,7 +104,6 @@ HIERARCHICAL_OT = MethodDef(
     needs_base=True,
     min_models=2,
     max_models=2,
-    backend="native",
     function=hierarchical_ot,
     plan_steps=hierarchical_ot.plan_steps,
 )
