@@ -28,7 +28,7 @@ def cfg(**kw) -> FinetuneConfig:
     ({"initialisations": [{"name": "x", "path": "a", "model_uri": "models:/m/1"}]}, "exactly one of path or model_uri"),
     ({"initialisations": [{"name": "x", "model_uri": "runs:/abc/model"}]}, "models:/NAME/VERSION"),
     ({"initialisations": [{"name": "bad name", "path": "a"}]}, "initialisation name 'bad name'"),
-    ({"shots": [8, 0]}, "positive integers or 'full'"),
+    ({"shots": [8, -1]}, "positive integers or 'full'"),
     ({"shots": [8, 8]}, "repeat a size"),
     ({"log_samples": 500}, "less than or equal to 20"),
     ({"learning_rate": 1e-3}, "Extra inputs are not permitted"),
@@ -44,7 +44,8 @@ def test_defaults_follow_the_seed():
     assert (c.sft.epochs, c.sft.learning_rate, c.sft.per_device_batch * c.sft.grad_accum, c.sft.max_length) == \
         (15, 5e-6, 16, 8192)
     g = c.generation
-    assert (g.batch_size, g.temperature, g.top_p, g.repetition_penalty, g.max_input_tokens) == (16, 0.3, 0.9, 1.2, 8192)
+    assert (g.batch_size, g.temperature, g.top_p, g.repetition_penalty, g.max_input_tokens, g.max_new_tokens) == \
+        (16, 0.3, 0.9, 1.2, 8192, 8192)
     assert c.log_samples == 0  # clinical text stays out of MLflow unless asked
 
 
@@ -97,8 +98,11 @@ def test_generation_is_batched_seeded_and_caps_long_inputs(tmp_path):
     one_batch = generate(model, tok, exs, s.model_copy(update={"batch_size": 16, "temperature": 0.0}), progress=False)
     one_by_one = generate(model, tok, exs, s.model_copy(update={"batch_size": 1, "temperature": 0.0}), progress=False)
     assert one_batch.predictions == one_by_one.predictions  # greedy: left padding does not change the answer
-    with pytest.raises(ValueError, match="leaves no room"):
-        generate(model, tok, exs, s.model_copy(update={"max_new_tokens": 64}), progress=False)
+    # max_new_tokens as large as the context: inputs still keep half of it, each batch gets what is left
+    full = generate(model, tok, exs, s.model_copy(update={"max_new_tokens": 64}), progress=False)
+    assert full.truncated_inputs == 1 and all(1 <= n < 64 for n in full.max_new_tokens)
+    with pytest.raises(ValueError, match="leaves no room"):  # a template longer than the context
+        generate(model, tok, exs, s, instruction=" ".join(["w1"] * 80), progress=False)
 
 
 def report(ifs: float, se: float = 0.0) -> EvalReport:
