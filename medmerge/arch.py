@@ -96,9 +96,6 @@ class ModelLayout:
     # layer -> role -> (tensor name, Part) of the 2-D weight holding that role's heads
     weights: dict[str, dict[str, tuple[str, Part]]] = field(default_factory=dict)
 
-    def heads(self, role: str) -> int:
-        return self.n_kv_heads if role in ("k", "v") else self.n_heads
-
 
 def _architecture_name(config: dict) -> str:
     archs = config.get("architectures") or []
@@ -171,7 +168,7 @@ def attention_layout(config: dict, shapes: dict[str, tuple[int, ...]], method: s
                 raise CompatibilityError(f"architecture {arch}: tensor {name} has shape {list(shape)}, "
                                          f"expected [head_dim={head_dim}] (one weight shared by all heads)")
             continue
-        bad = [r for r in roles if r not in ROLES] + ([SHARED] if SHARED in roles and len(roles) > 1 else [])
+        bad = [r for r in roles if r not in ROLES] + [r for r in ("o", SHARED) if r in roles and len(roles) > 1]
         if bad:
             raise CompatibilityError(f"architecture table: unknown role {bad[0]!r} for {fam.name} {rel}")
         is_bias = len(shape) == 1

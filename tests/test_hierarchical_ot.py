@@ -158,7 +158,9 @@ def test_whole_model_non_attention_tensors_follow_formula(tmp_path):
     base = llama_state_dict(cfg, seed=30)
     g = torch.Generator().manual_seed(31)
     a = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-    b = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    # B's task vector shares half of A's, so cos(ΔA, ΔB) ≈ 0.45: a weight strictly between 0 and 1
+    # (independent noise gives cos ≈ 0, often clipped to exactly 0)
+    b = {k: v + 0.5 * (a[k] - v) + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
     paths = {n: write_checkpoint(tmp_path / n, sd, cfg) for n, sd in (("base", base), ("a", a), ("b", b))}
     recipe = parse_recipe({"merge_method": "hierarchical_ot", "base_model": str(paths["base"]),
                            "models": [{"model": str(paths["a"])}, {"model": str(paths["b"])}]})
