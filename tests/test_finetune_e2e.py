@@ -76,8 +76,9 @@ def test_finetune_pipeline(demo_models, tmp_path, capsys):
         reports = artifacts(uri, failed[0]["info"]["run_id"], "validation")
         assert "validation/mts_dialog_train.md" in reports and "validation/mts_dialog_train.json" in reports
         assert not (tmp_path / "out" / "sft").exists()  # nothing trained, nothing registered
-        with pytest.raises(Exception):
+        with pytest.raises(urllib.error.HTTPError) as never_registered:
             api(uri, "registered-models/get", name="e2e-sft")
+        assert never_registered.value.code == 404
 
         # 2. cleaned (opt-in, the dropped ids logged), the seed's learning rate: nothing forgotten
         cleaned = {**base, "drop_duplicate_pairs": True, "drop_overlong": True}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pydantic
 import pytest
 
 from factory import SHARED_DATA
@@ -64,7 +65,7 @@ def test_load_real_task_via_env_and_validation_split_passes(monkeypatch):
 
 def test_frozen_example():
     ex = GenerationExample(id="a", input="x", target="y")
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="Instance is frozen"):
         ex.input = "z"  # type: ignore[misc]
 
 

@@ -109,8 +109,11 @@ def test_promotion_refuses_failed_forgetting_gate_unless_forced(server, tmp_path
     assert main(["promote", "medmerge-gated", versions["failed"], "--tracking-uri", server]) == 2
     err = capsys.readouterr().err
     assert "forgetting gate failed" in err and "if_score 0.2000 -> 0.0000" in err and "--force" in err
-    with pytest.raises(Exception):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as refused:  # nothing was staged
         c.get_model_version_by_alias("medmerge-gated", "staging")
+    assert refused.value.error_code == "RESOURCE_DOES_NOT_EXIST"
 
     assert main(["promote", "medmerge-gated", versions["passed"], "--tracking-uri", server]) == 0
     assert c.get_model_version_by_alias("medmerge-gated", "staging").version == versions["passed"]

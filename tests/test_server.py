@@ -76,15 +76,19 @@ def test_basic_auth_server_and_credentials_from_the_environment(tmp_path, monkey
         assert exc.value.code == 401
         monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
         monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-        with pytest.raises(Exception):
+        from mlflow.exceptions import MlflowException
+
+        with pytest.raises(MlflowException) as anonymous:
             registry.client(info.uri).create_experiment("anonymous")
+        assert anonymous.value.get_http_status_code() == 401
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # the client reads these, nothing else
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "test-only-Pa55word")
         exp = registry.client(info.uri).create_experiment("with-credentials")
         assert registry.client(info.uri).get_experiment(exp).name == "with-credentials"
         req = urllib.request.Request(url, headers={"Authorization": "Basic YWRtaW46d3Jvbmc="})  # admin:wrong
-        with pytest.raises(urllib.error.HTTPError):
+        with pytest.raises(urllib.error.HTTPError) as wrong:
             urllib.request.urlopen(req, timeout=30)
+        assert wrong.value.code == 401
     finally:
         stop(tmp_path)
     assert (tmp_path / "flask_secret_key").stat().st_mode & 0o077 == 0  # the CSRF key is private to its owner
