@@ -285,6 +285,29 @@ def test_pipeline_compiles_against_remote_stack(remote_stack, module, name, conf
         assert step.config.secrets, step_name
     assert gpu_steps, f"{name}: no step matches {GPU_STEP.pattern}"
     assert any(s.config.experiment_tracker == TRACKER for s in steps.values())
+    if name == "finetune":
+        _sft_launch_matches_its_pods(raw, steps, orchestrator)
+
+
+def _sft_launch_matches_its_pods(raw: dict, steps: dict, orchestrator) -> None:
+    """Each SFT pod asks for the GPUs `sft.num_gpus` names, and the step's `accelerate launch` (built by
+    medmerge.sft, parsed by accelerate's own parser) starts one process per GPU with the sharding asked for."""
+    from accelerate.commands.launch import launch_command_parser
+
+    from medmerge.finetune import FinetuneConfig
+    from medmerge.sft import accelerate_command
+
+    sft = FinetuneConfig.model_validate(raw["parameters"]["config"]).sft
+    assert sft.num_gpus > 1
+    launch = launch_command_parser().parse_args(accelerate_command(sft, "/scratch/job.json", mixed_bf16=True)[3:])
+    assert launch.num_processes == sft.num_gpus and launch.training_script == "medmerge.sft" and launch.module
+    assert launch.use_fsdp if sft.distributed == "fsdp" else launch.use_deepspeed and launch.zero_stage == 3
+    sft_steps = [n for n in steps if n.startswith("sft_")]
+    assert sft_steps
+    for step_name in sft_steps:
+        assert steps[step_name].config.resource_settings.gpu_count == sft.num_gpus, step_name
+        pod = orchestrator.get_settings(steps[step_name]).pod_settings
+        assert pod.resources["limits"]["nvidia.com/gpu"] == str(sft.num_gpus), step_name
 
 
 # ------------------------------------------------------------------------------------------------
