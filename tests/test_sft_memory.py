@@ -80,8 +80,8 @@ def test_finetune_refuses_before_loading_anything(tmp_path):
     (model / "config.json").write_text(json.dumps(LLAMA3_8B))
     ex = [GenerationExample(id="a", input="w1 w2", target="w3")]
     with pytest.raises(SFTMemoryError, match=r"needs about .* but the CPU \(available RAM\) \(device_memory_gib "
-                                             r"setting\) has 24\.0 GiB; settings that would fit: .*lora: true"):
-        finetune(model, ex, tmp_path / "out", SFTSettings(device_memory_gib=24), max_steps=1)
+                                             r"setting\) has 32\.0 GiB; settings that would fit: .*lora: true"):
+        finetune(model, ex, tmp_path / "out", SFTSettings(device_memory_gib=32), max_steps=1)
     assert not (tmp_path / "out").exists()
 
 
