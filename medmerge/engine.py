@@ -16,6 +16,7 @@ RNG per tensor from (seed, tensor name), so results do not depend on processing 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -245,6 +246,19 @@ def _same_layout(plans: Sequence[MergePlan]) -> bool:
     return all([s.name for s in p.steps] == names for p in plans[1:])
 
 
+def align_plans(plans: Sequence[MergePlan]) -> list[MergePlan]:
+    """Plans whose outputs are the same tensors in another order (a native method plans in checkpoint order,
+    mergekit in architecture order) reordered to the first plan's order, so a sweep over several methods
+    still streams every parent tensor once; plans with other tensors are left as they are."""
+    order = {s.name: i for i, s in enumerate(plans[0].steps)} if plans else {}
+    out = []
+    for p in plans:
+        if [s.name for s in p.steps] != list(order) and {s.name for s in p.steps} == set(order):
+            p = dataclasses.replace(p, steps=sorted(p.steps, key=lambda s: order[s.name]))
+        out.append(p)
+    return out
+
+
 def _progress(total: int, desc: str, quiet: bool):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=quiet,
                 file=sys.stderr, dynamic_ncols=True)
@@ -341,6 +355,7 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
                 quiet: bool = False, desc: str = "merge") -> list[Path]:
     """Execute ``plans`` into ``out_dirs``; every directory appears whole at the end, or not at all."""
     out_dirs = [Path(d) for d in out_dirs]
+    plans = align_plans(plans)
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmerge-hash"))
         provenance_future = pool.submit(parent_provenance, _plans_parents(plans))  # hashes parents while we merge

@@ -72,7 +72,11 @@ def open_study(storage: str | None, name: str, seed: int):
     optuna = _optuna()
     from optuna.trial import TrialState
 
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=N_STARTUP_TRIALS)
+    import warnings
+
+    with warnings.catch_warnings():   # multivariate TPE is marked experimental (since optuna 2.2)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=N_STARTUP_TRIALS)
     study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize"],
                                 sampler=sampler, load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -486,7 +486,7 @@ class SweepSpec(BaseModel):
         """Every candidate of the grid (a ratio of 0 or 1 is marked as reproducing that parent)."""
         if self.search != "grid":
             raise RecipeError("search: optuna proposes its candidates while it evaluates them; run it with "
-                              "medmerge evaluate-sweep or the merge_search pipeline")
+                              "the merge_search pipeline (it has no fixed list of candidates to write or evaluate)")
         import itertools
 
         out = []

@@ -119,3 +119,17 @@ def test_merge_search_config_refuses_bad_objectives(tmp_path, capsys, objectives
     assert ms(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("merge_search: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_seed2_preset_sweep_reads_each_parent_once(tmp_path, parent_reads):
+    """Six methods, mergekit's and the native one (which plans in another tensor order), one pass."""
+    from factory import assert_read_once, make_family
+    from medmerge.engine import sweep
+
+    fam = make_family(tmp_path / "fam", n_children=2)
+    spec = SweepSpec(clinical=str(fam["m0"]), instruct=str(fam["m1"]), base=str(fam["base"]), preset="seed2-methods")
+    outs = sweep(spec, tmp_path / "out", quiet=True)
+    assert sorted(outs) == sorted(["linear", "task_arithmetic", "dare_ties", "della", "breadcrumbs",
+                                   "hierarchical_ot"])
+    for ref in ("m0", "m1", "base"):
+        assert_read_once(parent_reads, fam[ref])
