@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     state = tmp_path_factory.mktemp("mlflow")
-    info = start(state, port=0)
+    info = start(state, port=0, timeout=300)  # a busy shared machine starts it slowly
     yield info.uri
     stop(state)
 
@@ -62,9 +62,23 @@ def test_log_register_promote(server, tmp_path):
     assert again.reused and again.version == reg[0.3].version
     assert len(c.search_model_versions("name='medmerge-demo'")) == 2
 
+    # each version is an MLflow Model of its candidate run, its metrics linked, the checkpoint stored once
+    mv = c.get_model_version("medmerge-demo", reg[0.3].version)
+    assert mv.source == f"models:/{reg[0.3].model_id}"
+    assert "medmerge" in mv.description and "model.safetensors" in mv.description  # the model card
+    logged = c.get_logged_model(reg[0.3].model_id)
+    assert logged.source_run_id == runs[0.3] and logged.experiment_id == exp.experiment_id
+    assert {m.key: m.value for m in logged.metrics}["medical_avg"] == pytest.approx(0.43)
+    assert logged.params["merge_method"] == "linear"
+    assert [a.path for a in c.list_artifacts(runs[0.3])] == ["report.json"]   # no checkpoint/ copy in the run
+    files = {a.path for a in c.list_logged_model_artifacts(reg[0.3].model_id)}
+    assert {"MLmodel", "model", "input_example.json", "model_card.md"} <= files
+
     assert main(["promote", "medmerge-demo", reg[0.3].version, "--tracking-uri", server]) == 0
     local = mlflow.artifacts.download_artifacts("models:/medmerge-demo@staging", dst_path=str(tmp_path / "dl"))
-    downloaded, expected = read(local), read(ckpts[0.3])
+    model_yaml = (tmp_path / "dl" / "MLmodel").read_text()
+    assert "transformers:" in model_yaml and "task: text-generation" in model_yaml and "signature:" in model_yaml
+    downloaded, expected = read(tmp_path / "dl" / "model"), read(ckpts[0.3])
     assert sorted(downloaded) == sorted(expected) and all(torch.equal(downloaded[k], expected[k]) for k in expected)
     assert c.get_model_version("medmerge-demo", reg[0.3].version).current_stage == "Staging"
 
@@ -72,6 +86,69 @@ def test_log_register_promote(server, tmp_path):
     assert f"replaces v{reg[0.3].version}" in reason
     assert c.get_model_version("medmerge-demo", reg[0.3].version).current_stage == "Archived"
     assert c.get_model_version_by_alias("medmerge-demo", "staging").version == reg[0.7].version
+
+    # what people do with a promoted model: load it with MLflow's transformers flavor and generate
+    pipe = mlflow.transformers.load_model("models:/medmerge-demo@staging")
+    out = pipe("w1 w2 w3", max_new_tokens=4, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str) and len(out[0]["generated_text"].split()) > 3
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_staged_model_is_served(server, tmp_path):
+    """``mlflow models serve -m models:/NAME@staging --env-manager local`` answers /invocations with text."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    c = registry.client(server)
+    exp_id = c.create_experiment("medmerge-serve")
+    run = c.create_run(exp_id)
+    fam = make_family(tmp_path / "fam", n_children=1)
+    reg = registry.register_checkpoint("medmerge-served", fam["m0"], run.info.run_id, "id-served", {}, server)
+    c.set_terminated(run.info.run_id, status="FINISHED")
+    registry.promote("medmerge-served", reg.version, server)
+
+    port = free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/medmerge-served@staging",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                            # the server runs `uvicorn` from PATH: the venv's bin, as with an activated venv
+                            env={**os.environ, "MLFLOW_TRACKING_URI": server,
+                                 "PATH": os.path.dirname(mlflow_bin) + os.pathsep + os.environ.get("PATH", "")},
+                            stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "serve.log", "w"), start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "mlflow models serve did not answer /ping within 180 s"
+            time.sleep(1)
+        body = json.dumps({"inputs": ["w1 w2 w3"], "params": {"max_new_tokens": 4}}).encode()
+        req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+        got = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert isinstance(got["predictions"][0], str) and got["predictions"][0].strip()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it started: its own process group
+            proc.wait(timeout=30)
+    assert proc.returncode is not None
 
 
 def test_promotion_refusals(server, tmp_path, capsys):

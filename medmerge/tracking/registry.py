@@ -2,9 +2,10 @@
 
 * One parent run per sweep evaluation, one nested run per candidate: the recipe as params,
   every per-task score as metrics (plus Medical Avg, IF score, seconds), the report as an artifact.
-* A selected checkpoint is logged as artifacts of its candidate run and registered as a version of
-  one registered model, tagged with its recipe, the parents' hashes, Medical Avg, IF score and the
-  run id. A version with the same candidate identity is reused, never duplicated.
+* A selected checkpoint is logged as an MLflow Model of its candidate run (transformers flavor, see
+  :mod:`medmerge.tracking.models`) and that model registered as a version of one registered model,
+  tagged with its recipe, the parents' hashes, Medical Avg, IF score and the run id, described by its
+  model card. A version with the same candidate identity is reused, never duplicated.
 * Promotion sets the alias (``models:/NAME@staging`` resolves to it), moves the version to the
   Staging stage (archiving the previous one) and says why; it refuses a version that does not
   exist or whose run did not finish.
@@ -45,7 +46,14 @@ def client(tracking_uri: str):
 
     for k, v in HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
+    # MLflow also writes MLFLOW_TRACKING_URI; keep the user's: it says which server they point at (a later
+    # run in this process resolves it, and a dead recorded server is told apart from the configured one)
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     return _Client(MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), tracking_uri)
 
 
@@ -63,9 +71,16 @@ def unreachable_as_error(tracking_uri: str, what: str = "MLflow call"):
         from medmerge.tracking.server import healthy
 
         if tracking_uri.startswith(("http://", "https://")) and not healthy(tracking_uri, timeout=5):
+            configured = os.environ.get("MLFLOW_TRACKING_URI", "")
+            if configured and configured.rstrip("/") != tracking_uri.rstrip("/"):
+                # starting the old server again cannot be the advice: the user pointed elsewhere
+                advice = (f"MLFLOW_TRACKING_URI names another server, {configured}: make the run config's "
+                          f"tracking_uri agree with the server you mean (or unset it) and rerun")
+            else:
+                advice = ("start it again (medmerge server start) and rerun: the rerun resumes from the "
+                          "finished steps and registers no version twice")
             raise RegistryError(f"MLflow tracking server {tracking_uri} is not reachable ({what} failed: "
-                                f"{type(exc).__name__}); start it again (medmerge server start) and rerun: "
-                                f"the rerun resumes from the finished steps and registers no version twice") from exc
+                                f"{type(exc).__name__}); {advice}") from exc
         raise
 
 
@@ -141,6 +156,9 @@ def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, rep
         for k, v in report_metrics(report).items():
             c.log_metric(rid, k, v)
         c.log_text(rid, json.dumps(report.model_dump(mode="json"), indent=2), "report.json")
+        from medmerge.tracking import datasets
+
+        datasets.log(c, rid, datasets.evaluation_datasets(report))   # digests, never rows
     except Exception:
         c.set_terminated(rid, status="FAILED")
         raise
@@ -154,12 +172,17 @@ class Registered:
     version: str
     run_id: str
     reused: bool
+    model_id: str | None = None     # the MLflow logged model the version points at
 
 
 def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str, tags: dict[str, Any],
                         tracking_uri: str) -> Registered:
-    """Log ``checkpoint`` under the run and register it as a version of ``name`` (idempotent by identity)."""
+    """Log ``checkpoint`` as an MLflow Model of the run (:func:`medmerge.tracking.models.log_checkpoint`) and
+    register that model as a version of ``name``, tagged and described by its model card (idempotent by
+    identity)."""
     from mlflow.exceptions import MlflowException
+
+    from medmerge.tracking import models
 
     c = client(tracking_uri)
     try:
@@ -168,11 +191,13 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
         c.create_registered_model(name, description="medmerge merged checkpoints")
     for mv in c.search_model_versions(f"name='{name}'"):
         if mv.tags.get("candidate_identity") == identity:
-            return Registered(name, mv.version, mv.run_id, reused=True)
-    c.log_artifacts(run_id, str(checkpoint), artifact_path="checkpoint")
+            return Registered(name, mv.version, mv.run_id, reused=True, model_id=getattr(mv, "model_id", None))
     all_tags = {**{k: str(v)[:5000] for k, v in tags.items()}, "candidate_identity": identity, "run_id": run_id}
-    mv = c.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags=all_tags)
-    return Registered(name, mv.version, run_id, reused=False)
+    logged = models.log_checkpoint(checkpoint, run_id, tracking_uri, identity, tags=all_tags)
+    card = models.model_card_text(checkpoint)[:models.DESCRIPTION_LIMIT]
+    mv = c.create_model_version(name, source=logged.model_uri, run_id=run_id, tags=all_tags, description=card,
+                                model_id=logged.model_id)
+    return Registered(name, mv.version, run_id, reused=False, model_id=logged.model_id)
 
 
 def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", force: bool = False) -> str:
