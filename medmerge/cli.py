@@ -77,7 +77,10 @@ def merge(config, out_dir, random_seed, allow_pickle, trust_remote_code, overwri
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @common_options
 def sweep(sweep_config, out_dir, allow_pickle, trust_remote_code, overwrite, max_shard_size, chunk_size, quiet):
-    """Write every candidate of a ratio sweep to OUT_DIR/<method>-<ratio>/, reading parents once."""
+    """Write every candidate of a sweep to OUT_DIR/<candidate>/, reading parents once.
+
+    SWEEP_CONFIG is a ratio grid (methods: [linear, slerp], ratios: [...]) or a methods grid
+    (methods: {dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}, or preset: seed2-methods)."""
     _prefetch_hashes(sweep_config, ("clinical", "instruct", "base"))
     from medmerge.engine import sweep as run_sweep
     from medmerge.io.writer import parse_size

@@ -82,8 +82,9 @@ def to_markdown(cmp: dict) -> str:
             "Δ better parent"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in sorted(cmp["rows"], key=lambda r: (r["rank"] is None, r["rank"] or 0, r["name"])):
+        as_parent = r["role"] is not None and r["name"] == r["role"]   # the parent itself, not a merge of it
         cells = [str(r["rank"] or ""), r["name"] + (f" (parent: {r['role']})" if r["role"] else ""),
-                 r["method"] or "", _params(r["params"])]
+                 "" if as_parent else r["method"] or "", "" if as_parent else _params(r["params"])]
         for t in tasks:
             c = r["tasks"][t]
             text = "" if c is None else _pm(c["value"], c["stderr"])
