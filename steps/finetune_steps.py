@@ -37,10 +37,13 @@ def resolve_initialisations(config: FinetuneConfig) -> Annotated[Initialisations
 
 
 @step
-def validate_data(config: FinetuneConfig, data: TrainingData,
-                  inits: Initialisations) -> Annotated[TrackingRun, "mlflow_run"]:
-    """In: the data. Out: the MLflow parent run, holding the validation reports. Fails on a bad dataset."""
-    return core.validate_and_open_run(config, data, inits.models, run_name=get_step_context().pipeline_run.name)
+def validate_data(config: FinetuneConfig, data: TrainingData, inits: Initialisations,
+                  tracking_uri: str | None = None) -> Annotated[TrackingRun, "mlflow_run"]:
+    """In: the data, the tracking server resolved when the pipeline was built (a parameter, so part of the cache
+    key: another server re-runs this step and the MLflow steps that take its run). Out: the MLflow parent run,
+    holding the validation reports. Fails on a bad dataset."""
+    return core.validate_and_open_run(config, data, inits.models, run_name=get_step_context().pipeline_run.name,
+                                      tracking_uri=tracking_uri)
 
 
 @step

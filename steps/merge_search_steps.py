@@ -23,15 +23,22 @@ def check_parents(config: SearchConfig) -> Annotated[dict, "parents"]:
 
 @step
 def evaluate_candidates(config: SearchConfig, parents: dict) -> Annotated[SearchResults, "evaluation_reports"]:
-    """In: config, parent hashes. Out: every candidate's report, evaluated in memory (MLflow: parent + nested runs)."""
-    run_name = get_step_context().pipeline_run.name
-    return search.evaluate_and_log(config, parents, run_name=run_name)
+    """In: config, parent hashes. Out: every candidate's report, evaluated in memory (no MLflow)."""
+    return search.evaluate(config, parents)
 
 
 @step
 def select_frontier(config: SearchConfig, results: SearchResults) -> Annotated[Frontier, "frontier"]:
-    """In: reports. Out: frontier, near set, knee, hypervolume and figures (also logged to MLflow)."""
+    """In: reports. Out: frontier, near set, knee, hypervolume and figures."""
     return search.select_frontier(results, config, tempfile.mkdtemp(prefix="medmerge-figures-"))
+
+
+@step
+def log_search(config: SearchConfig, results: SearchResults,
+               tracking_uri: str | None = None) -> Annotated[SearchResults, "logged_results"]:
+    """In: reports, the tracking server resolved when the pipeline was built (a parameter, so part of the cache
+    key: another server re-runs this step). Out: the reports with their MLflow runs (parent + nested, figures)."""
+    return search.log_search(config, results, tracking_uri, run_name=get_step_context().pipeline_run.name)
 
 
 @step
@@ -44,5 +51,5 @@ def write_selected(config: SearchConfig, results: SearchResults,
 @step
 def register_selected(config: SearchConfig, results: SearchResults, frontier: Frontier,
                       checkpoints: list[CheckpointDir]) -> Annotated[dict, "registered_versions"]:
-    """In: written checkpoints. Out: {candidate: registered version} (no duplicates on re-runs)."""
+    """In: written checkpoints, the logged runs. Out: {candidate: registered version} (no duplicates on re-runs)."""
     return search.register_selected(config, results, frontier, checkpoints)

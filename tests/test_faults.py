@@ -270,9 +270,9 @@ def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_model
     stopping_server_first(monkeypatch, search, "write_selected", state, {})
     assert main(["--config", config]) == 2
     err = capsys.readouterr().err
-    assert f"MLflow tracking server {uri} is not reachable" in err and "step register_selected failed" in err
+    assert f"MLflow tracking server {uri} is not reachable" in err and "step log_search failed" in err
     steps = last_run_steps("merge_search")
-    assert steps["evaluate_candidates"] == S.COMPLETED and steps["register_selected"] == S.FAILED
+    assert steps["evaluate_candidates"] == S.COMPLETED and steps["log_search"] == S.FAILED
     results = Client().get_pipeline("merge_search").last_run.steps["evaluate_candidates"].output.load()
     reused = {c.name: len(c.report.cached_tasks) for c in results.candidates}
     # every cached (candidate, task) was reused, not recomputed; the rest was computed and cached
@@ -290,7 +290,7 @@ def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_model
     assert len({v["tags"]["candidate_identity"] for v in versions}) == len(versions)
     assert {v["tags"]["candidate"]: v["version"] for v in versions} == outcome["versions"]
     steps = last_run_steps("merge_search")
-    assert steps["register_selected"] == S.COMPLETED
+    assert steps["log_search"] == steps["register_selected"] == S.COMPLETED
     assert all(steps[n] == S.CACHED for n in ("evaluate_candidates", "select_frontier", "write_selected"))
     # MLflow: the killed run's parent run was resumed and finished; one run per candidate, none dangling
     all_runs = runs(uri, "faults-merge-search")

@@ -106,8 +106,9 @@ def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> ServerInfo | Non
 
 def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0.1", port: int | None = 5000,
           backend_store_uri: str | None = None, artifacts_destination: str | None = None,
-          app_name: str | None = None, timeout: float = 90.0) -> ServerInfo:
-    """Start the server (or return the one already running from ``state_dir``)."""
+          app_name: str | None = None, timeout: float = 300.0) -> ServerInfo:
+    """Start the server (or return the one already running from ``state_dir``). ``timeout`` is generous: the
+    first start against an empty PostgreSQL database runs all of MLflow's schema migrations."""
     state_dir = Path(state_dir).resolve()
     running = status(state_dir)
     if running:
