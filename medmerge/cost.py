@@ -139,6 +139,8 @@ def _system_metrics_enabled() -> bool:
 def _start_system_metrics(tracking_uri: str, run_id: str):
     if not _system_metrics_enabled():
         return None
+    # its start/stop lines would come twice per step; warnings still show
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 

@@ -243,7 +243,7 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
     seconds = time.perf_counter() - t0
     return {"steps": steps, "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "losses": losses, "out_dir": str(out_dir),
-            "dtype": dtype, "memory_estimate_gib": None if est is None else round(est.per_device / 2 ** 30, 3),
+            "dtype": dtype, "memory_estimate_gib": None if est is None else est.per_device / 2 ** 30,
             "seconds": seconds, "train_seconds": result.metrics.get("train_runtime"),
             "samples_per_second": result.metrics.get("train_samples_per_second")}
 

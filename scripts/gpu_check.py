@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     print(f"evaluation  {e['tokens_per_second']:10,.0f} tokens/s   ({e['tokens']:,} tokens, {e['candidates']} "
           f"candidates, {e['seconds']:.1f} s, {e['dtype']}), peak GPU {mib(e['peak_gpu_mib'])}")
     print(f"SFT         {s['samples_per_second']:10,.2f} samples/s  ({s['steps']} steps, {s['seconds']:.1f} s, "
-          f"{s['dtype']}, estimate {s['memory_estimate_gib']} GiB), peak GPU {mib(s['peak_gpu_mib'])}")
+          f"{s['dtype']}, estimate {s['memory_estimate_gib']:.2f} GiB), peak GPU {mib(s['peak_gpu_mib'])}")
     print(f"generation  {g['tokens_per_second']:10,.0f} tokens/s   ({g['new_tokens']:,} new tokens, "
           f"{g['sequences']} sequences, {g['seconds']:.1f} s, {g['dtype']}), peak GPU {mib(g['peak_gpu_mib'])}")
     print(f"peak GPU memory (whole check): {mib(report['peak_gpu_mib'])}")

@@ -4,12 +4,12 @@ it gives exactly the float32 numbers; the report records the dtype used."""
 from __future__ import annotations
 
 import json
-import shutil
 from importlib.resources import files
 
 import pytest
 import torch
 
+from factory import llama_config, llama_state_dict, write_checkpoint
 from medmerge.cli import main
 from medmerge.evaluation.runner import EvalOptions, EvalSettings, evaluate_checkpoint, load_model
 from medmerge.precision import PrecisionError, checkpoint_dtype, resolve_dtype
@@ -54,14 +54,11 @@ def test_run_configs_accept_dtype_and_refuse_unknown_ones():
 
 
 @pytest.fixture
-def bf16_declared(demo_models, tmp_path):
-    """The demo clinical model with a config that declares bfloat16 (as Llama 3 checkpoints do)."""
-    d = tmp_path / "bf16-declared"
-    shutil.copytree(demo_models["clinical"], d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["dtype"] = "bfloat16"
-    (d / "config.json").write_text(json.dumps(cfg))
-    return d
+def bf16_declared(tmp_path):
+    """A tiny checkpoint stored in bfloat16 whose config declares it (as Llama 3 checkpoints do)."""
+    cfg = llama_config(dtype="bfloat16", max_position_embeddings=256)
+    sd = {k: v.to(torch.bfloat16) for k, v in llama_state_dict(cfg, seed=5).items()}
+    return write_checkpoint(tmp_path / "bf16-declared", sd, cfg)
 
 
 def test_auto_on_cpu_gives_exactly_the_float32_numbers(bf16_declared):
@@ -85,3 +82,20 @@ def test_cli_dtype_is_recorded_in_the_report(bf16_declared, tmp_path):
     assert code == 0
     assert json.loads(out.read_text())["settings"]["dtype"] == "bfloat16"
     assert main(["evaluate", str(bf16_declared), "--dtype", "int8", "--out", str(out)]) == 2
+
+
+def test_sft_trains_in_the_resolved_dtype(bf16_declared, tmp_path):
+    from safetensors import safe_open
+
+    from medmerge.generation.data import GenerationExample
+    from medmerge.sft import finetune
+
+    ex = [GenerationExample(id=str(i), input=f"w{i} w{i + 1}", target=f"w{i + 2}") for i in range(4)]
+    small = dict(per_device_batch=2, grad_accum=1, max_length=32, gradient_checkpointing=False)
+    auto = finetune(bf16_declared, ex, tmp_path / "auto", SFTSettings(**small), max_steps=1)
+    bf16 = finetune(bf16_declared, ex, tmp_path / "bf16", SFTSettings(**small, dtype="bfloat16"), max_steps=1)
+    assert (auto["dtype"], bf16["dtype"]) == ("float32", "bfloat16")   # auto on a CPU: float32
+    assert 0 < bf16["memory_estimate_gib"] < auto["memory_estimate_gib"]
+    for name, want in (("auto", torch.float32), ("bf16", torch.bfloat16)):
+        with safe_open(str(tmp_path / name / "model.safetensors"), "pt") as f:
+            assert f.get_tensor("model.embed_tokens.weight").dtype == want, name
