@@ -338,9 +338,8 @@ class SweepSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data):
+        # a preset fills what the spec does not give (a dumped spec carries both: its methods win)
         if isinstance(data, dict) and data.get("preset") is not None:
-            if "methods" in data:
-                raise ValueError("give either preset or methods, not both")
             preset = load_preset(str(data["preset"]))
             data = {**{k: v for k, v in preset.items() if k not in ("description",)}, **data}
         return data

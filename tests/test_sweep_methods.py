@@ -133,3 +133,11 @@ def test_seed2_preset_sweep_reads_each_parent_once(tmp_path, parent_reads):
                                    "hierarchical_ot"])
     for ref in ("m0", "m1", "base"):
         assert_read_once(parent_reads, fam[ref])
+
+
+def test_a_dumped_spec_parses_back_to_itself():
+    """ZenML hands a step the config as JSON and validates it again: presets and ranges survive that."""
+    for spec in (SweepSpec(**NOWHERE, preset="seed2-methods"),
+                 SweepSpec(**NOWHERE, search="optuna", budget=3, methods={"slerp": {"t": {"low": 0, "high": 1,
+                                                                                         "gradient": 3}}})):
+        assert SweepSpec.model_validate(spec.model_dump(mode="json")) == spec
