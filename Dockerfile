@@ -19,7 +19,7 @@ WORKDIR /app
 RUN pip install --index-url ${TORCH_INDEX} torch==${TORCH_VERSION}
 COPY pyproject.toml README.md ./
 COPY medmerge ./medmerge
-RUN pip install .
+RUN pip install '.[pipelines]'
 COPY pipelines ./pipelines
 COPY steps ./steps
 COPY materializers ./materializers

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: 2.13.0 resolves to the CPU wheel on disk; a bare `torch` pulls GBs of CUDA.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	$(BIN)/python -m pip install -q -e '.[dev,pipelines,postgres]'
 	@# METEOR (issue 5) needs WordNet from Debian; install it when we can.
 	@if [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null; then \
 	  (apt-get install -y -q wordnet-base >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null)) \

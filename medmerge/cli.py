@@ -491,74 +491,31 @@ def schedule(cron_expr, search_config, finetune_config, promote_knee, crontab_ou
     SageMaker ...) merge_search and finetune get a ZenML schedule each; their hashing steps always run and
     every later step is cached on content, so a scheduled run with nothing changed is all cached and
     registers nothing. Otherwise (the local orchestrator) it says so and writes the crontab line (and with
-    --systemd-out a systemd timer) running `python -m pipelines.retrain`; it installs neither."""
-    import os
+    --systemd-out a systemd timer) running `python -m pipelines.retrain`; it installs neither.
+    The work is done by `python -m pipelines.schedule`, started here as a separate process."""
+    import subprocess
 
-    from medmerge.io.atomic import write_text_atomic
-    from medmerge.schedule import (crontab_line, retrain_argv, scheduled_env, systemd_on_calendar, systemd_units,
-                                   validate_cron)
+    from medmerge.schedule import systemd_on_calendar, validate_cron
 
     cron = validate_cron(cron_expr)                     # CronError: exit 2, nothing written
     if systemd_out is not None:
         systemd_on_calendar(cron)                       # refuse an untranslatable expression up front
     repo = Path.cwd().resolve()
-    if not (repo / "pipelines" / "retrain.py").is_file():
+    if not (repo / "pipelines" / "schedule.py").is_file():
         raise MedmergeError(f"run medmerge schedule from the medmerge repository root ({repo} has no "
-                            f"pipelines/retrain.py)")
-    configs = []
-    for p in (search_config, finetune_config):
-        if not p.is_file():
-            raise MedmergeError(f"{p}: no such run configuration")
-        configs.append(p.resolve())
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    from pydantic import ValidationError
-
-    from pipelines import retrain as entry
-
-    try:
-        entry.load_configs(*map(str, configs))
-    except ValidationError as exc:
-        raise MedmergeError(f"invalid run configuration: {exc}") from None
-
-    stack = entry.active_stack()
-    orch = stack.orchestrator
-    flavor = getattr(orch, "flavor", "?")
-    if orch.config.is_schedulable:
-        click.echo(f"active stack {stack.name!r}: orchestrator {orch.name!r} (flavor {flavor}) can schedule; "
-                   f"attaching cron '{cron}' to merge_search and finetune")
-        for s in entry.attach_schedules(cron, str(configs[0]), str(configs[1])):
-            state = "created" if s["created"] else "already there, unchanged"
-            click.echo(f"schedule {s['name']} ({s['pipeline']}): {state}, id {s['id']}")
-        click.echo("Each scheduled run re-hashes parents and data (those steps are never cached); every later "
-                   "step is cached on content, so a run with nothing changed is all cached and registers nothing.")
-        if promote_knee:
-            click.echo("note: --promote-knee applies to the crontab/systemd entry point only; scheduled "
-                       "merge_search runs register versions and promotion stays `medmerge promote`.")
-        click.echo("List or remove them: zenml pipeline schedule list / zenml pipeline schedule delete NAME")
-        return
-
-    click.echo(f"active stack {stack.name!r}: the {flavor} orchestrator {orch.name!r} cannot schedule pipelines; "
-               f"no ZenML schedule was created.")
-    log = log_path if log_path.is_absolute() else repo / log_path
-    argv = retrain_argv(os.path.abspath(sys.executable), configs[0], configs[1], promote_knee)
-    env = scheduled_env()
-    line = crontab_line(cron, repo, argv, log, env)
-    out = crontab_out if crontab_out.is_absolute() else repo / crontab_out
-    log.parent.mkdir(parents=True, exist_ok=True)      # cron's `>>` needs the directory
-    write_text_atomic(out, line + "\n")
-    click.echo(f"wrote the crontab line to {out}:\n  {line}")
-    click.echo(f"It is not installed. To install it: crontab -l 2>/dev/null | cat - {out} | crontab -")
+                            f"pipelines/schedule.py)")
+    # The pipeline layer (ZenML) runs in its own process, as a user would start it: the core imports none of it.
+    argv = [sys.executable, "-m", "pipelines.schedule", "--cron", cron, "--search-config", str(search_config),
+            "--finetune-config", str(finetune_config), "--crontab-out", str(crontab_out), "--log", str(log_path)]
+    if promote_knee:
+        argv.append("--promote-knee")
     if systemd_out is not None:
-        sd = systemd_out if systemd_out.is_absolute() else repo / systemd_out
-        for fname, text in systemd_units(cron, repo, argv, log, env).items():
-            write_text_atomic(sd / fname, text)
-        click.echo(f"wrote {sd}/medmerge-retrain.service and .timer (OnCalendar={systemd_on_calendar(cron)}). "
-                   f"Not installed. To install them: cp {sd}/medmerge-retrain.* ~/.config/systemd/user/ && "
-                   f"systemctl --user daemon-reload && systemctl --user enable --now medmerge-retrain.timer")
-    if os.environ.get("MLFLOW_TRACKING_URI") and "MLFLOW_TRACKING_URI" not in env:
-        click.echo("note: MLFLOW_TRACKING_URI carries credentials, so it was left out of the line; give the "
-                   "scheduled run the URI (the configs' tracking_uri) and the credentials another way")
+        argv += ["--systemd-out", str(systemd_out)]
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True)
+    click.echo(proc.stdout, nl=False)
+    click.echo(proc.stderr, nl=False, err=True)
+    if proc.returncode:
+        raise click.exceptions.Exit(proc.returncode)
 
 
 def main(argv=None) -> int:

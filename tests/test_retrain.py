@@ -42,6 +42,12 @@ def schedule_args(tmp_path, configs, cron):
             "--crontab-out", str(tmp_path / "out" / "retrain.crontab"), "--log", str(tmp_path / "retrain.log")]
 
 
+def pipeline_args(tmp_path, configs, cron):
+    """The same request to ``python -m pipelines.schedule`` (what ``medmerge schedule`` starts), called in this
+    process so that the orchestrator and pipelines can be stood in for."""
+    return schedule_args(tmp_path, configs, cron)[1:]
+
+
 # --- medmerge schedule ------------------------------------------------------------------------------
 
 def test_schedule_on_local_stack_writes_crontab_line(tmp_path, configs, capsys):
@@ -79,6 +85,28 @@ def test_schedule_refuses_bad_cron(tmp_path, configs, capsys, cron, problem):
     assert not (tmp_path / "out").exists() and not (tmp_path / "sd").exists()
 
 
+def test_schedule_outside_the_repository_is_one_line_exit_2(tmp_path, configs, capsys, monkeypatch):
+    from medmerge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(schedule_args(tmp_path, configs, "0 3 * * 1")) == 2
+    err = capsys.readouterr().err
+    assert "run medmerge schedule from the medmerge repository root" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_schedule_forwards_the_pipeline_layers_error_and_exit_code(tmp_path, configs, capsys):
+    """``medmerge schedule`` starts ``python -m pipelines.schedule``: its one-line error and exit 2 come through."""
+    from medmerge.cli import main
+
+    args = schedule_args(tmp_path, configs, "0 3 * * 1")
+    args[args.index("--search-config") + 1] = str(tmp_path / "missing.yaml")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"medmerge: error: {tmp_path / 'missing.yaml'}: no such run configuration\n"
+    assert not (tmp_path / "out").exists()
+
+
 class FakePipeline:
     """Stands in for a ZenML pipeline: ``with_options(schedule=..., config_path=...)()`` records the call and,
     as ZenML does, stores the schedule (unless told to lose it)."""
@@ -112,10 +140,10 @@ def _schedulable(monkeypatch, create=True):
 def test_schedule_on_a_schedulable_orchestrator_attaches_a_zenml_schedule(tmp_path, configs, capsys, monkeypatch):
     from zenml.config.schedule import Schedule
 
-    from medmerge.cli import main
+    from pipelines.schedule import main
 
     store, calls = _schedulable(monkeypatch)
-    assert main(schedule_args(tmp_path, configs, "0  3 * * 1")) == 0
+    assert main(pipeline_args(tmp_path, configs, "0  3 * * 1")) == 0
     out = capsys.readouterr().out
     assert "(flavor kubernetes) can schedule" in out
     assert [c[0] for c in calls] == ["merge_search", "finetune"]
@@ -127,18 +155,18 @@ def test_schedule_on_a_schedulable_orchestrator_attaches_a_zenml_schedule(tmp_pa
     assert not (tmp_path / "out").exists()  # no crontab where ZenML schedules
 
     # again with the same cron: reported as there, nothing submitted twice
-    assert main(schedule_args(tmp_path, configs, "0 3 * * 1")) == 0
+    assert main(pipeline_args(tmp_path, configs, "0 3 * * 1")) == 0
     assert len(calls) == 2 and "already there, unchanged" in capsys.readouterr().out
     # another cron while one exists: refused before anything is submitted
-    assert main(schedule_args(tmp_path, configs, "0 4 * * 1")) == 2
+    assert main(pipeline_args(tmp_path, configs, "0 4 * * 1")) == 2
     assert len(calls) == 2 and "exists with cron '0 3 * * 1'" in capsys.readouterr().err
 
 
 def test_schedule_never_claims_a_schedule_zenml_does_not_hold(tmp_path, configs, capsys, monkeypatch):
-    from medmerge.cli import main
+    from pipelines.schedule import main
 
     _, calls = _schedulable(monkeypatch, create=False)
-    assert main(schedule_args(tmp_path, configs, "0 3 * * 1")) == 2
+    assert main(pipeline_args(tmp_path, configs, "0 3 * * 1")) == 2
     captured = capsys.readouterr()
     assert len(calls) == 1 and "not scheduled" in captured.err and "created" not in captured.out
 

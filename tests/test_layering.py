@@ -1,0 +1,63 @@
+"""The core never reaches up: no module of ``medmerge/`` imports ZenML or the pipeline layer
+(``pipelines``, ``steps``, ``materializers``), in source or at run time. ``medmerge schedule`` starts
+``python -m pipelines.schedule`` as a separate process instead (tests/test_retrain.py)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "medmerge"
+UPPER = {"zenml", "pipelines", "steps", "materializers"}
+
+
+def upward_imports(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line: module`` (file relative to ``root``) for every absolute import in ``path`` whose top-level
+    package is in UPPER."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in UPPER]
+    return found
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    bad = tmp_path / "probe.py"
+    bad.write_text("import os\nfrom zenml.client import Client\n\ndef f():\n    import pipelines.retrain\n"
+                   "    from steps import x\n    from .io import atomic\n    import stepsize\n")
+    assert upward_imports(bad, tmp_path) == ["probe.py:2: zenml.client", "probe.py:5: pipelines.retrain",
+                                             "probe.py:6: steps"]
+
+
+def test_no_core_module_imports_zenml_or_the_pipeline_layer():
+    files = sorted(CORE.rglob("*.py"))
+    assert len(files) > 50
+    found = [hit for f in files for hit in upward_imports(f)]
+    assert found == []
+
+
+def test_importing_the_core_loads_no_zenml():
+    """Every module of the package imported in a fresh interpreter leaves ZenML and the pipeline layer unloaded."""
+    code = (
+        "import importlib, json, pkgutil, sys\n"
+        "import medmerge\n"
+        "names = [m.name for m in pkgutil.walk_packages(medmerge.__path__, 'medmerge.')]\n"
+        "for n in names:\n"
+        "    importlib.import_module(n)\n"
+        f"up = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(UPPER)!r})\n"
+        "print(json.dumps({'imported': len(names), 'upper': up}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["imported"] > 50 and got["upper"] == []
