@@ -211,13 +211,18 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+def _validated(model: type[BaseModel], data: dict, source: str):
+    """``model`` validated from ``data``; pydantic's errors become one RecipeError naming ``source``."""
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except RecipeError:
         raise
     except ValidationError as exc:
         raise RecipeError(_errors_text(exc, source)) from None
+
+
+def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+    return _validated(Recipe, data, source)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -529,9 +534,4 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
 
 
 def parse_sweep(data: dict, source: str = "sweep") -> SweepSpec:
-    try:
-        return SweepSpec.model_validate(data)
-    except RecipeError:
-        raise
-    except ValidationError as exc:
-        raise RecipeError(_errors_text(exc, source)) from None
+    return _validated(SweepSpec, data, source)

@@ -138,27 +138,26 @@ def _not_found(exc: Exception) -> bool:
                                                  and "not found" in text)
 
 
-def staged_version(c, name: str):
-    """The version of ``name`` under the ``staging`` alias, or None (no model, or no alias)."""
+def _read_registry(read, what: str):
+    """``read()``, or None when the model or alias does not exist; any other failure names ``what``."""
     try:
-        return c.get_model_version_by_alias(name, STAGE)
+        return read()
     except MedmergeError:
         raise  # the server stopped answering: registry.client says so
     except Exception as exc:
         if _not_found(exc):
             return None
-        raise RetrainError(f"cannot read {name}@{STAGE} from the registry: {exc}") from exc
+        raise RetrainError(f"cannot {what}: {exc}") from exc
+
+
+def staged_version(c, name: str):
+    """The version of ``name`` under the ``staging`` alias, or None (no model, or no alias)."""
+    return _read_registry(lambda: c.get_model_version_by_alias(name, STAGE),
+                          f"read {name}@{STAGE} from the registry")
 
 
 def newest_version(c, name: str):
-    try:
-        versions = c.search_model_versions(f"name='{name}'")
-    except MedmergeError:
-        raise  # the server stopped answering: registry.client says so
-    except Exception as exc:
-        if _not_found(exc):
-            return None
-        raise RetrainError(f"cannot list the versions of {name}: {exc}") from exc
+    versions = _read_registry(lambda: c.search_model_versions(f"name='{name}'"), f"list the versions of {name}")
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 

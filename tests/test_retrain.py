@@ -321,3 +321,39 @@ def test_retrain_runs_only_when_something_changed(demo_models, tmp_path, capsys)
             "medmerge.retrain.reasons"]
     finally:
         stop(tmp_path / "mlflow")
+
+
+class _Registry:
+    """A registry client answering from a dict of versions; a missing name fails as MLflow's does."""
+
+    def __init__(self, versions, error=None):
+        self.versions, self.error = versions, error
+
+    def _fail(self, name):
+        exc = Exception(self.error or f"Registered Model with name={name} not found")
+        exc.error_code = "INTERNAL_ERROR" if self.error else "RESOURCE_DOES_NOT_EXIST"
+        raise exc
+
+    def get_model_version_by_alias(self, name, alias):
+        if self.error or name not in self.versions:
+            self._fail(name)
+        return SimpleNamespace(version=self.versions[name][0], alias=alias)
+
+    def search_model_versions(self, filter_string):
+        name = filter_string.split("'")[1]
+        if self.error or name not in self.versions:
+            self._fail(name)
+        return [SimpleNamespace(version=v) for v in self.versions[name]]
+
+
+def test_staged_and_newest_version_read_the_registry():
+    from medmerge.retrain import RetrainError, newest_version, staged_version
+
+    c = _Registry({"m": ["2", "10", "3"]})
+    assert staged_version(c, "m").version == "2" and newest_version(c, "m").version == "10"
+    assert staged_version(c, "other") is None and newest_version(c, "other") is None
+    broken = _Registry({}, error="connection reset")
+    with pytest.raises(RetrainError, match="cannot read m@staging from the registry: connection reset"):
+        staged_version(broken, "m")
+    with pytest.raises(RetrainError, match="cannot list the versions of m: connection reset"):
+        newest_version(broken, "m")
