@@ -22,6 +22,25 @@ class RunConfigError(MedmergeError):
     """A ZenML run-config YAML cannot be read or lacks ``parameters.config``."""
 
 
+def entry_point(prog: str, doc: str, argv, arguments, call) -> int:
+    """The ``main`` of a ``python -m pipelines.<name>`` entry point: parse ``argv`` with the options that
+    ``arguments(parser)`` adds, ``call(args)``, and turn a medmerge or pydantic error into one line
+    ``<prog>: error: ...`` on stderr and exit 2. Exit 0 otherwise."""
+    import argparse
+
+    from pydantic import ValidationError
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        call(args)
+    except (MedmergeError, ValidationError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def read_run_config(config_path: str) -> dict:
     """``parameters.config`` of a run-config YAML; errors name the file and what is wrong."""
     import yaml

@@ -6,7 +6,6 @@ score -> forgetting check -> learning curves and registration.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 
@@ -68,19 +67,10 @@ def run(config_path: str) -> dict:
 
 
 def main(argv=None) -> int:
-    from pydantic import ValidationError
+    from pipelines._launch import entry_point
 
-    from medmerge.errors import MedmergeError
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    args = ap.parse_args(argv)
-    try:
-        run(args.config)
-    except (MedmergeError, ValidationError) as exc:
-        print(f"finetune: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return entry_point("finetune", __doc__, argv, lambda ap: ap.add_argument("--config", required=True),
+                       lambda args: run(args.config))
 
 
 if __name__ == "__main__":

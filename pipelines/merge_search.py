@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from zenml import pipeline
@@ -51,20 +50,13 @@ def run(config_path: str, promote_knee: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
-    from pydantic import ValidationError
+    from pipelines._launch import entry_point
 
-    from medmerge.errors import MedmergeError
+    def arguments(ap):
+        ap.add_argument("--config", required=True)
+        ap.add_argument("--promote-knee", action="store_true")
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--promote-knee", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        run(args.config, args.promote_knee)
-    except (MedmergeError, ValidationError) as exc:
-        print(f"merge_search: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return entry_point("merge_search", __doc__, argv, arguments, lambda args: run(args.config, args.promote_knee))
 
 
 if __name__ == "__main__":

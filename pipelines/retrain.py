@@ -13,7 +13,6 @@ Bad input exits 2 with one line.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from pathlib import Path
@@ -169,21 +168,17 @@ def attach_schedules(cron: str, search_config: str, finetune_config: str) -> lis
 
 
 def main(argv=None) -> int:
-    from pydantic import ValidationError
+    from pipelines._launch import entry_point
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--search-config", required=True, help="merge_search run config (ZenML YAML)")
-    ap.add_argument("--finetune-config", required=True, help="finetune run config (ZenML YAML)")
-    ap.add_argument("--promote-knee", action="store_true", help="promote the new knee to staging (as merge_search)")
-    ap.add_argument("--dry-run", action="store_true", help="say what changed; run and record nothing")
-    ap.add_argument("--lock-file", default=".medmerge/retrain.lock", help="held while deciding and running")
-    args = ap.parse_args(argv)
-    try:
-        run(args.search_config, args.finetune_config, args.promote_knee, args.dry_run, args.lock_file)
-    except (MedmergeError, ValidationError) as exc:
-        print(f"retrain: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    def arguments(ap):
+        ap.add_argument("--search-config", required=True, help="merge_search run config (ZenML YAML)")
+        ap.add_argument("--finetune-config", required=True, help="finetune run config (ZenML YAML)")
+        ap.add_argument("--promote-knee", action="store_true", help="promote the new knee to staging (as merge_search)")
+        ap.add_argument("--dry-run", action="store_true", help="say what changed; run and record nothing")
+        ap.add_argument("--lock-file", default=".medmerge/retrain.lock", help="held while deciding and running")
+
+    return entry_point("retrain", __doc__, argv, arguments, lambda args: run(
+        args.search_config, args.finetune_config, args.promote_knee, args.dry_run, args.lock_file))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Bad input exits 2 with one line.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -91,23 +90,20 @@ def schedule(cron_expr: str, search_config: Path, finetune_config: Path, promote
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cron", required=True, help="5-field cron expression, e.g. '0 3 * * 1' (Mondays 03:00)")
-    ap.add_argument("--search-config", type=Path, default=Path("zenml_config/merge_search_demo.yaml"))
-    ap.add_argument("--finetune-config", type=Path, default=Path("zenml_config/finetune_demo.yaml"))
-    ap.add_argument("--promote-knee", action="store_true", help="the scheduled retrain promotes the new knee")
-    ap.add_argument("--crontab-out", type=Path, default=Path(".medmerge/retrain.crontab"))
-    ap.add_argument("--systemd-out", type=Path, default=None)
-    ap.add_argument("--log", dest="log_path", type=Path, default=Path(".medmerge/retrain.log"))
-    args = ap.parse_args(argv)
-    try:
-        schedule(args.cron, args.search_config, args.finetune_config, args.promote_knee, args.crontab_out,
-                 args.systemd_out, args.log_path)
-    except MedmergeError as exc:
-        print(f"medmerge: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from pipelines._launch import entry_point
 
+    def arguments(ap):
+        ap.add_argument("--cron", required=True, help="5-field cron expression, e.g. '0 3 * * 1' (Mondays 03:00)")
+        ap.add_argument("--search-config", type=Path, default=Path("zenml_config/merge_search_demo.yaml"))
+        ap.add_argument("--finetune-config", type=Path, default=Path("zenml_config/finetune_demo.yaml"))
+        ap.add_argument("--promote-knee", action="store_true", help="the scheduled retrain promotes the new knee")
+        ap.add_argument("--crontab-out", type=Path, default=Path(".medmerge/retrain.crontab"))
+        ap.add_argument("--systemd-out", type=Path, default=None)
+        ap.add_argument("--log", dest="log_path", type=Path, default=Path(".medmerge/retrain.log"))
+
+    # prog "medmerge": `medmerge schedule` forwards this line as its own
+    return entry_point("medmerge", __doc__, argv, arguments, lambda a: schedule(
+        a.cron, a.search_config, a.finetune_config, a.promote_knee, a.crontab_out, a.systemd_out, a.log_path))
 
 if __name__ == "__main__":
     sys.exit(main())
