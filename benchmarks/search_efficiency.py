@@ -52,13 +52,19 @@ def hv_curve(points: list[tuple[str, float, float]], reference) -> list[float]:
 def heldout_evaluator(ev):
     """``evaluate(candidate) -> (-loss on instruct held-out, -loss on clinical held-out)``, memoised by name
     (a grid candidate is scored once, whatever its position in each seed's order)."""
+    import os
+
     import torch
 
     from medmerge.demo import domain_texts, heldout_loss
     from medmerge.engine import PreloadedParents, merged_state_dict
 
+    import json as _json
+
     texts = {c: domain_texts(ev.evaluator.tokenizer, c, "heldout") for c in ("instruct", "clinical")}
-    memo, pre = {}, []
+    store = Path(os.environ["MEDMERGE_CACHE_DIR"]) / "heldout.json"
+    memo = {k: tuple(v) for k, v in _json.loads(store.read_text()).items()} if store.exists() else {}
+    pre = []
 
     def evaluate(cand):
         key = cand.recipe.model_dump_json()
@@ -70,6 +76,8 @@ def heldout_evaluator(ev):
                 ev.model.load_state_dict(merged_state_dict(plan, pre[0]), strict=False)
                 memo[key] = tuple(-heldout_loss(ev.model, ev.evaluator.tokenizer, texts[c])
                                   for c in ("instruct", "clinical"))
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(_json.dumps(memo))
         return memo[key]
 
     return evaluate
@@ -85,6 +93,9 @@ def main() -> None:
                     help="'heldout' (default) or two suite scores (medmerge.objectives)")
     ap.add_argument("--limit", type=int, default=8, help="documents per task")
     ap.add_argument("--num-fewshot", type=int, default=0)
+    ap.add_argument("--space", choices=["same", "past"], default="same",
+                    help="same: Optuna over the grid's own space made continuous (linear, slerp ratio); past: "
+                         "also a per-layer slerp gradient t: [x0, x1, x2] and task arithmetic's lambda")
     args = ap.parse_args()
 
     import os
@@ -110,11 +121,17 @@ def main() -> None:
                             num_fewshot=args.num_fewshot, batch_size=16)
     paths = {"clinical": str(models / "clinical"), "instruct": str(models / "instruct")}
     grid = SweepSpec(**paths, methods=["linear", "slerp"], ratios=RATIOS)
-    space = SweepSpec(**paths, search="optuna", budget=args.budget,
-                      methods={"linear": {"ratio": {"low": 0.0, "high": 1.0}},
-                               "slerp": {"ratio": {"low": 0.0, "high": 1.0}}})
+    methods = {"linear": {"ratio": {"low": 0.0, "high": 1.0}}, "slerp": {"ratio": {"low": 0.0, "high": 1.0}}}
+    if args.space == "past":
+        methods = {"linear": {"ratio": {"low": 0.0, "high": 1.0}},
+                   "slerp": {"t": {"low": 0.0, "high": 1.0, "gradient": 3}},
+                   "task_arithmetic": {"ratio": {"low": 0.0, "high": 1.0}, "lambda": {"low": 0.5, "high": 1.5}}}
+        paths["base"] = str(models / "base")
+    grid = grid.model_copy(update={"base": paths.get("base")})
+    space = SweepSpec(**paths, search="optuna", budget=args.budget, methods=methods)
     cache = EvalCache()
-    ev = SweepEvaluator(grid, settings, cache, representatives=grid.candidates())
+    ev = SweepEvaluator(grid, settings, cache,
+                        representatives=grid.candidates() + optuna_search.representatives(space))
     if heldout:
         evaluate, score, labels = heldout_evaluator(ev), (lambda r: r), ("-loss(instruct)", "-loss(clinical)")
     else:
@@ -144,7 +161,8 @@ def main() -> None:
         vals = [c[k - 1] for c in curves[kind].values() if len(c) >= k]
         return statistics.median(vals), min(vals), max(vals)
 
-    print(f"\nHypervolume vs evaluations ({labels[0]} x {labels[1]}; {len(args.seeds)} seeds; median [min, max])")
+    print(f"\nHypervolume vs evaluations ({labels[0]} x {labels[1]}; Optuna space: {args.space}; "
+          f"{len(args.seeds)} seeds; median [min, max])")
     print(f"{'evals':>5s}  {'grid (random order)':>28s}  {'optuna (TPE)':>28s}")
     for k in CHECKPOINTS:
         if k > args.budget:
