@@ -22,6 +22,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medmerge import cost
+from medmerge.cost import measured
 from medmerge.errors import MedmergeError
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import EvalOptions
@@ -105,6 +107,26 @@ class FinetuneConfig(BaseModel):
     experiment: str = "medmerge-finetune"
     tracking_uri: str | None = None
     log_samples: int = Field(0, ge=0, le=MAX_LOGGED_SAMPLES)  # clinical text to MLflow: off unless asked
+    # the promote step (medmerge.promotion): best_composite, names "<initialisation>-<shots>", or none
+    promote: Union[str, tuple[str, ...]] = "none"
+
+    @field_validator("promote")
+    @classmethod
+    def _promote(cls, v):
+        from medmerge.promotion import check_finetune_policy
+
+        return check_finetune_policy(v)   # PromotionError (a MedmergeError): one line, exit 2
+
+    @model_validator(mode="after")
+    def _promote_names(self):
+        from medmerge.promotion import PromotionError, named
+
+        known = [f"{i.name}-{shot_label(s)}" for i in self.initialisations for s in self.shots if s != 0]
+        for n in named(self.promote):
+            if n not in known:
+                raise PromotionError(f"promote: {n!r} names no fine-tuned model of this run "
+                                     f"(they are: {', '.join(known)})")
+        return self
 
     @field_validator("initialisations")
     @classmethod
@@ -123,8 +145,8 @@ class FinetuneConfig(BaseModel):
         if not v:
             raise ValueError("shots is empty")
         for s in v:
-            if s != "full" and (isinstance(s, bool) or not isinstance(s, int) or s <= 0):
-                raise ValueError(f"shots must be positive integers or 'full', got {s!r}")
+            if s != "full" and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+                raise ValueError(f"shots must be 0 (no SFT), positive integers or 'full', got {s!r}")
         if len(set(v)) != len(v):
             raise ValueError(f"shots repeat a size: {list(v)}")
         return v
@@ -153,6 +175,9 @@ class FinetuneConfig(BaseModel):
 
 def shot_label(shots: Shot) -> str:
     return "full" if shots == "full" else str(shots)
+
+
+ZERO_SHOT = "0"   # shots: 0 scores the initialisation's own generations, without SFT (Table 2's first column)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +245,7 @@ class FinetuneSummary(BaseModel):
     curves: dict[str, dict[int, float]]
     versions: dict[str, str]                 # "<init>-<shots>" -> registered version
     gate: dict[str, bool]                    # "<init>-<shots>" -> forgetting gate passed
+    table2: str = ""                         # Markdown: rows init x shots, columns tasks (medmerge.table2)
     figures: dict[str, str] = Field(default_factory=dict)
 
 
@@ -267,6 +293,7 @@ def _clean(examples: list[GenerationExample], cfg: FinetuneConfig, tokenizer, li
     return examples
 
 
+@measured("load_data")
 def load_data(cfg: FinetuneConfig, inits: dict[str, InitModel] | None = None) -> TrainingData:
     """Read the train and held-out splits (errors name the file or task); apply the opt-in cleaning."""
     from medmerge.evaluation.tasks import resolve_data_dir
@@ -295,10 +322,12 @@ def run_key(cfg: FinetuneConfig, data: TrainingData) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+@measured("validate_data")
 def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[str, InitModel],
-                          run_name: str | None = None) -> TrackingRun:
-    """Validate both splits with great_expectations, then open (or resume) the MLflow parent run and log
-    the reports to it. A failing dataset marks the run FAILED and raises, naming every failed expectation."""
+                          run_name: str | None = None, tracking_uri: str | None = None) -> TrackingRun:
+    """Validate both splits with great_expectations, then open (or resume) the MLflow parent run on
+    ``tracking_uri`` (else the configured server) and log the reports to it. A failing dataset marks the run
+    FAILED and raises, naming every failed expectation."""
     from medmerge.generation.validation import DataValidationError, validate_dataset
     from medmerge.tracking import registry
 
@@ -310,10 +339,11 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
         validate_dataset(data.eval, name=f"{cfg.task}:{cfg.eval_split}", min_rows=1, max_input_tokens=limit,
                          tokenizer=tokenizer),
     ]
-    uri = cfg.resolved_tracking_uri()
+    uri = tracking_uri or cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), run_name or "finetune")
+    cost.attach(uri, run.parent_run_id)
     c = registry.client(uri)
     for rep in reports:
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", rep.dataset)
@@ -331,6 +361,13 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     c.log_param(run.parent_run_id, "train_rows", len(data.train))
     c.log_param(run.parent_run_id, "eval_rows", len(data.eval))
     c.log_param(run.parent_run_id, "train_sha256", data.train_sha256)
+    from medmerge.tracking import datasets   # the splits as MLflow datasets: digests, never rows
+
+    datasets.log(c, run.parent_run_id, [
+        (datasets.entity(f"{cfg.task}:{cfg.train_split}", data.train_sha256, f"{cfg.task} [{cfg.train_split}]",
+                         len(data.train)), "training"),
+        (datasets.entity(f"{cfg.task}:{cfg.eval_split}", data.eval_sha256, f"{cfg.task} [{cfg.eval_split}]",
+                         len(data.eval)), "evaluation")])
     if data.dropped:  # ids only: no clinical text
         c.log_dict(run.parent_run_id, data.dropped, "validation/dropped_ids.json")
         for reason, ids in data.dropped.items():
@@ -355,25 +392,31 @@ def open_parent_run(uri: str, experiment: str, key: str, run_name: str) -> Track
     return TrackingRun(tracking_uri=uri, experiment_id=exp_id, parent_run_id=run.info.run_id)
 
 
+@measured("subsample")
 def subsample(cfg: FinetuneConfig, data: TrainingData) -> dict[str, list[str]]:
     """``{shots: [example ids]}``: nested, seeded subsets (sizes larger than the train split are dropped)."""
     from medmerge.generation.subsets import few_shot_subsets
 
-    sizes = [s for s in cfg.shots if s != "full"]
+    sizes = [s for s in cfg.shots if s not in ("full", 0)]
     too_big = [s for s in sizes if s > len(data.train)]
     if too_big:
         raise FinetuneError(f"shots {too_big} exceed the {len(data.train)} training examples of {cfg.task} "
                             f"[{cfg.train_split}]; drop those sizes (\"full\" uses them all)")
-    subsets = few_shot_subsets(data.train, sizes, seed=cfg.subset_seed, include_full="full" in cfg.shots)
-    if not subsets:
+    subsets = few_shot_subsets(data.train, sizes, seed=cfg.subset_seed, include_full="full" in cfg.shots) \
+        if sizes or "full" in cfg.shots else {}
+    if not subsets and 0 not in cfg.shots:
         raise FinetuneError(f"no shot size fits the {len(data.train)} training examples (shots {list(cfg.shots)})")
-    return {shot_label(k): [e.id for e in v] for k, v in subsets.items()}
+    out = {shot_label(k): [e.id for e in v] for k, v in subsets.items()}
+    if 0 in cfg.shots:
+        out[ZERO_SHOT] = []
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # initialisations
 # ---------------------------------------------------------------------------------------------
 
+@measured("resolve_initialisations")
 def resolve_initialisations(cfg: FinetuneConfig) -> dict[str, InitModel]:
     """Each initialisation as a local checkpoint with its weight hash (registry versions are downloaded)."""
     from medmerge.engine import open_parents, parent_provenance
@@ -391,10 +434,9 @@ def resolve_initialisations(cfg: FinetuneConfig) -> dict[str, InitModel]:
 
 
 def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
-    import mlflow
-
     from medmerge.io.atomic import atomic_dir
     from medmerge.tracking import registry
+    from medmerge.tracking.models import download_checkpoint
 
     uri = cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
@@ -414,8 +456,7 @@ def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
     dest = Path(cfg.output_dir) / "initialisations" / f"{name}-v{mv.version}"
     if not (dest / "config.json").exists():
         with atomic_dir(dest, overwrite=True) as tmp, registry.unreachable_as_error(uri, f"downloading {ref}"):
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                           tracking_uri=uri))
+            got = download_checkpoint(mv, uri, Path(tmp))   # the MLflow Model's model/ folder
             if got != Path(tmp):  # the artifact folder lands inside tmp: lift its files up
                 for f in got.iterdir():
                     f.rename(Path(tmp) / f.name)
@@ -427,6 +468,7 @@ def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
 # one (initialisation, shots)
 # ---------------------------------------------------------------------------------------------
 
+@measured(lambda a: f"baseline.{a['init'].name}")
 def evaluate_initialisation(cfg: FinetuneConfig, init: InitModel) -> EvalReport:
     """The initialisation's pre-SFT benchmark scores (the forgetting check's "before")."""
     from medmerge.evaluation.cache import EvalCache
@@ -441,9 +483,31 @@ def sft_identity(cfg: FinetuneConfig, init: InitModel, ids: list[str], data: Tra
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+SFT_RECORD = "medmerge_sft.json"   # in a finished SFT checkpoint: its identity and losses
+
+
+def _record_sft(out: Path, identity: str, res: dict) -> None:
+    from medmerge.io.atomic import write_text_atomic
+
+    keep = {k: res.get(k) for k in ("steps", "train_loss", "first_loss", "last_loss", "losses")}
+    write_text_atomic(out / SFT_RECORD, json.dumps({"identity": identity, **keep}))
+
+
+def _finished_sft(out: Path, identity: str) -> dict | None:
+    """The recorded result of the SFT with this identity if ``out`` holds it, else None."""
+    try:
+        rec = json.loads((out / SFT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("identity") == identity and (out / "config.json").exists() else None
+
+
+@measured("sft")
 def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str]], init: InitModel, shots: str,
             run: TrackingRun) -> SFTCheckpoint:
-    """Fine-tune ``init`` on the ``shots`` subset into ``output_dir/sft/<init>-<shots>``; open its nested run."""
+    """Fine-tune ``init`` on the ``shots`` subset into ``output_dir/sft/<init>-<shots>``; open its nested run.
+    A checkpoint there recorded with the same identity (init weights, examples, settings) is reused, not
+    retrained: a run against another tracking server logs it there without training again."""
     from medmerge.sft import finetune, optimisation_steps
     from medmerge.tracking import registry
 
@@ -453,7 +517,8 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
     by_id = {e.id: e for e in data.train}
     examples = [by_id[i] for i in ids]
     few = shots != "full"
-    steps = cfg.max_steps or optimisation_steps(len(examples), cfg.sft, few_shot=few)
+    zero = shots == ZERO_SHOT
+    steps = 0 if zero else cfg.max_steps or optimisation_steps(len(examples), cfg.sft, few_shot=few)
     identity = sft_identity(cfg, init, ids, data)
     c = registry.client(run.tracking_uri)
     name = f"{init.name}-{shots}"
@@ -468,6 +533,7 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
         rid = c.create_run(run.experiment_id, run_name=name, tags={
             "mlflow.parentRunId": run.parent_run_id, "initialisation": init.name, "shots": shots,
             "medmerge.identity": identity}).info.run_id
+    cost.attach(run.tracking_uri, rid, run.parent_run_id)
     try:
         params = {"initialisation": init.name, "init_source": init.source, "shots": shots, "n_examples": len(examples),
                   "steps": steps, "lora": cfg.sft.lora, "learning_rate": cfg.sft.learning_rate,
@@ -476,11 +542,21 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
         for k, v in params.items():
             c.log_param(rid, k, str(v)[:500])
         out = Path(cfg.output_dir) / "sft" / name
-        res = finetune(init.path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
+        res = _finished_sft(out, identity)  # the same SFT finished before (logged to another server, say)
+        if zero:  # no SFT: the initialisation itself is generated from and scored
+            out, res = Path(init.path), {"train_loss": None, "first_loss": None, "last_loss": None}
+        elif res is None:
+            res = finetune(init.path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
+            _record_sft(out, identity, res)
         for i, loss in enumerate(res.get("losses") or []):
             c.log_metric(rid, "train_loss_step", loss, step=i + 1)
         if res["train_loss"] is not None:
             c.log_metric(rid, "train_loss", res["train_loss"])
+        if res.get("dtype"):  # the dtype SFT trained in (auto resolved)
+            c.log_param(rid, "dtype", res["dtype"])
+        for k in ("memory_estimate_gib", "samples_per_second"):
+            if res.get(k) is not None:
+                c.log_metric(rid, f"sft_{k}", res[k])
     except BaseException:
         c.set_terminated(rid, status="FAILED")
         raise
@@ -489,15 +565,13 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
                          first_loss=res["first_loss"], last_loss=res["last_loss"])
 
 
+@measured("evaluate_sft", run=lambda a: (a["run"].tracking_uri, a["ckpt"].run_id, a["run"].parent_run_id))
 def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, before: EvalReport,
                  run: TrackingRun) -> SFTResult:
     """Generate on the held-out split, score it, re-run the benchmarks and apply the forgetting gate;
     log everything to the (init, shots) run and close it."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from medmerge.evaluation.cache import EvalCache
-    from medmerge.evaluation.runner import evaluate_checkpoint
+    from medmerge.evaluation.runner import default_device, evaluate_checkpoint, load_model, model_dtype
     from medmerge.forgetting import forgetting_gate
     from medmerge.generation.generate import generate
     from medmerge.generation.metrics import composite
@@ -506,8 +580,8 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
     c = registry.client(run.tracking_uri)
     rid = ckpt.run_id
     try:
-        model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(ckpt.path)
+        model, tok = load_model(ckpt.path, default_device(), dtype=cfg.generation.dtype)
+        gen_dtype = model_dtype(model)
         gens = generate(model, tok, data.eval, cfg.generation, instruction=cfg.sft.instruction)
         del model
         scores = composite(gens.predictions, [e.target for e in data.eval], **cfg.bertscore_kwargs())
@@ -520,6 +594,13 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
         c.log_metric(rid, "n_examples", ckpt.n_examples)
         c.log_metric(rid, "generation_seconds", gens.seconds)
         c.log_metric(rid, "truncated_inputs", gens.truncated_inputs)
+        if gens.max_new_tokens:  # below generation.max_new_tokens where the context capped it (logged too)
+            c.log_metric(rid, "generation_max_new_tokens", min(gens.max_new_tokens))
+        c.log_metric(rid, "generation_new_tokens", gens.new_tokens)
+        if gens.seconds > 0:
+            c.log_metric(rid, "generation_tokens_per_second", gens.new_tokens / gens.seconds)
+        c.log_param(rid, "generation_dtype", gen_dtype)
+        c.log_param(rid, "eval_dtype", after.settings.get("dtype"))
         for k, v in registry.report_metrics(after).items():
             c.log_metric(rid, f"after.{k}", v)
         c.log_metric(rid, "forgetting_failures", len(gate.failures))
@@ -588,13 +669,24 @@ def _failure_text(r: SFTResult) -> str:
                      for c in r.forgetting.failures)
 
 
+def cost_table(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheckpoint]) -> str:
+    """``cost.md``: the merge search behind the registered initialisations against each SFT run (merge vs SFT)."""
+    from medmerge.tracking import registry
+
+    c = registry.client(run.tracking_uri)
+    sweep = cost.sweep_row(c, [i.model_uri for i in cfg.initialisations if i.model_uri])
+    sft = cost.sft_rows(c, [(f"{k.init}-{k.shots}", k.run_id, k.steps) for k in checkpoints if k.steps])
+    return cost.cost_table(sweep, sft)
+
+
+@measured("summarise", run=lambda a: (a["run"].tracking_uri, a["run"].parent_run_id))
 def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheckpoint],
                            results: list[SFTResult], figures_dir: str | Path,
                            data: TrainingData | None = None,
                            inits: dict[str, InitModel] | None = None) -> FinetuneSummary:
     """Learning curves (figure + table), the forgetting table, one registered version per fine-tuned
     model tagged with its gate; closes the parent run."""
-    from medmerge import figures
+    from medmerge import figures, table2
     from medmerge.tracking import registry
 
     c = registry.client(run.tracking_uri)
@@ -604,7 +696,8 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
     for r in results:
         if not r.forgetting.passed:
             forgot.setdefault(r.init, set()).add(r.n_examples)
-    fig = figures.plot_learning_curves(curves, Path(figures_dir) / "learning_curves.png", full_sizes=full,
+    trained = {i: {n: v for n, v in pts.items() if n} for i, pts in curves.items()}   # shots 0 is no SFT: Table 2
+    fig = figures.plot_learning_curves(trained, Path(figures_dir) / "learning_curves.png", full_sizes=full,
                                        title=f"{cfg.task}: composite score after SFT", forgot=forgot)
     table, ftable = curve_table(results), forgetting_table(results)
     c.log_artifact(run.parent_run_id, str(fig), "figures")
@@ -612,11 +705,18 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
     c.log_dict(run.parent_run_id, {i: {str(k): v for k, v in pts.items()} for i, pts in curves.items()},
                "learning_curves.json")
     c.log_text(run.parent_run_id, ftable, "forgetting.md")
+    t2 = table2.build({cfg.task: results})
+    c.log_text(run.parent_run_id, table2.to_markdown(t2), "table2.md")
+    c.log_dict(run.parent_run_id, t2, "table2.json")
+    c.log_text(run.parent_run_id, cost_table(cfg, run, checkpoints), "cost.md")
     by_key = {(k.init, k.shots): k for k in checkpoints}
     versions, gate = {}, {}
     for r in results:
         ck = by_key[(r.init, r.shots)]
         key = f"{r.init}-{r.shots}"
+        if r.shots == ZERO_SHOT:   # no SFT: nothing new to register
+            gate[key] = r.forgetting.passed
+            continue
         tags = {"initialisation": r.init, "shots": r.shots, "n_examples": r.n_examples, "task": cfg.task,
                 **{k: f"{v:.6f}" for k, v in r.scores.items()},
                 "medical_avg": r.after.medical_avg, "if_score": r.after.if_score,
@@ -645,4 +745,5 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
     c.log_metric(run.parent_run_id, "forgetting_gate_failures", sum(not g for g in gate.values()))
     c.set_terminated(run.parent_run_id, status="FINISHED")
     return FinetuneSummary(table=table, forgetting_table=ftable, curves=curves, versions=versions, gate=gate,
+                           table2=table2.to_markdown(t2),
                            figures={"learning_curves": str(fig)})

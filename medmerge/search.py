@@ -1,8 +1,9 @@
 """Merge search, the first phase end to end (the core the ZenML steps call; no ZenML here).
 
-check compatibility -> sweep in memory and evaluate each candidate (one MLflow parent run,
-a nested run per candidate) -> Pareto selection (frontier, near set, knee, figures) -> write
-only the selected checkpoints -> register them. Each function is one step's work.
+check compatibility -> sweep in memory and evaluate each candidate -> Pareto selection (frontier,
+near set, knee, figures) -> write only the selected checkpoints -> log to MLflow (one parent run, a
+nested run per candidate, the figures) -> register them. Each function is one step's work. Only the
+last two touch MLflow, so pointing the pipeline at another tracking server re-runs only them.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medmerge import cost
+from medmerge.cost import measured
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import EvalOptions
-from medmerge.recipe import Recipe, SweepSpec, load_sweep
+from medmerge.objectives import DEFAULT_OBJECTIVES
+from medmerge.recipe import Recipe, SweepSpec, load_sweep, parse_sweep
 
 
 class SearchConfig(EvalOptions):
@@ -30,11 +35,44 @@ class SearchConfig(EvalOptions):
     registered_model: str = "medmerge-clinical"
     experiment: str = "medmerge-merge-search"
     tracking_uri: str | None = None
+    # the Pareto selection's two objectives (x, y), any two suite scores (medmerge.objectives)
+    objectives: tuple[str, str] = DEFAULT_OBJECTIVES
+    # where search: optuna keeps its study (a SQLAlchemy URL); None: a sqlite file beside the local
+    # MLflow store when the tracking server is the one `medmerge server start` runs, else in output_dir
+    study_storage: str | None = None
+    # phase two's initialisations, each under an alias pick-<method> (medmerge.promotion):
+    # best_per_method, knee, near_frontier, or a list of candidate names
+    picks: Union[str, tuple[str, ...]] = "best_per_method"
+    # what the promote step may move to @staging after comparing: knee, best_medical, names, or none
+    promote: Union[str, tuple[str, ...]] = "none"
 
     @field_validator("sweep", mode="before")
     @classmethod
     def _sweep_path(cls, v):
-        return load_sweep(v) if isinstance(v, (str, Path)) else v
+        if isinstance(v, (str, Path)):
+            return load_sweep(v)
+        return parse_sweep(v, "sweep") if isinstance(v, dict) else v   # RecipeError: one line, exit 2
+
+    @field_validator("picks")
+    @classmethod
+    def _picks(cls, v):
+        from medmerge.promotion import check_picks
+
+        return check_picks(v)   # PromotionError (a MedmergeError): one line, exit 2
+
+    @field_validator("promote")
+    @classmethod
+    def _promote(cls, v):
+        from medmerge.promotion import check_policy
+
+        return check_policy(v)
+
+    @model_validator(mode="after")
+    def _objectives(self):
+        from medmerge.objectives import resolve_pair
+
+        resolve_pair(self.objectives, self.suites)   # ObjectiveError (a MedmergeError) names the problem
+        return self
 
     @model_validator(mode="after")
     def _output_apart_from_parents(self):
@@ -42,6 +80,25 @@ class SearchConfig(EvalOptions):
 
         refuse_aliased_output(self.output_dir, self.sweep.parent_refs, "parent model", may_contain=True)
         return self
+
+    def objective_pair(self):
+        from medmerge.objectives import resolve_pair
+
+        return resolve_pair(self.objectives, self.suites)
+
+    def resolved_study_storage(self) -> str:
+        if self.study_storage:
+            return self.study_storage
+        from medmerge.tracking.server import DEFAULT_STATE_DIR, status
+
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        info = status()
+        if info is not None and (uri is None or uri == info.uri):
+            return f"sqlite:///{Path(DEFAULT_STATE_DIR).resolve() / 'optuna.db'}"
+        if uri and uri.startswith("sqlite:///"):
+            return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).parent / 'optuna.db'}"
+        Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{Path(self.output_dir).resolve() / 'optuna.db'}"
 
     def resolved_tracking_uri(self) -> str:
         from medmerge.tracking.registry import resolve_tracking_uri
@@ -52,19 +109,21 @@ class SearchConfig(EvalOptions):
 class CandidateResult(BaseModel):
     name: str
     method: str
-    ratio: float
+    ratio: float | None = None
+    params: dict = Field(default_factory=dict)
+    role: str | None = None           # "clinical" / "instruct": this candidate reproduces that parent
     recipe: Recipe
     identity: str
-    run_id: str
+    run_id: str = ""                  # its nested MLflow run ("" until logged)
     report: EvalReport
 
 
 class SearchResults(BaseModel):
-    """What the evaluation step hands on: the MLflow runs and every candidate's report."""
+    """Every candidate's report; once logged (:func:`log_search`), also where: server, experiment, runs."""
 
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
+    tracking_uri: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
     parents: dict[str, dict]          # ref -> {path, weights: {file: sha256}}
     candidates: list[CandidateResult]
 
@@ -90,9 +149,16 @@ class CheckpointDir(BaseModel):
     name: str
     path: str
     identity: str
-    run_id: str
+    run_id: str = ""                  # the candidate's MLflow run, when it was logged before writing
 
 
+def _logged_run(a: dict):
+    """Where a step after ``log_search`` logs its cost: the search's parent run."""
+    r = a["results"]
+    return (r.tracking_uri, r.parent_run_id) if getattr(r, "parent_run_id", None) else None
+
+
+@measured("check_parents")
 def check_parents(cfg: SearchConfig) -> dict[str, dict]:
     """Open and check the parents (errors name the first offending thing); return their weight hashes."""
     from medmerge.engine import open_parents, parent_provenance
@@ -102,37 +168,93 @@ def check_parents(cfg: SearchConfig) -> dict[str, dict]:
     return parent_provenance(open_parents(refs))
 
 
-def evaluate_and_log(cfg: SearchConfig, parents: dict[str, dict], run_name: str | None = None) -> SearchResults:
-    """Evaluate every candidate in memory; log a parent run and a nested run per candidate. A rerun of a run
-    that did not finish (killed, say) logs into its parent run and keeps its finished candidate runs."""
+@measured("evaluate_candidates")   # merge + evaluate every candidate: the sweep's cost in cost.md
+def evaluate(cfg: SearchConfig, parents: dict[str, dict]) -> SearchResults:
+    """Evaluate every candidate in memory (no MLflow; each (candidate, task) score is cached on disk, so a
+    killed run's rerun evaluates only what is missing)."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
+
+    if cfg.sweep.search == "optuna":
+        pairs = _optuna_search(cfg, parents, EvalCache())
+    else:
+        pairs = evaluate_sweep(cfg.sweep, cfg.eval_settings(), EvalCache())
+    results = []
+    for cand, report in pairs:
+        identity = report.model_fingerprint.removeprefix("candidate:")
+        results.append(CandidateResult(name=cand.name, method=cand.method, ratio=cand.ratio, params=cand.params,
+                                       role=cand.role, recipe=cand.recipe, identity=identity, report=report))
+    return SearchResults(parents=parents, candidates=results)
+
+
+def _optuna_search(cfg: SearchConfig, parents: dict[str, dict], cache, on_trial=None):
+    """The parents, then every complete trial of the study (resumed from its storage if it exists)."""
+    from medmerge import optuna_search
+    from medmerge.evaluation.sweep_eval import SweepEvaluator
+
+    spec = cfg.sweep
+    ox, oy = cfg.objective_pair()
+    fixed = spec.parent_candidates()
+    ev = SweepEvaluator(spec, cfg.eval_settings(), cache, representatives=fixed + optuna_search.representatives(spec))
+    out = [(c, ev.evaluate(c)) for c in fixed]
+    settings = cfg.model_dump(mode="json", include={"suites", "data_dir", "limit", "num_fewshot", "max_gen_toks",
+                                                    "dtype"})
+    name = optuna_search.study_name(spec, cfg.objectives, {"eval": settings, "parents": parents})
+    out += list(optuna_search.run_study(spec, ev.evaluate, lambda r: (ox.score(r)[0], oy.score(r)[0]),
+                                        storage=cfg.resolved_study_storage(), name=name, on_trial=on_trial))
+    return out
+
+
+@measured("log_search")
+def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | None = None,
+               run_name: str | None = None) -> SearchResults:
+    """Log the search to ``tracking_uri`` (else the configured server): a parent run with the settings, the
+    parents' hashes, the frontier table and figures; a nested run per candidate. A rerun of a run that did
+    not finish (the server went down, say) logs into its parent run and keeps its finished candidate runs.
+    Returns ``results`` with the server, experiment and run ids."""
+    import tempfile
+
+    from medmerge import comparison
     from medmerge.tracking import registry
 
-    uri = cfg.resolved_tracking_uri()
+    uri = tracking_uri or cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
     # one "View run" line per candidate would bury the frontier table; the pipeline prints the parent's URL
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     c = registry.client(uri)
     exp = c.get_experiment_by_name(cfg.experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(cfg.experiment)
-    pid, logged = _open_parent_run(c, exp_id, cfg, parents, run_name or "merge_search")
+    pid, logged = _open_parent_run(c, exp_id, cfg, results.parents, run_name or "merge_search")
+    cost.attach(uri, pid)   # the earlier steps' costs (evaluation included) are logged to it too
     try:
         c.log_param(pid, "sweep", json.dumps(cfg.sweep.model_dump(mode="json"))[:500])
-        for k in ("suites", "limit", "eps", "data_dir", "registered_model"):
+        for k in ("suites", "limit", "eps", "data_dir", "registered_model", "objectives"):
             c.log_param(pid, k, str(getattr(cfg, k)))
-        c.log_dict(pid, parents, "parents.json")
-        results = []
-        for cand, report in evaluate_sweep(cfg.sweep, cfg.eval_settings(), EvalCache()):
-            identity = report.model_fingerprint.removeprefix("candidate:")
-            rid = logged.get(cand.name) or registry.log_candidate(pid, exp_id, cand.name, cand.recipe, report, uri)
-            results.append(CandidateResult(name=cand.name, method=cand.method, ratio=cand.ratio, recipe=cand.recipe,
-                                           identity=identity, run_id=rid, report=report))
+        c.log_dict(pid, results.parents, "parents.json")
+        if results.candidates:  # the dtype the candidates were evaluated in (auto resolved)
+            c.log_param(pid, "dtype", str(results.candidates[0].report.settings.get("dtype")))
+        candidates = []
+        for cand in results.candidates:
+            rid = logged.get(cand.name) or registry.log_candidate(pid, exp_id, cand.name, cand.recipe, cand.report, uri)
+            candidates.append(cand.model_copy(update={"run_id": rid}))
+        with tempfile.TemporaryDirectory(prefix="medmerge-figures-") as tmp:
+            pts, ends, sel = _selection(results, cfg)
+            for f in _plot(pts, ends, sel, Path(tmp)):
+                if f is not None:
+                    c.log_artifact(pid, str(f), "figures")
+            cmp = comparison.write(comparison_rows(results), Path(tmp) / "comparison")
+            c.log_artifact(pid, str(cmp["md"]))
+            c.log_artifact(pid, str(cmp["json"]))
+            c.log_artifact(pid, str(cmp["png"]), "figures")
+        c.log_text(pid, sel.table(), "frontier.txt")
+        c.log_dict(pid, sel.to_dict(), "frontier.json")
+        if sel.hypervolume is not None:
+            c.log_metric(pid, "hypervolume", sel.hypervolume)
     except BaseException:
         c.set_terminated(pid, status="FAILED")
         raise
-    return SearchResults(tracking_uri=uri, experiment_id=exp_id, parent_run_id=pid, parents=parents,
-                         candidates=results)
+    return results.model_copy(update={"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": pid,
+                                      "candidates": candidates})
 
 
 def _open_parent_run(c, exp_id: str, cfg: SearchConfig, parents: dict[str, dict],
@@ -159,50 +281,74 @@ def _open_parent_run(c, exp_id: str, cfg: SearchConfig, parents: dict[str, dict]
     return run.info.run_id, {}
 
 
-def _points(results: SearchResults):
+def _points(results: SearchResults, cfg: SearchConfig):
+    """One Pareto point per candidate: the x objective in the ``if_score`` slot, y in ``medical_avg``, each
+    with its stderr (which ``use_stderr`` widens the near set by)."""
     from medmerge.pareto import Candidate as Point
 
+    ox, oy = cfg.objective_pair()
     pts = []
     for c in results.candidates:
-        r = c.report
-        if r.medical_avg is None or r.if_score is None:
-            raise ValueError("Pareto selection needs both the clinical and ifeval suites")
-        pts.append(Point(name=c.name, medical_avg=r.medical_avg, if_score=r.if_score, method=c.method, ratio=c.ratio))
+        (x, x_se), (y, y_se) = ox.score(c.report), oy.score(c.report)
+        pts.append(Point(name=c.name, medical_avg=y, if_score=x, medical_stderr=y_se, if_stderr=x_se,
+                         method=c.method, ratio=c.ratio))
     return pts
 
 
-def select_frontier(results: SearchResults, cfg: SearchConfig, figures_dir: str | Path) -> Frontier:
-    """Frontier, ε-near set, knee and hypervolume (reference: the worse parent); figures logged to MLflow."""
-    from medmerge import figures, pareto
-    from medmerge.tracking import registry
+def _selection(results: SearchResults, cfg: SearchConfig):
+    """The points, the parents' (IF score, Medical Avg) and the Pareto selection (deterministic)."""
+    from medmerge import pareto
 
-    pts = _points(results)
-    ends = {"clinical": next((p for p in pts if p.ratio == 0.0), None),
-            "instruct": next((p for p in pts if p.ratio == 1.0), None)}
+    pts = _points(results, cfg)
+    by_name = {p.name: p for p in pts}
+    ends = {role: next((by_name[c.name] for c in results.candidates if c.role == role), None)
+            for role in ("clinical", "instruct")}
     parents = {k: (v.if_score, v.medical_avg) for k, v in ends.items() if v is not None}
-    sel = pareto.select(pts, eps=cfg.eps, use_stderr=cfg.use_stderr, parents=parents if len(parents) == 2 else None)
-    figures_dir = Path(figures_dir)
+    labels = tuple(o.label for o in cfg.objective_pair())
+    sel = pareto.select(pts, eps=cfg.eps, use_stderr=cfg.use_stderr, parents=parents if len(parents) == 2 else None,
+                        labels=labels)
+    return pts, parents, sel
+
+
+def _plot(pts, parents, sel, figures_dir: Path) -> tuple[Path, Path]:
+    from medmerge import figures
+
+    x, y = sel.labels
     fig_f = figures.plot_frontier(pts, figures_dir / "frontier.png", parents=parents or None, selection=sel,
-                                  title="Medical Avg vs IF score")
-    fig_t = figures.plot_trajectories(pts, figures_dir / "trajectories.png", title="Scores along the ratio")
-    c = registry.client(results.tracking_uri)
-    for f in (fig_f, fig_t):
-        c.log_artifact(results.parent_run_id, str(f), "figures")
-    c.log_text(results.parent_run_id, sel.table(), "frontier.txt")
-    c.log_dict(results.parent_run_id, sel.to_dict(), "frontier.json")
-    if sel.hypervolume is not None:
-        c.log_metric(results.parent_run_id, "hypervolume", sel.hypervolume)
+                                  title=f"{y} vs {x}")
+    if not any(p.ratio is not None for p in pts):   # a methods grid or a search: no ratio to plot along
+        return fig_f, None
+    fig_t = figures.plot_trajectories(pts, figures_dir / "trajectories.png", title="Scores along the ratio",
+                                      labels=sel.labels)
+    return fig_f, fig_t
+
+
+def comparison_rows(results: SearchResults) -> list[dict]:
+    """The rows of the comparison table (:mod:`medmerge.comparison`): every candidate, the parents marked."""
+    return [{"name": c.name, "method": c.method, "params": c.params, "role": c.role, "report": c.report}
+            for c in results.candidates]
+
+
+@measured("select_frontier", run=_logged_run)
+def select_frontier(results: SearchResults, cfg: SearchConfig, figures_dir: str | Path) -> Frontier:
+    """Frontier, ε-near set, knee and hypervolume (reference: the worse parent), and the figures."""
+    pts, parents, sel = _selection(results, cfg)
+    fig_f, fig_t = _plot(pts, parents, sel, Path(figures_dir))
     return Frontier(selection=sel.to_dict(), frontier=[p.name for p in sel.frontier], near=[p.name for p in sel.near],
                     knee=sel.knee.name, hypervolume=sel.hypervolume, table=sel.table(),
-                    figures={"frontier": str(fig_f), "trajectories": str(fig_t)})
+                    figures={k: str(f) for k, f in (("frontier", fig_f), ("trajectories", fig_t)) if f is not None})
 
 
+@measured("write_selected", run=_logged_run)
 def write_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier) -> list[CheckpointDir]:
     """Write only the selected (near-frontier) candidates, each atomically, reading parents once."""
     from medmerge.engine import open_parents, plan_merge, write_plans
 
+    from medmerge.promotion import named
+
     by = results.by_name()
-    chosen = [by[n] for n in frontier.near]
+    # the near set, and candidates picked or to be promoted by name even when they are not near the frontier
+    chosen = [by[n] for n in dict.fromkeys([*frontier.near, *named(cfg.picks), *named(cfg.promote)]) if n in by]
     out = Path(cfg.output_dir)
     todo = [c for c in chosen if not (out / c.name / "medmerge.json").exists()]
     if todo:
@@ -215,9 +361,11 @@ def write_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier
             for c in chosen]
 
 
+@measured("register_selected", run=_logged_run)
 def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier,
                       checkpoints: list[CheckpointDir]) -> dict[str, str]:
-    """Register each written checkpoint (no duplicates); close the parent run. Returns {candidate: version}."""
+    """Register each written checkpoint (no duplicates) on the server ``results`` were logged to, under its
+    candidate's run; close the parent run. Returns {candidate: version}."""
     from medmerge.tracking import registry
 
     by = results.by_name()
@@ -228,7 +376,7 @@ def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Front
         tags = {**cand.recipe.tags(), "candidate": ck.name, "medical_avg": cand.report.medical_avg,
                 "if_score": cand.report.if_score, "parents_sha256": fingerprint,
                 "knee": str(ck.name == frontier.knee)}
-        reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), ck.run_id, ck.identity, tags,
+        reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), cand.run_id, ck.identity, tags,
                                            results.tracking_uri)
         versions[ck.name] = reg.version
     c = registry.client(results.tracking_uri)

@@ -12,6 +12,8 @@ import sys
 from zenml import pipeline
 
 from medmerge.finetune import FinetuneConfig, shot_label
+from pipelines._launch import build_time_tracking_uri
+from steps.promotion_steps import promote_finetuned
 from steps.finetune_steps import (baseline, evaluate_sft, load_data, resolve_initialisations, sft, subsample, summarise,
                                   validate_data)
 
@@ -24,7 +26,7 @@ def _id(*parts: str) -> str:
 def finetune(config: FinetuneConfig):
     inits = resolve_initialisations(config)
     data = load_data(config, inits)
-    run = validate_data(config, data, inits)
+    run = validate_data(config, data, inits, build_time_tracking_uri(config.tracking_uri))  # the server: a parameter
     subsets = subsample(config, data)
     checkpoints, results = [], []
     for init in config.initialisations:
@@ -35,7 +37,8 @@ def finetune(config: FinetuneConfig):
             res = evaluate_sft(config, data, ck, before, run, id=_id("evaluate", init.name, label))
             checkpoints.append(ck)
             results.append(res)
-    summarise(config, run, data, inits, checkpoints, results)
+    summary = summarise(config, run, data, inits, checkpoints, results)
+    promote_finetuned(config, run, results, summary)
 
 
 def load_config(config_path: str) -> FinetuneConfig:
@@ -58,12 +61,17 @@ def run(config_path: str) -> dict:
     uri = tracking.tracking_uri
     print("\nLearning curves (composite = mean of BLEU, METEOR, ROUGE-1/2/L, BERTScore F1):\n")
     print(summary.table)
+    if summary.table2:
+        print("\nTable 2 (composite per task; shots 0 = no SFT; best per column in bold):\n")
+        print(summary.table2)
     failed = [k for k, ok in summary.gate.items() if not ok]
     print(f"\nforgetting gate: {len(summary.gate) - len(failed)}/{len(summary.gate)} passed"
           + (f"; failed (promotion refused): {', '.join(failed)}" if failed else ""))
     print(f"\nMLflow run:        {uri}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}")
     print(f"registered model:  {uri}/#/models/{config.registered_model}  versions {summary.versions}")
-    return {"summary": summary, "tracking": tracking, "config": config, "run": pipeline_run}
+    decision = pipeline_run.steps["promote_finetuned"].output.load()
+    print(decision.summary())
+    return {"summary": summary, "tracking": tracking, "config": config, "run": pipeline_run, "promotion": decision}
 
 
 def main(argv=None) -> int:

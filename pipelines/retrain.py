@@ -85,8 +85,12 @@ def _run_pipelines(decision, search_config: str, finetune_config: str, promote_k
         raise
     outputs = {"merge_search_run": ms["results"].parent_run_id, "finetune_run": ft["tracking"].parent_run_id,
                "merge_versions": ms["versions"], "finetune_versions": ft["summary"].versions}
-    if promote_knee:
-        outputs["promoted_knee"] = f"{ms['frontier'].knee} v{ms['versions'][ms['frontier'].knee]}"
+    promotion = ms.get("promotion")
+    if promotion is not None and promotion.candidate is not None:   # the promote step's decision, and why
+        outputs["promotion"] = promotion.summary()
+        if promotion.promoted:
+            outputs["promoted_knee" if promotion.policy == "knee" else "promoted"] = \
+                f"{promotion.candidate} v{promotion.version}"
     retrain.close_record(uri, rid, ok=True, outputs=outputs)
     print(f"retrain: done: merge versions {ms['versions']}, fine-tuned versions {ft['summary'].versions}")
     return {"decision": decision, "outcome": "ran", "run_id": rid, "merge_search": ms, "finetune": ft}

@@ -23,6 +23,9 @@ def demo_models(tmp_path_factory) -> dict[str, Path]:
     """The demo checkpoints ``{"base", "clinical", "instruct"} -> Path``, built once per session (~30 s)."""
     from medmerge.demo import build_demo_models
 
+    prebuilt = os.environ.get("MEDMERGE_TEST_DEMO_MODELS")   # a directory `medmerge demo-models` wrote (a busy
+    if prebuilt:                                             # machine builds them slowly); read, never written
+        return {n: Path(prebuilt).resolve() / n for n in ("base", "clinical", "instruct")}
     return build_demo_models(tmp_path_factory.mktemp("demo"), seed=0, quiet=True)
 
 

@@ -81,28 +81,45 @@ def test_finetune_pipeline(demo_models, tmp_path, capsys):
         assert never_registered.value.code == 404
 
         # 2. cleaned (opt-in, the dropped ids logged), the seed's learning rate: nothing forgotten
-        cleaned = {**base, "drop_duplicate_pairs": True, "drop_overlong": True}
+        # shots 0 scores each initialisation without SFT (registered: nothing); the promote step stages the best
+        cleaned = {**base, "drop_duplicate_pairs": True, "drop_overlong": True, "shots": [0, 8, 16],
+                   "promote": "best_composite"}
         out = run(write_config(tmp_path / "clean.yaml", **cleaned))
         summary, tracking = out["summary"], out["tracking"]
         assert set(summary.versions) == {"linear-0.5-8", "linear-0.5-16", "clinical-8", "clinical-16"}
         assert all(summary.gate.values()), summary.forgetting_table
-        assert set(summary.curves) == {"linear-0.5", "clinical"} and set(summary.curves["clinical"]) == {8, 16}
+        assert set(summary.curves) == {"linear-0.5", "clinical"} and set(summary.curves["clinical"]) == {0, 8, 16}
+        t2 = summary.table2.splitlines()
+        rows = [line for line in t2[2:] if line.startswith("| ")]
+        assert t2[0] == "| initialisation | shots | mts_dialog |" and len(rows) == 6   # init x shots
+        assert rows[0].startswith("| linear-0.5 | 0 |") and any("**" in line for line in rows)   # best marked
+        decision = out["promotion"]
+        best = max(summary.versions, key=lambda k: summary.curves[k.rsplit("-", 1)[0]][int(k.rsplit("-", 1)[1])])
+        assert decision.promoted and decision.candidate == best and "nothing staged yet" in decision.reason
 
         pid = tracking.parent_run_id
         parent = api(uri, "runs/get", run_id=pid)["run"]
         assert parent["info"]["status"] == "FINISHED"
         top = artifacts(uri, pid)
-        assert {"learning_curves.txt", "learning_curves.json", "forgetting.md", "registered_versions.json"} <= set(top)
+        assert {"learning_curves.txt", "learning_curves.json", "forgetting.md", "registered_versions.json",
+                "table2.md", "table2.json", "promotion.json", "cost.md"} <= set(top)
+        cost_md = urllib.request.urlopen(f"{uri}/get-artifact?path=cost.md&run_uuid={pid}", timeout=30).read().decode()
+        assert cost_md.startswith("# Cost: merge vs SFT") and "| SFT clinical-8 | " in cost_md
+        assert parent["data"]["metrics"] and any(m["key"] == "cost.validate_data.wall_seconds"
+                                                 for m in parent["data"]["metrics"])
         figs = artifacts(uri, pid, "figures")
         assert figs["figures/learning_curves.png"] > 10_000
         val = artifacts(uri, pid, "validation")
         assert "validation/dropped_ids.json" in val and "validation/mts_dialog_train.md" in val
+        used = {d["dataset"]["name"]: d for d in parent["inputs"]["dataset_inputs"]}   # digests, never rows
+        assert set(used) == {"mts_dialog:train", "mts_dialog:test1"}
+        assert used["mts_dialog:train"]["tags"] == [{"key": "mlflow.data.context", "value": "training"}]
         params = {p["key"]: p["value"] for p in parent["data"]["params"]}
-        assert params["shots"] == "8,16" and params["initialisations"] == "linear-0.5,clinical"
+        assert params["shots"] == "0,8,16" and params["initialisations"] == "linear-0.5,clinical"
 
         nested = api_post(uri, "runs/search", {"experiment_ids": [exp_id],
                                                "filter": f"tags.mlflow.parentRunId = '{pid}'"})["runs"]
-        assert sorted(r["info"]["run_name"] for r in nested) == sorted(summary.versions)
+        assert sorted(r["info"]["run_name"] for r in nested) == sorted([*summary.versions, "linear-0.5-0", "clinical-0"])
         for r in nested:
             m = {x["key"]: x["value"] for x in r["data"]["metrics"]}
             parts = [m[k] for k in ("bleu", "meteor", "rouge1", "rouge2", "rougeL", "bertscore_f1")]
@@ -113,14 +130,17 @@ def test_finetune_pipeline(demo_models, tmp_path, capsys):
             assert "forgetting.txt" in files and "samples.json" not in files  # no clinical text unless asked
             rp = {p["key"]: p["value"] for p in r["data"]["params"]}
             assert rp["bertscore_model"].endswith("all-MiniLM-L6-v2") and rp["bertscore_layer"] == "6"
+            assert rp["generation_dtype"] == rp["eval_dtype"] == rp.get("dtype", "float32") == "float32"  # auto, CPU
 
         versions = api(uri, "model-versions/search", filter="name='e2e-sft'")["model_versions"]
         assert len(versions) == 4
         vt = {v["version"]: {t["key"]: t["value"] for t in v.get("tags", [])} for v in versions}
         assert {t["forgetting_gate"] for t in vt.values()} == {"passed"}
         assert {t["initialisation"] for t in vt.values()} == {"linear-0.5", "clinical"}
-        passed_version = summary.versions["linear-0.5-16"]
-        assert cli(["promote", "e2e-sft", passed_version, "--tracking-uri", uri]) == 0
+        passed_version = decision.version
+        assert api(uri, "registered-models/alias", name="e2e-sft", alias="staging")["model_version"]["version"] == \
+            passed_version
+        assert cli(["promote", "e2e-sft", passed_version, "--tracking-uri", uri]) == 0   # people still can
         capsys.readouterr()
 
         # a rerun with nothing changed: every cached step reused, no new version
@@ -128,7 +148,9 @@ def test_finetune_pipeline(demo_models, tmp_path, capsys):
         steps = again["run"].steps
         assert steps["load_data"].status == ExecutionStatus.COMPLETED  # always re-reads (content-hashed)
         assert all(s.status == ExecutionStatus.CACHED for n, s in steps.items()
-                   if n not in ("load_data", "resolve_initialisations")), {n: s.status for n, s in steps.items()}
+                   if n not in ("load_data", "resolve_initialisations", "promote_finetuned")), \
+            {n: s.status for n, s in steps.items()}
+        assert "already @staging" in again["promotion"].reason and not again["promotion"].promoted
         assert len(api(uri, "model-versions/search", filter="name='e2e-sft'")["model_versions"]) == 4
 
         # 3. a forced drop: a learning rate that wrecks instruction following
@@ -138,6 +160,7 @@ def test_finetune_pipeline(demo_models, tmp_path, capsys):
         out = run(write_config(tmp_path / "forced.yaml", **forced))
         s = out["summary"]
         assert s.gate == {"clinical-16": False}
+        assert not out["promotion"].promoted and "no fine-tuned model passed" in out["promotion"].reason
         assert "if_score" in s.forgetting_table and "FORGOT" in s.forgetting_table
         bad = s.versions["clinical-16"]
         # log_samples asked for two rows of clinical text: exactly two, with the generation

@@ -144,8 +144,10 @@ def test_mlflow_ui_shows_demo_run(chromium_exe, demo_models, tmp_path):
         render(exe, f"{ui}/#/experiments/{eid}/runs", ["ui-check", parent_name], tmp_path)
 
         # the parent run's page: finished, with every candidate as a nested (child) run by name
+        # (its description summarises the frontier, the picks and the promotion)
         text, _ = render(exe, f"{ui}/#/experiments/{eid}/runs/{pid}",
-                         [parent_name, "Child runs", "Finished", *candidates], tmp_path)
+                         [parent_name, "Child runs", "Finished", *candidates, "Frontier", "Picks", "Promotion"],
+                         tmp_path)
         children = re.search(r"Child runs (.*?) Source", text)
         assert children and sorted(re.findall(r"(?:linear|slerp)-\d\.\d", children.group(1))) == sorted(candidates), text
 
@@ -165,9 +167,9 @@ def test_mlflow_ui_shows_demo_run(chromium_exe, demo_models, tmp_path):
         render(exe, f"{ui}/#/models", ["ui-model", re.compile(rf"@ ?staging\s*:\s*Version {staged}\b")], tmp_path)
         render(exe, f"{ui}/#/models/ui-model",
                ["ui-model", *(f"Version {v}" for v in versions.values()), *(f"candidate : {c}" for c in versions),
-                "@ staging"], tmp_path)
+                "@ staging", "@ pick-"], tmp_path)   # phase two's picks: pick-linear, pick-slerp
         render(exe, f"{ui}/#/models/ui-model/versions/{staged}",
-               [f"Version {staged}", re.compile(r"Aliases\s*:\s*@ ?staging"), re.compile(r"Stage[^:]*:\s*Staging"),
+               [f"Version {staged}", re.compile(r"Aliases\s*:[^:]*@ ?staging"), re.compile(r"Stage[^:]*:\s*Staging"),
                 f"Source Run : {knee}"], tmp_path)
     finally:
         stop(state)
