@@ -4,8 +4,9 @@
 of the registered model (``models:/NAME@pick-linear``):
 
 * ``best_per_method`` (the default): per method, the near-frontier merge with the best Medical Avg
-  (a candidate that reproduces a parent, ratio 0 or 1, is not a merge; the first seed fine-tunes
-  SLERP t=0.4 and Linear α=0.5 this way);
+  (a candidate that reproduces a parent, ratio 0 or 1, is not a merge; a method with no merge near
+  the frontier gets its best merge overall, so every family has a pick, as in the first seed, which
+  fine-tunes SLERP t=0.4 and Linear α=0.5);
 * ``knee``: the knee; ``near_frontier``: every near-frontier candidate;
 * a list of candidate names.
 
@@ -105,12 +106,16 @@ def choose(picks: Names, promote: Names, frontier, results) -> Picks:
                                      f"(candidates: {', '.join(sorted(by))})")
     near = [by[n] for n in frontier.near]
     if picks == "best_per_method":
+        def is_merge(c):   # a candidate that reproduces a parent (ratio 0 or 1) is no merge to pick
+            return getattr(c, "role", None) is None and getattr(c, "ratio", None) not in (0.0, 1.0)
+
         best: dict[str, object] = {}
-        for c in near:   # ties keep the first (frontier order); a parent itself (ratio 0 or 1) is no merge to pick
-            if getattr(c, "role", None) is not None or getattr(c, "ratio", None) in (0.0, 1.0):
-                continue
-            if c.method not in best or _medical(c) > _medical(best[c.method]):
-                best[c.method] = c
+        for pool in (near, results.candidates):   # a method with no merge near the frontier: its best merge
+            for c in pool:   # ties keep the first (frontier order)
+                if not is_merge(c) or (pool is not near and c.method in best and best[c.method] in near):
+                    continue
+                if c.method not in best or _medical(c) > _medical(best[c.method]):
+                    best[c.method] = c
         chosen = list(best.values())
     elif picks == "knee":
         chosen = [by[frontier.knee]]

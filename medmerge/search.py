@@ -344,11 +344,13 @@ def write_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier
     """Write only the selected (near-frontier) candidates, each atomically, reading parents once."""
     from medmerge.engine import open_parents, plan_merge, write_plans
 
-    from medmerge.promotion import named
+    from medmerge.promotion import choose
 
     by = results.by_name()
-    # the near set, and candidates picked or to be promoted by name even when they are not near the frontier
-    chosen = [by[n] for n in dict.fromkeys([*frontier.near, *named(cfg.picks), *named(cfg.promote)]) if n in by]
+    # the near set, and the picks and the candidate to promote even when they are not near the frontier
+    picks = choose(cfg.picks, cfg.promote, frontier, results)
+    extra = [*picks.picks.values(), *([picks.promote_candidate] if picks.promote_candidate else [])]
+    chosen = [by[n] for n in dict.fromkeys([*frontier.near, *extra])]
     out = Path(cfg.output_dir)
     todo = [c for c in chosen if not (out / c.name / "medmerge.json").exists()]
     if todo:

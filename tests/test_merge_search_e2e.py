@@ -37,13 +37,14 @@ def test_merge_search_pipeline(demo_models, tmp_path, capsys):
             "picks": "best_per_method", "promote": "knee"}}}))
         out = run(str(cfg))
         frontier, versions, results = out["frontier"], out["versions"], out["results"]
-        assert set(versions) == set(frontier.near) and frontier.knee in versions
+        assert set(frontier.near) <= set(versions) and frontier.knee in versions
         # the promote step: nothing was staged, so the knee is promoted, and each method's best pick has an alias
         decision = out["promotion"]
         assert decision.promoted and decision.candidate == frontier.knee and "nothing staged yet" in decision.reason
         picked = {a: p["candidate"] for a, p in decision.picks.items()}
-        merges = [results.by_name()[n] for n in frontier.near if results.by_name()[n].ratio not in (0.0, 1.0)]
-        assert set(picked) == {f"pick-{c.method}" for c in merges}   # a parent itself is no merge to pick
+        assert set(picked) == {"pick-linear", "pick-slerp"}   # linear-0.5 and slerp-0.5: a parent is no merge
+        assert set(picked.values()) == {"linear-0.5", "slerp-0.5"}
+        assert set(versions) == set(frontier.near) | set(picked.values())   # the near set and the picks, only
         for alias, name in picked.items():
             assert api(server.uri, "registered-models/alias", name="e2e-model", alias=alias)["model_version"][
                 "version"] == versions[name]

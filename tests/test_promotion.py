@@ -24,8 +24,8 @@ NEAR = ["linear-0.0", "linear-0.3", "linear-0.5", "linear-0.8", "slerp-0.4", "sl
 def test_best_per_method_is_the_best_medical_avg_of_each_method_near_the_frontier():
     results, frontier = search(POINTS, NEAR, knee="linear-0.8")
     picks = choose("best_per_method", "none", frontier, results)
-    # linear-0.0 (the clinical parent itself) is no merge; ties-0.5 is not near the frontier
-    assert picks.picks == {"pick-linear": "linear-0.5", "pick-slerp": "slerp-0.4"}
+    # linear-0.0 (the clinical parent itself) is no merge; ties has no merge near the frontier: its best overall
+    assert picks.picks == {"pick-linear": "linear-0.5", "pick-slerp": "slerp-0.4", "pick-ties": "ties-0.5"}
     assert picks.promote_candidate is None
 
 
