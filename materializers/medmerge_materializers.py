@@ -102,8 +102,11 @@ class SearchResultsMaterializer(BaseMaterializer):
 
     def extract_metadata(self, data: SearchResults) -> dict[str, Any]:
         meds = [c.report.medical_avg for c in data.candidates if c.report.medical_avg is not None]
-        return {"candidates": len(data.candidates), "best_medical_avg": max(meds) if meds else None,
-                "mlflow_parent_run_id": data.parent_run_id, "tracking_uri": data.tracking_uri}
+        meta = {"candidates": len(data.candidates), "mlflow_parent_run_id": data.parent_run_id,
+                "tracking_uri": data.tracking_uri}
+        if meds:  # ZenML refuses a None metadata value (a medical5-only search has no Medical Avg)
+            meta["best_medical_avg"] = max(meds)
+        return meta
 
 
 class _FiguresMaterializer(BaseMaterializer):
@@ -146,8 +149,10 @@ class FrontierMaterializer(_FiguresMaterializer):
         return "```\n" + data.table + "\n```\n"
 
     def extract_metadata(self, data: Frontier) -> dict[str, Any]:
-        return {"knee": data.knee, "frontier": ", ".join(data.frontier), "near": len(data.near),
-                "hypervolume": data.hypervolume}
+        meta = {"knee": data.knee, "frontier": ", ".join(data.frontier), "near": len(data.near)}
+        if data.hypervolume is not None:  # None without both parents; ZenML refuses None values
+            meta["hypervolume"] = data.hypervolume
+        return meta
 
 
 class FinetuneSummaryMaterializer(_FiguresMaterializer):
