@@ -1,0 +1,148 @@
+"""Commands and options the README lists, each through the `medmerge` command line with its output
+asserted: `methods`, `--random-seed`, `--max-shard-size`, and sharded parent checkpoints as input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from factory import make_family, read
+from medmerge.cli import main
+from medmerge.methods import METHODS
+from mk import mergekit_merge
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("fam"), n_children=2)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def write_yaml(path, data) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+# --- medmerge methods ----------------------------------------------------------------------------
+
+def test_methods_lists_every_method_with_its_declared_parameters(capsys):
+    code, out, _ = cli(capsys, "methods")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert list(lines) == list(METHODS) and len(lines) == 11
+    assert "no base" in lines["linear"] and "weight[per model]" in lines["linear"]
+    assert "normalize=True" in lines["linear"]
+    assert "base required" in lines["task_arithmetic"] and "lambda=1.0" in lines["task_arithmetic"]
+    assert "density[per model]" in lines["ties"] and "density[per model]" in lines["dare_ties"]
+    assert "parameters: t" in lines["slerp"]                             # required: no default shown
+    assert lines["hierarchical_ot"].split(None, 1)[1] == \
+        "Hierarchical Cosine-OT-LERP (base required); parameters: align='per_projection'"
+
+
+# --- merge options: --random-seed, --max-shard-size -------------------------------------------------
+
+def test_random_seed_option_seeds_the_stochastic_methods(fam, tmp_path, capsys):
+    recipe = {"merge_method": "dare_ties", "base_model": str(fam["base"]),
+              "models": [{"model": str(fam["m0"]), "parameters": {"weight": 0.5, "density": 0.5}},
+                         {"model": str(fam["m1"]), "parameters": {"weight": 0.5, "density": 0.5}}]}
+    cfg = write_yaml(tmp_path / "dare.yml", recipe)
+    outs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        code, out, _ = cli(capsys, "merge", cfg, tmp_path / name, "-q", "--random-seed", seed)
+        assert code == 0 and out.strip() == f"wrote {tmp_path / name}"
+        outs[name] = read(tmp_path / name)
+    assert all(torch.equal(outs["a"][k], outs["b"][k]) for k in outs["a"])            # same seed, same bits
+    assert any(not torch.equal(outs["a"][k], outs["c"][k]) for k in outs["a"])        # another seed differs
+    # the option is the recipe's random_seed: same bits, recorded in the written recipe
+    seeded = write_yaml(tmp_path / "seeded.yml", {**recipe, "random_seed": 7})
+    assert cli(capsys, "merge", seeded, tmp_path / "d", "-q")[0] == 0
+    assert all(torch.equal(outs["a"][k], v) for k, v in read(tmp_path / "d").items())
+    assert json.loads((tmp_path / "a" / "medmerge.json").read_text())["recipe"]["random_seed"] == 7
+    # about 1 - density of each task vector's entries is dropped: the merge is not the plain average
+    base, m0, m1 = read(fam["base"]), read(fam["m0"]), read(fam["m1"])
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.allclose(outs["a"][k], base[k] + 0.5 * ((m0[k] - base[k]) + (m1[k] - base[k])))
+
+
+def test_max_shard_size_option_shards_the_output(fam, tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "lin.yml", {"merge_method": "linear", "models": [
+        {"model": str(fam["m0"]), "parameters": {"weight": 0.5}}, {"model": str(fam["m1"]), "parameters": {"weight": 0.5}}]})
+    assert cli(capsys, "merge", cfg, tmp_path / "single", "-q")[0] == 0
+    assert cli(capsys, "merge", cfg, tmp_path / "sharded", "-q", "--max-shard-size", "20KB")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "single").glob("*.safetensors")) == ["model.safetensors"]
+    shards = sorted((tmp_path / "sharded").glob("model-*-of-*.safetensors"))
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(shards) > 2 and sorted(set(index["weight_map"].values())) == [p.name for p in shards]
+    largest_tensor = max(v.numel() * v.element_size() for v in read(tmp_path / "single").values())
+    for shard in shards:  # each shard's tensors fit 20 kB, unless one tensor alone is larger
+        data = sum(v.numel() * v.element_size() for v in read_file_tensors(shard).values())
+        assert data <= max(20_000, largest_tensor), shard.name
+    assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size()
+                                                  for v in read(tmp_path / "single").values())
+    single, sharded = read(tmp_path / "single"), read(tmp_path / "sharded")
+    assert sorted(single) == sorted(sharded) and all(torch.equal(single[k], sharded[k]) for k in single)
+    assert not (tmp_path / "sharded" / "model.safetensors").exists()
+
+
+def read_file_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# --- sharded parents as input -----------------------------------------------------------------------
+
+def shard(src, dst, n_shards: int = 3):
+    """A copy of checkpoint ``src`` with its weights split over ``n_shards`` files and an index."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    sd = read(src)
+    names = sorted(sd)
+    weight_map = {}
+    for i in range(n_shards):
+        fname = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: sd[k] for k in names[i::n_shards]}
+        save_file(part, str(dst / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in part})
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                  "weight_map": weight_map}))
+    return dst
+
+
+def test_sharded_parents_merge_and_sweep_like_single_files(fam, tmp_path, capsys):
+    sharded = {k: shard(v, tmp_path / f"sharded-{k}") for k, v in fam.items()}
+    assert not (sharded["m0"] / "model.safetensors").exists()
+    # check, merge (base-model method) and sweep each read the sharded parents
+    code, out, _ = cli(capsys, "check", sharded["base"], sharded["m0"], sharded["m1"])
+    assert code == 0 and out.startswith("compatible:")
+    ties = lambda f: {"merge_method": "ties", "base_model": str(f["base"]), "models": [  # noqa: E731
+        {"model": str(f["m0"]), "parameters": {"weight": 0.6, "density": 0.5}},
+        {"model": str(f["m1"]), "parameters": {"weight": 0.4, "density": 0.5}}]}
+    assert cli(capsys, "merge", write_yaml(tmp_path / "a.yml", ties(sharded)), tmp_path / "from-shards", "-q")[0] == 0
+    assert cli(capsys, "merge", write_yaml(tmp_path / "b.yml", ties(fam)), tmp_path / "from-single", "-q")[0] == 0
+    a, b = read(tmp_path / "from-shards"), read(tmp_path / "from-single")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    theirs = read(mergekit_merge(ties(sharded), tmp_path / "mk"))                   # and mergekit agrees
+    assert all(torch.equal(a[k], theirs[k]) for k in a)
+    # the recorded provenance hashes every shard
+    parents = json.loads((tmp_path / "from-shards" / "medmerge.json").read_text())["parents"]
+    assert sorted(parents[str(sharded["m0"])]["weights"]) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    spec = {"methods": ["linear", "slerp"], "ratios": [0.4]}
+    assert cli(capsys, "sweep", write_yaml(tmp_path / "s1.yml", {"clinical": str(sharded["m0"]),
+               "instruct": str(sharded["m1"]), **spec}), tmp_path / "sweep-shards", "-q")[0] == 0
+    assert cli(capsys, "sweep", write_yaml(tmp_path / "s2.yml", {"clinical": str(fam["m0"]),
+               "instruct": str(fam["m1"]), **spec}), tmp_path / "sweep-single", "-q")[0] == 0
+    for name in ("linear-0.4", "slerp-0.4"):
+        x, y = read(tmp_path / "sweep-shards" / name), read(tmp_path / "sweep-single" / name)
+        assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x), name
