@@ -1,5 +1,6 @@
 """Commands and options the README lists, each through the `medmerge` command line with its output
-asserted: `methods`, `--random-seed`, `--max-shard-size`, and sharded parent checkpoints as input."""
+asserted: `methods`, `evaluate-sweep`, the `medical5` suite, `--random-seed`,
+`--max-shard-size`, and sharded parent checkpoints as input."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from factory import make_family, read
+from factory import assert_read_once, make_family, read
 from medmerge.cli import main
 from medmerge.methods import METHODS
 from mk import mergekit_merge
@@ -18,7 +19,8 @@ from mk import mergekit_merge
 
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
-    return make_family(tmp_path_factory.mktemp("fam"), n_children=2)
+    """Tiny checkpoints (milliseconds to build); a context long enough for 5-shot prompts."""
+    return make_family(tmp_path_factory.mktemp("fam"), n_children=2, max_position_embeddings=2048)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -46,6 +48,76 @@ def test_methods_lists_every_method_with_its_declared_parameters(capsys):
     assert "parameters: t" in lines["slerp"]                             # required: no default shown
     assert lines["hierarchical_ot"].split(None, 1)[1] == \
         "Hierarchical Cosine-OT-LERP (base required); parameters: align='per_projection'"
+
+
+# --- medmerge evaluate-sweep -----------------------------------------------------------------------
+
+def test_evaluate_sweep_prints_a_row_per_candidate_and_writes_reports(fam, tmp_path, capsys, monkeypatch,
+                                                                       parent_reads):
+    monkeypatch.setenv("MEDMERGE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = write_yaml(tmp_path / "sweep.yml", {"clinical": str(fam["m0"]), "instruct": str(fam["m1"]),
+                                               "methods": ["linear", "slerp"], "ratios": [0.0, 1.0]})
+    args = ["evaluate-sweep", spec, "--suite", "clinical", "--data-dir", "sample", "--limit", "2",
+            "--out", tmp_path / "reports"]
+    code, out, _ = cli(capsys, *args)
+    assert code == 0
+    # the in-memory preload read every byte of both parents once, for all four candidates
+    assert_read_once(parent_reads, fam["m0"]) and assert_read_once(parent_reads, fam["m1"])
+    names = ["linear-0.0", "linear-1.0", "slerp-0.0", "slerp-1.0"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [f"{n}.json" for n in names]
+    lines = out.splitlines()
+    assert lines[0].split() == ["candidate", "Medical", "Avg", "IF", "score", "cached", "tasks"]
+    rows = {line.split()[0]: line.split() for line in lines[1:5]}
+    assert list(rows) == names
+    for name in names:
+        report = json.loads((tmp_path / "reports" / f"{name}.json").read_text())
+        assert len(report["tasks"]) == 10 and report["if_score"] is None
+        assert rows[name] == [name, f"{report['medical_avg']:.4f}", "0"]   # no IF score: clinical only
+        assert all(t["n_samples"] == 2 for t in report["tasks"].values())
+    # ratio 0 is the clinical model and ratio 1 the instruct model, whichever method
+    assert rows["linear-0.0"][1] == rows["slerp-0.0"][1] and rows["linear-1.0"][1] == rows["slerp-1.0"][1]
+    assert lines[5] == "cache: 0 hits, 40 misses"
+    # the second run is served from the cache: every task of every candidate
+    code, out, _ = cli(capsys, *args)
+    assert code == 0 and out.splitlines()[5] == "cache: 40 hits, 0 misses"
+    assert all(line.split()[-1] == "10" for line in out.splitlines()[1:5])
+
+
+# --- the medical5 suite ---------------------------------------------------------------------------
+
+def test_medical5_is_five_shot_with_hellaswag_acc_norm(fam, tmp_path, capsys, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    contexts: list[tuple[str, str]] = []
+    real = HFLM.loglikelihood
+
+    def recording(self, requests, *a, **k):
+        contexts.extend((r.task_name, r.args[0]) for r in requests)
+        return real(self, requests, *a, **k)
+
+    monkeypatch.setattr(HFLM, "loglikelihood", recording)
+    out = tmp_path / "r.json"
+    code, printed, _ = cli(capsys, "evaluate", fam["m0"], "--suite", "medical5", "--data-dir", "sample",
+                           "--limit", "3", "--out", out, "--no-cache")
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["suites"] == ["medical5"]
+    assert set(r["tasks"]) == {"mm_medqa_4options", "mm_pubmedqa", "mm_mmlu_professional_medicine", "mm_medmcqa",
+                               "mm_hellaswag"}
+    for name, t in r["tasks"].items():
+        assert t["num_fewshot"] == 5 and t["n_samples"] == 3, name
+        acc = t["metrics"]["acc"]
+        assert 0 <= acc["value"] <= 1 and acc["stderr"] is not None, name   # each with its standard error
+        assert acc["value"] * 3 == pytest.approx(round(acc["value"] * 3))    # a share of 3 documents
+    hs = r["tasks"]["mm_hellaswag"]["metrics"]
+    assert "acc_norm" in hs and hs["acc_norm"]["stderr"] is not None and 0 <= hs["acc_norm"]["value"] <= 1
+    assert r["medical_avg"] is None and r["if_score"] is None                # medical5 feeds neither score
+    table = {tuple(line.split()[:2]) for line in printed.splitlines()}
+    assert ("HellaSwag", "acc_norm") in table                                # the alias, as printed
+    # the shots are real: every MedQA prompt holds five solved questions before its own (4 options each)
+    medqa = [c for task, c in contexts if task == "mm_medqa_4options"]
+    assert len(medqa) == 3 * 4 and all(c.count("Question: ") == 6 and c.count("Answer:") == 6 for c in medqa)
+    assert len([c for task, c in contexts if task == "mm_hellaswag"]) == 3 * 4
 
 
 # --- merge options: --random-seed, --max-shard-size -------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from factory import shared_or_sample
 from medmerge.cli import main
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.runner import EvalSettings, evaluate_checkpoint
@@ -19,8 +20,7 @@ from medmerge.evaluation.sweep_eval import evaluate_sweep
 from medmerge.evaluation.tasks import EvalError, task_spec
 from medmerge.recipe import SweepSpec
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+CLINICAL_DATA = ("mmlu", "mmlu_pro_health", "medmcqa", "medqa", "pubmedqa")
 
 
 def test_scores_are_the_stated_means():
@@ -39,27 +39,27 @@ def constant_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-@needs_data
 def test_fixed_choice_model_scores_the_share_of_a_answers(demo_models, tmp_path):
+    data = shared_or_sample(*CLINICAL_DATA)  # the real data; the packaged sample on a clone without it
     model = constant_model(demo_models["clinical"], tmp_path / "const")
-    settings = EvalSettings(suites=("clinical",), data_dir=str(DATA), limit=40)
+    settings = EvalSettings(suites=("clinical",), data_dir=str(data), limit=40)
     report = evaluate_checkpoint(model, settings)
     for task in ("mm_medqa_4options", "mm_mmlu_anatomy", "mm_medmcqa"):
-        spec = task_spec(task, DATA)
+        spec = task_spec(task, data)
         rows = [json.loads(x) for x in open(spec.data_files[spec.config["test_split"]])]
         if task == "mm_mmlu_anatomy":
             rows = [r for r in rows if r["subject"] == "anatomy"]
-        expected = sum(r["answer"] == 0 for r in rows[:40]) / 40
+        expected = sum(r["answer"] == 0 for r in rows[:40]) / len(rows[:40])
         assert report.tasks[task].metrics["acc"].value == pytest.approx(expected), task
     accs = {t: r.metrics["acc"].value for t, r in report.tasks.items()}
     assert report.medical_avg == pytest.approx(sum(accs.values()) / len(accs))
     assert len(accs) == 10
 
 
-@needs_data
 def test_evaluate_cli_writes_the_report(demo_models, tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["evaluate", str(demo_models["instruct"]), "--suite", "clinical,ifeval", "--data-dir", str(DATA),
+    data = shared_or_sample(*CLINICAL_DATA, "ifeval")
+    code = main(["evaluate", str(demo_models["instruct"]), "--suite", "clinical,ifeval", "--data-dir", str(data),
                  "--limit", "4", "--max-gen-toks", "32", "--out", str(out), "--no-cache"])
     assert code == 0
     printed = capsys.readouterr().out
