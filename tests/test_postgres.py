@@ -134,6 +134,7 @@ def _is_nested(run: dict) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two pipeline runs and a first start on an empty Postgres (migrations)
 def test_switching_to_a_postgres_server_logs_there_and_reuses_the_computation(
         postgres, demo_models, tmp_path, monkeypatch, capsys):
     from zenml.enums import ExecutionStatus as S
@@ -195,7 +196,7 @@ def test_switching_to_a_postgres_server_logs_there_and_reuses_the_computation(
         assert [r["info"]["status"] for r in parents] == ["FINISHED"]
         assert sorted(r["info"]["run_name"] for r in nested) == ["linear-0.0", "linear-0.5", "linear-1.0"]
         pid = parents[0]["info"]["run_id"]
-        assert {f["path"] for f in api(new.uri, "artifacts/list", run_id=pid, path="figures")["files"]} == {
+        assert {f["path"] for f in api(new.uri, "artifacts/list", run_id=pid, path="figures")["files"]} >= {
             "figures/frontier.png", "figures/trajectories.png"}
         mvs = api(new.uri, "model-versions/search", filter=f"name='{model}'")["model_versions"]
         assert {mv["version"] for mv in mvs} == set(second["versions"].values())

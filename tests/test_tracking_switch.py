@@ -18,6 +18,7 @@ def _runs(uri: str, experiment: str) -> list[dict]:
     return api_post(uri, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).get("runs", [])
 
 
+@pytest.mark.timeout(1800)  # two pipeline runs with SFT, generation and evaluation
 def test_finetune_logs_to_the_server_it_is_pointed_at(demo_models, tmp_path, monkeypatch, capsys):
     from zenml.enums import ExecutionStatus as S
 
