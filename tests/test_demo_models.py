@@ -63,8 +63,14 @@ def test_loads_offline_as_tiny_gqa_llama(demo_models, name):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert {t: getattr(tok, f"{t}_token") for t in ("bos", "eos", "unk", "pad")} == {
         "bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
-    out = model.generate(**tok("Doctor: How are you?", return_tensors="pt"), max_new_tokens=5, do_sample=False)
-    assert out.shape[1] > 1
+    enc = tok("Doctor: How are you?", return_tensors="pt")
+    n = enc["input_ids"].shape[1]
+    out = model.generate(**enc, max_new_tokens=5, do_sample=False)
+    new = out[0, n:]
+    assert torch.equal(out[0, :n], enc["input_ids"][0]) and 1 <= len(new) <= 5
+    with torch.no_grad():  # greedy: each new token is the model's most likely one after what precedes it
+        assert torch.equal(model(out[:, :-1]).logits[0, n - 1:].argmax(-1), new)
+    assert not set(new.tolist()) & {tok.pad_token_id, tok.unk_token_id, tok.bos_token_id}  # words, not padding
 
 
 def test_tokenizer_files_byte_identical(demo_models):
