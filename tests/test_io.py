@@ -94,3 +94,19 @@ def test_atomic_dir_renames_on_success_only(tmp_path):
 
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("64MiB") == 64 * 2**20 and parse_size(123) == 123
+
+
+def test_pid_alive_counts_a_zombie_as_dead():
+    """A server child killed but not yet reaped is a zombie: `kill -0` still succeeds, yet it is gone."""
+    import os
+    import subprocess
+    import time
+
+    from medmerge.io.atomic import pid_alive
+
+    child = subprocess.Popen(["sleep", "0.1"])
+    time.sleep(1.0)                      # exited, not reaped: a zombie
+    os.kill(child.pid, 0)                # the signal test alone would call it alive
+    assert not pid_alive(child.pid)
+    child.wait()
+    assert pid_alive(os.getpid())

@@ -31,14 +31,19 @@ def _owner_prefix(name: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (a process we may not signal counts as alive)."""
+    """Whether process ``pid`` runs on this host (a process we may not signal counts as alive; a zombie,
+    dead but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:   # "pid (comm) S ...": the state follows the last ')'
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _disk_full(exc: BaseException) -> bool:

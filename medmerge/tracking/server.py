@@ -172,7 +172,16 @@ def _terminate(pid: int, grace: float = 15.0) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:  # reap it when it is our child, so no zombie is left that looks alive
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if not pid_alive(pid):
+                return
+        time.sleep(0.1)
 
 
 def stop(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> ServerInfo | None:
