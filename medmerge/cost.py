@@ -270,15 +270,11 @@ SWEEP_STEPS = ("evaluate_candidates", "write_selected")   # merge + evaluate in 
 def sweep_row(client, model_uris: list[str]) -> CostRow | None:
     """The merge search that produced the first registered initialisation (``models:/NAME@alias`` or
     ``models:/NAME/VERSION``): its candidate run's parent holds the sweep's cost metrics."""
+    from medmerge.tracking.registry import model_version
+
     for uri in model_uris:
-        ref = uri.removeprefix("models:/")
         try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, version = ref.rsplit("/", 1)
-                mv = client.get_model_version(name, version)
+            mv = model_version(client, uri)
             cand = client.get_run(mv.run_id)
             parent_id = cand.data.tags.get("mlflow.parentRunId")
             if not parent_id:

@@ -441,21 +441,15 @@ def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
     uri = cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
     c = registry.client(uri)
-    ref = init.model_uri.removeprefix("models:/")
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = c.get_model_version_by_alias(name, alias)
-        else:
-            name, version = ref.rsplit("/", 1)
-            mv = c.get_model_version(name, version)
+        mv = registry.model_version(c, init.model_uri)
     except registry.RegistryError:
         raise  # the server is down: say so, not "not in the registry"
     except Exception as exc:
         raise FinetuneError(f"initialisation {init.name!r}: {init.model_uri} is not in the registry at {uri}") from exc
-    dest = Path(cfg.output_dir) / "initialisations" / f"{name}-v{mv.version}"
+    dest = Path(cfg.output_dir) / "initialisations" / f"{mv.name}-v{mv.version}"
     if not (dest / "config.json").exists():
-        with atomic_dir(dest, overwrite=True) as tmp, registry.unreachable_as_error(uri, f"downloading {ref}"):
+        with atomic_dir(dest, overwrite=True) as tmp, registry.unreachable_as_error(uri, f"downloading {init.model_uri.removeprefix('models:/')}"):
             got = download_checkpoint(mv, uri, Path(tmp))   # the MLflow Model's model/ folder
             if got != Path(tmp):  # the artifact folder lands inside tmp: lift its files up
                 for f in got.iterdir():

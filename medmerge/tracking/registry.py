@@ -200,6 +200,17 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     return Registered(name, mv.version, run_id, reused=False, model_id=logged.model_id)
 
 
+def model_version(c, model_uri: str):
+    """The registered version a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI names (MLflow's own
+    error when there is none)."""
+    ref = model_uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return c.get_model_version_by_alias(name, alias)
+    name, version = ref.rsplit("/", 1)
+    return c.get_model_version(name, version)
+
+
 def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", force: bool = False) -> str:
     """Point alias ``stage`` at ``version``, move it to that stage, archive the previous; return why.
 
