@@ -99,6 +99,36 @@ def test_in_memory_sweep_equals_disk_and_writes_nothing(sweep_spec, tmp_path, mo
         assert report.medical_avg == disk.medical_avg
 
 
+def test_ifeval_in_memory_equals_disk(demo_models, tmp_path, monkeypatch):
+    """The generation task too: each candidate merged in memory writes the same responses, token for
+    token, as its checkpoint on disk, so every IFEval metric is equal."""
+    from lm_eval.models.huggingface import HFLM
+
+    from medmerge.engine import sweep
+
+    generations: list[list[str]] = []
+    real = HFLM.generate_until
+
+    def recording(self, requests, *a, **k):
+        out = real(self, requests, *a, **k)
+        generations.append(list(out))
+        return out
+
+    monkeypatch.setattr(HFLM, "generate_until", recording)
+    spec = SweepSpec(clinical=str(demo_models["clinical"]), instruct=str(demo_models["instruct"]),
+                     methods=("linear", "slerp"), ratios=(0.5,))
+    settings = EvalSettings(suites=("ifeval",), data_dir=_settings().data_dir, limit=6, max_gen_toks=24)
+    in_memory = {c.name: (r, generations.pop()) for c, r in evaluate_sweep(spec, settings, quiet=True)}
+    assert list(in_memory) == ["linear-0.5", "slerp-0.5"] and not generations
+    written = sweep(spec, tmp_path / "cands", quiet=True)
+    for name, (report, texts) in in_memory.items():
+        disk = evaluate_checkpoint(written[name], settings)
+        assert generations.pop() == texts and len(texts) == 6 and any(t.strip() for t in texts), name
+        assert report.tasks["mm_ifeval"].metrics == disk.tasks["mm_ifeval"].metrics, name
+        assert report.if_score == disk.if_score is not None
+    assert in_memory["linear-0.5"][1] != in_memory["slerp-0.5"][1]  # two different models really ran
+
+
 def test_rerun_hits_cache_and_changed_parent_misses(sweep_spec, demo_models, tmp_path):
     cache = EvalCache(tmp_path / "cache")
     first = {c.name: r for c, r in evaluate_sweep(sweep_spec, _settings(), cache, quiet=True)}
