@@ -162,12 +162,16 @@ def _terminate(pid: int, grace: float = 15.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
-        try:
+        try:   # reap it first when it is our child: pid_alive counts an unreaped zombie as gone
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+        if not pid_alive(pid):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            return
         time.sleep(0.2)
     try:
         os.killpg(pid, signal.SIGKILL)
