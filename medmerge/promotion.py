@@ -34,6 +34,7 @@ from typing import Union
 from pydantic import BaseModel, Field
 
 from medmerge.errors import MedmergeError
+from medmerge.evaluation.report import MetricValue
 
 PICK_KEYWORDS = ("best_per_method", "knee", "near_frontier")
 POLICY_KEYWORDS = ("knee", "best_medical", "none")
@@ -142,9 +143,7 @@ def choose(picks: Names, promote: Names, frontier, results) -> Picks:
 # comparison
 # ---------------------------------------------------------------------------------------------
 
-class Score(BaseModel):
-    value: float
-    stderr: float | None = None
+Score = MetricValue   # a value with its stderr: the evaluation report's own type
 
 
 class PromotionDecision(BaseModel):
