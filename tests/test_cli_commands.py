@@ -218,3 +218,31 @@ def test_sharded_parents_merge_and_sweep_like_single_files(fam, tmp_path, capsys
     for name in ("linear-0.4", "slerp-0.4"):
         x, y = read(tmp_path / "sweep-shards" / name), read(tmp_path / "sweep-single" / name)
         assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+@pytest.mark.slow
+def test_demo_models_builds_the_three_checkpoints_and_a_sweep_that_uses_them(demo_models, tmp_path, capsys):
+    """``medmerge demo-models OUT`` prints where each checkpoint is, writes a sweep.yml the sweep reads, and is
+    seeded: seed 0 gives the very weights the test fixture built with the library call."""
+    import hashlib
+
+    from medmerge.recipe import SweepSpec
+
+    out = tmp_path / "demo"
+    code, stdout, _ = cli(capsys, "demo-models", str(out), "-q")
+    assert code == 0
+    printed = dict(line.split(None, 1) for line in stdout.strip().splitlines())
+    assert set(printed) == {"base", "clinical", "instruct", "sweep"}
+    for name in ("base", "clinical", "instruct"):
+        ck = out / name
+        assert printed[name] == str(ck)
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in ck.iterdir()}
+        digest = hashlib.sha256((ck / "model.safetensors").read_bytes()).hexdigest()
+        assert digest == hashlib.sha256((demo_models[name] / "model.safetensors").read_bytes()).hexdigest(), name
+    spec = SweepSpec.model_validate(yaml.safe_load((out / "sweep.yml").read_text()))
+    assert (spec.clinical, spec.instruct, spec.base) == tuple(str((out / n).resolve())
+                                                               for n in ("clinical", "instruct", "base"))
+    assert spec.methods == ("linear", "slerp") and len(spec.ratios) == 11
+    # the three are different models: the clinical and instruct children moved away from the base
+    assert len({hashlib.sha256((out / n / "model.safetensors").read_bytes()).hexdigest()
+                for n in ("base", "clinical", "instruct")}) == 3
