@@ -67,6 +67,37 @@ class Initialisation(BaseModel):
         return self
 
 
+class TaskSpec(BaseModel):
+    """One generation task of a multi-task run: a known task name or a JSONL/CSV file, with what differs
+    from the run's top-level settings (unset fields inherit them). ``name`` labels its steps, its output
+    folder, its MLflow parent run and its registered model (``<registered_model>-<name>``); it defaults to
+    the task name, or the file's stem."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    task: str
+    name: str | None = None
+    data_dir: str | None = None
+    train_split: str | None = None
+    eval_split: str | None = None
+    id_field: str | None = None
+    input_field: str | None = None
+    target_field: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        stem = Path(self.task).stem if any(c in self.task for c in "/\\.") else self.task
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "task"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"task name {v!r}: use letters, digits, '_', '.', '-' (it names steps and runs)")
+        return v
+
+
 class ForgettingSettings(EvalOptions):
     """The benchmark re-check after SFT (same suites and settings before and after) and its margin."""
 
@@ -82,6 +113,10 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     initialisations: tuple[Initialisation, ...]
     task: str = "mts_dialog"                # a known task name, or a JSONL/CSV file
+    # several tasks in one run (Table 2 across tasks): names, files or TaskSpec mappings; each is fine-tuned
+    # and scored as a run of its own (output_dir/<name>, registered model <registered_model>-<name>)
+    tasks: tuple[Union[str, TaskSpec], ...] = ()
+    task_label: str | None = None           # set by medmerge on each task's own config of a multi-task run
     data_dir: str | None = None             # "sample": the data sample shipped in the package
     train_split: str = "train"
     eval_split: str = "test"
@@ -127,6 +162,37 @@ class FinetuneConfig(BaseModel):
                 raise PromotionError(f"promote: {n!r} names no fine-tuned model of this run "
                                      f"(they are: {', '.join(known)})")
         return self
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v):
+        specs = tuple(TaskSpec(task=t) if isinstance(t, str) else t for t in v)
+        labels = [t.label for t in specs]
+        dup = sorted({n for n in labels if labels.count(n) > 1})
+        if dup:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(dup)} (give each a name:)")
+        return specs
+
+    @model_validator(mode="after")
+    def _task_or_tasks(self):
+        if self.tasks and "task" in self.model_fields_set:
+            raise FinetuneError("give either task: (one task) or tasks: (several), not both")
+        return self
+
+    def task_configs(self) -> list[tuple[str | None, "FinetuneConfig"]]:
+        """``[(label, config)]``: this config itself (label ``None``) for a one-task run, else one config per
+        task with its own task, data settings, output folder and registered model."""
+        if not self.tasks:
+            return [(None, self)]
+        out = []
+        for spec in self.tasks:
+            upd = {k: getattr(spec, k) for k in ("data_dir", "train_split", "eval_split", "id_field", "input_field",
+                                                   "target_field") if getattr(spec, k) is not None}
+            out.append((spec.label, self.model_copy(update={
+                "task": spec.task, "tasks": (), "task_label": spec.label, **upd,
+                "output_dir": str(Path(self.output_dir) / spec.label),
+                "registered_model": f"{self.registered_model}-{spec.label}"})))
+        return out
 
     @field_validator("initialisations")
     @classmethod
@@ -227,6 +293,7 @@ class SFTCheckpoint(BaseModel):
 class SFTResult(BaseModel):
     """Everything measured on one (initialisation, shots) model after SFT."""
 
+    task: str = ""                           # the task's label (its name in a multi-task run)
     init: str
     shots: str
     n_examples: int
@@ -303,6 +370,9 @@ def load_data(cfg: FinetuneConfig, inits: dict[str, InitModel] | None = None) ->
               target_field=cfg.target_field)
     train = load_task(cfg.task, cfg.train_split, **kw)
     held = load_task(cfg.task, cfg.eval_split, **kw)
+    if not held:
+        raise FinetuneError(f"task {cfg.task}: no held-out examples in split {cfg.eval_split!r} "
+                            f"(set eval_split: to the split to score on)")
     tokenizer = limit = None
     if inits:
         tokenizer, limit = input_token_limit(cfg, next(iter(inits.values())).path)
@@ -342,7 +412,9 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     uri = tracking_uri or cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), run_name or "finetune")
+    name = run_name or "finetune"
+    run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), f"{name}-{cfg.task_label}" if cfg.task_label
+                          else name)
     cost.attach(uri, run.parent_run_id)
     c = registry.client(uri)
     for rep in reports:
@@ -611,7 +683,7 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
         c.set_terminated(rid, status="FAILED")
         raise
     c.set_terminated(rid, status="FINISHED")
-    return SFTResult(init=ckpt.init, shots=ckpt.shots, n_examples=ckpt.n_examples, run_id=rid, scores=numeric,
+    return SFTResult(task=cfg.task_label or cfg.task, init=ckpt.init, shots=ckpt.shots, n_examples=ckpt.n_examples, run_id=rid, scores=numeric,
                      bertscore_model=scores["bertscore_model"], bertscore_layer=scores["bertscore_layer"],
                      truncated_inputs=gens.truncated_inputs, forgetting=gate, after=after)
 
@@ -674,32 +746,40 @@ def cost_table(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheck
 
 
 @measured("summarise", run=lambda a: (a["run"].tracking_uri, a["run"].parent_run_id))
+def plot_curves(results: list[SFTResult], path: Path, task: str) -> Path:
+    """One task's learning-curve figure (x: training examples, shots 0 left out: it is no SFT; points that
+    failed the forgetting gate marked)."""
+    from medmerge import figures
+
+    full = {r.init: r.n_examples for r in results if r.shots == "full"}
+    forgot: dict[str, set[int]] = {}
+    for r in results:
+        if not r.forgetting.passed:
+            forgot.setdefault(r.init, set()).add(r.n_examples)
+    trained = {i: {n: v for n, v in pts.items() if n} for i, pts in learning_curves(results).items()}
+    return figures.plot_learning_curves(trained, path, full_sizes=full, title=f"{task}: composite score after SFT",
+                                        forgot=forgot)
+
+
 def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheckpoint],
                            results: list[SFTResult], figures_dir: str | Path,
                            data: TrainingData | None = None,
                            inits: dict[str, InitModel] | None = None) -> FinetuneSummary:
     """Learning curves (figure + table), the forgetting table, one registered version per fine-tuned
     model tagged with its gate; closes the parent run."""
-    from medmerge import figures, table2
+    from medmerge import table2
     from medmerge.tracking import registry
 
     c = registry.client(run.tracking_uri)
     curves = learning_curves(results)
-    full = {r.init: r.n_examples for r in results if r.shots == "full"}
-    forgot: dict[str, set[int]] = {}
-    for r in results:
-        if not r.forgetting.passed:
-            forgot.setdefault(r.init, set()).add(r.n_examples)
-    trained = {i: {n: v for n, v in pts.items() if n} for i, pts in curves.items()}   # shots 0 is no SFT: Table 2
-    fig = figures.plot_learning_curves(trained, Path(figures_dir) / "learning_curves.png", full_sizes=full,
-                                       title=f"{cfg.task}: composite score after SFT", forgot=forgot)
+    fig = plot_curves(results, Path(figures_dir) / "learning_curves.png", cfg.task_label or cfg.task)
     table, ftable = curve_table(results), forgetting_table(results)
     c.log_artifact(run.parent_run_id, str(fig), "figures")
     c.log_text(run.parent_run_id, table + "\n", "learning_curves.txt")
     c.log_dict(run.parent_run_id, {i: {str(k): v for k, v in pts.items()} for i, pts in curves.items()},
                "learning_curves.json")
     c.log_text(run.parent_run_id, ftable, "forgetting.md")
-    t2 = table2.build({cfg.task: results})
+    t2 = table2.build({cfg.task_label or cfg.task: results})
     c.log_text(run.parent_run_id, table2.to_markdown(t2), "table2.md")
     c.log_dict(run.parent_run_id, t2, "table2.json")
     c.log_text(run.parent_run_id, cost_table(cfg, run, checkpoints), "cost.md")
@@ -711,7 +791,7 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
         if r.shots == ZERO_SHOT:   # no SFT: nothing new to register
             gate[key] = r.forgetting.passed
             continue
-        tags = {"initialisation": r.init, "shots": r.shots, "n_examples": r.n_examples, "task": cfg.task,
+        tags = {"initialisation": r.init, "shots": r.shots, "n_examples": r.n_examples, "task": cfg.task_label or cfg.task,
                 **{k: f"{v:.6f}" for k, v in r.scores.items()},
                 "medical_avg": r.after.medical_avg, "if_score": r.after.if_score,
                 "forgetting_gate": "passed" if r.forgetting.passed else "failed"}

@@ -15,6 +15,7 @@ from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
 from medmerge import finetune as core
+from medmerge import finetune_tasks
 from medmerge.evaluation.report import EvalReport
 from medmerge.finetune import (FinetuneConfig, FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun,
                                TrainingData)
@@ -79,3 +80,13 @@ def summarise(config: FinetuneConfig, run: TrackingRun, data: TrainingData, init
     """In: every result. Out: learning curves, the forgetting table, registered versions (tagged with the gate)."""
     return core.summarise_and_register(config, run, checkpoints, results,
                                        tempfile.mkdtemp(prefix="medmerge-figures-"), data=data, inits=inits.models)
+
+
+@step
+def compare_tasks(config: FinetuneConfig, results: list[SFTResult],
+                  tracking_uri: str | None = None) -> Annotated[finetune_tasks.CrossTaskSummary, "table2"]:
+    """In: every task's results (a multi-task run). Out: Table 2 across tasks and one learning-curve figure per
+    task, logged to the run tagged ``medmerge.kind = tasks``."""
+    return finetune_tasks.log_cross_task(config, results, tracking_uri or config.resolved_tracking_uri(),
+                                         run_name=get_step_context().pipeline_run.name,
+                                         figures_dir=tempfile.mkdtemp(prefix="medmerge-figures-"))
