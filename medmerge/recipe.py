@@ -193,19 +193,10 @@ def _errors_text(exc: ValidationError, source: str) -> str:
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
+    from medmerge.io.yaml_file import read_yaml
+
     p = Path(path)
-    if not p.exists():
-        raise RecipeError(f"config file {p} does not exist")
-    if not p.is_file():
-        raise RecipeError(f"config file {p} is not a file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise RecipeError(f"config file {p} is not UTF-8 text (binary?); expected a YAML file") from None
-    except OSError as exc:
-        raise RecipeError(f"config file {p} cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{p} is not valid YAML: {exc}") from exc
+    data = read_yaml(p, RecipeError)
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data

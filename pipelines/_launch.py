@@ -43,21 +43,9 @@ def entry_point(prog: str, doc: str, argv, arguments, call) -> int:
 
 def read_run_config(config_path: str) -> dict:
     """``parameters.config`` of a run-config YAML; errors name the file and what is wrong."""
-    import yaml
+    from medmerge.io.yaml_file import read_yaml
 
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise RunConfigError(f"{config_path}: no such run configuration") from None
-    except IsADirectoryError:
-        raise RunConfigError(f"{config_path}: is a directory, not a run configuration YAML") from None
-    except UnicodeDecodeError:
-        raise RunConfigError(f"{config_path}: not UTF-8 text (binary?); expected a run configuration YAML") from None
-    except OSError as exc:
-        raise RunConfigError(f"{config_path}: cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise RunConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    doc = read_yaml(config_path, RunConfigError, "run configuration")
     params = (doc or {}).get("parameters") if isinstance(doc, dict) else None
     if not isinstance(params, dict) or not isinstance(params.get("config"), dict):
         raise RunConfigError(f"{config_path}: expected a mapping under parameters.config (the pipeline's config)")

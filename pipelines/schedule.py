@@ -42,7 +42,7 @@ def schedule(cron_expr: str, search_config: Path, finetune_config: Path, promote
     configs = []
     for p in (search_config, finetune_config):
         if not p.is_file():
-            raise MedmergeError(f"{p}: no such run configuration")
+            raise MedmergeError(f"run configuration {p} does not exist")
         configs.append(p.resolve())
     try:
         entry.load_configs(*map(str, configs))

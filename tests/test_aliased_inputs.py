@@ -112,7 +112,7 @@ def test_config_that_is_a_directory(tmp_path, capsys):
     assert main(["merge", str(tmp_path), str(tmp_path / "out")]) == 2   # click's usage error names it
     err = capsys.readouterr().err
     assert "is a directory" in err and str(tmp_path) in err and "Traceback" not in err
-    with pytest.raises(RecipeError, match="is not a file"):   # the loader the pipelines use says so too
+    with pytest.raises(RecipeError, match="is a directory, not a YAML file"):   # the pipelines' loader too
         load_recipe(tmp_path)
 
 

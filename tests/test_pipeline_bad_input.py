@@ -38,7 +38,7 @@ def test_missing_run_config_is_named(tmp_path, capsys):
 
     for main, name in ((ft, "finetune"), (ms, "merge_search")):
         assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
-        assert f"{tmp_path / 'nope.yaml'}: no such run configuration" in capsys.readouterr().err
+        assert f"run configuration {tmp_path / 'nope.yaml'} does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sweep, message", [

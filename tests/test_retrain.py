@@ -103,7 +103,7 @@ def test_schedule_forwards_the_pipeline_layers_error_and_exit_code(tmp_path, con
     args[args.index("--search-config") + 1] = str(tmp_path / "missing.yaml")
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err == f"medmerge: error: {tmp_path / 'missing.yaml'}: no such run configuration\n"
+    assert err == f"medmerge: error: run configuration {tmp_path / 'missing.yaml'} does not exist\n"
     assert not (tmp_path / "out").exists()
 
 
