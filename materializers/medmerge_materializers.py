@@ -77,7 +77,7 @@ class SFTCheckpointMaterializer(CheckpointDirMaterializer):
     def extract_metadata(self, data: SFTCheckpoint) -> dict[str, Any]:
         _, size = _dir_size(data.path)
         meta = {"initialisation": data.init, "shots": data.shots, "n_examples": data.n_examples, "steps": data.steps,
-                "train_loss": data.train_loss, "bytes": size, "mlflow_run_id": data.run_id}
+                "train_loss": data.loss.mean, "bytes": size, "mlflow_run_id": data.run_id}
         return {k: v for k, v in meta.items() if v is not None}   # shots 0 trains nothing: no loss (ZenML refuses None)
 
 

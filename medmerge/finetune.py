@@ -67,6 +67,12 @@ class Initialisation(BaseModel):
         return self
 
 
+def _unique_names(what: str, names: list[str], hint: str = "") -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(dup)}{hint}")
+
+
 class TaskSpec(BaseModel):
     """One generation task of a multi-task run: a known task name or a JSONL/CSV file, with what differs
     from the run's top-level settings (unset fields inherit them). ``name`` labels its steps, its output
@@ -167,10 +173,7 @@ class FinetuneConfig(BaseModel):
     @classmethod
     def _tasks(cls, v):
         specs = tuple(TaskSpec(task=t) if isinstance(t, str) else t for t in v)
-        labels = [t.label for t in specs]
-        dup = sorted({n for n in labels if labels.count(n) > 1})
-        if dup:
-            raise ValueError(f"task names must be unique; repeated: {', '.join(dup)} (give each a name:)")
+        _unique_names("task names", [t.label for t in specs], " (give each a name:)")
         return specs
 
     @model_validator(mode="after")
@@ -194,25 +197,20 @@ class FinetuneConfig(BaseModel):
                 "registered_model": f"{self.registered_model}-{spec.label}"})))
         return out
 
-    @field_validator("initialisations")
+    @field_validator("initialisations", "shots")
     @classmethod
-    def _unique(cls, v):
-        if not v:
-            raise ValueError("at least one initialisation is needed")
-        names = [i.name for i in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"initialisation names must be unique; repeated: {', '.join(dup)}")
-        return v
-
-    @field_validator("shots")
-    @classmethod
-    def _shots(cls, v):
+    def _lists(cls, v, info):
+        """Initialisations: at least one, names unique. Shots: 0 (no SFT), positive integers or 'full', each once."""
+        if info.field_name == "initialisations":
+            if not v:
+                raise ValueError("at least one initialisation is needed")
+            _unique_names("initialisation names", [i.name for i in v])
+            return v
         if not v:
             raise ValueError("shots is empty")
-        for s in v:
-            if s != "full" and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
-                raise ValueError(f"shots must be 0 (no SFT), positive integers or 'full', got {s!r}")
+        bad = [s for s in v if s != "full" and (isinstance(s, bool) or not isinstance(s, int) or s < 0)]
+        if bad:
+            raise ValueError(f"shots must be 0 (no SFT), positive integers or 'full', got {bad[0]!r}")
         if len(set(v)) != len(v):
             raise ValueError(f"shots repeat a size: {list(v)}")
         return v
@@ -275,6 +273,14 @@ class InitModel(BaseModel):
     source: str          # path, hub id or models:/ URI as configured
 
 
+class TrainingLoss(BaseModel):
+    """SFT's training loss: the mean over the run, the first and the last logged value (None: no SFT)."""
+
+    mean: float | None = None
+    first: float | None = None
+    last: float | None = None
+
+
 class SFTCheckpoint(BaseModel):
     """A fine-tuned checkpoint and what made it (``identity`` keys its registry version)."""
 
@@ -285,9 +291,7 @@ class SFTCheckpoint(BaseModel):
     identity: str
     run_id: str
     steps: int
-    train_loss: float | None = None
-    first_loss: float | None = None
-    last_loss: float | None = None
+    loss: TrainingLoss = TrainingLoss()
 
 
 class SFTResult(BaseModel):
@@ -627,8 +631,8 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
         c.set_terminated(rid, status="FAILED")
         raise
     return SFTCheckpoint(init=init.name, shots=shots, n_examples=len(examples), path=str(out.resolve()),
-                         identity=identity, run_id=rid, steps=steps, train_loss=res["train_loss"],
-                         first_loss=res["first_loss"], last_loss=res["last_loss"])
+                         identity=identity, run_id=rid, steps=steps,
+                         loss=TrainingLoss(mean=res["train_loss"], first=res["first_loss"], last=res["last_loss"]))
 
 
 @measured("evaluate_sft", run=lambda a: (a["run"].tracking_uri, a["ckpt"].run_id, a["run"].parent_run_id))
