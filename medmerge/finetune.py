@@ -749,7 +749,6 @@ def cost_table(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheck
     return cost.cost_table(sweep, sft)
 
 
-@measured("summarise", run=lambda a: (a["run"].tracking_uri, a["run"].parent_run_id))
 def plot_curves(results: list[SFTResult], path: Path, task: str) -> Path:
     """One task's learning-curve figure (x: training examples, shots 0 left out: it is no SFT; points that
     failed the forgetting gate marked)."""
@@ -765,6 +764,7 @@ def plot_curves(results: list[SFTResult], path: Path, task: str) -> Path:
                                         forgot=forgot)
 
 
+@measured("summarise", run=lambda a: (a["run"].tracking_uri, a["run"].parent_run_id))
 def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheckpoint],
                            results: list[SFTResult], figures_dir: str | Path,
                            data: TrainingData | None = None,
