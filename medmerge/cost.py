@@ -113,12 +113,10 @@ def attach(tracking_uri: str, run_id: str, parent_run_id: str | None = None) -> 
 
 
 def _log(cost: StepCost, tracking_uri: str, run_id: str) -> None:
-    from medmerge.tracking import registry
+    from medmerge.tracking import runs
 
     try:
-        c = registry.client(tracking_uri)
-        for k, v in cost.metrics().items():
-            c.log_metric(run_id, k, v)
+        runs.Run(tracking_uri, run_id).metrics(cost.metrics())
     except Exception as exc:  # accounting must never fail the step it measures
         log.warning("could not log the cost of step %s to run %s: %s", cost.step, run_id, exc)
 
@@ -139,21 +137,10 @@ def _system_metrics_enabled() -> bool:
 def _start_system_metrics(tracking_uri: str, run_id: str):
     if not _system_metrics_enabled():
         return None
-    # its start/stop lines would come twice per step; warnings still show
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from medmerge.tracking.runs import start_system_metrics
 
-        interval = float(os.environ.get("MEDMERGE_SYSTEM_METRICS_INTERVAL", "5"))
-        kwargs = dict(sampling_interval=interval, samples_before_logging=1, resume_logging=True)
-        if "tracking_uri" in inspect.signature(SystemMetricsMonitor).parameters:
-            kwargs["tracking_uri"] = tracking_uri
-        monitor = SystemMetricsMonitor(run_id, **kwargs)
-        monitor.start()
-        return monitor
-    except Exception as exc:
-        log.warning("MLflow system metrics are off for run %s: %s", run_id, exc)
-        return None
+    return start_system_metrics(tracking_uri, run_id,
+                                interval=float(os.environ.get("MEDMERGE_SYSTEM_METRICS_INTERVAL", "5")))
 
 
 def begin(step: str) -> StepCost:
@@ -267,21 +254,22 @@ def _metrics_row(metrics: dict[str, float], steps: tuple[str, ...]) -> tuple[flo
 SWEEP_STEPS = ("evaluate_candidates", "write_selected")   # merge + evaluate in memory, write the picks
 
 
-def sweep_row(client, model_uris: list[str]) -> CostRow | None:
+def sweep_row(tracking_uri: str, model_uris: list[str]) -> CostRow | None:
     """The merge search that produced the first registered initialisation (``models:/NAME@alias`` or
     ``models:/NAME/VERSION``): its candidate run's parent holds the sweep's cost metrics."""
+    from medmerge.tracking import runs
     from medmerge.tracking.registry import model_version
 
     for uri in model_uris:
         try:
-            mv = model_version(client, uri)
-            cand = client.get_run(mv.run_id)
+            mv = model_version(tracking_uri, uri)
+            cand = runs.get(tracking_uri, mv.run_id)
             parent_id = cand.data.tags.get("mlflow.parentRunId")
             if not parent_id:
                 continue
-            parent = client.get_run(parent_id)
-            n = len(client.search_runs([parent.info.experiment_id], max_results=5000,
-                                       filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"))
+            parent = runs.get(tracking_uri, parent_id)
+            n = len(runs.search(tracking_uri, [parent.info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{parent_id}'"))
         except Exception as exc:
             log.warning("no merge-search cost for %s: %s", uri, exc)
             continue
@@ -294,12 +282,14 @@ def sweep_row(client, model_uris: list[str]) -> CostRow | None:
     return None
 
 
-def sft_rows(client, runs: list[tuple[str, str, int]]) -> list[CostRow]:
+def sft_rows(tracking_uri: str, sft_runs: list[tuple[str, str, int]]) -> list[CostRow]:
     """One row per SFT run ``(label, run id, optimisation steps)``: its ``sft`` step's figures."""
+    from medmerge.tracking import runs
+
     out = []
-    for label, rid, steps in runs:
+    for label, rid, steps in sft_runs:
         try:
-            metrics = client.get_run(rid).data.metrics
+            metrics = runs.get(tracking_uri, rid).data.metrics
         except Exception:
             metrics = {}
         wall, rss, gpu = _metrics_row(metrics, ("sft",))

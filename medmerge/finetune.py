@@ -403,7 +403,7 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     ``tracking_uri`` (else the configured server) and log the reports to it. A failing dataset marks the run
     FAILED and raises, naming every failed expectation."""
     from medmerge.generation.validation import DataValidationError, validate_dataset
-    from medmerge.tracking import registry
+    from medmerge.tracking import registry, runs
 
     # the longest input must fit SFT's max length, the generation cap and the first model's context
     tokenizer, limit = input_token_limit(cfg, next(iter(inits.values())).path)
@@ -420,52 +420,40 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), f"{name}-{cfg.task_label}" if cfg.task_label
                           else name)
     cost.attach(uri, run.parent_run_id)
-    c = registry.client(uri)
+    parent = runs.Run(uri, run.parent_run_id, run.experiment_id)
     for rep in reports:
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", rep.dataset)
-        c.log_text(run.parent_run_id, rep.to_markdown(), f"validation/{stem}.md")
-        c.log_text(run.parent_run_id, rep.to_json(), f"validation/{stem}.json")
+        parent.text(rep.to_markdown(), f"validation/{stem}.md")
+        parent.text(rep.to_json(), f"validation/{stem}.json")
     failed = [r for r in reports if not r.success]
     if failed:
-        c.set_tag(run.parent_run_id, "medmerge.failure", "data validation")
-        c.set_terminated(run.parent_run_id, status="FAILED")
+        parent.fail("data validation")
         raise DataValidationError("\n".join(r.failure_message() for r in failed) +
                                   f"\n(report: MLflow run {run.parent_run_id}, artifacts validation/)", report=failed[0])
-    c.log_param(run.parent_run_id, "task", cfg.task)
-    c.log_param(run.parent_run_id, "shots", ",".join(shot_label(s) for s in cfg.shots))
-    c.log_param(run.parent_run_id, "initialisations", ",".join(inits))
-    c.log_param(run.parent_run_id, "train_rows", len(data.train))
-    c.log_param(run.parent_run_id, "eval_rows", len(data.eval))
-    c.log_param(run.parent_run_id, "train_sha256", data.train_sha256)
+    parent.params({"task": cfg.task, "shots": ",".join(shot_label(s) for s in cfg.shots),
+                   "initialisations": ",".join(inits), "train_rows": len(data.train), "eval_rows": len(data.eval),
+                   "train_sha256": data.train_sha256})
     from medmerge.tracking import datasets   # the splits as MLflow datasets: digests, never rows
 
-    datasets.log(c, run.parent_run_id, [
+    parent.datasets([
         (datasets.entity(f"{cfg.task}:{cfg.train_split}", data.train_sha256, f"{cfg.task} [{cfg.train_split}]",
                          len(data.train)), "training"),
         (datasets.entity(f"{cfg.task}:{cfg.eval_split}", data.eval_sha256, f"{cfg.task} [{cfg.eval_split}]",
                          len(data.eval)), "evaluation")])
     if data.dropped:  # ids only: no clinical text
-        c.log_dict(run.parent_run_id, data.dropped, "validation/dropped_ids.json")
+        parent.json(data.dropped, "validation/dropped_ids.json")
         for reason, ids in data.dropped.items():
-            c.log_metric(run.parent_run_id, "dropped." + re.sub(r"[^A-Za-z0-9_]+", "_", reason).strip("_"), len(ids))
-    c.log_dict(run.parent_run_id, {k: v.model_dump() for k, v in inits.items()}, "initialisations.json")
+            parent.metric("dropped." + re.sub(r"[^A-Za-z0-9_]+", "_", reason).strip("_"), len(ids))
+    parent.json({k: v.model_dump() for k, v in inits.items()}, "initialisations.json")
     return run
 
 
 def open_parent_run(uri: str, experiment: str, key: str, run_name: str) -> TrackingRun:
     """The parent run with tag ``medmerge.run_key == key`` that has not finished, or a new one."""
-    from medmerge.tracking import registry
+    from medmerge.tracking import runs
 
-    c = registry.client(uri)
-    exp = c.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
-    found = c.search_runs([exp_id], filter_string=f"tags.`medmerge.run_key` = '{key}'", max_results=5)
-    for r in found:
-        if r.info.status != "FINISHED":
-            c.update_run(r.info.run_id, status="RUNNING")
-            return TrackingRun(tracking_uri=uri, experiment_id=exp_id, parent_run_id=r.info.run_id)
-    run = c.create_run(exp_id, run_name=run_name, tags={"medmerge.phase": "finetune", "medmerge.run_key": key})
-    return TrackingRun(tracking_uri=uri, experiment_id=exp_id, parent_run_id=run.info.run_id)
+    run, _ = runs.open_parent(uri, experiment, key, run_name, phase="finetune")
+    return TrackingRun(tracking_uri=uri, experiment_id=run.experiment_id, parent_run_id=run.run_id)
 
 
 @measured("subsample")
@@ -516,9 +504,8 @@ def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
 
     uri = cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
-    c = registry.client(uri)
     try:
-        mv = registry.model_version(c, init.model_uri)
+        mv = registry.model_version(uri, init.model_uri)
     except registry.RegistryError:
         raise  # the server is down: say so, not "not in the registry"
     except Exception as exc:
@@ -579,7 +566,7 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
     A checkpoint there recorded with the same identity (init weights, examples, settings) is reused, not
     retrained: a run against another tracking server logs it there without training again."""
     from medmerge.sft import finetune, optimisation_steps
-    from medmerge.tracking import registry
+    from medmerge.tracking import runs
 
     if shots not in subsets:
         raise FinetuneError(f"{shots} shots: the training split has only {len(data.train)} examples")
@@ -590,27 +577,17 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
     zero = shots == ZERO_SHOT
     steps = 0 if zero else cfg.max_steps or optimisation_steps(len(examples), cfg.sft, few_shot=few)
     identity = sft_identity(cfg, init, ids, data)
-    c = registry.client(run.tracking_uri)
     name = f"{init.name}-{shots}"
+    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id)
     # a killed run left this (init, shots) run unfinished under the same parent: resume it, as the parent is
-    unfinished = [r for r in c.search_runs([run.experiment_id], max_results=5, filter_string=(
-        f"tags.mlflow.parentRunId = '{run.parent_run_id}' and tags.`medmerge.identity` = '{identity}'"))
-        if r.info.status != "FINISHED"]
-    if unfinished:
-        rid = unfinished[0].info.run_id
-        c.update_run(rid, status="RUNNING")
-    else:
-        rid = c.create_run(run.experiment_id, run_name=name, tags={
-            "mlflow.parentRunId": run.parent_run_id, "initialisation": init.name, "shots": shots,
-            "medmerge.identity": identity}).info.run_id
+    nested = parent.nested_by_key(name, "medmerge.identity", identity, {"initialisation": init.name, "shots": shots})
+    rid = nested.run_id
     cost.attach(run.tracking_uri, rid, run.parent_run_id)
-    try:
-        params = {"initialisation": init.name, "init_source": init.source, "shots": shots, "n_examples": len(examples),
-                  "steps": steps, "lora": cfg.sft.lora, "learning_rate": cfg.sft.learning_rate,
-                  "per_device_batch": cfg.sft.per_device_batch, "grad_accum": cfg.sft.grad_accum,
-                  "max_length": cfg.sft.max_length, "seed": cfg.sft.seed}
-        for k, v in params.items():
-            c.log_param(rid, k, str(v)[:500])
+    with nested.failing_on_error():
+        nested.params({"initialisation": init.name, "init_source": init.source, "shots": shots,
+                       "n_examples": len(examples), "steps": steps, "lora": cfg.sft.lora,
+                       "learning_rate": cfg.sft.learning_rate, "per_device_batch": cfg.sft.per_device_batch,
+                       "grad_accum": cfg.sft.grad_accum, "max_length": cfg.sft.max_length, "seed": cfg.sft.seed})
         out = Path(cfg.output_dir) / "sft" / name
         res = _finished_sft(out, identity)  # the same SFT finished before (logged to another server, say)
         if zero:  # no SFT: the initialisation itself is generated from and scored
@@ -619,17 +596,13 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
             res = finetune(init.path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
             _record_sft(out, identity, res)
         for i, loss in enumerate(res.get("losses") or []):
-            c.log_metric(rid, "train_loss_step", loss, step=i + 1)
+            nested.metric("train_loss_step", loss, step=i + 1)
         if res["train_loss"] is not None:
-            c.log_metric(rid, "train_loss", res["train_loss"])
+            nested.metric("train_loss", res["train_loss"])
         if res.get("dtype"):  # the dtype SFT trained in (auto resolved)
-            c.log_param(rid, "dtype", res["dtype"])
-        for k in ("memory_estimate_gib", "samples_per_second"):
-            if res.get(k) is not None:
-                c.log_metric(rid, f"sft_{k}", res[k])
-    except BaseException:
-        c.set_terminated(rid, status="FAILED")
-        raise
+            nested.param("dtype", res["dtype"])
+        nested.metrics({f"sft_{k}": res[k] for k in ("memory_estimate_gib", "samples_per_second")
+                        if res.get(k) is not None})
     return SFTCheckpoint(init=init.name, shots=shots, n_examples=len(examples), path=str(out.resolve()),
                          identity=identity, run_id=rid, steps=steps,
                          loss=TrainingLoss(mean=res["train_loss"], first=res["first_loss"], last=res["last_loss"]))
@@ -645,11 +618,11 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
     from medmerge.forgetting import forgetting_gate
     from medmerge.generation.generate import generate
     from medmerge.generation.metrics import composite
-    from medmerge.tracking import registry
+    from medmerge.tracking import registry, runs
 
-    c = registry.client(run.tracking_uri)
+    nested = runs.Run(run.tracking_uri, ckpt.run_id, run.experiment_id)
     rid = ckpt.run_id
-    try:
+    with nested.failing_on_error():
         model, tok = load_model(ckpt.path, default_device(), dtype=cfg.generation.dtype)
         gen_dtype = model_dtype(model)
         gens = generate(model, tok, data.eval, cfg.generation, instruction=cfg.sft.instruction)
@@ -659,34 +632,24 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
         after = evaluate_checkpoint(ckpt.path, cfg.forgetting.eval_settings(), EvalCache())
         gate = forgetting_gate(before, after, margin=cfg.forgetting.margin)
 
-        for k, v in numeric.items():
-            c.log_metric(rid, k, v)
-        c.log_metric(rid, "n_examples", ckpt.n_examples)
-        c.log_metric(rid, "generation_seconds", gens.seconds)
-        c.log_metric(rid, "truncated_inputs", gens.truncated_inputs)
+        nested.metrics({**numeric, "n_examples": ckpt.n_examples, "generation_seconds": gens.seconds,
+                        "truncated_inputs": gens.truncated_inputs, "generation_new_tokens": gens.new_tokens})
         if gens.max_new_tokens:  # below generation.max_new_tokens where the context capped it (logged too)
-            c.log_metric(rid, "generation_max_new_tokens", min(gens.max_new_tokens))
-        c.log_metric(rid, "generation_new_tokens", gens.new_tokens)
+            nested.metric("generation_max_new_tokens", min(gens.max_new_tokens))
         if gens.seconds > 0:
-            c.log_metric(rid, "generation_tokens_per_second", gens.new_tokens / gens.seconds)
-        c.log_param(rid, "generation_dtype", gen_dtype)
-        c.log_param(rid, "eval_dtype", after.settings.get("dtype"))
-        for k, v in registry.report_metrics(after).items():
-            c.log_metric(rid, f"after.{k}", v)
-        c.log_metric(rid, "forgetting_failures", len(gate.failures))
-        c.log_param(rid, "bertscore_model", scores["bertscore_model"])
-        c.log_param(rid, "bertscore_layer", scores["bertscore_layer"])
-        c.set_tag(rid, "forgetting_gate", "passed" if gate.passed else "failed")
-        c.log_text(rid, gate.table() + "\n", "forgetting.txt")
-        c.log_dict(rid, gate.model_dump(mode="json"), "forgetting.json")
-        if cfg.log_samples:
+            nested.metric("generation_tokens_per_second", gens.new_tokens / gens.seconds)
+        nested.metrics({f"after.{k}": v for k, v in registry.report_metrics(after).items()})
+        nested.metric("forgetting_failures", len(gate.failures))
+        nested.params({"generation_dtype": gen_dtype, "eval_dtype": after.settings.get("dtype"),
+                       "bertscore_model": scores["bertscore_model"], "bertscore_layer": scores["bertscore_layer"]})
+        nested.tag("forgetting_gate", "passed" if gate.passed else "failed")
+        nested.text(gate.table() + "\n", "forgetting.txt")
+        nested.json(gate.model_dump(mode="json"), "forgetting.json")
+        if cfg.log_samples:   # clinical text: only when asked, at most MAX_LOGGED_SAMPLES rows
             n = min(cfg.log_samples, MAX_LOGGED_SAMPLES, len(data.eval))
-            c.log_dict(rid, [{"id": e.id, "input": e.input[:2000], "target": e.target, "prediction": p}
-                             for e, p in zip(data.eval[:n], gens.predictions[:n])], "samples.json")
-    except BaseException:
-        c.set_terminated(rid, status="FAILED")
-        raise
-    c.set_terminated(rid, status="FINISHED")
+            nested.json([{"id": e.id, "input": e.input[:2000], "target": e.target, "prediction": p}
+                         for e, p in zip(data.eval[:n], gens.predictions[:n])], "samples.json")
+    nested.finish()
     return SFTResult(task=cfg.task_label or cfg.task, init=ckpt.init, shots=ckpt.shots, n_examples=ckpt.n_examples, run_id=rid, scores=numeric,
                      bertscore_model=scores["bertscore_model"], bertscore_layer=scores["bertscore_layer"],
                      truncated_inputs=gens.truncated_inputs, forgetting=gate, after=after)
@@ -741,11 +704,8 @@ def _failure_text(r: SFTResult) -> str:
 
 def cost_table(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheckpoint]) -> str:
     """``cost.md``: the merge search behind the registered initialisations against each SFT run (merge vs SFT)."""
-    from medmerge.tracking import registry
-
-    c = registry.client(run.tracking_uri)
-    sweep = cost.sweep_row(c, [i.model_uri for i in cfg.initialisations if i.model_uri])
-    sft = cost.sft_rows(c, [(f"{k.init}-{k.shots}", k.run_id, k.steps) for k in checkpoints if k.steps])
+    sweep = cost.sweep_row(run.tracking_uri, [i.model_uri for i in cfg.initialisations if i.model_uri])
+    sft = cost.sft_rows(run.tracking_uri, [(f"{k.init}-{k.shots}", k.run_id, k.steps) for k in checkpoints if k.steps])
     return cost.cost_table(sweep, sft)
 
 
@@ -772,21 +732,20 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
     """Learning curves (figure + table), the forgetting table, one registered version per fine-tuned
     model tagged with its gate; closes the parent run."""
     from medmerge import table2
-    from medmerge.tracking import registry
+    from medmerge.tracking import registry, runs
 
-    c = registry.client(run.tracking_uri)
+    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id)
     curves = learning_curves(results)
     fig = plot_curves(results, Path(figures_dir) / "learning_curves.png", cfg.task_label or cfg.task)
     table, ftable = curve_table(results), forgetting_table(results)
-    c.log_artifact(run.parent_run_id, str(fig), "figures")
-    c.log_text(run.parent_run_id, table + "\n", "learning_curves.txt")
-    c.log_dict(run.parent_run_id, {i: {str(k): v for k, v in pts.items()} for i, pts in curves.items()},
-               "learning_curves.json")
-    c.log_text(run.parent_run_id, ftable, "forgetting.md")
+    parent.artifact(fig, "figures")
+    parent.text(table + "\n", "learning_curves.txt")
+    parent.json({i: {str(k): v for k, v in pts.items()} for i, pts in curves.items()}, "learning_curves.json")
+    parent.text(ftable, "forgetting.md")
     t2 = table2.build({cfg.task_label or cfg.task: results})
-    c.log_text(run.parent_run_id, table2.to_markdown(t2), "table2.md")
-    c.log_dict(run.parent_run_id, t2, "table2.json")
-    c.log_text(run.parent_run_id, cost_table(cfg, run, checkpoints), "cost.md")
+    parent.text(table2.to_markdown(t2), "table2.md")
+    parent.json(t2, "table2.json")
+    parent.text(cost_table(cfg, run, checkpoints), "cost.md")
     by_key = {(k.init, k.shots): k for k in checkpoints}
     versions, gate = {}, {}
     for r in results:
@@ -808,20 +767,14 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
         reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), ck.run_id, ck.identity, tags,
                                            run.tracking_uri)
         if reg.reused:  # same model, re-measured: its gate tags follow the latest measurement
-            c.set_model_version_tag(cfg.registered_model, reg.version, "forgetting_gate", tags["forgetting_gate"])
-            if "forgetting_failures" in tags:
-                c.set_model_version_tag(cfg.registered_model, reg.version, "forgetting_failures",
-                                        tags["forgetting_failures"])
-            else:
-                try:
-                    c.delete_model_version_tag(cfg.registered_model, reg.version, "forgetting_failures")
-                except Exception:
-                    pass
+            registry.set_version_tags(cfg.registered_model, reg.version, run.tracking_uri,
+                                      {k: tags[k] for k in ("forgetting_gate", "forgetting_failures") if k in tags},
+                                      drop=() if "forgetting_failures" in tags else ("forgetting_failures",))
         versions[key] = reg.version
         gate[key] = r.forgetting.passed
-    c.log_dict(run.parent_run_id, versions, "registered_versions.json")
-    c.log_metric(run.parent_run_id, "forgetting_gate_failures", sum(not g for g in gate.values()))
-    c.set_terminated(run.parent_run_id, status="FINISHED")
+    parent.json(versions, "registered_versions.json")
+    parent.metric("forgetting_gate_failures", sum(not g for g in gate.values()))
+    parent.finish()
     return FinetuneSummary(table=table, forgetting_table=ftable, curves=curves, versions=versions, gate=gate,
                            table2=table2.to_markdown(t2),
                            figures={"learning_curves": str(fig)})

@@ -48,7 +48,7 @@ def log_cross_task(cfg: FinetuneConfig, results: list[SFTResult], tracking_uri: 
                    figures_dir: str | Path | None = None) -> CrossTaskSummary:
     """Open (or resume) the cross-task run, log Table 2 and the per-task learning curves, close it."""
     from medmerge import table2
-    from medmerge.tracking import registry
+    from medmerge.tracking import registry, runs
 
     by_task = group_by_task(cfg, results)
     t2 = table2.build(by_task)
@@ -58,23 +58,20 @@ def log_cross_task(cfg: FinetuneConfig, results: list[SFTResult], tracking_uri: 
                          ).hexdigest()[:32]
     registry.check_reachable(tracking_uri)
     run = open_parent_run(tracking_uri, cfg.experiment, key, f"{run_name}-tasks")
-    c = registry.client(tracking_uri)
-    c.set_tag(run.parent_run_id, "medmerge.kind", "tasks")
-    c.log_param(run.parent_run_id, "tasks", ",".join(by_task))
-    c.log_param(run.parent_run_id, "task_runs", ",".join(sorted({r.run_id for r in results}))[:6000])
+    logged = runs.Run(tracking_uri, run.parent_run_id, run.experiment_id)
+    logged.tag("medmerge.kind", "tasks")
+    logged.params({"tasks": ",".join(by_task), "task_runs": ",".join(sorted({r.run_id for r in results}))})
     out = Path(figures_dir or tempfile.mkdtemp(prefix="medmerge-tasks-"))
     figs = {}
     for task, rs in by_task.items():
-        fig = plot_curves(rs, out / f"learning_curves_{task}.png", task)
-        c.log_artifact(run.parent_run_id, str(fig), "figures")
-        figs[task] = str(fig)
-    c.log_text(run.parent_run_id, md, "table2.md")
-    c.log_dict(run.parent_run_id, t2, "table2.json")
-    for row in t2["rows"]:
-        for task, cell in row["cells"].items():
-            c.log_metric(run.parent_run_id, f"composite.{task}.{row['init']}-{row['shots']}", cell["value"])
-    c.set_tag(run.parent_run_id, "mlflow.note.content",
-              f"Table 2 across {len(by_task)} tasks ({', '.join(by_task)}): composite per initialisation x shots; "
-              f"each task's own run holds its learning curves, forgetting table and registered versions.")
-    c.set_terminated(run.parent_run_id, status="FINISHED")
+        figs[task] = str(plot_curves(rs, out / f"learning_curves_{task}.png", task))
+        logged.artifact(figs[task], "figures")
+    logged.text(md, "table2.md")
+    logged.json(t2, "table2.json")
+    logged.metrics({f"composite.{task}.{row['init']}-{row['shots']}": cell["value"]
+                    for row in t2["rows"] for task, cell in row["cells"].items()})
+    logged.describe(f"Table 2 across {len(by_task)} tasks ({', '.join(by_task)}): the composite per initialisation "
+                    f"x shots; each task's own run holds its learning curves, forgetting table and registered "
+                    f"versions.")
+    logged.finish()
     return CrossTaskSummary(tasks=list(by_task), table2=md, table2_json=t2, run=run, figures=figs)

@@ -202,16 +202,15 @@ def report_scores(report, objectives) -> dict[str, Score]:
     return out
 
 
-def _staged_scores(c, mv, objectives, tracking_uri: str) -> dict[str, Score]:
+def _staged_scores(mv, objectives, tracking_uri: str) -> dict[str, Score]:
     """The staged version's scores: from its candidate run's ``report.json`` (values and stderrs), else its
     ``medical_avg``/``if_score`` tags (no stderr)."""
-    import mlflow
-
     from medmerge.evaluation.report import EvalReport
+    from medmerge.tracking import runs
 
     if mv.run_id:
         try:
-            text = mlflow.artifacts.load_text(f"runs:/{mv.run_id}/report.json")
+            text = runs.load_text(tracking_uri, mv.run_id, "report.json")
             return report_scores(EvalReport.model_validate_json(text), objectives)
         except Exception:
             pass
@@ -229,15 +228,13 @@ def _staged_scores(c, mv, objectives, tracking_uri: str) -> dict[str, Score]:
 def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str]) -> PromotionDecision:
     """Point each pick's alias at its version; compare the policy's candidate with ``@staging`` and promote it
     unless dominated; log the decision, both versions' scores and the reason to the parent run."""
-    from medmerge.tracking import registry
+    from medmerge.tracking import registry, runs
 
     uri = results.tracking_uri
-    c = registry.client(uri)
     name = cfg.registered_model
     pick_versions = {}
     for alias, cand in picks.picks.items():
-        c.set_registered_model_alias(name, alias, versions[cand])
-        c.set_model_version_tag(name, versions[cand], "pick", alias)
+        registry.set_alias(name, alias, versions[cand], uri, tag="pick")
         pick_versions[alias] = {"candidate": cand, "version": versions[cand]}
 
     target = picks.promote_candidate
@@ -249,13 +246,13 @@ def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str
         objectives = cfg.objective_pair()
         version = versions[target]
         scores = {"candidate": report_scores(by[target].report, objectives)}
-        staged = _staged(c, name)
+        staged = registry.staged_version(uri, name, STAGE)
         if staged is None:
             promoted, reason = True, f"nothing staged yet: {name} has no @{STAGE} version"
         elif str(staged.version) == str(version):
             promoted, reason = False, f"{target} v{version} is already @{STAGE}"
         else:
-            scores["staged"] = _staged_scores(c, staged, objectives, uri)
+            scores["staged"] = _staged_scores(staged, objectives, uri)
             dominated, reason = compare(scores["candidate"], scores["staged"])
             promoted = not dominated
             reason = f"against v{staged.version}: {reason}"
@@ -264,30 +261,26 @@ def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str
         decision = PromotionDecision(policy=picks.promote_policy, candidate=target, version=version,
                                      staged_version=None if staged is None else str(staged.version), scores=scores,
                                      promoted=promoted, reason=reason, picks=pick_versions)
+    parent = runs.Run(uri, results.parent_run_id, results.experiment_id)
     if results.candidates:   # what the search was scored on (digests, never rows)
         from medmerge.tracking import datasets
 
-        datasets.log(c, results.parent_run_id, datasets.evaluation_datasets(results.candidates[0].report))
-    log_decision(c, results.parent_run_id, decision, frontier)
+        parent.datasets(datasets.evaluation_datasets(results.candidates[0].report))
+    log_decision(parent, decision, frontier)
     return decision
 
 
-def _staged(c, name: str):
-    from medmerge.retrain import staged_version
-
-    return staged_version(c, name)
-
-
-def log_decision(c, run_id: str, decision: PromotionDecision, frontier=None) -> None:
-    """``promotion.json``, ``promotion.*`` tags and the run's description (frontier, picks, promotion)."""
-    c.log_dict(run_id, decision.model_dump(mode="json"), "promotion.json")
-    c.set_tag(run_id, "promotion.decision", "promoted" if decision.promoted else "not promoted")
-    c.set_tag(run_id, "promotion.reason", decision.reason[:5000])
+def log_decision(run, decision: PromotionDecision, frontier=None) -> None:
+    """``promotion.json``, ``promotion.*`` tags and the run's description (frontier, picks, promotion) on
+    ``run`` (a :class:`medmerge.tracking.runs.Run`)."""
+    run.json(decision.model_dump(mode="json"), "promotion.json")
+    run.tags({"promotion.decision": "promoted" if decision.promoted else "not promoted",
+              "promotion.reason": decision.reason[:5000]})
     for who, scores in decision.scores.items():
         for obj, s in scores.items():
-            c.log_metric(run_id, f"promotion.{who}.{obj}", s.value)
+            run.metric(f"promotion.{who}.{obj}", s.value)
             if s.stderr is not None:
-                c.log_metric(run_id, f"promotion.{who}.{obj}_stderr", s.stderr)
+                run.metric(f"promotion.{who}.{obj}_stderr", s.stderr)
     lines = []
     if frontier is not None:
         hv = "" if frontier.hypervolume is None else f", hypervolume {frontier.hypervolume:.6f}"
@@ -297,7 +290,7 @@ def log_decision(c, run_id: str, decision: PromotionDecision, frontier=None) -> 
         lines.append("**Picks**: " + ", ".join(f"`@{a}` = {p['candidate']} (v{p['version']})"
                                               for a, p in decision.picks.items()) + ".")
     lines.append("**Promotion**: " + decision.summary() + ".")
-    c.set_tag(run_id, "mlflow.note.content", "\n\n".join(lines)[:7900])   # a tag value holds 8000
+    run.describe("\n\n".join(lines))
 
 
 def decision_json(decision: PromotionDecision) -> str:
@@ -336,10 +329,9 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
     ``cfg.registered_model`` on composite, Medical Avg and IF score (the staged version's from its tags);
     promoted unless dominated. A model whose forgetting gate failed is never chosen by ``best_composite``
     and is refused by name (``medmerge promote --force`` is for people)."""
-    from medmerge.tracking import registry
+    from medmerge.tracking import registry, runs
 
     policy = cfg.promote
-    c = registry.client(run.tracking_uri)
     by = {f"{r.init}-{r.shots}": r for r in results if f"{r.init}-{r.shots}" in versions}
     target = None
     if policy == "best_composite":
@@ -356,7 +348,7 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
     else:
         version = versions[target]
         scores = {"candidate": _sft_scores(by[target])}
-        staged = _staged(c, cfg.registered_model)
+        staged = registry.staged_version(run.tracking_uri, cfg.registered_model, STAGE)
         if not by[target].forgetting.passed:
             promoted, reason = False, f"{target} failed its forgetting gate ({by[target].forgetting.failures[0].score})"
         elif staged is None:
@@ -373,5 +365,5 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
         decision = PromotionDecision(policy=policy, candidate=target, version=version, scores=scores,
                                      staged_version=None if staged is None else str(staged.version),
                                      promoted=promoted, reason=reason)
-    log_decision(c, run.parent_run_id, decision)
+    log_decision(runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id), decision)
     return decision

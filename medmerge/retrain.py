@@ -131,44 +131,12 @@ def compare_parents(current: dict[str, dict[str, str]], stored: str | None, wher
 
 # --- the registry ---------------------------------------------------------------------------------
 
-def _not_found(exc: Exception) -> bool:
-    """No such registered model, or no such alias (MLflow says INVALID_PARAMETER_VALUE for the latter)."""
-    code, text = getattr(exc, "error_code", ""), str(exc)
-    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "alias" in text
-                                                 and "not found" in text)
+def _last_retrain(uri: str, key: str) -> dict[str, str] | None:
+    from medmerge.tracking import runs
 
-
-def _read_registry(read, what: str):
-    """``read()``, or None when the model or alias does not exist; any other failure names ``what``."""
-    try:
-        return read()
-    except MedmergeError:
-        raise  # the server stopped answering: registry.client says so
-    except Exception as exc:
-        if _not_found(exc):
-            return None
-        raise RetrainError(f"cannot {what}: {exc}") from exc
-
-
-def staged_version(c, name: str):
-    """The version of ``name`` under the ``staging`` alias, or None (no model, or no alias)."""
-    return _read_registry(lambda: c.get_model_version_by_alias(name, STAGE),
-                          f"read {name}@{STAGE} from the registry")
-
-
-def newest_version(c, name: str):
-    versions = _read_registry(lambda: c.search_model_versions(f"name='{name}'"), f"list the versions of {name}")
-    return max(versions, key=lambda v: int(v.version)) if versions else None
-
-
-def _last_retrain(c, key: str) -> dict[str, str] | None:
-    exp = c.get_experiment_by_name(RETRAIN_EXPERIMENT)
-    if exp is None:
-        return None
-    runs = c.search_runs([exp.experiment_id],
-                         filter_string=f"tags.`medmerge.retrain` = '{_TAG_RAN}' and tags.`medmerge.retrain.key` = '{key}'",
-                         order_by=["attributes.start_time DESC"], max_results=1)
-    return {"run_id": runs[0].info.run_id, "status": runs[0].info.status} if runs else None
+    run = runs.latest(uri, RETRAIN_EXPERIMENT,
+                      f"tags.`medmerge.retrain` = '{_TAG_RAN}' and tags.`medmerge.retrain.key` = '{key}'")
+    return {"run_id": run.info.run_id, "status": run.info.status} if run else None
 
 
 def _key(search_cfg, ft_cfg) -> str:
@@ -218,8 +186,8 @@ def decide(search_cfg, ft_cfg) -> RetrainDecision:
     train_sha, notes = current_train_sha256(ft_cfg)
     reasons: list[str] = []
 
-    c = registry.client(search_cfg.resolved_tracking_uri())
-    mv = staged_version(c, search_cfg.registered_model)
+    uri = search_cfg.resolved_tracking_uri()
+    mv = registry.staged_version(uri, search_cfg.registered_model)
     promoted = None
     if mv is None:
         reasons.append(f"nothing promoted yet: {search_cfg.registered_model} has no {STAGE} version")
@@ -230,11 +198,11 @@ def decide(search_cfg, ft_cfg) -> RetrainDecision:
         reasons += r
         notes += n
 
-    fc = registry.client(ft_cfg.resolved_tracking_uri())
+    ft_uri = ft_cfg.resolved_tracking_uri()
     name = ft_cfg.registered_model
-    fv, chosen = staged_version(fc, name), "alias staging"
+    fv, chosen = registry.staged_version(ft_uri, name), "alias staging"
     if fv is None:
-        fv, chosen = newest_version(fc, name), "newest version"
+        fv, chosen = registry.newest_version(ft_uri, name), "newest version"
     finetuned = None
     if fv is None:
         reasons.append(f"nothing fine-tuned yet: {name} has no version")
@@ -247,7 +215,7 @@ def decide(search_cfg, ft_cfg) -> RetrainDecision:
             reasons.append(f"training data changed since {name} v{fv.version}: train_sha256 {_short(tag)} -> "
                            f"{_short(train_sha)}")
 
-    last = _last_retrain(c, _key(search_cfg, ft_cfg))
+    last = _last_retrain(uri, _key(search_cfg, ft_cfg))
     if last is not None and last["status"] != "FINISHED":
         reasons.append(f"the last retrain that ran the pipelines (MLflow run {last['run_id']}) ended "
                        f"{last['status']}")
@@ -261,19 +229,15 @@ def open_record(decision: RetrainDecision, search_cfg, ft_cfg, tracking_uri: str
     """An MLflow run in ``medmerge-retrain`` for this decision; a no-op run is closed at once. Returns its id."""
     import os
 
-    from medmerge.tracking import registry
+    from medmerge.tracking import runs
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    c = registry.client(tracking_uri)
-    exp = c.get_experiment_by_name(RETRAIN_EXPERIMENT)
-    exp_id = exp.experiment_id if exp else c.create_experiment(RETRAIN_EXPERIMENT)
     outcome = _TAG_RAN if decision.changed else _TAG_NOOP
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     tags = {"medmerge.phase": "retrain", "medmerge.retrain": outcome, "medmerge.retrain.key": _key(search_cfg, ft_cfg),
             "medmerge.retrain.reasons": ("; ".join(decision.reasons) or "nothing changed")[:7900],
             "medmerge.retrain.host": socket.gethostname()}
-    run = c.create_run(exp_id, run_name=f"retrain-{outcome}-{stamp}", tags=tags)
-    rid = run.info.run_id
+    record = runs.create(tracking_uri, RETRAIN_EXPERIMENT, f"retrain-{outcome}-{stamp}", tags)
     params = {"train_sha256": decision.train_sha256, "parents_fingerprint": decision.parents_fingerprint,
               "search_registered_model": search_cfg.registered_model,
               "finetune_registered_model": ft_cfg.registered_model,
@@ -283,25 +247,24 @@ def open_record(decision: RetrainDecision, search_cfg, ft_cfg, tracking_uri: str
         params[f"parent{i}"] = ref[:6000]
         for f, h in sorted(files.items()):
             params[f"parent{i}.sha256.{f}"[:250]] = h
-    for k, v in params.items():
-        c.log_param(rid, k, v)
-    c.log_dict(rid, decision.model_dump(mode="json"), "decision.json")
+    record.params(params)
+    record.json(decision.model_dump(mode="json"), "decision.json")
     if not decision.changed:
-        c.set_terminated(rid, status="FINISHED")
-    return rid
+        record.finish()
+    return record.run_id
 
 
 def close_record(tracking_uri: str, run_id: str, ok: bool, outputs: dict | None = None,
                  error: str | None = None) -> None:
     """Finish a run that ran the pipelines: FINISHED with what they registered, or FAILED with the error."""
-    from medmerge.tracking import registry
+    from medmerge.tracking import runs
 
-    c = registry.client(tracking_uri)
+    record = runs.Run(tracking_uri, run_id)
     for k, v in (outputs or {}).items():
         if isinstance(v, (dict, list)):
-            c.log_dict(run_id, v, f"{k}.json")
+            record.json(v, f"{k}.json")
         else:
-            c.set_tag(run_id, f"medmerge.retrain.{k}", str(v)[:7900])
+            record.tag(f"medmerge.retrain.{k}", str(v)[:7900])
     if error:
-        c.set_tag(run_id, "medmerge.retrain.error", error[:7900])
-    c.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+        record.tag("medmerge.retrain.error", error[:7900])
+    record.finish() if ok else record.fail()

@@ -221,18 +221,16 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
     registry.check_reachable(uri)
     # one "View run" line per candidate would bury the frontier table; the pipeline prints the parent's URL
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    c = registry.client(uri)
-    exp = c.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp else c.create_experiment(cfg.experiment)
-    pid, logged = _open_parent_run(c, exp_id, cfg, results.parents, run_name or "merge_search")
+    parent, logged = _open_parent_run(uri, cfg, results.parents, run_name or "merge_search")
+    pid, exp_id = parent.run_id, parent.experiment_id
     cost.attach(uri, pid)   # the earlier steps' costs (evaluation included) are logged to it too
-    try:
-        c.log_param(pid, "sweep", json.dumps(cfg.sweep.model_dump(mode="json"))[:500])
-        for k in ("suites", "limit", "eps", "data_dir", "registered_model", "objectives"):
-            c.log_param(pid, k, str(getattr(cfg, k)))
-        c.log_dict(pid, results.parents, "parents.json")
+    with parent.failing_on_error():
+        parent.param("sweep", json.dumps(cfg.sweep.model_dump(mode="json"))[:500])
+        parent.params({k: str(getattr(cfg, k)) for k in ("suites", "limit", "eps", "data_dir", "registered_model",
+                                                         "objectives")})
+        parent.json(results.parents, "parents.json")
         if results.candidates:  # the dtype the candidates were evaluated in (auto resolved)
-            c.log_param(pid, "dtype", str(results.candidates[0].report.settings.get("dtype")))
+            parent.param("dtype", str(results.candidates[0].report.settings.get("dtype")))
         candidates = []
         for cand in results.candidates:
             rid = logged.get(cand.name) or registry.log_candidate(pid, exp_id, cand.name, cand.recipe, cand.report, uri)
@@ -241,44 +239,38 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
             pts, ends, sel = _selection(results, cfg)
             for f in _plot(pts, ends, sel, Path(tmp)):
                 if f is not None:
-                    c.log_artifact(pid, str(f), "figures")
+                    parent.artifact(f, "figures")
             cmp = comparison.write(comparison_rows(results), Path(tmp) / "comparison")
-            c.log_artifact(pid, str(cmp["md"]))
-            c.log_artifact(pid, str(cmp["json"]))
-            c.log_artifact(pid, str(cmp["png"]), "figures")
-        c.log_text(pid, sel.table(), "frontier.txt")
-        c.log_dict(pid, sel.to_dict(), "frontier.json")
+            parent.artifact(cmp["md"])
+            parent.artifact(cmp["json"])
+            parent.artifact(cmp["png"], "figures")
+        parent.text(sel.table(), "frontier.txt")
+        parent.json(sel.to_dict(), "frontier.json")
         if sel.hypervolume is not None:
-            c.log_metric(pid, "hypervolume", sel.hypervolume)
-    except BaseException:
-        c.set_terminated(pid, status="FAILED")
-        raise
+            parent.metric("hypervolume", sel.hypervolume)
     return results.model_copy(update={"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": pid,
                                       "candidates": candidates})
 
 
-def _open_parent_run(c, exp_id: str, cfg: SearchConfig, parents: dict[str, dict],
-                     run_name: str) -> tuple[str, dict[str, str]]:
-    """The parent run of an unfinished (say killed) run of the same config and parents, resumed, with its
-    finished candidate runs ``{name: run_id}`` (a half-logged one is deleted: it is logged again); else a new
-    parent run and ``{}``."""
+def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_name: str):
+    """``(parent run, {candidate: run_id})``: the parent run of an unfinished (say killed) run of the same config
+    and parents, resumed, with its finished candidate runs (a half-logged one is deleted: it is logged again);
+    else a new parent run and ``{}``."""
     import hashlib
+
+    from medmerge.tracking import runs
 
     key = hashlib.sha256(json.dumps({"config": cfg.model_dump(mode="json"), "parents": parents},
                                     sort_keys=True).encode()).hexdigest()[:32]
-    for r in c.search_runs([exp_id], filter_string=f"tags.`medmerge.run_key` = '{key}'", max_results=5):
-        if r.info.status != "FINISHED":
-            pid = r.info.run_id
-            c.update_run(pid, status="RUNNING")
-            logged = {}
-            for n in c.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{pid}'", max_results=1000):
-                if n.info.status == "FINISHED" and "candidate" in n.data.tags:
-                    logged[n.data.tags["candidate"]] = n.info.run_id
-                else:
-                    c.delete_run(n.info.run_id)
-            return pid, logged
-    run = c.create_run(exp_id, run_name=run_name, tags={"medmerge.phase": "merge_search", "medmerge.run_key": key})
-    return run.info.run_id, {}
+    parent, resumed = runs.open_parent(uri, cfg.experiment, key, run_name, phase="merge_search")
+    logged = {}
+    if resumed:
+        for n in parent.children():
+            if n.info.status == "FINISHED" and "candidate" in n.data.tags:
+                logged[n.data.tags["candidate"]] = n.info.run_id
+            else:
+                runs.delete(runs.Run(uri, n.info.run_id))
+    return parent, logged
 
 
 def _points(results: SearchResults, cfg: SearchConfig):
@@ -381,7 +373,9 @@ def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Front
         reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), cand.run_id, ck.identity, tags,
                                            results.tracking_uri)
         versions[ck.name] = reg.version
-    c = registry.client(results.tracking_uri)
-    c.log_dict(results.parent_run_id, versions, "registered_versions.json")
-    c.set_terminated(results.parent_run_id, status="FINISHED")
+    from medmerge.tracking import runs
+
+    parent = runs.Run(results.tracking_uri, results.parent_run_id, results.experiment_id)
+    parent.json(versions, "registered_versions.json")
+    parent.finish()
     return versions

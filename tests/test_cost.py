@@ -89,7 +89,7 @@ def test_sweep_and_sft_rows_are_read_from_the_runs(mlflow_client):
     c.set_registered_model_alias("m", "staging", mv.version)
     sft = c.create_run(exp, run_name="knee-8").info.run_id
     c.log_metric(sft, "cost.sft.wall_seconds", 40.0)
-    row = cost.sweep_row(c, ["models:/m@staging"])
+    row = cost.sweep_row(uri, ["models:/m@staging"])
     assert (row.wall_seconds, row.peak_rss_mib) == (100.0, 700.0) and row.detail.startswith("3 candidates")
-    assert cost.sweep_row(c, [f"models:/m/{mv.version}"]) == row
-    assert cost.sft_rows(c, [("knee-8", sft, 30)]) == [CostRow("SFT knee-8", "30 steps", 40.0, None, None)]
+    assert cost.sweep_row(uri, [f"models:/m/{mv.version}"]) == row
+    assert cost.sft_rows(uri, [("knee-8", sft, 30)]) == [CostRow("SFT knee-8", "30 steps", 40.0, None, None)]

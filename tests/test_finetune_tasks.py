@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
 from medmerge.errors import MedmergeError
-from medmerge.finetune import FinetuneConfig, TaskSpec
+from medmerge.finetune import FinetuneConfig
 
 INIT = [{"name": "c", "path": "/models/c"}]
 
@@ -171,7 +170,5 @@ def test_three_tasks_in_one_run_log_table2_across_tasks(demo_models, tmp_path, c
 
 
 def _results(out, task):
-    from zenml.client import Client  # noqa: F401  (the run's artifacts load through the active client)
-
     steps = out["run"].steps
     return [steps[n].output.load() for n in steps if n.startswith(f"evaluate_{task}_")]

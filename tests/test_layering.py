@@ -61,3 +61,36 @@ def test_importing_the_core_loads_no_zenml():
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["imported"] > 50 and got["upper"] == []
+
+
+def mlflow_uses(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line: what`` for every import of MLflow and every ``registry.client(...)`` call in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.split(".")[0] == "mlflow"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] if node.module.split(".")[0] == "mlflow" else []
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "client"
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "registry"):
+            names = ["registry.client()"]
+        else:
+            continue
+        found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names]
+    return found
+
+
+def test_the_mlflow_check_sees_a_client_call(tmp_path):
+    bad = tmp_path / "probe.py"
+    bad.write_text("import mlflow\n\ndef f(uri):\n    from mlflow.tracking import MlflowClient\n"
+                   "    c = registry.client(uri)\n    return runs.Run(uri, 'x')\n")
+    assert mlflow_uses(bad, tmp_path) == ["probe.py:1: mlflow", "probe.py:4: mlflow.tracking",
+                                          "probe.py:5: registry.client()"]
+
+
+def test_only_medmerge_tracking_talks_to_mlflow():
+    """The phases hold runs.Run handles and registry functions; MLflow itself is reached only from
+    medmerge/tracking/ (one owner for a run's life)."""
+    files = [f for f in sorted(CORE.rglob("*.py")) if "tracking" not in f.relative_to(CORE).parts]
+    assert len(files) > 40
+    assert [hit for f in files for hit in mlflow_uses(f)] == []

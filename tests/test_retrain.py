@@ -346,14 +346,17 @@ class _Registry:
         return [SimpleNamespace(version=v) for v in self.versions[name]]
 
 
-def test_staged_and_newest_version_read_the_registry():
-    from medmerge.retrain import RetrainError, newest_version, staged_version
+def test_staged_and_newest_version_read_the_registry(monkeypatch):
+    from medmerge.tracking import registry
+    from medmerge.tracking.registry import RegistryError, newest_version, staged_version
 
     c = _Registry({"m": ["2", "10", "3"]})
-    assert staged_version(c, "m").version == "2" and newest_version(c, "m").version == "10"
-    assert staged_version(c, "other") is None and newest_version(c, "other") is None
+    monkeypatch.setattr(registry, "client", lambda uri: c)
+    assert staged_version("uri", "m").version == "2" and newest_version("uri", "m").version == "10"
+    assert staged_version("uri", "other") is None and newest_version("uri", "other") is None
     broken = _Registry({}, error="connection reset")
-    with pytest.raises(RetrainError, match="cannot read m@staging from the registry: connection reset"):
-        staged_version(broken, "m")
-    with pytest.raises(RetrainError, match="cannot list the versions of m: connection reset"):
-        newest_version(broken, "m")
+    monkeypatch.setattr(registry, "client", lambda uri: broken)
+    with pytest.raises(RegistryError, match="cannot read m@staging from the registry: connection reset"):
+        staged_version("uri", "m")
+    with pytest.raises(RegistryError, match="cannot list the versions of m: connection reset"):
+        newest_version("uri", "m")

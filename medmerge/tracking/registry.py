@@ -200,15 +200,70 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     return Registered(name, mv.version, run_id, reused=False, model_id=logged.model_id)
 
 
-def model_version(c, model_uri: str):
-    """The registered version a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI names (MLflow's own
-    error when there is none)."""
+def model_version(tracking_uri: str, model_uri: str):
+    """The registered version a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI names on the server
+    ``tracking_uri`` (MLflow's own error when there is none)."""
+    c = client(tracking_uri)
     ref = model_uri.removeprefix("models:/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
         return c.get_model_version_by_alias(name, alias)
     name, version = ref.rsplit("/", 1)
     return c.get_model_version(name, version)
+
+
+STAGE = "staging"
+
+
+def _not_found(exc: Exception) -> bool:
+    """No such registered model, or no such alias (MLflow says INVALID_PARAMETER_VALUE for the latter)."""
+    code, text = getattr(exc, "error_code", ""), str(exc)
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "alias" in text
+                                                 and "not found" in text)
+
+
+def _read_registry(read, what: str):
+    """``read()``, or None when the model or alias does not exist; any other failure names ``what``."""
+    try:
+        return read()
+    except MedmergeError:
+        raise  # the server stopped answering: client() says so
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise RegistryError(f"cannot {what}: {exc}") from exc
+
+
+def staged_version(tracking_uri: str, name: str, alias: str = STAGE):
+    """The version of ``name`` under ``alias`` (``staging``), or None (no such model, or no such alias)."""
+    c = client(tracking_uri)
+    return _read_registry(lambda: c.get_model_version_by_alias(name, alias), f"read {name}@{alias} from the registry")
+
+
+def newest_version(tracking_uri: str, name: str):
+    """The highest version of ``name``, or None."""
+    c = client(tracking_uri)
+    versions = _read_registry(lambda: c.search_model_versions(f"name='{name}'"), f"list the versions of {name}")
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def set_alias(name: str, alias: str, version: str, tracking_uri: str, tag: str | None = None) -> None:
+    """Point ``name@alias`` at ``version``; with ``tag``, also tag the version ``tag=alias``."""
+    c = client(tracking_uri)
+    c.set_registered_model_alias(name, alias, version)
+    if tag:
+        c.set_model_version_tag(name, version, tag, alias)
+
+
+def set_version_tags(name: str, version: str, tracking_uri: str, tags: dict[str, Any],
+                     drop: tuple[str, ...] = ()) -> None:
+    """Set ``tags`` on a registered version and remove the tags named in ``drop`` (absent ones are fine)."""
+    c = client(tracking_uri)
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, str(v))
+    for k in drop:
+        if k in (c.get_model_version(name, version).tags or {}):
+            c.delete_model_version_tag(name, version, k)
 
 
 def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", force: bool = False) -> str:

@@ -1,0 +1,215 @@
+"""The life of an MLflow run, in one place: open or resume a parent run by key, open nested runs, log to
+them, close them. The phases (search, finetune, retrain, promotion, cost) hold :class:`Run` handles and
+make no MLflow calls of their own.
+
+* A parent run is found again by its ``medmerge.run_key`` tag (:func:`open_parent`): a rerun of a run that
+  did not finish (killed, the server went down) resumes it; a finished one is never reopened: the rerun
+  gets a new run.
+* Every call goes through :func:`medmerge.tracking.registry.client`, so a server that stops answering is one
+  error naming its URI, not minutes of retries.
+* Params are cut to MLflow's 6000 characters here, once. Clinical text is never logged by this module on its
+  own: what reaches a run is what the phase passes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+PARAM_CHARS = 6000     # MLflow's limit on a param value (MAX_PARAM_VAL_LENGTH)
+NOTE_CHARS = 7900      # a tag value holds 8000; the run description is the tag mlflow.note.content
+
+
+def _client(uri: str):
+    from medmerge.tracking import registry
+
+    return registry.client(uri)
+
+
+@dataclass
+class Run:
+    """A handle on one MLflow run on ``uri``."""
+
+    uri: str
+    run_id: str
+    experiment_id: str | None = None
+    _c: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def client(self):
+        if self._c is None:
+            self._c = _client(self.uri)
+        return self._c
+
+    # -- logging ---------------------------------------------------------------------------------
+    def param(self, key: str, value: Any) -> None:
+        self.client.log_param(self.run_id, key, str(value)[:PARAM_CHARS])
+
+    def params(self, values: Mapping[str, Any]) -> None:
+        for k, v in values.items():
+            self.param(k, v)
+
+    def metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.client.log_metric(self.run_id, key, float(value), step=step)
+
+    def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        for k, v in values.items():
+            self.metric(k, v, step=step)
+
+    def tag(self, key: str, value: Any) -> None:
+        self.client.set_tag(self.run_id, key, str(value))
+
+    def tags(self, values: Mapping[str, Any]) -> None:
+        for k, v in values.items():
+            self.tag(k, v)
+
+    def describe(self, text: str) -> None:
+        """The run's description (the "Description" box of its page)."""
+        self.tag("mlflow.note.content", text[:NOTE_CHARS])
+
+    def text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def json(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def datasets(self, entries: Iterable) -> None:
+        """MLflow datasets (digest, schema, source; never rows): ``[(dataset, context), ...]``."""
+        from medmerge.tracking import datasets
+
+        datasets.log(self.client, self.run_id, list(entries))
+
+    # -- life ------------------------------------------------------------------------------------
+    def status(self) -> str:
+        return self.client.get_run(self.run_id).info.status
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def fail(self, reason: str | None = None) -> None:
+        if reason:
+            self.tag("medmerge.failure", reason)
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+    @contextmanager
+    def failing_on_error(self):
+        """Mark the run FAILED when the block raises (then re-raise); leave it open otherwise."""
+        try:
+            yield self
+        except BaseException:
+            self.fail()
+            raise
+
+    def nested(self, name: str, tags: Mapping[str, Any] | None = None) -> "Run":
+        """A new run under this one (``mlflow.parentRunId``)."""
+        exp = self.experiment_id or self.client.get_run(self.run_id).info.experiment_id
+        run = self.client.create_run(exp, run_name=name,
+                                     tags={"mlflow.parentRunId": self.run_id, **{k: str(v) for k, v in
+                                                                                (tags or {}).items()}})
+        return Run(self.uri, run.info.run_id, exp, self._c)
+
+    def nested_by_key(self, name: str, key_tag: str, key: str, tags: Mapping[str, Any] | None = None) -> "Run":
+        """The nested run tagged ``key_tag == key`` that has not finished (a killed run's), set RUNNING again;
+        else a new one with that tag."""
+        for r in search(self.uri, [self.experiment_id], max_results=5, filter_string=(
+                f"tags.mlflow.parentRunId = '{self.run_id}' and tags.`{key_tag}` = '{key}'")):
+            if r.info.status != "FINISHED":
+                self.client.update_run(r.info.run_id, status="RUNNING")
+                return Run(self.uri, r.info.run_id, self.experiment_id, self._c)
+        return self.nested(name, {**(tags or {}), key_tag: key})
+
+    def children(self) -> list:
+        """The nested runs (MLflow ``Run`` entities)."""
+        return search(self.uri, [self.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'")
+
+
+def experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if needed."""
+    c = _client(uri)
+    exp = c.get_experiment_by_name(name)
+    return exp.experiment_id if exp else c.create_experiment(name)
+
+
+def get(uri: str, run_id: str):
+    """The MLflow ``Run`` entity (info, data: params, metrics, tags)."""
+    return _client(uri).get_run(run_id)
+
+
+def search(uri: str, experiment_ids: list[str], filter_string: str = "", max_results: int = 5000) -> list:
+    return list(_client(uri).search_runs(experiment_ids, filter_string=filter_string, max_results=max_results))
+
+
+def create(uri: str, experiment_name: str, run_name: str, tags: Mapping[str, Any] | None = None) -> Run:
+    """A new top-level run in ``experiment_name`` (created if needed)."""
+    exp_id = experiment(uri, experiment_name)
+    c = _client(uri)
+    run = c.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items()})
+    return Run(uri, run.info.run_id, exp_id, c)
+
+
+def latest(uri: str, experiment_name: str, filter_string: str):
+    """The newest run of ``experiment_name`` matching ``filter_string``, or None (no such experiment or run)."""
+    c = _client(uri)
+    exp = c.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return None
+    found = c.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"],
+                          max_results=1)
+    return found[0] if found else None
+
+
+def load_text(uri: str, run_id: str, artifact_path: str) -> str:
+    """A text artifact of a run on the server ``uri``."""
+    import mlflow
+
+    _client(uri)   # points mlflow's fluent API at uri, keeping the user's MLFLOW_TRACKING_URI
+    from medmerge.tracking.registry import unreachable_as_error
+
+    with unreachable_as_error(uri, f"reading {artifact_path} of run {run_id}"):
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_path}")
+
+
+def delete(run: Run) -> None:
+    run.client.delete_run(run.run_id)
+
+
+def open_parent(uri: str, experiment_name: str, key: str, name: str, phase: str,
+                tags: Mapping[str, Any] | None = None) -> tuple[Run, bool]:
+    """The parent run tagged ``medmerge.run_key == key`` that has not finished, set RUNNING again; else a new
+    one. Returns ``(run, resumed)``. A finished run is never written to again."""
+    exp_id = experiment(uri, experiment_name)
+    c = _client(uri)
+    for r in search(uri, [exp_id], f"tags.`medmerge.run_key` = '{key}'", max_results=5):
+        if r.info.status != "FINISHED":
+            c.update_run(r.info.run_id, status="RUNNING")
+            return Run(uri, r.info.run_id, exp_id, c), True
+    run = c.create_run(exp_id, run_name=name, tags={"medmerge.phase": phase, "medmerge.run_key": key,
+                                                     **{k: str(v) for k, v in (tags or {}).items()}})
+    return Run(uri, run.info.run_id, exp_id, c), False
+
+
+def start_system_metrics(uri: str, run_id: str, interval: float = 5.0):
+    """MLflow's system-metrics monitor (CPU, memory, GPU series) on a run, started; None when it cannot run
+    (a warning says why). Stop it with ``.finish()``."""
+    import inspect
+    import logging
+
+    # its start/stop lines would come twice per step; warnings still show
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        kwargs = dict(sampling_interval=interval, samples_before_logging=1, resume_logging=True)
+        if "tracking_uri" in inspect.signature(SystemMetricsMonitor).parameters:
+            kwargs["tracking_uri"] = uri
+        monitor = SystemMetricsMonitor(run_id, **kwargs)
+        monitor.start()
+        return monitor
+    except Exception as exc:
+        logging.getLogger(__name__).warning("MLflow system metrics are off for run %s: %s", run_id, exc)
+        return None
