@@ -10,32 +10,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "medmerge"
 UPPER = {"zenml", "pipelines", "steps", "materializers"}
 
 
+def imported_modules(path: Path):
+    """``(line, module)`` for every absolute import in ``path``."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module
+
+
 def upward_imports(path: Path, root: Path = ROOT) -> list[str]:
     """``file:line: module`` (file relative to ``root``) for every absolute import in ``path`` whose top-level
     package is in UPPER."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in UPPER]
-    return found
-
-
-def test_the_check_sees_an_upward_import(tmp_path):
-    bad = tmp_path / "probe.py"
-    bad.write_text("import os\nfrom zenml.client import Client\n\ndef f():\n    import pipelines.retrain\n"
-                   "    from steps import x\n    from .io import atomic\n    import stepsize\n")
-    assert upward_imports(bad, tmp_path) == ["probe.py:2: zenml.client", "probe.py:5: pipelines.retrain",
-                                             "probe.py:6: steps"]
+    return [f"{path.relative_to(root)}:{line}: {n}" for line, n in imported_modules(path) if n.split(".")[0] in UPPER]
 
 
 def test_no_core_module_imports_zenml_or_the_pipeline_layer():
@@ -65,27 +59,24 @@ def test_importing_the_core_loads_no_zenml():
 
 def mlflow_uses(path: Path, root: Path = ROOT) -> list[str]:
     """``file:line: what`` for every import of MLflow and every ``registry.client(...)`` call in ``path``."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.split(".")[0] == "mlflow"]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] if node.module.split(".")[0] == "mlflow" else []
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "client"
-              and isinstance(node.func.value, ast.Name) and node.func.value.id == "registry"):
-            names = ["registry.client()"]
-        else:
-            continue
-        found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names]
-    return found
+    hits = [(line, n) for line, n in imported_modules(path) if n.split(".")[0] == "mlflow"]
+    hits += [(node.lineno, "registry.client()") for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "client"
+             and isinstance(node.func.value, ast.Name) and node.func.value.id == "registry"]
+    return [f"{path.relative_to(root)}:{line}: {n}" for line, n in sorted(hits)]
 
 
-def test_the_mlflow_check_sees_a_client_call(tmp_path):
-    bad = tmp_path / "probe.py"
-    bad.write_text("import mlflow\n\ndef f(uri):\n    from mlflow.tracking import MlflowClient\n"
-                   "    c = registry.client(uri)\n    return runs.Run(uri, 'x')\n")
-    assert mlflow_uses(bad, tmp_path) == ["probe.py:1: mlflow", "probe.py:4: mlflow.tracking",
-                                          "probe.py:5: registry.client()"]
+@pytest.mark.parametrize("check, source, hits", [
+    (upward_imports, "import os\nfrom zenml.client import Client\n\ndef f():\n    import pipelines.retrain\n"
+                     "    from steps import x\n    from .io import atomic\n    import stepsize\n",
+     ["probe.py:2: zenml.client", "probe.py:5: pipelines.retrain", "probe.py:6: steps"]),
+    (mlflow_uses, "import mlflow\n\ndef f(uri):\n    from mlflow.tracking import MlflowClient\n"
+                  "    c = registry.client(uri)\n    return runs.Run(uri, 'x')\n",
+     ["probe.py:1: mlflow", "probe.py:4: mlflow.tracking", "probe.py:5: registry.client()"]),
+])
+def test_the_checks_see_what_they_look_for(tmp_path, check, source, hits):
+    (tmp_path / "probe.py").write_text(source)
+    assert check(tmp_path / "probe.py", tmp_path) == hits
 
 
 def test_only_medmerge_tracking_talks_to_mlflow():
