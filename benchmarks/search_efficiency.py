@@ -43,9 +43,9 @@ CHECKPOINTS = (4, 6, 8, 11, 16, 22)
 
 def hv_curve(points: list[tuple[str, float, float]], reference) -> list[float]:
     """Hypervolume of the first k points, k = 1..len(points)."""
-    from medmerge.pareto import Candidate, hypervolume
+    from medmerge.pareto import ScoredPoint, hypervolume
 
-    pts = [Candidate(name=n, if_score=x, medical_avg=y) for n, x, y in points]
+    pts = [ScoredPoint(name=n, if_score=x, medical_avg=y) for n, x, y in points]
     return [hypervolume(pts[:k], reference=reference) for k in range(1, len(pts) + 1)]
 
 

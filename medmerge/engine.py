@@ -37,7 +37,7 @@ from medmerge.io.atomic import atomic_dir, refuse_aliased_output
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.hashing import sha256_files
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
-from medmerge.recipe import Candidate, Recipe, SweepSpec
+from medmerge.recipe import SweepCandidate, Recipe, SweepSpec
 
 # Row blocks of 8 MiB keep each float32 temporary (16 MiB) under glibc's mmap ceiling, so
 # freed blocks are reused instead of faulted in again (measured: 12.6 s -> 9.9 s, RSS 1.19 -> 0.61 GB).
@@ -443,7 +443,7 @@ class PreloadedParents(_TensorReader):
 
 
 def iter_sweep(spec: SweepSpec, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-               preload: bool = True) -> Iterator[tuple[Candidate, dict[str, torch.Tensor]]]:
+               preload: bool = True) -> Iterator[tuple[SweepCandidate, dict[str, torch.Tensor]]]:
     """Yield ``(candidate, state_dict)`` one candidate at a time, writing nothing.
 
     With ``preload`` the parents are read into memory once (memory: both parents plus one

@@ -78,7 +78,7 @@ def frontier_figure(points, parents=None, selection: Selection | None = None, ti
     Draws: candidates coloured by method; the frontier as a line through its points in x order;
     near-frontier points that are not on the frontier ringed; the knee starred and labelled
     with its name; each parent with its own marker and label. ``parents`` is
-    ``{label: (if_score, medical_avg) | Candidate}`` or a list of Candidates. ``selection``
+    ``{label: (if_score, medical_avg) | ScoredPoint}`` or a list of ScoredPoints. ``selection``
     defaults to :func:`medmerge.pareto.select` of ``points`` (ε = 0, reference from parents).
     Returns the figure (one axes; its artists are what the PNG shows).
     """

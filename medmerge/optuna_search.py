@@ -21,7 +21,7 @@ import hashlib
 import json
 from typing import Callable, Iterator
 
-from medmerge.recipe import RATIO, Candidate, Range, SweepSpec
+from medmerge.recipe import RATIO, SweepCandidate, Range, SweepSpec
 
 N_STARTUP_TRIALS = 5
 
@@ -91,7 +91,7 @@ def complete_trials(study) -> list:
     return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
 
 
-def candidate_of(spec: SweepSpec, trial) -> Candidate:
+def candidate_of(spec: SweepSpec, trial) -> SweepCandidate:
     """The candidate a finished (or enqueued and asked) trial stands for."""
     method, params = json.loads(trial.user_attrs["candidate"]) if "candidate" in trial.user_attrs \
         else suggest(trial, spec)
@@ -99,7 +99,7 @@ def candidate_of(spec: SweepSpec, trial) -> Candidate:
 
 
 def run_study(spec: SweepSpec, evaluate: Callable, score: Callable, *, storage: str | None, name: str,
-              on_trial: Callable | None = None) -> Iterator[tuple[Candidate, object]]:
+              on_trial: Callable | None = None) -> Iterator[tuple[SweepCandidate, object]]:
     """Run trials until ``spec.budget`` are complete; yield ``(candidate, report)`` for every complete
     trial in trial order (those finished before a resume are re-evaluated from the evaluation cache).
 
@@ -127,7 +127,7 @@ def run_study(spec: SweepSpec, evaluate: Callable, score: Callable, *, storage: 
             yield cand, evaluate(cand)
 
 
-def representatives(spec: SweepSpec) -> list[Candidate]:
+def representatives(spec: SweepSpec) -> list[SweepCandidate]:
     """One candidate per method of the space (the parents read the same tensors whatever the values)."""
     return [spec.candidate(m, spec.first_params(m)) for m in spec.grids()]
 

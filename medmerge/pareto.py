@@ -6,7 +6,7 @@ objective in ``medical_avg`` (with their stderrs) and passes ``labels`` (see
 :mod:`medmerge.objectives`). The
 functions are pure: they take a list of points and return some of the same objects (never
 copies), so callers can compare by identity. Anything with the attributes of
-:class:`Candidate` (``name``, ``medical_avg``, ``if_score`` and optionally the stderrs) works.
+:class:`ScoredPoint` (``name``, ``medical_avg``, ``if_score`` and optionally the stderrs) works.
 
 Definitions (x = if_score, y = medical_avg):
 
@@ -43,7 +43,7 @@ class ParetoError(MedmergeError, ValueError):
     """Bad input to Pareto selection: no points, non-finite scores, negative ε, no reference."""
 
 
-class Candidate(BaseModel):
+class ScoredPoint(BaseModel):
     """One scored candidate: x = ``if_score``, y = ``medical_avg`` (both maximised).
 
     Scores and stderrs must be finite; stderrs must be ≥ 0. ``method``/``ratio`` describe the
@@ -243,7 +243,7 @@ def knee(points):
 def parent_points(parents) -> list[tuple[str, float, float]]:
     """``[(label, if_score, medical_avg), ...]`` from the accepted parent forms.
 
-    ``parents`` is a mapping ``{label: (if_score, medical_avg) | Candidate}`` or a sequence of
+    ``parents`` is a mapping ``{label: (if_score, medical_avg) | ScoredPoint}`` or a sequence of
     Candidates / ``(if_score, medical_avg)`` pairs (labelled by name, else "parent 1", ...).
     """
     if parents is None:
@@ -259,7 +259,7 @@ def parent_points(parents) -> list[tuple[str, float, float]]:
         elif isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
             xy = tuple(p)
         else:
-            raise ParetoError(f"parent {label!r} is {p!r}; give a Candidate or an (if_score, medical_avg) pair")
+            raise ParetoError(f"parent {label!r} is {p!r}; give a ScoredPoint or an (if_score, medical_avg) pair")
         if not (_number(xy[0]) and _number(xy[1])):
             raise ParetoError(f"parent {label!r} has scores {xy!r}; they must be finite numbers")
         out.append((str(label), float(xy[0]), float(xy[1])))
@@ -314,6 +314,28 @@ def _fmt_ratio(r) -> str:
         return ""
     s = f"{r:.4f}".rstrip("0")
     return s + "0" if s.endswith(".") else s
+
+
+class FlaggedPoint(ScoredPoint):
+    """A point of a selection with where it landed."""
+
+    on_frontier: bool = False
+    near: bool = False
+    knee: bool = False
+
+
+class SelectionSummary(BaseModel):
+    """:meth:`Selection.to_dict`, typed: every point with its flags, the selected sets, HV and reference."""
+
+    points: list[FlaggedPoint]
+    frontier: list[ScoredPoint]
+    near: list[ScoredPoint]
+    knee: ScoredPoint
+    hypervolume: float | None = None
+    reference: list[float] | None = None
+    eps: float
+    use_stderr: bool
+    objectives: dict[str, str]
 
 
 def _point_dict(p) -> dict:

@@ -260,7 +260,7 @@ class Range(BaseModel):
 GridValue = Union[Scalar, list[Scalar]]
 
 
-class Candidate(BaseModel):
+class SweepCandidate(BaseModel):
     """One merge a sweep evaluates: its recipe, the method and the grid values that made it.
 
     ``role`` is "clinical" or "instruct" for a candidate that reproduces that parent (a ratio of
@@ -457,14 +457,14 @@ class SweepSpec(BaseModel):
                       parameters=shared, **common)
 
     def candidate(self, method: str, params: dict[str, Any], name: str | None = None,
-                  role: str | None = None) -> Candidate:
+                  role: str | None = None) -> SweepCandidate:
         ratio = params.get(RATIO)
         name = name or candidate_name(method, params)
         try:
             recipe = self.candidate_recipe(method, **params)
         except ValidationError as exc:
             raise RecipeError(_errors_text(exc, f"candidate {name}")) from None
-        return Candidate(name=name, method=method, ratio=ratio if isinstance(ratio, (int, float)) else None,
+        return SweepCandidate(name=name, method=method, ratio=ratio if isinstance(ratio, (int, float)) else None,
                          params=dict(params), recipe=recipe, role=role)
 
     def first_params(self, method: str) -> dict[str, Any]:
@@ -477,7 +477,7 @@ class SweepSpec(BaseModel):
                 out[key] = values[0]
         return out
 
-    def candidates(self) -> list[Candidate]:
+    def candidates(self) -> list[SweepCandidate]:
         """Every candidate of the grid (a ratio of 0 or 1 is marked as reproducing that parent)."""
         if self.search != "grid":
             raise RecipeError("search: optuna proposes its candidates while it evaluates them; run it with "
@@ -501,13 +501,13 @@ class SweepSpec(BaseModel):
             raise ValueError(f"two candidates are both named {dup!r}: duplicate grid values")
         return out
 
-    def parent_candidates(self) -> list[Candidate]:
+    def parent_candidates(self) -> list[SweepCandidate]:
         """The parents as candidates (linear with weights (1, 0) and (0, 1): exactly each parent),
         evaluated beside a methods grid for the comparison and the hypervolume's reference."""
         return [self.candidate("linear", {RATIO: 0.0}, name="clinical", role="clinical"),
                 self.candidate("linear", {RATIO: 1.0}, name="instruct", role="instruct")]
 
-    def evaluated_candidates(self) -> list[Candidate]:
+    def evaluated_candidates(self) -> list[SweepCandidate]:
         """What an evaluation runs: the grid, plus the parents when the grid does not hold them."""
         cands = self.candidates()
         if isinstance(self.methods, tuple):   # the ratio form: its ratios 0 and 1 are the parents, if asked for

@@ -20,6 +20,7 @@ from medmerge.cost import measured
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import EvalOptions
 from medmerge.objectives import DEFAULT_OBJECTIVES
+from medmerge.pareto import SelectionSummary
 from medmerge.recipe import Recipe, SweepSpec, load_sweep, parse_sweep
 
 
@@ -134,7 +135,7 @@ class SearchResults(BaseModel):
 class Frontier(BaseModel):
     """The selection: frontier, near set, knee and hypervolume, with the figures' paths."""
 
-    selection: dict
+    selection: SelectionSummary
     frontier: list[str]
     near: list[str]
     knee: str
@@ -276,7 +277,7 @@ def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_
 def _points(results: SearchResults, cfg: SearchConfig):
     """One Pareto point per candidate: the x objective in the ``if_score`` slot, y in ``medical_avg``, each
     with its stderr (which ``use_stderr`` widens the near set by)."""
-    from medmerge.pareto import Candidate as Point
+    from medmerge.pareto import ScoredPoint as Point
 
     ox, oy = cfg.objective_pair()
     pts = []

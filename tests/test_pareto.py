@@ -12,7 +12,7 @@ import math
 import pytest
 
 from medmerge.pareto import (
-    Candidate,
+    ScoredPoint,
     ParetoError,
     Selection,
     default_reference,
@@ -25,8 +25,8 @@ from medmerge.pareto import (
 )
 
 
-def C(name: str, x: float, y: float, **kw) -> Candidate:
-    return Candidate(name=name, if_score=x, medical_avg=y, **kw)
+def C(name: str, x: float, y: float, **kw) -> ScoredPoint:
+    return ScoredPoint(name=name, if_score=x, medical_avg=y, **kw)
 
 
 def names(points) -> list[str]:
@@ -251,7 +251,7 @@ def test_nan_scores_are_refused():
     with pytest.raises(ValueError, match="if_stderr must be a finite number >= 0"):
         C("bad", 0.5, 0.5, if_stderr=-0.1)
     # Objects that skipped validation are still checked by every function.
-    sneaky = Candidate.model_construct(name="sneaky", if_score=math.nan, medical_avg=0.5)
+    sneaky = ScoredPoint.model_construct(name="sneaky", if_score=math.nan, medical_avg=0.5)
     with pytest.raises(ParetoError, match="'sneaky': if_score is nan"):
         frontier([C("ok", 0.1, 0.1), sneaky])
 

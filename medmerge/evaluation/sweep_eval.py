@@ -20,7 +20,7 @@ from medmerge.engine import (PreloadedParents, merged_state_dict, open_parents, 
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import EvalSettings, ModelEvaluator, load_model, prepare_tasks
-from medmerge.recipe import Candidate, Recipe, SweepSpec
+from medmerge.recipe import SweepCandidate, Recipe, SweepSpec
 
 
 def candidate_identity(recipe: Recipe, parent_hashes: dict[str, str]) -> str:
@@ -44,7 +44,7 @@ class SweepEvaluator:
     candidates as it goes passes one representative plan per method)."""
 
     def __init__(self, spec: SweepSpec, settings: EvalSettings, cache: EvalCache | None = None, *,
-                 allow_pickle: bool = False, representatives: list[Candidate] | None = None):
+                 allow_pickle: bool = False, representatives: list[SweepCandidate] | None = None):
         specs = prepare_tasks(settings)
         self.parents = open_parents(spec.parent_refs, allow_pickle=allow_pickle)
         provenance = parent_provenance(self.parents)
@@ -55,10 +55,10 @@ class SweepEvaluator:
         self.evaluator = ModelEvaluator(self.model, tokenizer, settings, specs)
         self._preloaded: PreloadedParents | None = None
 
-    def plan(self, cand: Candidate):
+    def plan(self, cand: SweepCandidate):
         return plan_merge(cand.recipe, self.parents)
 
-    def evaluate(self, cand: Candidate, plan=None, all_plans=None) -> EvalReport:
+    def evaluate(self, cand: SweepCandidate, plan=None, all_plans=None) -> EvalReport:
         plan = plan or self.plan(cand)
         identity = candidate_identity(cand.recipe, self.parent_hashes)
 
@@ -76,7 +76,7 @@ class SweepEvaluator:
 
 
 def evaluate_sweep(spec: SweepSpec, settings: EvalSettings, cache: EvalCache | None = None, *,
-                   allow_pickle: bool = False, quiet: bool = False) -> Iterator[tuple[Candidate, EvalReport]]:
+                   allow_pickle: bool = False, quiet: bool = False) -> Iterator[tuple[SweepCandidate, EvalReport]]:
     """Yield ``(candidate, report)`` for every candidate of ``spec`` (and the parents, for a methods
     grid that does not hold them), evaluated in memory."""
     candidates = spec.evaluated_candidates()
