@@ -56,23 +56,17 @@ class ForgettingReport(BaseModel):
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _scores(report: EvalReport) -> dict[str, tuple[float, float]]:
-    from medmerge.evaluation.scores import IF_METRICS
+def _scores(report: EvalReport) -> dict[str, tuple[float, float | None]]:
+    """Every task metric and every suite score (``report.scores``: computed once, in make_report; a report
+    made before it held them gets them from medmerge.objectives.suite_scores) as ``(value, stderr)``."""
+    from medmerge.objectives import suite_scores
 
     out = {}
     for task, res in report.tasks.items():
         for metric, v in res.metrics.items():
             out[f"{task}.{metric}"] = (v.value, v.stderr)
-    if report.medical_avg is not None:
-        ses = [res.metrics["acc"].stderr or 0.0 for task, res in report.tasks.items()
-               if task != "mm_ifeval" and "acc" in res.metrics]
-        out["medical_avg"] = (report.medical_avg, math.sqrt(sum(x * x for x in ses)) / len(ses) if ses else 0.0)
-    if report.if_score is not None:
-        ife = report.tasks.get("mm_ifeval")
-        ses = [ife.metrics[m].stderr if ife and m in ife.metrics else None for m in IF_METRICS]
-        known = [x for x in ses if x is not None]
-        fill = known[0] if known else 0.0
-        out["if_score"] = (report.if_score, sum(fill if x is None else x for x in ses) / len(ses))
+    for name, v in (report.scores or suite_scores(report)).items():
+        out[name] = (v.value, 0.0 if v.stderr is None else v.stderr)   # a suite score is always gated
     return out
 
 

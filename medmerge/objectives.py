@@ -7,19 +7,18 @@ An objective is named by a string, checked when the run configuration is parsed:
 * a suite name (``medical5``) — the unweighted mean of its tasks' accuracies;
 * a task name (``mm_hellaswag``) — its ``acc`` (or its first metric), or ``task.metric``.
 
-Stderrs. A mean of k tasks on different data sets treats them as independent:
-``se = sqrt(Σ se_i²) / k``. IF score's two metrics are computed on the same prompts and are
-strongly correlated, so its stderr is the (conservative) mean ``(se_prompt + se_inst) / 2``.
-A task without a stderr contributes 0 (and a score whose tasks all lack one has None).
+Values and stderrs aggregate as :mod:`medmerge.evaluation.scores` says (lm-eval's group aggregation for a
+mean of tasks; the mean of the two stderrs for IF score). :func:`suite_scores` computes, once per report,
+the score each evaluated suite declares under ``score:`` in ``tasks/suites.yaml``: reports, Pareto, the
+forgetting gate and MLflow read ``EvalReport.scores``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from medmerge.errors import MedmergeError
-from medmerge.evaluation.scores import IF_METRICS
+from medmerge.evaluation.scores import IF_METRICS, if_score_of, mean_of_tasks
 
 LABELS = {"medical_avg": "Medical Avg", "if_score": "IF score"}
 DEFAULT_OBJECTIVES = ("if_score", "medical_avg")    # (x, y): IF score across, Medical Avg up
@@ -43,17 +42,33 @@ class Objective:
         if missing:
             raise ObjectiveError(f"objective {self.name!r} needs task {missing[0]}, which {report.model} lacks")
         if self.kind == "if_score":
-            metrics = report.tasks["mm_ifeval"].metrics
-            vals = [metrics[m] for m in IF_METRICS]
-            ses = [v.stderr for v in vals if v.stderr is not None]
-            return sum(v.value for v in vals) / 2, (sum(ses) / 2 if ses else None)
+            p, i = (report.tasks[self.tasks[0]].metrics[m] for m in IF_METRICS)
+            return if_score_of(p.value, i.value, p.stderr, i.stderr)
         if self.kind == "task":
             v = report.tasks[self.tasks[0]].metrics[primary_metric(report.tasks[self.tasks[0]], self.metric)]
             return v.value, v.stderr
         vals = [report.tasks[t].metrics[primary_metric(report.tasks[t])] for t in self.tasks]
-        ses = [v.stderr for v in vals if v.stderr is not None]
-        se = math.sqrt(sum(s * s for s in ses)) / len(vals) if ses else None
-        return sum(v.value for v in vals) / len(vals), se
+        return mean_of_tasks([v.value for v in vals], [v.stderr for v in vals])
+
+
+def suite_scores(report) -> dict:
+    """``{score: MetricValue(value, stderr)}`` for every suite of ``report`` that declares a ``score:`` in
+    ``tasks/suites.yaml`` (clinical: medical_avg, ifeval: if_score) and whose tasks and metrics it holds."""
+    from medmerge.evaluation.report import MetricValue
+    from medmerge.evaluation.tasks import load_suites
+
+    suites = load_suites()
+    out = {}
+    for suite in report.suites:
+        name = suites.get(suite, {}).get("score")
+        if not name:
+            continue
+        try:
+            value, se = resolve(name).score(report)
+        except (ObjectiveError, KeyError):   # the report lacks a task or metric the score is made of
+            continue
+        out[name] = MetricValue(value=value, stderr=se)
+    return out
 
 
 def primary_metric(task_result, metric: str | None = None) -> str:
@@ -75,10 +90,12 @@ def resolve(name: str) -> Objective:
     from medmerge.evaluation.tasks import available_tasks, load_suites
 
     suites = load_suites()
-    if name == "medical_avg":
-        return Objective(name, LABELS[name], tuple(suites["clinical"]["tasks"]))
-    if name == "if_score":
-        return Objective(name, LABELS[name], ("mm_ifeval",), kind="if_score")
+    declared = {spec["score"]: suite for suite, spec in suites.items() if spec.get("score")}   # suites.yaml score:
+    if name in declared:
+        tasks = tuple(suites[declared[name]]["tasks"])
+        if name == "if_score":   # IFEval's two strict accuracies (see evaluation.scores)
+            return Objective(name, LABELS[name], tasks, kind="if_score")
+        return Objective(name, LABELS.get(name, name), tasks)
     if name in suites:
         return Objective(name, f"{name} mean", tuple(suites[name]["tasks"]))
     task, _, metric = name.partition(".")

@@ -54,6 +54,10 @@ def test_fixed_choice_model_scores_the_share_of_a_answers(demo_models, tmp_path)
     accs = {t: r.metrics["acc"].value for t, r in report.tasks.items()}
     assert report.medical_avg == pytest.approx(sum(accs.values()) / len(accs))
     assert len(accs) == 10
+    # the score is computed once, with its stderr (lm-eval's unweighted mean of the tasks' stderrs)
+    ses = [r.metrics["acc"].stderr for r in report.tasks.values()]
+    assert list(report.scores) == ["medical_avg"] and report.scores["medical_avg"].value == report.medical_avg
+    assert report.scores["medical_avg"].stderr == pytest.approx(sum(se * se for se in ses) ** 0.5 / 10)
 
 
 def test_evaluate_cli_writes_the_report(demo_models, tmp_path, capsys):

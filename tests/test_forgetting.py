@@ -17,8 +17,10 @@ def report(ifeval: float, pubmed: float, pubmed_se: float | None, med: float) ->
             "inst_level_strict_acc": MetricValue(value=ifeval, stderr=0.0)}, n_samples=100, num_fewshot=0,
             config_hash="0" * 64),
     }
+    # the suite scores as make_report computes them (here Medical Avg stands on PubMedQA alone: its stderr)
+    scores = {"medical_avg": MetricValue(value=med, stderr=pubmed_se), "if_score": MetricValue(value=ifeval, stderr=0.0)}
     return EvalReport(model="m", model_fingerprint="f", suites=["clinical", "ifeval"], tasks=tasks, medical_avg=med,
-                      if_score=ifeval, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+                      if_score=ifeval, scores=scores, lm_eval_version="x", medmerge_version="x", seconds=1.0)
 
 
 def test_drop_within_margin_plus_stderr_passes():
@@ -56,22 +58,26 @@ def test_bad_margin():
 
 
 def test_means_get_their_stderr_from_their_parts():
-    def rep(pub_se, med_se, p_se, i_se, value=0.5):
-        tasks = {
-            "mm_pubmedqa": TaskResult(task="mm_pubmedqa", metrics={"acc": MetricValue(value=value, stderr=pub_se)},
-                                      n_samples=8, num_fewshot=0, config_hash="0" * 64),
-            "mm_medqa_4options": TaskResult(task="mm_medqa_4options", metrics={"acc": MetricValue(value=value, stderr=med_se)},
-                                            n_samples=8, num_fewshot=0, config_hash="0" * 64),
-            "mm_ifeval": TaskResult(task="mm_ifeval", metrics={
-                "prompt_level_strict_acc": MetricValue(value=value, stderr=p_se),
-                "inst_level_strict_acc": MetricValue(value=value, stderr=i_se)}, n_samples=8, num_fewshot=0,
-                config_hash="0" * 64)}
+    """A report without ``scores`` (made before they were stored) gets them from the same definition
+    (medmerge.objectives.suite_scores): Medical Avg over the ten clinical tasks, IF score from IFEval."""
+    from medmerge.evaluation.tasks import load_suites
+
+    clinical = load_suites()["clinical"]["tasks"]
+    ses = [0.03, 0.04] + [None] * (len(clinical) - 2)   # two tasks with a stderr, the rest without (count 0)
+
+    def rep(p_se, i_se, value=0.5):
+        def task(name, metrics):
+            return TaskResult(task=name, metrics=metrics, n_samples=8, num_fewshot=0, config_hash="0" * 64)
+
+        tasks = {t: task(t, {"acc": MetricValue(value=value, stderr=se)}) for t, se in zip(clinical, ses)}
+        tasks["mm_ifeval"] = task("mm_ifeval", {"prompt_level_strict_acc": MetricValue(value=value, stderr=p_se),
+                                                "inst_level_strict_acc": MetricValue(value=value, stderr=i_se)})
         return EvalReport(model="m", model_fingerprint="f", suites=["clinical", "ifeval"], tasks=tasks,
                           medical_avg=value, if_score=value, lm_eval_version="x", medmerge_version="x", seconds=1.0)
 
-    gate = forgetting_gate(rep(0.03, 0.04, 0.10, None), rep(0.03, 0.04, 0.10, 0.06, value=0.45), margin=0.0)
+    gate = forgetting_gate(rep(0.10, None), rep(0.10, 0.06, value=0.45), margin=0.0)
     by = {c.score: c for c in gate.changes}
-    med_se = (0.03**2 + 0.04**2) ** 0.5 / 2                                  # 0.025 both times
+    med_se = (0.03**2 + 0.04**2) ** 0.5 / len(clinical)                     # lm-eval's unweighted_mean_stderr
     assert by["medical_avg"].allowed == pytest.approx((2 * med_se**2) ** 0.5)
     # before: inst stderr missing -> the prompt-level one: (0.10 + 0.10) / 2; after: (0.10 + 0.06) / 2
     assert by["if_score"].allowed == pytest.approx((0.10**2 + 0.08**2) ** 0.5)

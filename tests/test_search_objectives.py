@@ -50,6 +50,20 @@ def test_a_suite_objective_is_the_mean_with_independent_stderrs():
     assert objectives.resolve("mm_hellaswag").score(r) == (0.7, 0.02)
 
 
+def test_suite_scores_are_what_suites_yaml_declares(monkeypatch):
+    """``score:`` in tasks/suites.yaml names the score a suite feeds; reports hold it once, with its stderr."""
+    from medmerge.evaluation import tasks
+
+    r = uniform("m", 0.5, 0.03).model_copy(update={"suites": ["medical5"]})
+    assert objectives.suite_scores(r) == {}            # medical5 declares no score
+    real = tasks.load_suites()
+    declared = {**real, "medical5": {**real["medical5"], "score": "medical5_avg"}}
+    monkeypatch.setattr(tasks, "load_suites", lambda: declared)
+    got = objectives.suite_scores(r)
+    assert list(got) == ["medical5_avg"] and got["medical5_avg"].value == pytest.approx(0.5)
+    assert got["medical5_avg"].stderr == pytest.approx(math.sqrt(5 * 0.03**2) / 5)   # lm-eval's unweighted mean
+
+
 def test_stderr_reaches_the_selection():
     """B beats A by 0.02 on both axes; A's and B's stderrs (0.05 per task) make that within one combined
     stderr, so with use_stderr A is near the frontier, without it A is not (the bug: it had no effect)."""

@@ -30,6 +30,9 @@ class EvalReport(BaseModel):
     tasks: dict[str, TaskResult]
     medical_avg: float | None = None
     if_score: float | None = None
+    # the suites' scores with their stderrs (medmerge.objectives.suite_scores), computed once in make_report;
+    # medical_avg and if_score above are their values
+    scores: dict[str, MetricValue] = Field(default_factory=dict)
     lm_eval_version: str
     medmerge_version: str
     settings: dict = Field(default_factory=dict)
@@ -41,10 +44,12 @@ class EvalReport(BaseModel):
         for t in self.tasks.values():
             for m, v in t.metrics.items():
                 rows.append((t.alias or t.task, m, f"{v.value:.4f}", "" if v.stderr is None else f"{v.stderr:.4f}"))
-        if self.medical_avg is not None:
-            rows.append(("Medical Avg", "acc (mean of tasks)", f"{self.medical_avg:.4f}", ""))
-        if self.if_score is not None:
-            rows.append(("IF score", "mean(prompt, inst strict)", f"{self.if_score:.4f}", ""))
+        for name, label, how in (("medical_avg", "Medical Avg", "acc (mean of tasks)"),
+                                 ("if_score", "IF score", "mean(prompt, inst strict)")):
+            value = getattr(self, name)
+            if value is not None:
+                se = self.scores[name].stderr if name in self.scores else None
+                rows.append((label, how, f"{value:.4f}", "" if se is None else f"{se:.4f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from medmerge import __version__
 from medmerge.evaluation.cache import EvalCache, cache_key
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
-from medmerge.evaluation.scores import IF_METRICS, if_score, medical_avg
 from medmerge.evaluation.tasks import EvalError, TaskSpec, load_suites, suite_tasks, task_spec
 from medmerge.precision import DType, normalise, resolve_dtype, torch_dtype
 
@@ -266,18 +265,17 @@ class ModelEvaluator:
 
 def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], settings: EvalSettings,
                 seconds: float, cached: list[str], max_gen_toks: int, dtype: str | None = None) -> EvalReport:
-    suites = load_suites()
-    med = if_ = None
-    if "clinical" in settings.suites:
-        med = medical_avg({t: results[t].metrics["acc"].value for t in suites["clinical"]["tasks"]})
-    if "ifeval" in settings.suites:
-        if_ = if_score({m: results["mm_ifeval"].metrics[m].value for m in IF_METRICS})
-    return EvalReport(
+    from medmerge.objectives import suite_scores
+
+    report = EvalReport(
         model=name, model_fingerprint=fingerprint, suites=list(settings.suites), tasks=results,
-        medical_avg=med, if_score=if_, lm_eval_version=lm_eval_version(), medmerge_version=__version__,
+        lm_eval_version=lm_eval_version(), medmerge_version=__version__,
         settings={**asdict(settings), "max_gen_toks": max_gen_toks, "dtype": dtype or settings.dtype},
         seconds=round(seconds, 3), cached_tasks=cached,
     )
+    scores = suite_scores(report)   # what suites.yaml declares under score:, each with its stderr, once
+    return report.model_copy(update={"scores": scores, **{k: scores[k].value for k in ("medical_avg", "if_score")
+                                                          if k in scores}})
 
 
 def evaluate_checkpoint(path: str | Path, settings: EvalSettings, cache: EvalCache | None = None,

@@ -141,6 +141,10 @@ def report_metrics(report) -> dict[str, float]:
         out["medical_avg"] = report.medical_avg
     if report.if_score is not None:
         out["if_score"] = report.if_score
+    for name, score in report.scores.items():   # the suites' scores with their stderrs (EvalReport.scores)
+        out[name] = score.value
+        if score.stderr is not None:
+            out[f"{name}_stderr"] = score.stderr
     out["eval_seconds"] = report.seconds
     return out
 
