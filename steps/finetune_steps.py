@@ -15,7 +15,7 @@ from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
 from medmerge import finetune as core
-from medmerge import finetune_tasks
+from medmerge.finetune import tasks as finetune_tasks
 from medmerge.evaluation.report import EvalReport
 from medmerge.finetune import (FinetuneConfig, FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun,
                                TrainingData)

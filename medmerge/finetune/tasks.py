@@ -17,7 +17,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from medmerge.finetune import FinetuneConfig, FinetuneError, SFTResult, TrackingRun, open_parent_run, plot_curves
+from medmerge.finetune.artifacts import SFTResult, TrackingRun
+from medmerge.finetune.config import FinetuneConfig, FinetuneError
+from medmerge.finetune.data import open_parent_run
+from medmerge.finetune.summary import plot_curves
 
 
 class CrossTaskSummary(BaseModel):
