@@ -412,3 +412,50 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# two runs of one configuration at the same moment
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_runs_of_one_config_at_once_never_share_a_parent_run_or_register_twice(demo_models, mlflow_server,
+                                                                                     tmp_path):
+    """Both are started together: the second waits for the first (saying so) and then runs from ZenML's cache.
+    MLflow ends with one parent run, one nested run per candidate, one version per selected candidate."""
+    from medmerge.tracking.server import start
+
+    state, port = mlflow_server
+    uri = start(state, port=port).uri
+    model, experiment = "concurrent-merge", "concurrent-merge-search"
+    ratios = [0.0, 0.5, 1.0]
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text(yaml.safe_dump({"clinical": str(demo_models["clinical"]),
+                                     "instruct": str(demo_models["instruct"]), "methods": ["linear"],
+                                     "ratios": ratios}))
+    config = write_config(
+        tmp_path / "merge.yaml", sweep=str(sweep), suites=["clinical", "ifeval"], data_dir="sample", limit=4,
+        max_gen_toks=16, eps=0.0, output_dir=str(tmp_path / "selected"), registered_model=model,
+        experiment=experiment, tracking_uri=uri)
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    procs = [launch("pipelines.merge_search", config, log) for log in logs]
+    try:
+        codes = [p.wait(timeout=1200) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    text = [log.read_text(errors="replace") for log in logs]
+    assert codes == [0, 0], "\n".join(t[-2000:] for t in text)
+    waited = [t for t in text if "run of this configuration" in t and "is in progress; waiting" in t]
+    assert len(waited) == 1, "exactly one of the two waited for the other"
+
+    all_runs = runs(uri, experiment)
+    parents = [r for r in all_runs if not parent_of(r)]
+    nested = [r for r in all_runs if parent_of(r)]
+    assert [r["info"]["status"] for r in parents] == ["FINISHED"]          # one parent run, not two mixed
+    assert sorted(r["info"]["run_name"] for r in nested) == sorted(f"linear-{x}" for x in ratios)
+    assert {parent_of(r) for r in nested} == {parents[0]["info"]["run_id"]}
+    versions = registered(uri, model)
+    identities = [v["tags"]["candidate_identity"] for v in versions]
+    assert versions and len(identities) == len(set(identities))           # nothing registered twice
