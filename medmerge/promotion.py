@@ -261,12 +261,14 @@ def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str
         decision = PromotionDecision(policy=picks.promote_policy, candidate=target, version=version,
                                      staged_version=None if staged is None else str(staged.version), scores=scores,
                                      promoted=promoted, reason=reason, picks=pick_versions)
-    parent = runs.Run(uri, results.parent_run_id, results.experiment_id)
+    # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead
+    target = runs.Run(uri, results.parent_run_id, results.experiment_id).open_or_nested("promotion")
     if results.candidates:   # what the search was scored on (digests, never rows)
         from medmerge.tracking import datasets
 
-        parent.datasets(datasets.evaluation_datasets(results.candidates[0].report))
-    log_decision(parent, decision, frontier)
+        target.datasets(datasets.evaluation_datasets(results.candidates[0].report))
+    log_decision(target, decision, frontier)
+    target.finish()
     return decision
 
 
@@ -365,5 +367,8 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
         decision = PromotionDecision(policy=policy, candidate=target, version=version, scores=scores,
                                      staged_version=None if staged is None else str(staged.version),
                                      promoted=promoted, reason=reason)
-    log_decision(runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id), decision)
+    # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead
+    target = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id).open_or_nested("promotion")
+    log_decision(target, decision)
+    target.finish()
     return decision

@@ -360,7 +360,7 @@ def write_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier
 def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier,
                       checkpoints: list[CheckpointDir]) -> dict[str, str]:
     """Register each written checkpoint (no duplicates) on the server ``results`` were logged to, under its
-    candidate's run; close the parent run. Returns {candidate: version}."""
+    candidate's run (the promote step after it closes the parent run). Returns {candidate: version}."""
     from medmerge.tracking import registry
 
     by = results.by_name()
@@ -377,6 +377,5 @@ def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Front
     from medmerge.tracking import runs
 
     parent = runs.Run(results.tracking_uri, results.parent_run_id, results.experiment_id)
-    parent.json(versions, "registered_versions.json")
-    parent.finish()
-    return versions
+    parent.open_or_nested("registered_versions").json(versions, "registered_versions.json")
+    return versions   # the promote step, the last, closes the parent run

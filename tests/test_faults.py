@@ -454,8 +454,13 @@ def test_two_runs_of_one_config_at_once_never_share_a_parent_run_or_register_twi
     parents = [r for r in all_runs if not parent_of(r)]
     nested = [r for r in all_runs if parent_of(r)]
     assert [r["info"]["status"] for r in parents] == ["FINISHED"]          # one parent run, not two mixed
-    assert sorted(r["info"]["run_name"] for r in nested) == sorted(f"linear-{x}" for x in ratios)
+    candidates = sorted(r["info"]["run_name"] for r in nested if r["info"]["run_name"] != "promotion")
+    assert candidates == sorted(f"linear-{x}" for x in ratios)
     assert {parent_of(r) for r in nested} == {parents[0]["info"]["run_id"]}
+    # the second run's promote step found the parent closed: its decision went to a nested run, not into it
+    later = [r for r in nested if r["info"]["run_name"] == "promotion"]
+    assert len(later) == 1 and later[0]["info"]["status"] == "FINISHED"
+    assert parents[0]["info"]["end_time"] <= later[0]["info"]["start_time"]
     versions = registered(uri, model)
     identities = [v["tags"]["candidate_identity"] for v in versions]
     assert versions and len(identities) == len(set(identities))           # nothing registered twice

@@ -81,11 +81,12 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
                            data: TrainingData | None = None,
                            inits: dict[str, InitModel] | None = None) -> FinetuneSummary:
     """Learning curves (figure + table), the forgetting table, one registered version per fine-tuned
-    model tagged with its gate; closes the parent run."""
+    model tagged with its gate. The promote step after it closes the parent run (a rerun of this step after
+    that logs to a nested run: a closed parent run is never written again)."""
     from medmerge import table2
     from medmerge.tracking import registry, runs
 
-    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id)
+    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id).open_or_nested("summary")
     curves = learning_curves(results)
     fig = plot_curves(results, Path(figures_dir) / "learning_curves.png", cfg.task_label or cfg.task)
     table, ftable = curve_table(results), forgetting_table(results)
@@ -124,8 +125,8 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
         versions[key] = reg.version
         gate[key] = r.forgetting.passed
     parent.json(versions, "registered_versions.json")
-    parent.metric("forgetting_gate_failures", sum(not g for g in gate.values()))
-    parent.finish()
+    parent.metric("forgetting_gate_failures", sum(not g for g in gate.values()))   # promote_finetuned, the last
+                                                                                     # step, closes the parent
     return FinetuneSummary(table=table, forgetting_table=ftable, curves=curves, versions=versions, gate=gate,
                            table2=table2.to_markdown(t2),
                            figures={"learning_curves": str(fig)})

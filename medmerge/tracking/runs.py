@@ -88,6 +88,15 @@ class Run:
     def status(self) -> str:
         return self.client.get_run(self.run_id).info.status
 
+    def is_open(self) -> bool:
+        """Not yet FINISHED, FAILED or KILLED: a step may still log to it."""
+        return self.status() in ("RUNNING", "SCHEDULED")
+
+    def open_or_nested(self, name: str, tags: Mapping[str, Any] | None = None) -> "Run":
+        """This run while it is open; once it is closed, a new nested run under it (a rerun of a later step
+        never writes into a parent run that is already closed)."""
+        return self if self.is_open() else self.nested(name, tags)
+
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED")
 
