@@ -58,8 +58,18 @@ class ModelShape:
         or downloaded for the weights, so an 8B config is counted in a second."""
         from transformers import AutoConfig
 
-        return cls.from_config(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
-                               trust_remote_code=trust_remote_code)
+        p = Path(path)
+        if str(path).startswith(("/", ".", "~")) or p.exists():   # a local path: say what is wrong with it
+            if not p.exists():
+                raise SFTMemoryError(f"model {path}: no such directory")
+            if not (p / "config.json").is_file():
+                raise SFTMemoryError(f"model {path}: no config.json in it (a checkpoint directory is needed)")
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:   # a hub id that cannot be fetched, a config.json without model_type
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SFTMemoryError(f"model {path}: cannot read its config ({first})") from None
+        return cls.from_config(config, trust_remote_code=trust_remote_code)
 
     @classmethod
     def from_config(cls, config, trust_remote_code: bool = False) -> "ModelShape":

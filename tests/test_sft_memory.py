@@ -109,3 +109,17 @@ def test_multi_gpu_launch_is_accelerate_with_fsdp_or_zero3(tmp_path):
         str(tmp_path / "job.json")]
     ds = parser.parse_args(accelerate_command(SFTSettings(num_gpus=8, distributed="deepspeed"), "j.json")[3:])
     assert (ds.num_processes, ds.use_deepspeed, ds.zero_stage) == (8, True, 3)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda d: d / "missing", "no such directory"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "no config.json in it"),
+    (lambda d: (d / "file.bin").write_bytes(b"\x00") and d / "file.bin", "no config.json in it"),
+    (lambda d: (d / "nomodel").mkdir() or (d / "nomodel" / "config.json").write_text("{}") and d / "nomodel",
+     "cannot read its config (Unrecognized model"),
+])
+def test_sft_memory_names_a_bad_model_path(tmp_path, capsys, make, says):
+    path = make(tmp_path)
+    assert main(["sft-memory", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"medmerge: error: model {path}: ") and says in err[0], err
