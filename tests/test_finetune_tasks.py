@@ -35,6 +35,9 @@ def test_tasks_are_names_files_or_mappings_and_each_gets_its_own_config(tmp_path
     assert per["my_notes"].task == str(tmp_path / "my notes.csv")
     assert per["cxr"].output_dir == str(tmp_path / "out" / "cxr") and per["cxr"].registered_model == "sft-cxr"
     assert all(c.tasks == () and c.task_label == label for label, c in per.items())
+    # ZenML hands the config to each step as its JSON dump: it must validate back to itself
+    assert FinetuneConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    assert all(FinetuneConfig.model_validate(c.model_dump(mode="json")) == c for c in per.values())
     # one task: the config itself, unchanged (its steps, folders and model keep their names)
     one = FinetuneConfig.model_validate({"initialisations": INIT, "task": "mts_dialog"})
     assert one.task_configs() == [(None, one)]

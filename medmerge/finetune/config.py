@@ -15,6 +15,7 @@ from medmerge.sft import SFTSettings
 
 
 MAX_LOGGED_SAMPLES = 20
+DEFAULT_TASK = "mts_dialog"
 DEFAULT_SHOTS = (8, 16, 32, 64, 128, 256, 512, "full")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -100,7 +101,7 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     initialisations: tuple[Initialisation, ...]
-    task: str = "mts_dialog"                # a known task name, or a JSONL/CSV file
+    task: str | None = None                 # a known task name, or a JSONL/CSV file (default mts_dialog)
     # several tasks in one run (Table 2 across tasks): names, files or TaskSpec mappings; each is fine-tuned
     # and scored as a run of its own (output_dir/<name>, registered model <registered_model>-<name>)
     tasks: tuple[Union[str, TaskSpec], ...] = ()
@@ -160,8 +161,10 @@ class FinetuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _task_or_tasks(self):
-        if self.tasks and "task" in self.model_fields_set:
+        if self.tasks and self.task is not None:
             raise FinetuneError("give either task: (one task) or tasks: (several), not both")
+        if not self.tasks and self.task is None:   # frozen: set once, here (a dump and reload keeps it)
+            object.__setattr__(self, "task", DEFAULT_TASK)
         return self
 
     def task_configs(self) -> list[tuple[str | None, "FinetuneConfig"]]:
