@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from medmerge.cli import main
+from medmerge.io.atomic import pid_alive
 from medmerge.tracking.server import ServerError, healthy, start, status, stop
 
 
@@ -29,6 +31,9 @@ def test_start_status_stop(tmp_path, capsys):
     assert main(["server", "status", "--state-dir", str(tmp_path)]) == 0
     assert main(["server", "stop", "--state-dir", str(tmp_path)]) == 0
     assert not healthy(info.uri)
+    deadline = time.monotonic() + 10   # gone (and reaped) within seconds, even on a loaded machine
+    while time.monotonic() < deadline and pid_alive(info.pid):
+        time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(info.pid, 0)
     assert main(["server", "status", "--state-dir", str(tmp_path)]) == 1

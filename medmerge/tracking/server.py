@@ -155,6 +155,18 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0
     raise ServerError(f"mlflow server did not answer on {uri}/health within {timeout:.0f} s (log: {log})")
 
 
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """Collect ``pid``'s exit status when it is our child (a zombie would still answer ``kill(pid, 0)``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:   # not our child, or already collected
+            return
+        time.sleep(0.05)
+
+
 def _terminate(pid: int, grace: float = 15.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -167,17 +179,14 @@ def _terminate(pid: int, grace: float = 15.0) -> None:
         except ChildProcessError:
             pass
         if not pid_alive(pid):
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+            _reap(pid)
             return
         time.sleep(0.2)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + 30.0   # a loaded machine can take seconds to tear a killed process down
     while time.monotonic() < deadline:  # reap it when it is our child, so no zombie is left that looks alive
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
