@@ -172,3 +172,66 @@ def test_refuses_existing_output(fam, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["merge", str(cfg), str(tmp_path / "out"), "-q", "--overwrite"]) == 0
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_compute_threads_leaves_cores_to_writers_and_restores(monkeypatch):
+    from medmerge import engine
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(engine, "_available_cores", lambda: 8)
+    torch.set_num_threads(8)
+    try:
+        with engine.compute_threads(2):
+            assert torch.get_num_threads() == 6
+        assert torch.get_num_threads() == 8
+        with pytest.raises(RuntimeError), engine.compute_threads(12):  # never below one thread, restored on error
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 8
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name, elementwise", [("linear", True), ("task_arithmetic", True), ("slerp", False),
+                                               ("ties", False)])
+def test_thread_count_changes_only_around_elementwise_math(fam, tmp_path, monkeypatch, name, elementwise):
+    """A reduction's rounding depends on torch's thread count, so only elementwise methods may give
+    cores to the writers; the result equals the in-memory merge at the default thread count."""
+    from medmerge import engine
+
+    calls = []
+    real = engine.compute_threads
+
+    def spy(busy):
+        calls.append(busy)
+        return real(busy)
+
+    monkeypatch.setattr(engine, "compute_threads", spy)
+    r = parse_recipe(recipes(fam)[name])
+    written = read(merge(r, tmp_path / "o", quiet=True))
+    assert calls == ([1] if elementwise else [])
+    assert_same_tensors(written, merged_state_dict(plan_merge(r, open_parents(r.parent_refs))))
+
+
+def test_elementwise_bits_do_not_depend_on_thread_count(tmp_path):
+    """MLP tensors large enough for torch to split across threads (1024 x 256, above its grain of
+    32768 elements) give the same bits at one thread as at two, for every row-separable method.
+    (slerp's norms do not: on this family two of its tensors differ between one and two threads.)"""
+    big = make_family(tmp_path / "big", n_children=2, dtype=torch.bfloat16, hidden_size=256,
+                      intermediate_size=1024, num_attention_heads=4, num_key_value_heads=4)
+    before = torch.get_num_threads()
+    if before < 2:
+        torch.set_num_threads(2)
+    try:
+        for name in ("linear", "task_arithmetic"):
+            r = parse_recipe(recipes(big)[name])
+            plan = plan_merge(r, open_parents(r.parent_refs))
+            assert plan.steps and all(s.row_separable for s in plan.steps)
+            assert max(s.spec.nbytes // 2 for s in plan.steps) >= 1024 * 256
+            default = merged_state_dict(plan)
+            torch.set_num_threads(1)
+            one = merged_state_dict(plan)
+            torch.set_num_threads(max(before, 2))
+            assert_same_tensors(default, one)
+    finally:
+        torch.set_num_threads(before)

@@ -169,6 +169,11 @@ class BackgroundWriter:
         for t in self._threads:
             t.start()
 
+    @property
+    def threads(self) -> int:
+        """How many writer threads copy outputs (each may keep a core busy)."""
+        return len(self._threads)
+
     def put(self, index: int, name: str, tensor: torch.Tensor) -> None:
         n = tensor.numel() * tensor.element_size()
         with self._cv:

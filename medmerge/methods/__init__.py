@@ -40,7 +40,10 @@ class MethodDef:
     min_models: int = 1               # non-base models
     max_models: int | None = None
     stochastic: bool = False          # draws random masks: seeded per tensor
-    row_separable: bool = False       # output row r depends only on input row r (enables chunked I/O)
+    # output row r depends only on input row r (enables chunked I/O); every row-separable method is
+    # also elementwise, so its bits do not depend on torch's thread count (a sweep writing to disk
+    # then leaves cores to the writers: engine.compute_threads)
+    row_separable: bool = False
     float32_math: bool = False        # computes in float32 from any half-precision input (exact upcast)
     function: Any = None              # the pure tensor function documenting the formula
     # a native method plans itself: plan_steps(recipe, parents) -> list[engine.Step], one per output
