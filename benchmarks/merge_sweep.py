@@ -6,13 +6,18 @@ side by side in one run:
 1. ``medmerge sweep`` writing 11 linear candidates (ratios 0.0 … 1.0), hash cache cold;
 2. 11 ``mergekit-yaml`` runs, one per candidate config (what a user would otherwise do);
 3. the I/O floor: read both parents once and write 11 checkpoints with plain ``safetensors``;
-4. peak RSS of one ``medmerge merge`` for a ~0.5B and a ~2B pair.
+4. start-up: the imports a sweep needs before it reads a tensor (medmerge, torch, mergekit's
+   planner, which pulls in peft and transformers) against the floor's (torch, safetensors);
+5. with ``--against REV``: the same sweep with the code of git revision REV (``git archive``),
+   alternating with this code, ``--repeats`` times each: did the sweep get slower?
+6. peak RSS of one ``medmerge merge`` for a ~0.5B and a ~2B pair.
 
 Every command runs as a fresh process, so start-up costs count for all, and each command's time
 includes the ``sync`` that puts its output on disk; outputs are deleted between phases.
 
     python benchmarks/merge_sweep.py              # ~0.5B sweep + 0.5B/2B RSS (about 15 min on 2 cores)
     python benchmarks/merge_sweep.py --quick      # tiny models: checks the script, numbers meaningless
+    python benchmarks/merge_sweep.py --skip-rss --against 3bd3d4c   # this engine vs the one of 2026-11-23
 """
 
 from __future__ import annotations
@@ -132,6 +137,39 @@ for i in range(k):
 """
 
 
+STARTUP_SWEEP = ("import medmerge.cli, medmerge.engine, medmerge.recipe; "
+                 "from mergekit.architecture import get_architecture_info; from mergekit.plan import MergePlanner")
+STARTUP_FLOOR = "from safetensors.torch import load_file, save_file"
+
+
+def sweep_cmd(code: Path | None, spec: Path, out: Path) -> list:
+    """``medmerge sweep`` run with the package at ``code`` (a checkout) first on the path, or the installed one."""
+    if code is None:
+        return [BIN / "medmerge", "sweep", spec, out, "-q"]
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(code)!r}); from medmerge.cli import run; "
+            f"sys.argv = ['medmerge'] + sys.argv[1:]; run()", "sweep", spec, out, "-q"]
+
+
+def checkout(rev: str, work: Path) -> Path:
+    """The ``medmerge`` package as of git revision ``rev`` of this repository, unpacked under ``work``
+    (with ``git archive``: the repository is not touched; reused when it exists)."""
+    repo = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(["git", "-C", repo, "rev-parse", "--short", rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    d = work / f"code-{sha}"
+    if not (d / "medmerge" / "engine.py").exists():
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", repo, "archive", sha, "medmerge"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", d], input=archive.stdout, check=True)
+    return d
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
 def linear_recipe(clinical: Path, instruct: Path, ratio: float) -> dict:
     return {"merge_method": "linear",
             "models": [{"model": str(clinical), "parameters": {"weight": 1.0 - ratio}},
@@ -149,6 +187,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("bench_out"))
     ap.add_argument("--quick", action="store_true", help="tiny models (script check only)")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--against", metavar="REV", help="also time the sweep with the code of git revision REV")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each side with --against (alternating)")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -164,7 +204,7 @@ def main() -> None:
     spec = work / "sweep.yml"
     spec.write_text(yaml.safe_dump({"clinical": str(clinical), "instruct": str(instruct),
                                     "methods": ["linear"], "ratios": RATIOS}))
-    t_medmerge = timed([BIN / "medmerge", "sweep", spec, out / "medmerge", "-q"], env)
+    t_medmerge = timed(sweep_cmd(None, spec, out / "medmerge"), env)
     print(f"medmerge sweep (11 candidates):      {t_medmerge:8.1f} s", flush=True)
     keep = out / "medmerge" / "linear-0.3"
     for p in (out / "medmerge").iterdir():
@@ -186,6 +226,20 @@ def main() -> None:
     print(f"I/O floor (read once, write 11):     {t_floor:8.1f} s", flush=True)
     shutil.rmtree(out)
 
+    s_sweep = min(timed([sys.executable, "-c", STARTUP_SWEEP], env) for _ in range(2))
+    s_floor = min(timed([sys.executable, "-c", STARTUP_FLOOR], env) for _ in range(2))
+    print(f"start-up imports: sweep {s_sweep:.1f} s, floor {s_floor:.1f} s", flush=True)
+
+    against = {}
+    if args.against:
+        code = checkout(args.against, work)
+        for _ in range(args.repeats):
+            for side, where in (("this", None), (args.against, code)):
+                env_i = dict(env, MEDMERGE_CACHE_DIR=tempfile.mkdtemp(prefix="hashcache-"))
+                against.setdefault(side, []).append(timed(sweep_cmd(where, spec, out / side), env_i))
+                shutil.rmtree(out / side)
+                print(f"sweep with {side:>10} code:        {against[side][-1]:8.1f} s", flush=True)
+
     rss = {}
     if not args.skip_rss:
         for size in dict.fromkeys(rss_sizes):
@@ -201,6 +255,13 @@ def main() -> None:
     print("\n| measure | value | target |\n|---|---|---|")
     print(f"| medmerge sweep vs 11 x mergekit-yaml | {t_mergekit / t_medmerge:.2f}x faster | >= 3x |")
     print(f"| medmerge sweep / I/O floor | {t_medmerge / t_floor:.2f}x | <= 1.3x |")
+    if t_floor > s_floor:
+        print(f"| the same, start-up imports left out | {(t_medmerge - s_sweep) / (t_floor - s_floor):.2f}x "
+              f"({s_sweep:.1f} s / {s_floor:.1f} s of imports) | |")
+    if against:
+        mine, theirs = median(against["this"]), median(against[args.against])
+        print(f"| sweep, this code / code of {args.against} (median of {args.repeats}, alternating) | "
+              f"{mine:.1f} / {theirs:.1f} s = {mine / theirs:.2f}x | <= 1.0x |")
     print(f"| sweep candidate == mergekit-yaml output (linear-0.3) | {'bit-identical' if identical else 'DIFFERENT'} | identical |")
     if len(rss) == 2:
         small, big = rss_sizes
