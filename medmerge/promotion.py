@@ -278,11 +278,13 @@ def log_decision(run, decision: PromotionDecision, frontier=None) -> None:
     run.json(decision.model_dump(mode="json"), "promotion.json")
     run.tags({"promotion.decision": "promoted" if decision.promoted else "not promoted",
               "promotion.reason": decision.reason[:5000]})
+    values = {}
     for who, scores in decision.scores.items():
         for obj, s in scores.items():
-            run.metric(f"promotion.{who}.{obj}", s.value)
+            values[f"promotion.{who}.{obj}"] = s.value
             if s.stderr is not None:
-                run.metric(f"promotion.{who}.{obj}_stderr", s.stderr)
+                values[f"promotion.{who}.{obj}_stderr"] = s.stderr
+    run.metrics(values)
     lines = []
     if frontier is not None:
         hv = "" if frontier.hypervolume is None else f", hypervolume {frontier.hypervolume:.6f}"

@@ -58,3 +58,29 @@ def test_failing_on_error_marks_the_run_failed(uri):
     assert got.info.status == "FAILED" and got.data.metrics == {"loss": 1.5, "steps": 3.0}
     assert runs.latest(uri, "runs", "attributes.run_name = 'work'").info.run_id == run.run_id
     assert runs.latest(uri, "no-such-experiment", "") is None
+
+
+def test_values_are_logged_in_batches_within_mlflows_limits(uri, monkeypatch):
+    run = runs.create(uri, "runs", "batched")
+    requests = []
+    real = run.client.log_batch
+
+    def counting(run_id, metrics=(), params=(), tags=()):
+        requests.append((len(metrics), len(params), len(tags)))
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(run.client, "log_batch", counting)
+    run.params({f"p{i}": i for i in range(250)})
+    run.metrics({f"m{i}": i / 10 for i in range(2500)}, step=3)
+    run.tags({f"t{i}": i for i in range(150)})
+    run.series("loss", [3.0, 2.0, 1.5])
+    run.metric("one", 1.0)
+    assert len(requests) == 3 + 3 + 2 + 1 + 1                      # not 2903 round trips
+    assert all(m <= 1000 and p <= 100 and t <= 100 for m, p, t in requests)
+    data = runs.get(uri, run.run_id).data
+    assert len([k for k in data.params if k.startswith("p")]) == 250 and data.params["p249"] == "249"
+    assert len([k for k in data.metrics if k.startswith("m")]) == 2500 and data.metrics["m2499"] == 249.9
+    assert data.tags["t149"] == "149" and data.metrics["loss"] == 1.5 and data.metrics["one"] == 1.0
+    history = run.client.get_metric_history(run.run_id, "loss")
+    assert [(h.step, h.value) for h in history] == [(1, 3.0), (2, 2.0), (3, 1.5)]
+    assert {h.step for h in run.client.get_metric_history(run.run_id, "m7")} == {3}

@@ -128,8 +128,7 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
         elif res is None:
             res = finetune(init.path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
             _record_sft(out, identity, res)
-        for i, loss in enumerate(res.get("losses") or []):
-            nested.metric("train_loss_step", loss, step=i + 1)
+        nested.series("train_loss_step", res.get("losses") or [])
         if res["train_loss"] is not None:
             nested.metric("train_loss", res["train_loss"])
         if res.get("dtype"):  # the dtype SFT trained in (auto resolved)

@@ -13,6 +13,7 @@ make no MLflow calls of their own.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, Iterable, Mapping
 
 PARAM_CHARS = 6000     # MLflow's limit on a param value (MAX_PARAM_VAL_LENGTH)
 NOTE_CHARS = 7900      # a tag value holds 8000; the run description is the tag mlflow.note.content
+BATCH = 100            # params or tags per log_batch request (MLflow's limit)
+METRIC_BATCH = 1000    # metrics per log_batch request (MLflow's limit)
 
 
 def _client(uri: str):
@@ -44,26 +47,47 @@ class Run:
         return self._c
 
     # -- logging ---------------------------------------------------------------------------------
+    # Values go in MLflow's log_batch: one round trip per request of up to 1000 metrics or 100 params
+    # or tags (its limits), instead of one per value.
     def param(self, key: str, value: Any) -> None:
-        self.client.log_param(self.run_id, key, str(value)[:PARAM_CHARS])
+        self.params({key: value})
 
     def params(self, values: Mapping[str, Any]) -> None:
-        for k, v in values.items():
-            self.param(k, v)
+        from mlflow.entities import Param
+
+        self._batch(params=[Param(k, str(v)[:PARAM_CHARS]) for k, v in values.items()])
 
     def metric(self, key: str, value: float, step: int | None = None) -> None:
-        self.client.log_metric(self.run_id, key, float(value), step=step)
+        self.metrics({key: value}, step=step)
 
     def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
-        for k, v in values.items():
-            self.metric(k, v, step=step)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._batch(metrics=[Metric(k, float(v), now, step or 0) for k, v in values.items()])
+
+    def series(self, key: str, values: Iterable[float], first_step: int = 1) -> None:
+        """One metric's history (a loss curve): ``values[i]`` at step ``first_step + i``."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._batch(metrics=[Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)])
 
     def tag(self, key: str, value: Any) -> None:
-        self.client.set_tag(self.run_id, key, str(value))
+        self.tags({key: value})
 
     def tags(self, values: Mapping[str, Any]) -> None:
-        for k, v in values.items():
-            self.tag(k, v)
+        from mlflow.entities import RunTag
+
+        self._batch(tags=[RunTag(k, str(v)) for k, v in values.items()])
+
+    def _batch(self, metrics: list = (), params: list = (), tags: list = ()) -> None:
+        for i in range(0, len(metrics), METRIC_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + METRIC_BATCH])
+        for i in range(0, len(params), BATCH):
+            self.client.log_batch(self.run_id, params=params[i:i + BATCH])
+        for i in range(0, len(tags), BATCH):
+            self.client.log_batch(self.run_id, tags=tags[i:i + BATCH])
 
     def describe(self, text: str) -> None:
         """The run's description (the "Description" box of its page)."""
