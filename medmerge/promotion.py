@@ -239,7 +239,7 @@ def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str
 
     target = picks.promote_candidate
     if target is None:
-        decision = PromotionDecision(policy=picks.promote_policy, reason="policy none: promotion not asked for",
+        decision = PromotionDecision(policy=picks.promote_policy, reason="promotion not asked for",
                                      picks=pick_versions)
     else:
         by = results.by_name()
@@ -346,7 +346,7 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
         target = max(policy, key=lambda k: by[k].scores["composite"])
         reason = ""
     else:
-        reason = "policy none: promotion not asked for"
+        reason = "promotion not asked for"
     if target is None:
         decision = PromotionDecision(policy=policy, reason=reason)
     else:

@@ -84,6 +84,8 @@ def test_log_register_promote(server, tmp_path):
 
     reason = registry.promote("medmerge-demo", reg[0.7].version, server)
     assert f"replaces v{reg[0.3].version}" in reason
+    import re
+    assert len(re.findall(r"(?:medical_avg|if_score)=\d\.\d{4}(?:[,;)]|$)", reason)) == 4, reason   # read, not 16 digits
     assert c.get_model_version("medmerge-demo", reg[0.3].version).current_stage == "Archived"
     assert c.get_model_version_by_alias("medmerge-demo", "staging").version == reg[0.7].version
 

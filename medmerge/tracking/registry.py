@@ -270,6 +270,14 @@ def set_version_tags(name: str, version: str, tracking_uri: str, tags: dict[str,
             c.delete_model_version_tag(name, version, k)
 
 
+def _short(tag: str | None) -> str | None:
+    """A score tag as people read it (4 decimals); the tag itself keeps every digit."""
+    try:
+        return f"{float(tag):.4f}"
+    except (TypeError, ValueError):
+        return tag
+
+
 def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", force: bool = False) -> str:
     """Point alias ``stage`` at ``version``, move it to that stage, archive the previous; return why.
 
@@ -297,10 +305,10 @@ def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", 
         previous = c.get_model_version_by_alias(name, stage)
     except Exception:
         pass
-    reason = f"{name} v{version}: medical_avg={mv.tags.get('medical_avg')}, if_score={mv.tags.get('if_score')}"
+    reason = f"{name} v{version}: medical_avg={_short(mv.tags.get('medical_avg'))}, if_score={_short(mv.tags.get('if_score'))}"
     if previous is not None and previous.version != mv.version:
-        reason += (f"; replaces v{previous.version} (medical_avg={previous.tags.get('medical_avg')}, "
-                   f"if_score={previous.tags.get('if_score')}), now archived")
+        reason += (f"; replaces v{previous.version} (medical_avg={_short(previous.tags.get('medical_avg'))}, "
+                   f"if_score={_short(previous.tags.get('if_score'))}), now archived")
     if gate_failed:
         reason += f"; FORCED past a failed forgetting gate ({mv.tags.get('forgetting_failures', '')})"
     c.set_registered_model_alias(name, stage, str(version))
