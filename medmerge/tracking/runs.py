@@ -161,9 +161,9 @@ class Run:
         return search(self.uri, [self.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'")
 
 
-def experiment(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created if needed."""
-    c = _client(uri)
+def experiment(uri: str, name: str, client=None) -> str:
+    """The id of experiment ``name``, created if needed (with ``client`` when the caller has one)."""
+    c = client or _client(uri)
     exp = c.get_experiment_by_name(name)
     return exp.experiment_id if exp else c.create_experiment(name)
 
@@ -179,8 +179,8 @@ def search(uri: str, experiment_ids: list[str], filter_string: str = "", max_res
 
 def create(uri: str, experiment_name: str, run_name: str, tags: Mapping[str, Any] | None = None) -> Run:
     """A new top-level run in ``experiment_name`` (created if needed)."""
-    exp_id = experiment(uri, experiment_name)
     c = _client(uri)
+    exp_id = experiment(uri, experiment_name, c)
     run = c.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items()})
     return Run(uri, run.info.run_id, exp_id, c)
 
@@ -215,8 +215,8 @@ def open_parent(uri: str, experiment_name: str, key: str, name: str, phase: str,
                 tags: Mapping[str, Any] | None = None) -> tuple[Run, bool]:
     """The parent run tagged ``medmerge.run_key == key`` that has not finished, set RUNNING again; else a new
     one. Returns ``(run, resumed)``. A finished run is never written to again."""
-    exp_id = experiment(uri, experiment_name)
     c = _client(uri)
+    exp_id = experiment(uri, experiment_name, c)
     for r in search(uri, [exp_id], f"tags.`medmerge.run_key` = '{key}'", max_results=5):
         if r.info.status != "FINISHED":
             c.update_run(r.info.run_id, status="RUNNING")
