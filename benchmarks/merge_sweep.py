@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,11 +166,6 @@ def checkout(rev: str, work: Path) -> Path:
     return d
 
 
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
-
-
 def linear_recipe(clinical: Path, instruct: Path, ratio: float) -> dict:
     return {"merge_method": "linear",
             "models": [{"model": str(clinical), "parameters": {"weight": 1.0 - ratio}},
@@ -259,7 +255,7 @@ def main() -> None:
         print(f"| the same, start-up imports left out | {(t_medmerge - s_sweep) / (t_floor - s_floor):.2f}x "
               f"({s_sweep:.1f} s / {s_floor:.1f} s of imports) | |")
     if against:
-        mine, theirs = median(against["this"]), median(against[args.against])
+        mine, theirs = statistics.median(against["this"]), statistics.median(against[args.against])
         print(f"| sweep, this code / code of {args.against} (median of {args.repeats}, alternating) | "
               f"{mine:.1f} / {theirs:.1f} s = {mine / theirs:.2f}x | <= 1.0x |")
     print(f"| sweep candidate == mergekit-yaml output (linear-0.3) | {'bit-identical' if identical else 'DIFFERENT'} | identical |")
