@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.medmerge-installed
 DEMO    ?= demo_out
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-integration test-fast bench install clean
 
 install: $(STAMP)
 
@@ -50,11 +50,31 @@ stack: $(STAMP)
 	$(BIN)/medmerge server start
 	$(ZENV) bash zenml_config/register_local_stack.sh
 
+# Two test tiers (README, "Tests"). `make test` is the one every change runs: unmarked tests, one merge_search
+# and one finetune end to end, the registry/serve test: at most 12 minutes on 2 cores. `make test-integration`
+# runs the tests marked `integration`. Each ends with its wall time against its budget and its slowest tests
+# (.ci/budget.py); under CI (CI=true) `make test` fails past TEST_FAIL_AFTER_S even when every test passed.
+# PYTEST_ARGS passes more options (-k, -x, a file ...).
+PYTEST               := $(BIN)/python -m pytest -q -rs --durations=25
+PYTEST_ARGS          ?=
+TEST_BUDGET_S        ?= 720
+TEST_FAIL_AFTER_S    ?= 1080
+INTEGRATION_BUDGET_S ?= 1500
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs
+	@start=$$(date +%s); rc=0; \
+	$(PYTEST) -m "not integration" --junitxml=.pytest_cache/medmerge-test.xml $(PYTEST_ARGS) || rc=$$?; \
+	$(BIN)/python .ci/budget.py --label "make test" --start $$start --budget $(TEST_BUDGET_S) \
+	  --fail-after $(TEST_FAIL_AFTER_S) --junit .pytest_cache/medmerge-test.xml --pytest-rc $$rc
+
+test-integration: $(STAMP)
+	@start=$$(date +%s); rc=0; \
+	$(PYTEST) -m integration --junitxml=.pytest_cache/medmerge-integration.xml $(PYTEST_ARGS) || rc=$$?; \
+	$(BIN)/python .ci/budget.py --label "make test-integration" --start $$start \
+	  --budget $(INTEGRATION_BUDGET_S) --junit .pytest_cache/medmerge-integration.xml --pytest-rc $$rc
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_sweep.py

@@ -221,6 +221,7 @@ def test_sharded_parents_merge_and_sweep_like_single_files(fam, tmp_path, capsys
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_demo_models_builds_the_three_checkpoints_and_a_sweep_that_uses_them(demo_models, tmp_path, capsys):
     """``medmerge demo-models OUT`` prints where each checkpoint is, writes a sweep.yml the sweep reads, and is
     seeded: seed 0 gives the very weights the test fixture built with the library call."""

@@ -14,6 +14,9 @@ from medmerge.demo import MODEL_NAMES, build_demo_models, domain_texts, heldout_
 from medmerge.demo.corpus import CORPORA, as_messages
 from medmerge.io.atomic import TMP_PREFIX
 
+# Second tier: the fast tier's end-to-end tests use the models; these check how they were built.
+pytestmark = pytest.mark.integration
+
 MODEL_FILES = {"model.safetensors", "config.json", "generation_config.json"}
 # Minimum gap (nats/token) for "clearly lower" held-out loss; measured gaps are >1.5.
 MARGIN = 0.5

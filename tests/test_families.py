@@ -194,6 +194,7 @@ def test_unknown_layout_exits_2_naming_architecture_and_tensor(tok, tmp_path, ca
 
 # -- evaluate, SFT and generation run on every family ---------------------------------------------
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("family", F.FAMILIES)
 def test_evaluate_sft_and_generate_run(fams, tmp_path, family):
     from transformers import AutoModelForCausalLM, AutoTokenizer

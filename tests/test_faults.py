@@ -135,6 +135,7 @@ def stopping_server_first(monkeypatch, module, name: str, state: Path, timing: d
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_finetune_survives_kill_during_sft_and_server_loss(demo_models, mlflow_server, tmp_path, capsys,
                                                            monkeypatch):
     from zenml.enums import ExecutionStatus as S
@@ -231,6 +232,7 @@ def test_finetune_survives_kill_during_sft_and_server_loss(demo_models, mlflow_s
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_models, mlflow_server, tmp_path, capsys,
                                                                     monkeypatch):
     from zenml.client import Client
@@ -419,6 +421,7 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_runs_of_one_config_at_once_never_share_a_parent_run_or_register_twice(demo_models, mlflow_server,
                                                                                      tmp_path):
     """Both are started together: the second waits for the first (saying so) and then runs from ZenML's cache.

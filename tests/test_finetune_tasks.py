@@ -92,6 +92,7 @@ def test_results_are_grouped_by_task_in_config_order():
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.shared_data("mts_dialog", "indiana_cxr")
 def test_three_tasks_in_one_run_log_table2_across_tasks(demo_models, tmp_path, capsys):
     from factory import SHARED_DATA as DATA

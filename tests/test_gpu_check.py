@@ -36,6 +36,7 @@ def test_dry_run_builds_the_pair_on_a_cpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_cpu_run_prints_every_figure(tmp_path):
     out = run("--device", "cpu", "--tiny", "--out", str(tmp_path), "--ratios", "2", "--limit", "1", "--steps", "1",
               "--generations", "2", "--max-new-tokens", "4")

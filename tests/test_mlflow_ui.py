@@ -23,7 +23,7 @@ import pytest
 import yaml
 from mlflow_api import api
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # What this machine (and CI's closed network) needs: no sandbox as root, no GPU, and no network
 # attempts of the browser's own (they would be refused), a fresh profile per start.

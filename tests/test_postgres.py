@@ -134,6 +134,7 @@ def _is_nested(run: dict) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.timeout(1800)  # two pipeline runs and a first start on an empty Postgres (migrations)
 def test_switching_to_a_postgres_server_logs_there_and_reuses_the_computation(
         postgres, demo_models, tmp_path, monkeypatch, capsys):

@@ -368,6 +368,7 @@ def test_dockerignore_keeps_local_state_out():
 # the real script against the real CLI (one zenml process per command: about a minute)
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.integration
 def test_register_script_end_to_end(offline, tmp_path):
     zenml = str(Path(sys.executable).parent / "zenml")
     env = _script_env(offline, ZENML_CONFIG_PATH=str(tmp_path / "zenml"), **SCRIPT_ENV)

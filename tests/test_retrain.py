@@ -237,6 +237,7 @@ def _zenml_runs(name):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_retrain_runs_only_when_something_changed(demo_models, tmp_path, capsys):
     import mlflow
     from mlflow import MlflowClient

@@ -18,7 +18,7 @@ import yaml
 from factory import assert_read_once
 from mlflow_api import api, api_post
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # two pipeline runs and a server on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(2400)]  # two pipeline runs and a server on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 SEED2 = ["linear", "task_arithmetic", "dare_ties", "della", "breadcrumbs", "hierarchical_ot"]

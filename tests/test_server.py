@@ -13,6 +13,7 @@ from medmerge.tracking.server import ServerError, healthy, start, status, stop
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_start_status_stop(tmp_path, capsys):
     assert main(["server", "start", "--state-dir", str(tmp_path), "--port", "0"]) == 0
     info = status(tmp_path)
@@ -66,6 +67,7 @@ def test_basic_auth_needs_the_admin_password_from_the_environment(tmp_path, monk
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_basic_auth_server_and_credentials_from_the_environment(tmp_path, monkeypatch):
     import urllib.error
     import urllib.request

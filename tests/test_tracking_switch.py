@@ -10,7 +10,7 @@ import yaml
 
 from mlflow_api import api, api_post
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _runs(uri: str, experiment: str) -> list[dict]:
