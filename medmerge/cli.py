@@ -447,13 +447,17 @@ def promote(name, version, stage, tracking_uri, force, state_dir):
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
-def demo_models(out_dir, seed, quiet):
+@click.option("--no-cache", is_flag=True,
+              help="build afresh instead of copying the build cached for this code and seed "
+                   "($MEDMERGE_DEMO_MODELS_CACHE, default ~/.cache/medmerge/demo-models)")
+def demo_models(out_dir, seed, quiet, no_cache):
     """Build the tiny base/clinical/instruct demo checkpoints (offline) and a sweep.yml for them."""
     import yaml
 
     from medmerge.demo import build_demo_models
+    from medmerge.demo.cache import copy_demo_models
 
-    paths = build_demo_models(out_dir, seed=seed, quiet=quiet)
+    paths = (build_demo_models if no_cache else copy_demo_models)(out_dir, seed=seed, quiet=quiet)
     sweep_yml = Path(out_dir) / "sweep.yml"
     sweep_yml.write_text(yaml.safe_dump({
         "clinical": str(paths["clinical"].resolve()),

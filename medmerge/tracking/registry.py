@@ -199,8 +199,10 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     all_tags = {**{k: str(v)[:5000] for k, v in tags.items()}, "candidate_identity": identity, "run_id": run_id}
     logged = models.log_checkpoint(checkpoint, run_id, tracking_uri, identity, tags=all_tags)
     card = models.model_card_text(checkpoint)[:models.DESCRIPTION_LIMIT]
+    # await_creation_for=0: a local store creates the version READY at once; MLflow's default (300) logs
+    # "Waiting up to 300 seconds for model version ..." once per version, which filled the demo's output
     mv = c.create_model_version(name, source=logged.model_uri, run_id=run_id, tags=all_tags, description=card,
-                                model_id=logged.model_id)
+                                model_id=logged.model_id, await_creation_for=0)
     return Registered(name, mv.version, run_id, reused=False, model_id=logged.model_id)
 
 
