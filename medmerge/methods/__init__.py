@@ -10,24 +10,76 @@ module and one entry here; the engine knows no method by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from medmerge.errors import RecipeError
+from medmerge.methods import domain as _domain
 from medmerge.methods import hierarchical_ot, mergekit_methods
+from medmerge.methods.domain import BOOLEAN, FINITE, Domain, ParameterError, choice, real, show
 
 MISSING = object()
 
 
 @dataclass(frozen=True)
 class ParamDef:
+    """A declared parameter: its name, where it is set, its default and its domain (type and range).
+
+    ``check(value, where)`` checks any form of a value (scalar, gradient, filtered values) and raises
+    :class:`ParameterError` (a RecipeError) ``"{where}: 2.0 is outside (0, 1]"``; the CLI, the sweep
+    grids, the Optuna ranges and the pipelines all check through it."""
+
     name: str
     per_model: bool          # set per model (models[].parameters) or once (top-level parameters)
     default: Any = MISSING
-    choices: tuple | None = None
+    domain: Domain = FINITE
+    skips_base: bool = False  # a per-model value mergekit reads for every model but the base (NON_BASE)
 
     @property
     def required(self) -> bool:
         return self.default is MISSING
+
+    @property
+    def choices(self) -> tuple | None:
+        return self.domain.choices or None
+
+    def check(self, value: Any, where: str) -> None:
+        """Every scalar of ``value`` (a scalar, a gradient, filtered values) is in the domain, or
+        :class:`ParameterError` naming ``where`` (e.g. ``models[1].parameters.density``)."""
+        _domain.check_setting(self.domain, value, where)
+
+    def check_range(self, low: Any, high: Any, where: str) -> None:
+        """A search range ``[low, high]`` lies inside the domain."""
+        self.domain.check_range(low, high, where)
+
+
+# The domains, from the methods' papers and mergekit's code (mergekit itself checks none of them).
+DOMAINS: dict[str, Domain] = {
+    "weight": FINITE,                                # any finite real (negative subtracts a task vector)
+    "t": real(0, 1),                                 # SLERP's interpolation fraction
+    "density": real(0, 1, low_open=True),            # the fraction of a task vector kept (1: all of it)
+    # DELLA's MAGPRUNE keeps entries with probabilities in [density - epsilon, density + epsilon], which
+    # mergekit requires inside (0, 1) (checked jointly below), so epsilon < 0.5 whatever the density
+    "epsilon": real(0, 0.5, high_open=True),
+    "gamma": real(0, 1, high_open=True),             # Model Breadcrumbs' share of largest magnitudes dropped
+    "lambda": real(0, None, low_open=True),          # task-vector scaling
+}
+
+
+def _della_band(v: Mapping[str, Any]) -> str | None:
+    d, e = v.get("density"), v.get("epsilon")
+    # mergekit's della_magprune: a density of 1 keeps everything; otherwise it raises mid-merge
+    if _domain.is_number(d) and _domain.is_number(e) and d < 1 and (d + e >= 1 or d - e <= 0):
+        return (f"density {show(d)} with epsilon {show(e)}: DELLA keeps entries with probabilities "
+                "density ± epsilon, which must lie inside (0, 1)")
+    return None
+
+
+def _breadcrumbs_share(v: Mapping[str, Any]) -> str | None:
+    d, g = v.get("density"), v.get("gamma")
+    if _domain.is_number(d) and _domain.is_number(g) and d < 1 and d + g > 1 + 1e-12:
+        return (f"density {show(d)} with gamma {show(g)}: Model Breadcrumbs drops the largest gamma and "
+                "keeps density of the rest, so density + gamma must be at most 1")
+    return None
 
 
 @dataclass(frozen=True)
@@ -49,6 +101,8 @@ class MethodDef:
     # a native method plans itself: plan_steps(recipe, parents) -> list[engine.Step], one per output
     # tensor, each with its reads and compute(load); None means mergekit's planner does it
     plan_steps: Callable[..., list] | None = None
+    # rules joining a model's parameters: f(values at one point) -> why they are wrong, or None
+    rules: tuple[Callable[[Mapping[str, Any]], str | None], ...] = ()
 
     @property
     def backend(self) -> str:
@@ -57,6 +111,65 @@ class MethodDef:
 
     def param(self, name: str) -> ParamDef | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def check_values(self, shared: Mapping[str, Any], models: Sequence[tuple[str, Mapping[str, Any], bool]],
+                     where: str = "") -> None:
+        """Check a merge's parameter values before any tensor is read.
+
+        ``shared`` is the top-level ``parameters``; ``models`` one ``(key path, parameters, is_base)``
+        per model, e.g. ``("models[1].parameters", {...}, False)``. Every declared value must be in its
+        domain (in every form it takes); then, at every gradient point and filter region, each model's
+        values must satisfy the method's joint rules (DELLA's density ± epsilon, Breadcrumbs' density +
+        gamma) and normalised weights must not sum to zero. Undeclared keys are not checked here.
+        Raises :class:`ParameterError` whose message starts with the key path."""
+        pre = f"{where}." if where else ""
+        for key, value in shared.items():
+            if (p := self.param(key)) is not None:
+                p.check(value, f"{pre}parameters.{key}")
+        for path, params, _ in models:
+            for key, value in params.items():
+                if (p := self.param(key)) is not None:
+                    p.check(value, f"{pre}{path}.{key}")
+        joint = {p.name for p in self.params if p.per_model} | {"normalize"} if self.rules else {"weight", "normalize"}
+        settings = [shared.get(n) for n in joint] + [m.get(n) for _, m, _ in models for n in joint]
+        pts = _domain.points(s for s in settings if s is not None)
+        n_t, n_r = len({t for _, t in pts}), len({r for r, _ in pts})
+
+        def value(name: str, region, t, scopes):
+            for scope in scopes:
+                if name in scope and (v := _domain.evaluate(scope[name], region, t)) is not None:
+                    return v
+            p = self.param(name)
+            return None if p is None or p.required else p.default
+
+        weight = self.param("weight")
+        sums: dict = {}
+        for region, t in pts:
+            here = _domain.at(region, t, n_t, n_r)
+            total, complete = 0.0, weight is not None
+            for path, params, is_base in models:
+                scopes = (params, shared)
+                if self.rules and not is_base:
+                    values = {p.name: value(p.name, region, t, scopes) for p in self.params}
+                    for rule in self.rules:
+                        if (why := rule(values)) is not None:
+                            raise ParameterError(f"{pre}{path}: {why}{here}")
+                if weight is not None and not (is_base and weight.skips_base):
+                    w = value("weight", region, t, scopes)
+                    if _domain.is_number(w):
+                        total += w
+                    else:
+                        complete = False
+            if complete and value("normalize", region, t, (shared,)) is True:
+                if abs(total) < 1e-8:       # mergekit's own threshold for a zero divisor
+                    raise ParameterError(f"{pre}models[*].parameters.weight: the weights sum to {total:g}{here}, "
+                                         "and normalize: true divides by their sum")
+                prev = sums.get(region)
+                if prev is not None and (prev[1] > 0) != (total > 0):
+                    raise ParameterError(f"{pre}models[*].parameters.weight: the weights' sum changes sign between "
+                                         f"gradient positions {prev[0]:g} and {t:g} (it passes through 0), and "
+                                         "normalize: true divides by their sum")
+                sums[region] = (t, total)
 
     @property
     def formula(self) -> str:
@@ -79,9 +192,14 @@ def _from_mergekit(name: str) -> MethodDef:
 
     spec = merge_methods.get(name).spec
     params = tuple(
-        ParamDef(p.name, p.scope != ParameterScope.SHARED, MISSING if p.required else p.default)
+        ParamDef(p.name, p.scope != ParameterScope.SHARED, MISSING if p.required else p.default,
+                 domain=BOOLEAN if p.value_type is bool else DOMAINS.get(p.name, FINITE),
+                 skips_base=p.scope == ParameterScope.NON_BASE)
         for p in spec.parameters
     )
+    names = {p.name for p in params}
+    rules = tuple(rule for rule, needs in ((_della_band, {"density", "epsilon"}),
+                                          (_breadcrumbs_share, {"density", "gamma"})) if needs <= names)
     needs_base = spec.contract.base == BasePolicy.REQUIRED
     max_inputs = spec.contract.max_inputs
     return MethodDef(
@@ -96,6 +214,7 @@ def _from_mergekit(name: str) -> MethodDef:
         row_separable=name in _ROW_SEPARABLE,
         float32_math=name in _FLOAT32_MATH,
         function=getattr(mergekit_methods, name),
+        rules=rules,
     )
 
 
@@ -103,7 +222,7 @@ HIERARCHICAL_OT = MethodDef(
     name="hierarchical_ot",
     pretty_name="Hierarchical Cosine-OT-LERP",
     reference_url=None,
-    params=(ParamDef("align", per_model=False, default="per_projection", choices=("per_projection", "per_layer")),),
+    params=(ParamDef("align", per_model=False, default="per_projection", domain=choice("per_projection", "per_layer")),),
     needs_base=True,
     min_models=2,
     max_models=2,
@@ -113,6 +232,9 @@ HIERARCHICAL_OT = MethodDef(
 
 METHODS: dict[str, MethodDef] = {name: _from_mergekit(name) for name in SEED_METHODS}
 METHODS[HIERARCHICAL_OT.name] = HIERARCHICAL_OT
+
+
+__all__ = ["METHODS", "MethodDef", "ParamDef", "Domain", "ParameterError", "get_method", "DOMAINS"]
 
 
 def get_method(name: str) -> MethodDef:
