@@ -1,20 +1,30 @@
-"""The ``medmerge`` command line. Bad input exits 2 with one line naming the problem."""
+"""The ``medmerge`` command line. Bad input exits 2 with one line naming the problem.
+
+Arguments are parsed by one parser per kind (:mod:`medmerge.io.args`: sizes, counts, memory figures);
+every path a command writes is checked before any work (:mod:`medmerge.io.atomic`). :func:`main` turns
+every error into one line: a :class:`MedmergeError`, a usage error or an ``OSError`` (the path and the
+reason in words) exit 2; anything else exits 1 as an internal error. ``--debug`` (or
+``MEDMERGE_DEBUG=1``) adds the traceback.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from medmerge.errors import MedmergeError
+from medmerge.io.args import BATCH_SIZE, GIB, PORT, SIZE, count
 
 _common = [
     click.option("--allow-pickle", is_flag=True, help="Read pickle .bin weights (can execute code: trusted files only)."),
     click.option("--trust-remote-code", is_flag=True, help="Let transformers run code shipped with a model."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
-    click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard."),
-    click.option("--chunk-size", default="8MiB", show_default=True,
+    click.option("--max-shard-size", type=SIZE, default="5GB", show_default=True,
+                 help="Largest safetensors shard (e.g. 500MB, 2GiB, or bytes)."),
+    click.option("--chunk-size", type=SIZE, default="8MiB", show_default=True,
                  help="Row-separable methods stream tensors larger than this in row blocks."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
 ]
@@ -47,7 +57,9 @@ def common_options(f):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medmerge")
-def cli():
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error (for bug reports); or set "
+                                            "MEDMERGE_DEBUG=1.")
+def cli(debug):
     """medmerge: adapt open LLMs to clinical work by merging weights instead of retraining."""
 
 
@@ -60,15 +72,14 @@ def merge(config, out_dir, random_seed, allow_pickle, trust_remote_code, overwri
           quiet):
     """Merge the models of a mergekit YAML CONFIG into a checkpoint at OUT_DIR."""
     from medmerge.engine import merge as run_merge
-    from medmerge.io.writer import parse_size
     from medmerge.recipe import load_recipe
 
     recipe = load_recipe(config)
     if random_seed is not None:
         recipe = recipe.model_copy(update={"random_seed": random_seed})
     out = run_merge(recipe, out_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                    overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
-                    chunk_bytes=parse_size(chunk_size), quiet=quiet)
+                    overwrite=overwrite, max_shard_bytes=max_shard_size, chunk_bytes=chunk_size, quiet=quiet,
+                    source=str(config))
     click.echo(f"wrote {out}")
 
 
@@ -83,13 +94,12 @@ def sweep(sweep_config, out_dir, allow_pickle, trust_remote_code, overwrite, max
     (methods: {dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}, or preset: seed2-methods)."""
     _prefetch_hashes(sweep_config, ("clinical", "instruct", "base"))
     from medmerge.engine import sweep as run_sweep
-    from medmerge.io.writer import parse_size
     from medmerge.recipe import load_sweep
 
     spec = load_sweep(sweep_config)
     outs = run_sweep(spec, out_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                     overwrite=overwrite, max_shard_bytes=parse_size(max_shard_size),
-                     chunk_bytes=parse_size(chunk_size), quiet=quiet)
+                     overwrite=overwrite, max_shard_bytes=max_shard_size, chunk_bytes=chunk_size, quiet=quiet,
+                     source=str(sweep_config))
     click.echo(f"wrote {len(outs)} candidates to {out_dir}:")
     for name in outs:
         click.echo(f"  {name}")
@@ -129,15 +139,16 @@ def _eval_options(f):
                      help="Comma-separated suites: clinical, ifeval, medical5."),
         click.option("--data-dir", default=None, envvar="MEDMERGE_DATA_DIR",
                      help="Local data directory ('sample' = the sample shipped for the demo); default: the Hub."),
-        click.option("--limit", type=int, default=None, help="First N documents of each task."),
-        click.option("--num-fewshot", type=int, default=None, help="Override every suite's shots."),
-        click.option("--batch-size", default="8", show_default=True, help="An integer or 'auto'."),
+        click.option("--limit", type=count(1), default=None, help="First N documents of each task (N >= 1)."),
+        click.option("--num-fewshot", type=count(0), default=None, help="Override every suite's shots (>= 0)."),
+        click.option("--batch-size", type=BATCH_SIZE, default="8", show_default=True,
+                     help="A whole number >= 1 or 'auto'."),
         click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
                      help="vllm serves the generation tasks (needs a GPU and vllm)."),
         click.option("--device", default="cpu", show_default=True),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="auto: the checkpoint's dtype on CUDA, float32 on a CPU."),
-        click.option("--max-gen-toks", type=int, default=None, help="Default: min(1280, context/2)."),
+        click.option("--max-gen-toks", type=count(1), default=None, help="Default: min(1280, context/2)."),
         click.option("--no-cache", is_flag=True, help="Ignore and do not fill the evaluation cache."),
     ]
     for opt in reversed(opts):
@@ -152,7 +163,7 @@ def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, de
     data_dir = resolve_data_dir(data_dir)
     return EvalSettings(
         suites=tuple(s.strip() for s in suites.split(",") if s.strip()), data_dir=data_dir, limit=limit,
-        num_fewshot=num_fewshot, batch_size=batch_size if batch_size == "auto" else int(batch_size),
+        num_fewshot=num_fewshot, batch_size=batch_size,
         backend=backend, device=device, max_gen_toks=max_gen_toks, dtype=dtype,
     )
 
@@ -167,7 +178,10 @@ def evaluate(model_dir, out, trust_remote_code, suites, data_dir, limit, num_few
     """Score a checkpoint on benchmark suites; print a table and write a JSON report."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.runner import evaluate_checkpoint
+    from medmerge.io.atomic import check_output_file
 
+    check_output_file(out, protect=[model_dir], protect_what="model", replaceable=_is_eval_report,
+                      label="report file")
     settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype)
     report = evaluate_checkpoint(model_dir, settings, cache=None if no_cache else EvalCache(),
                                  trust_remote_code=trust_remote_code)
@@ -186,21 +200,42 @@ def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, 
     """Evaluate every candidate of a sweep in memory (nothing written but the reports)."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
+    from medmerge.io.atomic import check_output_file, output_container
     from medmerge.recipe import load_sweep
 
     spec = load_sweep(sweep_config)
     settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype)
+    inputs = [*spec.parent_refs, sweep_config]
+    for cand in spec.candidates():
+        check_output_file(Path(out) / f"{cand.name}.json", protect=inputs, protect_what="input",
+                          replaceable=_is_eval_report, label="report file")
     cache = None if no_cache else EvalCache()
     rows = []
-    for cand, report in evaluate_sweep(spec, settings, cache):
-        report.write(Path(out) / f"{cand.name}.json")
-        rows.append((cand.name, report.medical_avg, report.if_score, len(report.cached_tasks)))
+    with output_container(out, protect=inputs, protect_what="input", label="report directory"):
+        for cand, report in evaluate_sweep(spec, settings, cache):
+            report.write(Path(out) / f"{cand.name}.json")
+            rows.append((cand.name, report.medical_avg, report.if_score, len(report.cached_tasks)))
     click.echo(f"{'candidate':14s} {'Medical Avg':>11s} {'IF score':>9s}  cached tasks")
     for name, med, ifs, cached in rows:
         fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
         click.echo(f"{name:14s} {fmt(med):>11s} {fmt(ifs):>9s}  {cached}")
     if cache is not None:
         click.echo(f"cache: {cache.hits} hits, {cache.misses} misses")
+
+
+def _is_eval_report(p: Path) -> bool:
+    """A report `medmerge evaluate` wrote (so writing it again replaces only medmerge's own file)."""
+    from medmerge.io.atomic import json_file_with
+
+    return json_file_with("medmerge_version", "lm_eval_version", "tasks")(p)
+
+
+def _is_validation_report(p: Path) -> bool:
+    from medmerge.io.atomic import json_file_with, text_file_starting
+
+    if p.suffix.lower() == ".json":
+        return json_file_with("dataset", "expectations", "success")(p)
+    return text_file_starting("## Data validation: ")(p)
 
 
 # --- validate-data -----------------------------------------------------------------------------
@@ -246,16 +281,16 @@ def _context_length(tokenizer, ref: str, trust_remote_code: bool) -> int | None:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="auto: the checkpoint's dtype on CUDA, float32 on a CPU.")
 @click.option("--lora", is_flag=True, help="Train a LoRA adapter (rank --lora-r) instead of every weight.")
-@click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lora-r", type=count(1), default=16, show_default=True)
 @click.option("--optim", type=click.Choice(["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]),
               default="adamw_torch", show_default=True)
 @click.option("--no-gradient-checkpointing", is_flag=True)
-@click.option("--per-device-batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=1), default=8192, show_default=True)
-@click.option("--num-gpus", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--per-device-batch", type=count(1), default=4, show_default=True)
+@click.option("--max-length", type=count(1), default=8192, show_default=True)
+@click.option("--num-gpus", type=count(1), default=1, show_default=True,
               help="> 1: sharded with FSDP / ZeRO-3.")
-@click.option("--device-memory-gib", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="The device's size (default: detected).")
+@click.option("--device-memory-gib", type=GIB, default=None,
+              help="The device's size in GiB, a finite number above zero (default: detected).")
 def sft_memory(model, dtype, lora, lora_r, optim, no_gradient_checkpointing, per_device_batch, max_length, num_gpus,
                device_memory_gib):
     """Estimate the memory SFT of MODEL needs (from its config.json; no weights read); exit 2 if it cannot fit."""
@@ -283,10 +318,10 @@ def sft_memory(model, dtype, lora, lora_r, optim, no_gradient_checkpointing, per
 @click.option("--target-field", default="target", show_default=True)
 @click.option("--tokenizer", "tokenizer_ref", default=None, metavar="MODEL_DIR_OR_HUB_ID",
               help="Count input tokens with this tokenizer (and check them against the context).")
-@click.option("--max-input-tokens", type=click.IntRange(min=1), default=None,
+@click.option("--max-input-tokens", type=count(1), default=None,
               help="Longest allowed input in tokens; default with --tokenizer: the model's context length.")
-@click.option("--min-rows", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--max-rows", type=click.IntRange(min=0), default=None)
+@click.option("--min-rows", type=count(0), default=1, show_default=True)
+@click.option("--max-rows", type=count(0), default=None)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report, as Markdown (.md) or JSON (.json); written on failure too.")
 @click.option("--trust-remote-code", is_flag=True, help="Let transformers run code shipped with the tokenizer.")
@@ -307,6 +342,10 @@ def validate_data(source, split, data_dir, fmt, id_field, input_field, target_fi
         report_kind = _REPORT_FORMATS.get(report.suffix.lower())
         if report_kind is None:
             raise click.BadParameter(f"{report}: use a .md or .json file name", param_hint="'--report'")
+        from medmerge.io.atomic import check_output_file
+
+        check_output_file(report, protect=[source] + ([data_dir] if data_dir else []), protect_what="data",
+                          replaceable=_is_validation_report, label="report file")
     if max_input_tokens is not None and tokenizer_ref is None:
         raise click.UsageError("--max-input-tokens needs --tokenizer (to count the tokens)")
     if max_rows is not None and max_rows < min_rows:
@@ -371,7 +410,7 @@ _state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_t
 @server.command("start")
 @_state_opt
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=5000, show_default=True, help="0 picks a free port.")
+@click.option("--port", type=PORT, default=5000, show_default=True, help="0 picks a free port.")
 @click.option("--backend-store-uri", default=None, help="Default: sqlite in the state dir (PostgreSQL URIs work).")
 @click.option("--artifacts-destination", default=None, help="Default: artifacts/ in the state dir.")
 @click.option("--basic-auth", is_flag=True, help="Serve MLflow's basic-auth app.")
@@ -443,6 +482,14 @@ def promote(name, version, stage, tracking_uri, force, state_dir):
     click.echo(f"models:/{name}@{stage} -> version {version}")
 
 
+def _is_demo_sweep(p: Path) -> bool:
+    """The sweep.yml `medmerge demo-models` wrote."""
+    import yaml
+
+    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and set(data) == {"clinical", "instruct", "base", "methods", "ratios"}
+
+
 @cli.command("demo-models")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -457,9 +504,17 @@ def demo_models(out_dir, seed, quiet, no_cache):
     from medmerge.demo import build_demo_models
     from medmerge.demo.cache import copy_demo_models
 
-    paths = (build_demo_models if no_cache else copy_demo_models)(out_dir, seed=seed, quiet=quiet)
+    from medmerge.io.atomic import check_output_dir, check_output_file, output_container, write_text_atomic
+
+    # the three models are always rebuilt: each may replace only a demo model medmerge wrote there before
+    check_output_dir(out_dir, container=True)
+    for name in ("base", "clinical", "instruct"):
+        check_output_dir(Path(out_dir) / name, overwrite=True, label="demo model directory")
     sweep_yml = Path(out_dir) / "sweep.yml"
-    sweep_yml.write_text(yaml.safe_dump({
+    check_output_file(sweep_yml, replaceable=_is_demo_sweep, label="sweep file")
+    with output_container(out_dir):
+        paths = (build_demo_models if no_cache else copy_demo_models)(out_dir, seed=seed, quiet=quiet)
+    write_text_atomic(sweep_yml, yaml.safe_dump({
         "clinical": str(paths["clinical"].resolve()),
         "instruct": str(paths["instruct"].resolve()),
         "base": str(paths["base"].resolve()),
@@ -508,6 +563,7 @@ def schedule(cron_expr, search_config, finetune_config, promote_knee, crontab_ou
     if not (repo / "pipelines" / "schedule.py").is_file():
         raise MedmergeError(f"run medmerge schedule from the medmerge repository root ({repo} has no "
                             f"pipelines/schedule.py)")
+    _check_schedule_outputs(crontab_out, systemd_out, [search_config, finetune_config])
     # The pipeline layer (ZenML) runs in its own process, as a user would start it: the core imports none of it.
     argv = [sys.executable, "-m", "pipelines.schedule", "--cron", cron, "--search-config", str(search_config),
             "--finetune-config", str(finetune_config), "--crontab-out", str(crontab_out), "--log", str(log_path)]
@@ -522,26 +578,116 @@ def schedule(cron_expr, search_config, finetune_config, promote_knee, crontab_ou
         raise click.exceptions.Exit(proc.returncode)
 
 
+def _check_schedule_outputs(crontab_out: Path, systemd_out: Path | None, inputs: list[Path]) -> None:
+    """The crontab file and the systemd units may replace only what `medmerge schedule` wrote before."""
+    from medmerge.io.atomic import check_output_dir, check_output_file, text_file_starting
+
+    def is_crontab(p: Path) -> bool:
+        return "pipelines.retrain" in p.read_text(encoding="utf-8")[:65536]
+
+    check_output_file(crontab_out, protect=inputs, protect_what="run configuration", replaceable=is_crontab,
+                      label="crontab file")
+    if systemd_out is not None:
+        check_output_dir(systemd_out, protect=inputs, protect_what="run configuration", container=True,
+                         label="systemd directory")
+        from medmerge.schedule import UNIT_NAME
+
+        for suffix in ("service", "timer"):
+            check_output_file(systemd_out / f"{UNIT_NAME}.{suffix}", label="systemd unit",
+                              replaceable=text_file_starting("[Unit]\nDescription=medmerge scheduled retraining"))
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return "; ".join(lines) if lines else ""
+
+
 def main(argv=None) -> int:
+    """Run the command line; return the exit status. Every error is one line on stderr: exit 2 for bad
+    input (a MedmergeError, a usage error, an OSError naming a path), 1 for an internal error (a bug:
+    run again with --debug or MEDMERGE_DEBUG=1 for the traceback), 130 when interrupted."""
+    import traceback
+
     from medmerge.io.alloc import keep_freed_memory
+    from medmerge.io.atomic import describe_os_error
 
     keep_freed_memory()
-    try:
-        rv = cli.main(args=argv, prog_name="medmerge", standalone_mode=False)
-        if isinstance(rv, int):  # click hands back Exit codes instead of exiting when not standalone
-            return rv
-    except MedmergeError as exc:
-        click.echo(f"medmerge: error: {exc}", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("MEDMERGE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on") or \
+        _debug_requested(args)
+    if "--debug" in args:   # accepted before or after the command name
+        cut = args.index("--") if "--" in args else len(args)
+        args = [a for a in args[:cut] if a != "--debug"] + args[cut:]
+
+    def fail(line: str, code: int) -> int:
+        if debug:
+            traceback.print_exc()
+        click.echo(line, err=True)
+        return code
+
+    with _sigterm_as_interrupt():
+        try:
+            rv = cli.main(args=args, prog_name="medmerge", standalone_mode=False)
+            if isinstance(rv, int):  # click hands back Exit codes instead of exiting when not standalone
+                return rv
+        except MedmergeError as exc:
+            message = str(exc)   # may hold several lines on purpose (a data report's failures)
+            return fail(f"medmerge: error: {message}", 2)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            return fail("medmerge: interrupted; nothing was left half-written", 130)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            return exc.exit_code
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            return fail(f"medmerge: error: {_one_line(exc.format_message())}{hint}", exc.exit_code)
+        except click.ClickException as exc:
+            return fail(f"medmerge: error: {_one_line(exc.format_message())}", exc.exit_code)
+        except click.exceptions.Exit as exc:
+            return exc.exit_code
+        except OSError as exc:   # a path the user gave: missing, read-only, full, name too long, ...
+            return fail(f"medmerge: error: {describe_os_error(exc)}", 2)
+        except MemoryError:
+            return fail("medmerge: error: out of memory", 2)
+        except Exception as exc:  # noqa: BLE001 - the one place every other error becomes one line
+            first = _one_line(str(exc).splitlines()[0] if str(exc) else "")
+            return fail(f"medmerge: error: {type(exc).__name__}: {first} (an internal error; run with --debug "
+                        f"for the traceback)", 1)
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so cleanups (temporary and half-made outputs) run."""
+
+
+def _sigterm_as_interrupt():
+    import signal
+    import threading
+    from contextlib import contextmanager, nullcontext
+
+    if threading.current_thread() is not threading.main_thread():
+        return nullcontext()
+
+    @contextmanager
+    def handler():
+        def raise_terminated(signum, frame):
+            raise _Terminated()
+
+        try:
+            before = signal.signal(signal.SIGTERM, raise_terminated)
+        except (ValueError, OSError):
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, before)
+
+    return handler()
 
 
 if __name__ == "__main__":

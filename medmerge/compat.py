@@ -51,9 +51,31 @@ def assert_finite(t: torch.Tensor, name: str, ref: str) -> None:
     raise CompatibilityError(f"tensor {name} of {ref} contains {kind} values")
 
 
+def check_config(ckpt: Checkpoint) -> None:
+    """A parent's config.json must name its ``architectures`` (a non-empty list of class names): without
+    it neither medmerge nor mergekit can tell which tensors are which."""
+    cfg = ckpt.config
+    if not isinstance(cfg, dict):
+        raise CompatibilityError(f"{ckpt.path / 'config.json'} is not a JSON object")
+    archs = cfg.get("architectures")
+    if not archs:
+        raise CompatibilityError(f"{ckpt.ref}: config.json has no 'architectures' (e.g. [\"LlamaForCausalLM\"]); "
+                                 f"add the model class that saved it")
+    if not isinstance(archs, list) or not all(isinstance(a, str) and a for a in archs):
+        raise CompatibilityError(f"{ckpt.ref}: config.json's 'architectures' must be a list of class names, "
+                                 f"not {archs!r}")
+
+
 def check_compatible(parents: Sequence[Checkpoint], *, scan_values: bool = False) -> None:
-    """Raise :class:`CompatibilityError` naming the first difference between ``parents``."""
+    """Raise :class:`CompatibilityError` naming the first difference between ``parents`` (or the first
+    parent whose config does not say what it is, :func:`check_config`)."""
+    for ckpt in parents:
+        check_config(ckpt)
     if len(parents) < 2:
+        if scan_values:
+            for ckpt in parents:
+                for name in ckpt.keys():
+                    assert_finite(ckpt.get(name), name, ckpt.ref)
         return
     ref = parents[0]
     rc = ref.config

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from medmerge import __version__
 from medmerge.compat import assert_finite, check_compatible
-from medmerge.errors import CheckpointError, CompatibilityError, RecipeError
-from medmerge.io.atomic import atomic_dir, refuse_aliased_output
+from medmerge.errors import CompatibilityError, NonFiniteOutputError, RecipeError
+from medmerge.io.atomic import atomic_dirs, check_output_dir
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.hashing import sha256_files
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
@@ -48,6 +48,8 @@ TOKENIZER_FILES = (
     "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
     "generation_config.json",
 )
+# Files that define a vocabulary: a parent with none of them has no tokenizer to give a merge.
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 # load(parent ref, tensor name, cast=None, upcast=False) -> tensor, cast to ``cast`` and then,
 # with ``upcast``, half precision widened to float32; results are shared within one output tensor
@@ -175,6 +177,29 @@ def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote
     return steps
 
 
+def has_tokenizer(ckpt: Checkpoint) -> bool:
+    return any((ckpt.path / f).is_file() for f in VOCAB_FILES)
+
+
+def tokenizer_source(recipe: Recipe, parents: dict[str, Checkpoint]) -> str:
+    """The parent whose tokenizer files the merge gets: ``tokenizer_source`` when the recipe names one
+    (it must have them), else the donor of the config, else (as mergekit does) the first parent that
+    has a tokenizer. A merge none of whose parents has one is refused: a checkpoint without a tokenizer
+    cannot be used or evaluated."""
+    tok = recipe.tokenizer_source
+    if tok is not None:
+        ref = recipe.base_model if tok == "base" else tok
+        if not has_tokenizer(parents[ref]):
+            raise CompatibilityError(f"tokenizer_source {tok!r} ({ref}) has no tokenizer files "
+                                     f"({', '.join(VOCAB_FILES[:3])})")
+        return ref
+    for ref in [recipe.donor, *recipe.parent_refs]:
+        if has_tokenizer(parents[ref]):
+            return ref
+    raise CompatibilityError(f"no parent has tokenizer files ({', '.join(VOCAB_FILES[:3])}): the merged checkpoint "
+                             f"would have no tokenizer; add the tokenizer to {recipe.donor}")
+
+
 def plan_merge(recipe: Recipe, parents: dict[str, Checkpoint], *, trust_remote_code: bool = False) -> MergePlan:
     """Plan ``recipe`` over already opened and checked ``parents`` (keyed by the recipe's refs)."""
     missing = [r for r in recipe.parent_refs if r not in parents]
@@ -184,8 +209,7 @@ def plan_merge(recipe: Recipe, parents: dict[str, Checkpoint], *, trust_remote_c
         steps = recipe.method.plan_steps(recipe, parents)
     else:
         steps = _mergekit_steps(recipe, parents, trust_remote_code)
-    tok = recipe.tokenizer_source
-    tok_ref = recipe.base_model if tok == "base" else (tok or recipe.donor)
+    tok_ref = tokenizer_source(recipe, parents)
     return MergePlan(recipe=recipe, steps=steps, donor=parents[recipe.donor], tokenizer_source=parents[tok_ref],
                      parents={r: parents[r] for r in recipe.parent_refs})
 
@@ -377,17 +401,35 @@ def compute_threads(busy: int):
         torch.set_num_threads(before)
 
 
+def check_output_finite(t: torch.Tensor, step: Step, plan: MergePlan, out_dir: Path, source: str | None) -> None:
+    """Refuse an output tensor holding NaN or Inf (every parent value was checked finite as it was read, so
+    the recipe made them: e.g. weights that sum to zero with ``normalize``). One reduction per tensor."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    lo, hi = torch.aminmax(t)
+    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+        return
+    kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+    where = f"{source}: " if source else ""
+    raise NonFiniteOutputError(
+        f"{where}the {plan.recipe.merge_method} merge for {out_dir.name} gives {kind} values in tensor {step.name} "
+        f"though every parent value is finite; check the recipe's parameters (e.g. weights that sum to zero "
+        f"with normalize); nothing was written")
+
+
 def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwrite: bool = False,
                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                quiet: bool = False, desc: str = "merge") -> list[Path]:
-    """Execute ``plans`` into ``out_dirs``; every directory appears whole at the end, or not at all."""
+                quiet: bool = False, desc: str = "merge", source: str | None = None) -> list[Path]:
+    """Execute ``plans`` into ``out_dirs``; every directory appears whole at the end, or none does (nor any
+    directory this call created). An output tensor with NaN or Inf stops it (:func:`check_output_finite`);
+    ``source`` (the recipe's file) names the recipe in that error."""
     out_dirs = [Path(d) for d in out_dirs]
     plans = align_plans(plans)
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmerge-hash"))
         provenance_future = pool.submit(parent_provenance, _plans_parents(plans))  # hashes parents while we merge
         inputs = [c.path for c in _plans_parents(plans).values()]
-        tmps = [stack.enter_context(atomic_dir(d, overwrite=overwrite, protect=inputs)) for d in out_dirs]
+        tmps = stack.enter_context(atomic_dirs(out_dirs, overwrite=overwrite, protect=inputs))
         writers = [StreamingCheckpointWriter(t, [s.spec for s in p.steps], max_shard_bytes=max_shard_bytes)
                    for p, t in zip(plans, tmps)]
         background = BackgroundWriter(writers)
@@ -396,8 +438,11 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
                 # only elementwise math may change thread count: a reduction's rounding depends on it
                 elementwise = all(s.row_separable for p in plans for s in p.steps)
                 with compute_threads(background.threads) if elementwise else nullcontext():
-                    stream_plans(plans, lambda i, step, t: background.put(i, step.name, t),
-                                 chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
+                    def emit(i: int, step: Step, t: torch.Tensor) -> None:
+                        check_output_finite(t, step, plans[i], out_dirs[i], source)
+                        background.put(i, step.name, t)
+
+                    stream_plans(plans, emit, chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
             finally:
                 background.finish()
             for w in writers:
@@ -416,36 +461,35 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
 # ------------------------------------------------------------------------------------------------
 def merge(recipe: Recipe, out_dir: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
           overwrite: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-          chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False) -> Path:
-    """Check compatibility, then merge ``recipe`` into a Hugging Face checkpoint at ``out_dir``."""
+          chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False, source: str | None = None) -> Path:
+    """Check the output path and compatibility, then merge ``recipe`` into a Hugging Face checkpoint at
+    ``out_dir`` (see :func:`medmerge.io.atomic.check_output_dir` for what ``overwrite`` may replace)."""
     out_dir = Path(out_dir)
-    refuse_aliased_output(out_dir, recipe.parent_refs)
-    if out_dir.exists() and not overwrite:
-        raise CheckpointError(f"output directory {out_dir} already exists (use --overwrite to replace it)")
+    check_output_dir(out_dir, overwrite=overwrite, protect=recipe.parent_refs)
     parents = open_parents(recipe.parent_refs, allow_pickle=allow_pickle)
     plan = plan_merge(recipe, parents, trust_remote_code=trust_remote_code)
     (out,) = write_plans([plan], [out_dir], overwrite=overwrite, max_shard_bytes=max_shard_bytes,
-                         chunk_bytes=chunk_bytes, quiet=quiet, desc=f"{recipe.merge_method}")
+                         chunk_bytes=chunk_bytes, quiet=quiet, desc=f"{recipe.merge_method}", source=source)
     return out
 
 
 def sweep(spec: SweepSpec, out_dir: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
           overwrite: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-          chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False) -> dict[str, Path]:
-    """Write every candidate of ``spec`` to ``out_dir/<method>-<ratio>/`` reading each parent tensor once."""
+          chunk_bytes: int = DEFAULT_CHUNK_BYTES, quiet: bool = False,
+          source: str | None = None) -> dict[str, Path]:
+    """Write every candidate of ``spec`` to ``out_dir/<method>-<ratio>/`` reading each parent tensor once.
+    ``out_dir`` may exist (it is never replaced); each candidate directory follows the rules of
+    :func:`medmerge.io.atomic.check_output_dir`. A failure leaves no candidate and no directory it created."""
     out_dir = Path(out_dir)
-    refuse_aliased_output(out_dir, spec.parent_refs, may_contain=True)
+    check_output_dir(out_dir, protect=spec.parent_refs, container=True)
     candidates = spec.candidates()
     targets = [out_dir / c.name for c in candidates]
     for t in targets:
-        refuse_aliased_output(t, spec.parent_refs)
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise CheckpointError(f"candidate directory {existing[0]} already exists (use --overwrite to replace it)")
+        check_output_dir(t, overwrite=overwrite, protect=spec.parent_refs, label="candidate directory")
     parents = open_parents(spec.parent_refs, allow_pickle=allow_pickle)
     plans = [plan_merge(c.recipe, parents, trust_remote_code=trust_remote_code) for c in candidates]
     write_plans(plans, targets, overwrite=overwrite, max_shard_bytes=max_shard_bytes, chunk_bytes=chunk_bytes,
-                quiet=quiet, desc=f"sweep of {len(candidates)} candidates")
+                quiet=quiet, desc=f"sweep of {len(candidates)} candidates", source=source)
     return {c.name: t for c, t in zip(candidates, targets)}
 
 

@@ -23,3 +23,7 @@ class CheckpointError(MedmergeError):
 
 class OutputError(MedmergeError):
     """The output cannot be written (exists already, disk full, ...)."""
+
+
+class NonFiniteOutputError(RecipeError):
+    """Finite parents merged by a recipe give NaN or Inf in an output tensor: nothing is written."""

@@ -71,38 +71,96 @@ def resolve_model_path(ref: str | os.PathLike) -> Path:
         ) from exc
 
 
+MAX_HEADER_BYTES = 100 * 1000 * 1000   # the safetensors library's own limit
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"tensor {k} is listed twice in the header")
+        out[k] = v
+    return out
+
+
 class SafetensorsFile:
-    """One safetensors file: header parsed once, tensors read with plain file reads."""
+    """One safetensors file: header parsed once, tensors read with plain file reads.
+
+    The header is checked as the safetensors library checks it: a JSON object of at most 100 MB,
+    every entry a known dtype, a shape of non-negative integers and two offsets, the byte ranges in
+    order, without gaps or overlaps, covering the data section exactly, and each range as long as its
+    dtype and shape say. A file that fails is a :class:`CheckpointError` naming it and the tensor."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
             self._f = open(self.path, "rb")
             size = os.fstat(self._f.fileno()).st_size
-            (n,) = struct.unpack("<Q", self._f.read(8))
+            raw_n = self._f.read(8)
+            if len(raw_n) < 8:
+                raise ValueError(f"only {size} bytes long")
+            (n,) = struct.unpack("<Q", raw_n)
             if n > size - 8:
                 raise ValueError(f"header length {n} exceeds the file size {size}")
-            header = json.loads(self._f.read(n))
+            if n > MAX_HEADER_BYTES:
+                raise ValueError(f"header length {n} exceeds the 100 MB limit")
+            raw = self._f.read(n)
+            if not raw.startswith(b"{"):
+                raise ValueError("the header does not start with '{'")
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
             if not isinstance(header, dict):
                 raise ValueError("header is not a JSON object")
         except (OSError, ValueError, struct.error) as exc:
+            if hasattr(self, "_f"):
+                self._f.close()
             raise CheckpointError(f"{self.path} is not a readable safetensors file: {exc}") from exc
-        self.metadata = header.pop("__metadata__", {}) or {}
+        try:
+            self._parse(header, n, size)
+        except CheckpointError:
+            self._f.close()
+            raise
+
+    def _parse(self, header: dict, n: int, size: int) -> None:
+        metadata = header.pop("__metadata__", {}) or {}
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{self.path}: __metadata__ is not a JSON object")
+        self.metadata = metadata
         self._start = 8 + n
+        data_bytes = size - self._start
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for name, e in header.items():
             try:
                 dtype = ST_DTYPES[e["dtype"]]
-                begin, end = e["data_offsets"]
-                shape = tuple(int(x) for x in e["shape"])
+                offsets = e["data_offsets"]
+                shape_raw = e["shape"]
+                if not isinstance(offsets, list) or len(offsets) != 2 or not isinstance(shape_raw, list):
+                    raise TypeError
+                begin, end = offsets
+                if not all(type(x) is int and x >= 0 for x in (begin, end, *shape_raw)):
+                    raise TypeError
+                shape = tuple(shape_raw)
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"{self.path}: malformed header entry for tensor {name}") from exc
             numel = 1
             for d in shape:
                 numel *= d
-            if end - begin != numel * torch.empty((), dtype=dtype).element_size() or self._start + end > size:
-                raise CheckpointError(f"{self.path}: tensor {name} lies outside the file or has the wrong size")
+            if end < begin or end - begin != numel * torch.empty((), dtype=dtype).element_size():
+                raise CheckpointError(f"{self.path}: tensor {name} has the wrong size: {e['dtype']} {list(shape)} "
+                                      f"needs {numel * torch.empty((), dtype=dtype).element_size()} bytes, its byte "
+                                      f"range [{begin}, {end}) holds {end - begin}")
+            if end > data_bytes:
+                raise CheckpointError(f"{self.path}: tensor {name} lies outside the file (bytes {begin}..{end} of "
+                                      f"{data_bytes}); is the file truncated?")
             self.entries[name] = (dtype, shape, begin, end)
+        expected = 0
+        for name, (_, _, begin, end) in sorted(self.entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+            if begin != expected:
+                what = "overlaps the tensor before it" if begin < expected else f"leaves a gap at byte {expected}"
+                raise CheckpointError(f"{self.path}: tensor {name} (bytes {begin}..{end}) {what}")
+            expected = end
+        if expected != data_bytes:
+            raise CheckpointError(f"{self.path}: the tensors cover {expected} bytes but the data section holds "
+                                  f"{data_bytes}")
 
     def keys(self) -> list[str]:
         return list(self.entries)

@@ -36,16 +36,36 @@ class TensorSpec:
         return n * torch.empty((), dtype=self.dtype).element_size()
 
 
+SIZE_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+              "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
+
+
 def parse_size(value: str | int) -> int:
-    """'5GB' / '500MB' / '2GiB' / 1234 -> bytes."""
+    """'5GB' / '500MB' / '2GiB' / '1.5GB' / 1234 -> a positive whole number of bytes.
+
+    ``ValueError`` (naming the value) for anything else: no number, an unknown unit, zero, a negative,
+    a non-finite number, or less than one byte."""
+    import math
+    import re
+
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
     if isinstance(value, int):
-        return value
-    s = value.strip().upper().replace(" ", "")
-    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "B": 1}
-    for unit, mult in units.items():
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
+        n = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        if m is None:
+            raise ValueError(f"{value!r} is not a size (use e.g. 500MB, 2GiB or a number of bytes)")
+        unit = m.group(2).upper() or "B"
+        if unit not in SIZE_UNITS:
+            raise ValueError(f"{value!r}: unknown unit {m.group(2)!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)")
+        x = float(m.group(1)) * SIZE_UNITS[unit]
+        if not math.isfinite(x):
+            raise ValueError(f"{value!r} is not a finite size")
+        n = int(x)
+    if n < 1:
+        raise ValueError(f"{value!r} is not a positive size (at least 1 byte)")
+    return n
 
 
 def plan_shards(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
