@@ -22,11 +22,15 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medmerge.errors import RecipeError
+from medmerge.io.yaml_file import Int, Real
 from medmerge.methods import MethodDef, get_method
+from medmerge.methods.domain import UNIT, ParameterError, is_number, show
 
 Scalar = Union[bool, int, float, str]
 # a scalar, a gradient (list of scalars interpolated across layers), or filtered values
-ParameterValue = Union[Scalar, list[Scalar], list[dict[str, Any]], dict[str, Any]]
+# ([{filter: ..., value: ...}]): its form and its domain are checked against the method registry
+# (ParamDef.check), which names the key path; a pydantic union would dump one error per member
+ParameterValue = Any
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 MERGEKIT_ONLY_KEYS = ("slices", "modules", "tokenizer", "chat_template")
 
@@ -57,7 +61,7 @@ class Recipe(BaseModel):
     dtype: DType = None
     out_dtype: DType = None
     tokenizer_source: str | None = None
-    random_seed: int | None = None
+    random_seed: Optional[Int] = None
 
     @model_validator(mode="after")
     def _check_against_method(self):
@@ -79,8 +83,6 @@ class Recipe(BaseModel):
             p = method.param(key)
             if p is None:
                 raise ValueError(f"parameter {key!r} is not declared by {method.name} (it takes: {declared})")
-            if p.choices and value not in p.choices:
-                raise ValueError(f"parameter {key!r} of {method.name} must be one of {p.choices}; got {value!r}")
         for i, entry in enumerate(self.models):
             for key in entry.parameters:
                 p = method.param(key)
@@ -103,6 +105,9 @@ class Recipe(BaseModel):
             for entry in targets:
                 if p.name not in entry.parameters and p.name not in self.parameters:
                     raise ValueError(f"{method.name} needs parameter {p.name!r} for model {entry.model}")
+        # every value in its domain, and the method's joint rules, at every gradient point and filter
+        method.check_values(self.parameters, [(f"models[{i}].parameters", m.parameters, m.model == self.base_model)
+                                              for i, m in enumerate(self.models)])
         if self.tokenizer_source not in (None, "base") and self.tokenizer_source not in self.parent_refs:
             raise ValueError(
                 f"tokenizer_source {self.tokenizer_source!r} must be 'base' or one of the models "
@@ -178,11 +183,22 @@ class Recipe(BaseModel):
         return tags
 
 
+def key_path(loc) -> str:
+    """pydantic's ``("models", 1, "parameters", "density")`` as ``models[1].parameters.density``."""
+    out = ""
+    for x in loc:
+        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
+    return out
+
+
 def _errors_text(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = key_path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("float_type", "int_type", "bool_type", "string_type", "float_parsing", "int_parsing",
+                           "int_from_float", "finite_number") and "input" in err:
+            msg = f"{show(err['input'])}: {msg[:1].lower()}{msg[1:]}"
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc!r}"
             if loc in MERGEKIT_ONLY_KEYS:
@@ -206,8 +222,9 @@ def _validated(model: type[BaseModel], data: dict, source: str):
     """``model`` validated from ``data``; pydantic's errors become one RecipeError naming ``source``."""
     try:
         return model.model_validate(data)
-    except RecipeError:
-        raise
+    except RecipeError as exc:
+        text = str(exc)
+        raise RecipeError(text if text.startswith(f"{source}: ") else f"{source}: {text}") from None
     except ValidationError as exc:
         raise RecipeError(_errors_text(exc, source)) from None
 
@@ -238,9 +255,9 @@ class Range(BaseModel):
     interpolated across layers (mergekit's gradient form, e.g. ``t: [x0, x1, x2]``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    low: float
-    high: float
-    gradient: int | None = None
+    low: Real
+    high: Real
+    gradient: Optional[Int] = None
     log: bool = False
 
     @model_validator(mode="after")
@@ -275,10 +292,24 @@ class SweepCandidate(BaseModel):
     role: str | None = None
 
 
-def _label(v) -> str:
+def _label(v, digits: int = 6) -> str:
     if isinstance(v, (list, tuple)):
-        return "-".join(_label(x) for x in v)
-    return f"{v:g}" if isinstance(v, float) else str(v)
+        return "-".join(_label(x, digits) for x in v)
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _check_grid_value(domain, value, where: str) -> None:
+    """One value of a grid: a value, or a gradient (a list of values); filtered values are not swept."""
+    if isinstance(value, list) and any(isinstance(x, (list, dict)) for x in value) or isinstance(value, dict):
+        raise ParameterError(f"{where}: a grid value is a value or a gradient [v0, v1, ...], not {show(value)}")
+    from medmerge.methods.domain import check_setting
+
+    check_setting(domain, value, where)
+
+
+def complement(r: float) -> float:
+    """1 − r as the decimal it is (1 − 0.7 is 0.30000000000000004 in binary; the recipe says 0.3)."""
+    return round(1.0 - r, 12)
 
 
 def candidate_name(method: str, params: dict[str, Any]) -> str:
@@ -322,12 +353,12 @@ class SweepSpec(BaseModel):
     instruct: str
     base: str | None = None
     preset: str | None = None
-    methods: Union[tuple[str, ...], dict[str, Optional[dict[str, Union[GridValue, list[GridValue], Range]]]]] = \
-        ("linear", "slerp")
-    ratios: tuple[float, ...] | None = None
+    # the list form, or {method: {param: a value | [values] | {low, high} range}} (checked in _methods_form)
+    methods: Union[tuple[str, ...], dict[str, Optional[dict[str, Any]]]] = ("linear", "slerp")
+    ratios: Optional[tuple[Real, ...]] = None
     search: str = "grid"
-    budget: int | None = None
-    seed: int = 0
+    budget: Optional[Int] = None
+    seed: Int = 0
     dtype: DType = None
     out_dtype: DType = None
 
@@ -339,6 +370,32 @@ class SweepSpec(BaseModel):
             preset = load_preset(str(data["preset"]))
             data = {**{k: v for k, v in preset.items() if k not in ("description",)}, **data}
         return data
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods_form(cls, v):
+        """The two forms, each entry of a grid a value, a list of values or a ``{low, high}`` Range."""
+        if isinstance(v, (list, tuple)):
+            for i, m in enumerate(v):
+                if not isinstance(m, str):
+                    raise ValueError(f"methods[{i}]: {show(m)} is not a method name")
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(f"methods: {show(v)} is neither a list of methods nor a mapping of methods to grids")
+        out = {}
+        for m, grid in v.items():
+            if grid is not None and not isinstance(grid, dict):
+                raise ValueError(f"methods.{m}: {show(grid)} is not a grid (a mapping of parameters to values)")
+            entries = {}
+            for key, value in (grid or {}).items():
+                if isinstance(value, dict) and not isinstance(value, Range):
+                    try:
+                        value = Range.model_validate(value)
+                    except ValidationError as exc:
+                        raise ValueError(_errors_text(exc, f"methods.{m}.{key}")) from None
+                entries[key] = value
+            out[m] = entries if grid is not None else None
+        return out
 
     @field_validator("methods")
     @classmethod
@@ -386,24 +443,28 @@ class SweepSpec(BaseModel):
             raise ValueError("budget: applies to search: optuna (a grid evaluates all its candidates)")
         for method, grid in self.grids().items():
             m = get_method(method)
+            given = (self.methods[method] or {}) if isinstance(self.methods, dict) else {}
             for key, values in grid.items():
                 where = f"methods.{method}.{key}"
                 if key == RATIO:
                     if not (m.param("weight") or (m.param("t") and m.max_models == 1)):
                         raise ValueError(f"{where}: {method} takes no ratio (it has no weight or t)")
+                    domain = UNIT
                 elif m.param(key) is None:
                     declared = ", ".join(p.name for p in m.params) or "none"
                     raise ValueError(f"{where}: parameter {key!r} is not declared by {method} (it takes: {declared})")
+                else:
+                    domain = m.param(key).domain
                 if isinstance(values, Range):
                     if self.search != "optuna":
                         raise ValueError(f"{where}: a range needs search: optuna (a grid lists values)")
-                elif not values:
+                    domain.check_range(values.low, values.high, where)
+                    continue
+                if not values:
                     raise ValueError(f"{where}: empty grid (give at least one value)")
-                elif key == RATIO:
-                    for r in values:
-                        for x in (r if isinstance(r, list) else [r]):
-                            if not (isinstance(x, (int, float)) and 0.0 <= x <= 1.0):
-                                raise ValueError(f"{where}: ratio {x} is outside [0, 1]")
+                listed = isinstance(given.get(key), list) or not given
+                for i, value in enumerate(values):
+                    _check_grid_value(domain, value, f"{where}[{i}]" if listed else where)
             if m.max_models != 1 and m.needs_base and not self.base:
                 raise ValueError(f"methods.{method}: {method} needs a base model; set base: (the parents' "
                                  "common ancestor)")
@@ -413,8 +474,36 @@ class SweepSpec(BaseModel):
             self.candidates()  # every candidate is a valid Recipe, or the spec is refused here
         else:
             for method in self.grids():
-                self.candidate(method, self.first_params(method))
+                self._probe_space(method)
         return self
+
+    def _probe_space(self, method: str) -> None:
+        """Refuse an Optuna space that can propose an invalid candidate. The rules that join parameters
+        (density ± epsilon, weights summing to 0) are linear, so a box of ranges breaks one iff one of its
+        corners, a point just inside a corner (DELLA's rule does not apply at density 1 but just below
+        it), or 0 does; those are built as candidates, with every value of each list."""
+        import itertools
+
+        grid = self.grids()[method]
+        axes = {}
+        for key, values in grid.items():
+            if isinstance(values, Range):
+                lo, hi = values.low, values.high
+                step = (hi - lo) * 1e-9
+                probes = list(dict.fromkeys([lo, hi, *([0.0] if lo < 0 < hi else []), lo + step, hi - step]))
+                axes[key] = [[v] * values.gradient for v in probes] if values.gradient else probes
+            else:
+                axes[key] = list(values)
+        combos = list(itertools.islice(itertools.product(*axes.values()), 4096))
+        for combo in combos:
+            params = dict(zip(axes, combo))
+            try:
+                self.candidate(method, params)
+            except RecipeError as exc:
+                text = str(exc).split(": ", 1)[-1]
+                desc = ", ".join(f"{k} {_label(v, 10)}" for k, v in params.items())
+                raise ValueError(f"methods.{method}: the optuna space can propose {desc}, which is refused: "
+                                 f"{text}") from None
 
     # -- the grid ------------------------------------------------------------------------------
     def grids(self) -> dict[str, dict[str, Any]]:
@@ -442,7 +531,7 @@ class SweepSpec(BaseModel):
         w_clin = w_inst = per_model.pop("weight", 1.0)
         if r is not None:
             if m.param("weight") is not None:
-                w_clin = [1.0 - x for x in r] if isinstance(r, list) else 1.0 - r
+                w_clin = [complement(x) for x in r] if isinstance(r, list) else complement(r)
                 w_inst = r
             else:
                 shared["t"] = r

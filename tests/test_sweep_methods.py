@@ -51,7 +51,7 @@ def test_ratio_form_is_unchanged():
 
 def test_optuna_space_parses_ranges():
     spec = SweepSpec(**NOWHERE, search="optuna", budget=8,
-                     methods={"della": {"density": {"low": 0.5, "high": 1.0}, "epsilon": {"low": 0.0, "high": 0.1}},
+                     methods={"della": {"density": {"low": 0.5, "high": 0.9}, "epsilon": {"low": 0.0, "high": 0.09}},
                               "slerp": {"t": {"low": 0.0, "high": 1.0, "gradient": 3}}})
     assert spec.grids()["slerp"]["t"] == Range(low=0.0, high=1.0, gradient=3)
     assert spec.first_params("slerp") == {"t": [0.0, 0.0, 0.0]}
