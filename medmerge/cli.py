@@ -638,7 +638,7 @@ def main(argv=None) -> int:
             message = str(exc)   # may hold several lines on purpose (a data report's failures)
             return fail(f"medmerge: error: {message}", 2)
         except (click.exceptions.Abort, KeyboardInterrupt):
-            return fail("medmerge: interrupted; nothing was left half-written", 130)
+            return fail("medmerge: error: interrupted; nothing was left half-written", 130)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             return exc.exit_code
