@@ -50,7 +50,7 @@ def test_nested_runs_resume_by_key_and_a_closed_parent_gets_a_nested_run(uri):
 
 def test_failing_on_error_marks_the_run_failed(uri):
     run = runs.create(uri, "runs", "work")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with run.failing_on_error():
             run.metrics({"loss": 1.5, "steps": 3})
             raise RuntimeError("boom")
@@ -84,3 +84,78 @@ def test_values_are_logged_in_batches_within_mlflows_limits(uri, monkeypatch):
     history = run.client.get_metric_history(run.run_id, "loss")
     assert [(h.step, h.value) for h in history] == [(1, 3.0), (2, 2.0), (3, 1.5)]
     assert {h.step for h in run.client.get_metric_history(run.run_id, "m7")} == {3}
+
+
+def _version(uri: str, name: str, run: runs.Run) -> str:
+    """A version of ``name`` registered from ``run`` (as register_checkpoint records it)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    c = MlflowClient(uri, registry_uri=uri)
+    try:
+        c.create_registered_model(name)
+    except MlflowException:
+        pass   # exists
+    mv = c.create_model_version(name, source=f"runs:/{run.run_id}/model", run_id=run.run_id)
+    runs.record_version(uri, name, mv.version, run.run_id)
+    return mv.version
+
+
+def test_a_failed_run_ends_failed_and_registers_nothing(uri):
+    from mlflow import MlflowClient
+
+    from medmerge.tracking import registry
+
+    c = MlflowClient(uri, registry_uri=uri)
+    earlier, _ = runs.open_parent(uri, "runs", "key-earlier", "earlier", phase="merge_search")
+    kept = earlier.nested("linear-0.3")
+    kept.finish()
+    earlier.finish()
+    runs.forget_touched()                                          # a new pipeline run starts here
+    parent, _ = runs.open_parent(uri, "runs", "key-3", "search", phase="merge_search")
+    done = parent.nested("linear-0.5")                             # its own work finished
+    done.finish()
+    busy = parent.nested("linear-0.7")                             # still logging when the step failed
+    other_pod = c.create_run(parent.experiment_id, run_name="sft",  # opened by a process that is gone
+                             tags={"mlflow.parentRunId": parent.run_id}).info.run_id
+    fresh = _version(uri, "failing", done)                         # registered by this run
+    reused = _version(uri, "failing", kept)                        # an earlier, finished run's version
+    staged = _version(uri, "failing", done)
+    registry.promote("failing", staged, uri)                       # at @staging: never deleted
+
+    report = runs.fail_touched("step register_selected failed: disk full")
+
+    status = {r: runs.get(uri, r).info.status for r in (parent.run_id, done.run_id, busy.run_id, other_pod)}
+    assert status == {parent.run_id: "FAILED", done.run_id: "FINISHED", busy.run_id: "FAILED", other_pod: "FAILED"}
+    assert runs.get(uri, parent.run_id).data.tags["medmerge.failure"] == "step register_selected failed: disk full"
+    assert runs.get(uri, earlier.run_id).info.status == "FINISHED"   # not this run's: untouched
+    assert sorted(v.version for v in c.search_model_versions("name='failing'")) == sorted([reused, staged])
+    assert report.deleted_versions == [f"failing v{fresh}"] and report.problems == []
+    assert sorted(report.failed) == sorted([parent.run_id, busy.run_id, other_pod])
+    # the rerun resumes the failed parent (and a later step's open_or_nested writes into it again)
+    again, resumed = runs.open_parent(uri, "runs", "key-3", "search", phase="merge_search")
+    assert resumed and again.run_id == parent.run_id and again.status() == "RUNNING"
+    again.fail()
+    assert again.open_or_nested("promotion") is again and again.status() == "RUNNING"
+
+
+def test_a_failed_run_deletes_the_registered_model_it_created_and_never_raises(uri):
+    from mlflow import MlflowClient
+
+    runs.forget_touched()
+    parent, _ = runs.open_parent(uri, "runs", "key-4", "finetune", phase="finetune")
+    nested = parent.nested("clinical-8")
+    nested.finish()
+    _version(uri, "only-this-run", nested)
+    runs.Run(uri, "0" * 32, parent.experiment_id)                  # a run the store does not have
+    with pytest.raises(RuntimeError, match="boom"):
+        with parent.failing_on_error():
+            raise RuntimeError("boom")                             # the step's own handling came first
+
+    report = runs.fail_touched("step summarise failed: boom")
+
+    assert report.deleted_versions == ["only-this-run v1"] and report.failed == []
+    assert [p for p in report.problems if p.startswith(f"run {'0' * 32}:")], report.problems
+    assert MlflowClient(uri, registry_uri=uri).search_registered_models("name='only-this-run'") == []
+    second = runs.fail_touched("again")                             # twice (the step's hook, then the launcher)
+    assert second.failed == [] and second.deleted_versions == []

@@ -31,6 +31,9 @@ class RegistryError(MedmergeError):
     """A registry or tracking operation was refused or failed."""
 
 
+REPORT_ARTIFACT = "report.json"   # a candidate run's evaluation report
+
+
 # MLflow retries a refused connection 7 times with exponential backoff (about 4 minutes) and waits
 # 120 s for an answer: a dead server would look like a hung step. These bound it to seconds; a value
 # the user set in the environment wins.
@@ -150,24 +153,18 @@ def report_metrics(report) -> dict[str, float]:
 
 
 def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, report, tracking_uri: str) -> str:
-    """A nested run for one candidate; returns its run id."""
-    c = client(tracking_uri)
-    run = c.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, "candidate": name})
-    rid = run.info.run_id
-    try:
-        for k, v in flat_params(recipe).items():
-            c.log_param(rid, k, v)
-        for k, v in report_metrics(report).items():
-            c.log_metric(rid, k, v)
-        c.log_text(rid, json.dumps(report.model_dump(mode="json"), indent=2), "report.json")
-        from medmerge.tracking import datasets
+    """A nested run for one candidate (the recipe as params, the scores as metrics, ``report.json``, the
+    evaluation datasets), logged in batches and closed; returns its run id. FAILED if logging fails."""
+    from medmerge.tracking import datasets, runs
 
-        datasets.log(c, rid, datasets.evaluation_datasets(report))   # digests, never rows
-    except Exception:
-        c.set_terminated(rid, status="FAILED")
-        raise
-    c.set_terminated(rid, status="FINISHED")
-    return rid
+    run = runs.Run(tracking_uri, parent_run_id, experiment_id).nested(name, {"candidate": name})
+    with run.failing_on_error():
+        run.params(flat_params(recipe))
+        run.metrics(report_metrics(report))
+        run.text(json.dumps(report.model_dump(mode="json"), indent=2), REPORT_ARTIFACT)
+        run.datasets(datasets.evaluation_datasets(report))   # digests, never rows
+    run.finish()
+    return run.run_id
 
 
 @dataclass
@@ -186,7 +183,7 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     identity)."""
     from mlflow.exceptions import MlflowException
 
-    from medmerge.tracking import models
+    from medmerge.tracking import models, runs
 
     c = client(tracking_uri)
     try:
@@ -195,6 +192,7 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
         c.create_registered_model(name, description="medmerge merged checkpoints")
     for mv in c.search_model_versions(f"name='{name}'"):
         if mv.tags.get("candidate_identity") == identity:
+            runs.record_version(tracking_uri, name, mv.version, mv.run_id)   # a failed run deletes it (fail_touched)
             return Registered(name, mv.version, mv.run_id, reused=True, model_id=getattr(mv, "model_id", None))
     all_tags = {**{k: str(v)[:5000] for k, v in tags.items()}, "candidate_identity": identity, "run_id": run_id}
     logged = models.log_checkpoint(checkpoint, run_id, tracking_uri, identity, tags=all_tags)
@@ -203,6 +201,7 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     # "Waiting up to 300 seconds for model version ..." once per version, which filled the demo's output
     mv = c.create_model_version(name, source=logged.model_uri, run_id=run_id, tags=all_tags, description=card,
                                 model_id=logged.model_id, await_creation_for=0)
+    runs.record_version(tracking_uri, name, mv.version, run_id)
     return Registered(name, mv.version, run_id, reused=False, model_id=logged.model_id)
 
 
@@ -246,11 +245,72 @@ def staged_version(tracking_uri: str, name: str, alias: str = STAGE):
     return _read_registry(lambda: c.get_model_version_by_alias(name, alias), f"read {name}@{alias} from the registry")
 
 
+@dataclass(frozen=True)
+class RunScores:
+    """What the run a version was registered from recorded about its scores: its metrics (``name`` and
+    ``name_stderr``; a fine-tuned model's benchmark re-check under ``after.``) and, for a merge candidate, its
+    evaluation report (``report.json``, every task with its stderr)."""
+
+    run_id: str
+    metrics: dict[str, float]
+    report_json: str | None
+
+
+def run_scores(tracking_uri: str, run_id: str) -> RunScores:
+    """The scores run ``run_id`` recorded (:class:`RunScores`); :class:`RegistryError` naming the run and the
+    reason when they cannot be read (no such run, an unreadable report)."""
+    c = client(tracking_uri)
+    try:
+        run = c.get_run(run_id)
+        listed = {a.path for a in c.list_artifacts(run_id)}
+    except MedmergeError:
+        raise  # the server stopped answering: client() says so
+    except Exception as exc:
+        raise RegistryError(f"cannot read run {run_id}: {_first_line(exc)}") from exc
+    report = None
+    if REPORT_ARTIFACT in listed:
+        from medmerge.tracking import runs
+
+        try:
+            report = runs.load_text(tracking_uri, run_id, REPORT_ARTIFACT)
+        except MedmergeError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"cannot read {REPORT_ARTIFACT} of run {run_id}: {_first_line(exc)}") from exc
+    return RunScores(run_id, dict(run.data.metrics), report)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def newest_version(tracking_uri: str, name: str):
     """The highest version of ``name``, or None."""
     c = client(tracking_uri)
     versions = _read_registry(lambda: c.search_model_versions(f"name='{name}'"), f"list the versions of {name}")
     return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def delete_version_unless_staged(tracking_uri: str, name: str, version: str, stage: str = STAGE) -> bool:
+    """Delete version ``version`` of ``name`` (a failed run's: :func:`medmerge.tracking.runs.fail_touched`)
+    unless ``@stage`` points at it; a registered model left without versions is deleted too. Returns whether
+    the version was deleted (False: at ``@stage``, or already gone)."""
+    c = client(tracking_uri)
+    try:
+        mv = c.get_model_version(name, str(version))
+    except MedmergeError:
+        raise
+    except Exception as exc:
+        if _not_found(exc):
+            return False
+        raise
+    if stage in (getattr(mv, "aliases", None) or []):
+        return False
+    c.delete_model_version(name, str(version))
+    if not c.search_model_versions(f"name='{name}'"):
+        c.delete_registered_model(name)
+    return True
 
 
 def set_alias(name: str, alias: str, version: str, tracking_uri: str, tag: str | None = None) -> None:

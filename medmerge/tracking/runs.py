@@ -40,6 +40,9 @@ class Run:
     experiment_id: str | None = None
     _c: Any = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        _touched.setdefault((self.uri, self.run_id), self)   # what fail_touched closes if a step fails
+
     @property
     def client(self):
         if self._c is None:
@@ -117,9 +120,15 @@ class Run:
         return self.status() in ("RUNNING", "SCHEDULED")
 
     def open_or_nested(self, name: str, tags: Mapping[str, Any] | None = None) -> "Run":
-        """This run while it is open; once it is closed, a new nested run under it (a rerun of a later step
-        never writes into a parent run that is already closed)."""
-        return self if self.is_open() else self.nested(name, tags)
+        """This run while it has not finished (a FAILED or KILLED one, which a rerun continues, set RUNNING
+        again); once FINISHED, a new nested run under it (a rerun of a later step never writes into a parent
+        run that is already closed)."""
+        status = self.status()
+        if status == "FINISHED":
+            return self.nested(name, tags)
+        if status not in ("RUNNING", "SCHEDULED"):
+            self.client.update_run(self.run_id, status="RUNNING")
+        return self
 
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED")
@@ -209,6 +218,7 @@ def load_text(uri: str, run_id: str, artifact_path: str) -> str:
 
 def delete(run: Run) -> None:
     run.client.delete_run(run.run_id)
+    _touched.pop((run.uri, run.run_id), None)
 
 
 def open_parent(uri: str, experiment_name: str, key: str, name: str, phase: str,
@@ -246,3 +256,99 @@ def start_system_metrics(uri: str, run_id: str, interval: float = 5.0):
     except Exception as exc:
         logging.getLogger(__name__).warning("MLflow system metrics are off for run %s: %s", run_id, exc)
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# a failed pipeline run: what it touched ends FAILED, and it registers nothing
+# ---------------------------------------------------------------------------------------------
+# Every run this process holds a handle on (opened, resumed, or logged to: :class:`Run` records itself) and
+# every model version registered from one (registry.register_checkpoint calls record_version). A step that
+# fails calls fail_touched (the steps' failure hook, and the pipeline launcher around the whole run).
+_touched: dict[tuple[str, str], Run] = {}
+_versions: dict[tuple[str, str, str], str] = {}    # (uri, model name, version) -> the run it was registered from
+_unreachable: set[str] = set()                     # tracking URIs fail_touched found down (not tried again)
+
+
+def record_version(uri: str, name: str, version: str, run_id: str) -> None:
+    _versions[(uri, name, str(version))] = run_id
+
+
+def failure_reason(where: str, exc: BaseException) -> str:
+    """``"<where>: <the error's first line>"``, the ``medmerge.failure`` tag of a failed run."""
+    text = str(exc).strip()
+    return f"{where}: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+def forget_touched() -> None:
+    """Start afresh (a new pipeline run in this process): what earlier runs touched is theirs."""
+    _touched.clear()
+    _versions.clear()
+    _unreachable.clear()
+
+
+@dataclass
+class FailedRunReport:
+    """What :func:`fail_touched` did: the runs it marked FAILED, the versions it deleted, and what it could not
+    reach (best effort: a server that is down cannot be told)."""
+
+    failed: list[str] = field(default_factory=list)
+    deleted_versions: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def fail_touched(reason: str) -> FailedRunReport:
+    """Close what a failed run touched: every run recorded here that is still open (RUNNING or SCHEDULED), and
+    every open run nested in one of those, is marked FAILED with the tag ``medmerge.failure`` = ``reason``;
+    nested runs that finished their own work stay FINISHED (a rerun reuses them). Every version registered
+    here from a failed run, or from a run nested in one, is deleted: a failed run registers nothing (a
+    version that was moved to ``@staging`` meanwhile is left alone). Never raises; a tracking server that
+    does not answer is tried once (its runs stay as they are: the rerun resumes them)."""
+    from medmerge.tracking import registry
+
+    report = FailedRunReport()
+    failed: dict[tuple[str, str], Run] = {}
+
+    def attempt(uri: str, what: str, action) -> None:
+        if uri in _unreachable:
+            return
+        try:
+            action()
+        except Exception as exc:   # a deleted run, a server that is down: say so, close the rest
+            report.problems.append(f"{what}: {type(exc).__name__}: {exc}")
+            if isinstance(exc, registry.RegistryError) and "not reachable" in str(exc):
+                _unreachable.add(uri)
+
+    def close(run: Run) -> None:
+        status = run.status()
+        if status in ("RUNNING", "SCHEDULED"):
+            run.fail(reason[:NOTE_CHARS])
+            report.failed.append(run.run_id)
+            status = "FAILED"
+        if status == "FAILED":
+            failed[(run.uri, run.run_id)] = run
+
+    for (uri, run_id), run in list(_touched.items()):
+        attempt(uri, f"run {run_id}", lambda: close(run))
+
+    def close_nested(parent: Run) -> None:   # nested runs this process never held a handle on (another pod's)
+        exp = parent.experiment_id or parent.client.get_run(parent.run_id).info.experiment_id
+        for child in search(parent.uri, [exp], f"tags.mlflow.parentRunId = '{parent.run_id}' and "
+                                                "attributes.status = 'RUNNING'"):
+            Run(parent.uri, child.info.run_id, exp, parent._c).fail(reason[:NOTE_CHARS])
+            report.failed.append(child.info.run_id)
+
+    for (uri, run_id), parent in list(failed.items()):
+        attempt(uri, f"nested runs of {run_id}", lambda: close_nested(parent))
+    failed_ids = {rid for _, rid in failed}
+
+    def discard(uri: str, name: str, version: str, run_id: str) -> None:
+        if run_id in failed_ids or get(uri, run_id).data.tags.get("mlflow.parentRunId") in failed_ids:
+            if registry.delete_version_unless_staged(uri, name, version):
+                report.deleted_versions.append(f"{name} v{version}")
+            del _versions[(uri, name, version)]
+
+    for (uri, name, version), run_id in list(_versions.items()):
+        attempt(uri, f"{name} v{version}", lambda: discard(uri, name, version, run_id))
+    for key in failed:
+        _touched.pop(key, None)
+    return report
