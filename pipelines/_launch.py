@@ -93,7 +93,14 @@ def launch(pipeline, config_path: str):
               f"waiting for it to finish ({lock})", file=sys.stderr, flush=True)
 
     with exclusive_lock(lock, wait=True, on_wait=waiting):
-        return _launch_unlocked(pipeline, config_path)
+        from medmerge.tracking import runs
+
+        runs.forget_touched()   # what this run touches, and only that, is closed if it fails
+        try:
+            return _launch_unlocked(pipeline, config_path)
+        except BaseException as exc:   # a failed or interrupted run leaves no MLflow run RUNNING, registers nothing
+            runs.fail_touched(runs.failure_reason(f"{pipeline.name} failed", exc))
+            raise
 
 
 def _launch_unlocked(pipeline, config_path: str):
