@@ -204,6 +204,8 @@ def _errors_text(exc: ValidationError, source: str) -> str:
             if loc in MERGEKIT_ONLY_KEYS:
                 msg += " (slices/modules/tokenizer/chat_template recipes are not supported by medmerge; use mergekit)"
             loc = ""
+        if loc and msg.startswith((f"{loc}.", f"{loc}[", f"{loc}:")):
+            loc = ""                                  # the message names its key path itself
         parts.append(f"{loc}: {msg}" if loc else msg)
     return f"{source}: " + "; ".join(parts)
 

@@ -36,8 +36,8 @@ def _loader():
     return StrictLoader
 
 
-def _path(parent: str, key: Any) -> str:
-    if isinstance(key, int):
+def _path(parent: str, key: Any, index: bool = False) -> str:
+    if index:
         return f"{parent}[{key}]"
     return f"{parent}.{key}" if parent else str(key)
 
@@ -57,15 +57,16 @@ def _check_node(loader, node, path: str, seen: set) -> str | None:
                 key = loader.construct_object(knode)   # 1 and "1" are different keys; 1 and 0x1 are not
                 if not isinstance(key, (list, dict)):
                     if key in lines:
-                        return (f"{_path(path, key)}: key {key!r} written twice in one mapping (lines "
-                                f"{lines[key] + 1} and {knode.start_mark.line + 1})")
+                        first, again = lines[key] + 1, knode.start_mark.line + 1
+                        where = f"lines {first} and {again}" if first != again else f"line {first}"
+                        return f"{_path(path, key)}: key {key!r} written twice in one mapping ({where})"
                     lines[key] = knode.start_mark.line
             why = _check_node(loader, vnode, _path(path, key if key is not None else "?"), seen)
             if why:
                 return why
     elif isinstance(node, yaml.SequenceNode):
         for i, child in enumerate(node.value):
-            why = _check_node(loader, child, _path(path, i), seen)
+            why = _check_node(loader, child, _path(path, i, index=True), seen)
             if why:
                 return why
     elif isinstance(node, yaml.ScalarNode) and node.tag == FLOAT_TAG:

@@ -142,6 +142,12 @@ class MethodDef:
             p = self.param(name)
             return None if p is None or p.required else p.default
 
+        def defaulted(scopes) -> str:
+            names = [p.name for p in self.params if p.per_model and not p.required and p.name != "weight"
+                     and not any(p.name in scope for scope in scopes)]
+            return f"; {' and '.join(f'{n} {show(self.param(n).default)}' for n in names)} is mergekit's default" \
+                if names else ""
+
         weight = self.param("weight")
         sums: dict = {}
         for region, t in pts:
@@ -153,7 +159,7 @@ class MethodDef:
                     values = {p.name: value(p.name, region, t, scopes) for p in self.params}
                     for rule in self.rules:
                         if (why := rule(values)) is not None:
-                            raise ParameterError(f"{pre}{path}: {why}{here}")
+                            raise ParameterError(f"{pre}{path}: {why}{here}{defaulted(scopes)}")
                 if weight is not None and not (is_base and weight.skips_base):
                     w = value("weight", region, t, scopes)
                     if _domain.is_number(w):
@@ -222,7 +228,8 @@ HIERARCHICAL_OT = MethodDef(
     name="hierarchical_ot",
     pretty_name="Hierarchical Cosine-OT-LERP",
     reference_url=None,
-    params=(ParamDef("align", per_model=False, default="per_projection", domain=choice("per_projection", "per_layer")),),
+    params=(ParamDef("align", per_model=False, default="per_projection",
+                     domain=choice("per_projection", "per_layer")),),
     needs_base=True,
     min_models=2,
     max_models=2,
