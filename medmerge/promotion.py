@@ -20,18 +20,21 @@ search's objectives, each with its stderr: on objective *i* the difference d_i =
 only beyond one combined standard error, se_i = sqrt(se_c² + se_s²) (a missing stderr counts as 0).
 The candidate is *dominated* when it is significantly worse on some objective (d_i < −se_i) and
 significantly better on none (d_i > se_i); it is promoted only when it is not dominated. Nothing
-staged yet: it is promoted. Either way the decision, both versions' scores and the reason are
-logged to the search's parent run (``promotion.json``, tags ``promotion.*``, its description).
+staged yet: it is promoted. The staged version's scores and stderrs come from the run it was
+registered from (:func:`staged_scores`); when they cannot be read the step fails, naming the version
+and the reason, rather than decide on a guess. The finetune ``promote`` step applies the same rule
+(:func:`against_staged`) on composite, Medical Avg and IF score. Either way the decision, both
+versions' scores and the reason are logged to the parent run (``promotion.json``, tags
+``promotion.*``, its description).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from medmerge.errors import MedmergeError
 from medmerge.evaluation.report import MetricValue
@@ -175,7 +178,7 @@ def compare(candidate: dict[str, Score], staged: dict[str, Score]) -> tuple[bool
         s = staged.get(name)
         if s is None:
             continue
-        se = math.hypot(c.stderr or 0.0, s.stderr or 0.0)
+        se = math.hypot(_stderr(c), _stderr(s))
         d = c.value - s.value
         text = f"{name} {c.value:.4f} vs {s.value:.4f} (±{se:.4f})"
         (worse if d < -se else better if d > se else even).append(text)
@@ -194,6 +197,12 @@ def compare(candidate: dict[str, Score], staged: dict[str, Score]) -> tuple[bool
     return False, "not dominated by the staged version: " + "; ".join(parts)
 
 
+def _stderr(score: Score) -> float:
+    """A score's stderr; a missing or non-finite one (lm-eval reports NaN for a single sample) counts as 0."""
+    se = score.stderr
+    return se if se is not None and math.isfinite(se) else 0.0
+
+
 def report_scores(report, objectives) -> dict[str, Score]:
     out = {}
     for o in objectives:
@@ -202,22 +211,54 @@ def report_scores(report, objectives) -> dict[str, Score]:
     return out
 
 
-def _staged_scores(mv, objectives, tracking_uri: str) -> dict[str, Score]:
-    """The staged version's scores: from its candidate run's ``report.json`` (values and stderrs), else its
-    ``medical_avg``/``if_score`` tags (no stderr)."""
-    from medmerge.evaluation.report import EvalReport
-    from medmerge.tracking import runs
+def staged_scores(mv, objectives, tracking_uri: str) -> dict[str, Score]:
+    """The staged version ``mv``'s scores on ``objectives`` (objectives, or score names), each with its stderr,
+    read from the run it was registered from: a merge candidate's ``report.json``, else that run's metrics
+    (``<name>`` or, for a fine-tuned model's benchmark re-check, ``after.<name>``, with ``<name>_stderr``).
 
-    if mv.run_id:
+    Raises :class:`PromotionError` naming the version and the reason when they cannot be read (no run, the run
+    or its report unreadable, an objective it has no score for): the promotion is never decided on a guess."""
+    from medmerge.evaluation.report import EvalReport
+    from medmerge.objectives import ObjectiveError
+    from medmerge.tracking import registry
+
+    where = f"{mv.name} v{mv.version} (@{STAGE})"
+    advice = (f"; fix or re-register it, or move @{STAGE} by hand (medmerge promote {mv.name} VERSION), "
+              "then rerun")
+    if not mv.run_id:
+        raise PromotionError(f"cannot read the scores of {where}: it was registered without a run" + advice)
+    try:
+        recorded = registry.run_scores(tracking_uri, mv.run_id)
+    except MedmergeError as exc:
+        raise PromotionError(f"cannot read the scores of {where}: {exc}" + advice) from exc
+    if recorded.report_json is not None:
+        from medmerge.objectives import resolve
+
         try:
-            text = runs.load_text(tracking_uri, mv.run_id, "report.json")
-            return report_scores(EvalReport.model_validate_json(text), objectives)
-        except Exception:
-            pass
-    out = {}
-    for o in objectives:
-        if mv.tags.get(o.name) not in (None, "None"):
-            out[o.name] = Score(value=float(mv.tags[o.name]))
+            out = report_scores(EvalReport.model_validate_json(recorded.report_json),
+                                [resolve(o) if isinstance(o, str) else o for o in objectives])
+        except (ValueError, ObjectiveError, KeyError) as exc:   # pydantic's ValidationError is a ValueError
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, ValidationError):
+                first = exc.errors()[0]
+                where_in = ".".join(str(x) for x in first.get("loc", ())) or "the file"
+                reason = f"not an evaluation report ({where_in}: {first['msg']})"
+            raise PromotionError(f"cannot read the scores of {where}: report.json of its run {mv.run_id}: "
+                                 f"{reason}" + advice) from exc
+    else:
+        out = {}
+        for o in objectives:
+            name = o if isinstance(o, str) else o.name
+            for key in (name, f"after.{name}"):
+                if key in recorded.metrics:
+                    out[name] = Score(value=recorded.metrics[key], stderr=recorded.metrics.get(f"{key}_stderr"))
+                    break
+            else:
+                raise PromotionError(f"cannot read the scores of {where}: its run {mv.run_id} has no {name} score "
+                                     f"(no report.json, no metric {name} or after.{name})" + advice)
+    bad = next((n for n, v in out.items() if not math.isfinite(v.value)), None)
+    if bad is not None:
+        raise PromotionError(f"cannot compare with {where}: its {bad} is {out[bad].value}" + advice)
     return out
 
 
@@ -225,50 +266,58 @@ def _staged_scores(mv, objectives, tracking_uri: str) -> dict[str, Score]:
 # the step's work
 # ---------------------------------------------------------------------------------------------
 
+def against_staged(name: str, target: str, version: str, candidate: dict[str, Score], objectives,
+                   tracking_uri: str) -> tuple[bool, str, dict[str, dict[str, Score]], str | None]:
+    """The README's rule, for both promote steps: ``target`` (registered as ``version`` of ``name``, scored
+    ``candidate``) against the version ``@staging`` points at, on ``objectives`` with both sides' stderr.
+    Returns ``(promote, reason, scores, staged version)``; moves nothing. Raises :class:`PromotionError` when
+    the staged version's scores cannot be read (:func:`staged_scores`)."""
+    from medmerge.tracking import registry
+
+    scores = {"candidate": candidate}
+    staged = registry.staged_version(tracking_uri, name, STAGE)
+    if staged is None:
+        return True, f"nothing staged yet: {name} has no @{STAGE} version", scores, None
+    if str(staged.version) == str(version):
+        return False, f"{target} v{version} is already @{STAGE}", scores, str(staged.version)
+    scores["staged"] = staged_scores(staged, objectives, tracking_uri)
+    dominated, reason = compare(candidate, scores["staged"])
+    return not dominated, f"against v{staged.version}: {reason}", scores, str(staged.version)
+
+
 def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str]) -> PromotionDecision:
-    """Point each pick's alias at its version; compare the policy's candidate with ``@staging`` and promote it
-    unless dominated; log the decision, both versions' scores and the reason to the parent run."""
+    """Compare the policy's candidate with ``@staging`` (:func:`against_staged`); then point each pick's alias at
+    its version and promote the candidate unless dominated; log the decision, both versions' scores and the
+    reason to the parent run. Everything that can fail reading comes before anything moves."""
     from medmerge.tracking import registry, runs
 
     uri = results.tracking_uri
     name = cfg.registered_model
-    pick_versions = {}
-    for alias, cand in picks.picks.items():
-        registry.set_alias(name, alias, versions[cand], uri, tag="pick")
-        pick_versions[alias] = {"candidate": cand, "version": versions[cand]}
-
     target = picks.promote_candidate
+    pick_versions = {alias: {"candidate": cand, "version": versions[cand]} for alias, cand in picks.picks.items()}
     if target is None:
         decision = PromotionDecision(policy=picks.promote_policy, reason="promotion not asked for",
                                      picks=pick_versions)
     else:
-        by = results.by_name()
-        objectives = cfg.objective_pair()
         version = versions[target]
-        scores = {"candidate": report_scores(by[target].report, objectives)}
-        staged = registry.staged_version(uri, name, STAGE)
-        if staged is None:
-            promoted, reason = True, f"nothing staged yet: {name} has no @{STAGE} version"
-        elif str(staged.version) == str(version):
-            promoted, reason = False, f"{target} v{version} is already @{STAGE}"
-        else:
-            scores["staged"] = _staged_scores(staged, objectives, uri)
-            dominated, reason = compare(scores["candidate"], scores["staged"])
-            promoted = not dominated
-            reason = f"against v{staged.version}: {reason}"
-        if promoted:
-            reason += "; " + registry.promote(name, version, uri, stage=STAGE)
+        objectives = cfg.objective_pair()
+        promoted, reason, scores, staged = against_staged(
+            name, target, version, report_scores(results.by_name()[target].report, objectives), objectives, uri)
         decision = PromotionDecision(policy=picks.promote_policy, candidate=target, version=version,
-                                     staged_version=None if staged is None else str(staged.version), scores=scores,
-                                     promoted=promoted, reason=reason, picks=pick_versions)
+                                     staged_version=staged, scores=scores, promoted=promoted, reason=reason,
+                                     picks=pick_versions)
+    for alias, p in pick_versions.items():
+        registry.set_alias(name, alias, p["version"], uri, tag="pick")
+    if decision.promoted:
+        decision.reason += "; " + registry.promote(name, decision.version, uri, stage=STAGE)
     # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead
-    target = runs.Run(uri, results.parent_run_id, results.experiment_id).open_or_nested("promotion")
+    run = runs.Run(uri, results.parent_run_id, results.experiment_id).open_or_nested("promotion")
     if results.candidates:   # what the search was scored on (digests, never rows)
         from medmerge.tracking import datasets
 
-        target.datasets(datasets.evaluation_datasets(results.candidates[0].report))
-    log_decision(target, decision, frontier)
-    target.finish()
+        run.datasets(datasets.evaluation_datasets(results.candidates[0].report))
+    log_decision(run, decision, frontier)
+    run.finish()
     return decision
 
 
@@ -297,16 +346,11 @@ def log_decision(run, decision: PromotionDecision, frontier=None) -> None:
     run.describe("\n\n".join(lines))
 
 
-def decision_json(decision: PromotionDecision) -> str:
-    return json.dumps(decision.model_dump(mode="json"), indent=2)
-
-
 # ---------------------------------------------------------------------------------------------
 # phase two: the fine-tuned models
 # ---------------------------------------------------------------------------------------------
 
 FINETUNE_POLICY_KEYWORDS = ("best_composite", "none")
-FINETUNE_OBJECTIVES = ("composite", "medical_avg", "if_score")
 
 
 def check_finetune_policy(v: Names) -> Names:
@@ -330,9 +374,10 @@ def _sft_scores(r) -> dict[str, Score]:
 
 def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionDecision:
     """The finetune ``promote`` step: the policy's fine-tuned model against ``@staging`` of
-    ``cfg.registered_model`` on composite, Medical Avg and IF score (the staged version's from its tags);
-    promoted unless dominated. A model whose forgetting gate failed is never chosen by ``best_composite``
-    and is refused by name (``medmerge promote --force`` is for people)."""
+    ``cfg.registered_model`` on composite, Medical Avg and IF score, each with both sides' stderr (the staged
+    version's from its run; :func:`against_staged`); promoted unless dominated. A model whose forgetting gate
+    failed is never chosen by ``best_composite`` and is refused by name (``medmerge promote --force`` is for
+    people)."""
     from medmerge.tracking import registry, runs
 
     policy = cfg.promote
@@ -351,26 +396,22 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
         decision = PromotionDecision(policy=policy, reason=reason)
     else:
         version = versions[target]
-        scores = {"candidate": _sft_scores(by[target])}
-        staged = registry.staged_version(run.tracking_uri, cfg.registered_model, STAGE)
+        candidate = _sft_scores(by[target])
         if not by[target].forgetting.passed:
-            promoted, reason = False, f"{target} failed its forgetting gate ({by[target].forgetting.failures[0].score})"
-        elif staged is None:
-            promoted, reason = True, f"nothing staged yet: {cfg.registered_model} has no @{STAGE} version"
-        elif str(staged.version) == str(version):
-            promoted, reason = False, f"{target} v{version} is already @{STAGE}"
+            staged = registry.staged_version(run.tracking_uri, cfg.registered_model, STAGE)
+            promoted, scores = False, {"candidate": candidate}
+            reason = f"{target} failed its forgetting gate ({by[target].forgetting.failures[0].score})"
+            staged = None if staged is None else str(staged.version)
         else:
-            scores["staged"] = {o: Score(value=float(staged.tags[o])) for o in FINETUNE_OBJECTIVES
-                                if staged.tags.get(o) not in (None, "None")}
-            dominated, reason = compare(scores["candidate"], scores["staged"])
-            promoted, reason = not dominated, f"against v{staged.version}: {reason}"
-        if promoted:
-            reason += "; " + registry.promote(cfg.registered_model, version, run.tracking_uri, stage=STAGE)
+            promoted, reason, scores, staged = against_staged(cfg.registered_model, target, version, candidate,
+                                                              list(candidate), run.tracking_uri)
         decision = PromotionDecision(policy=policy, candidate=target, version=version, scores=scores,
-                                     staged_version=None if staged is None else str(staged.version),
-                                     promoted=promoted, reason=reason)
+                                     staged_version=staged, promoted=promoted, reason=reason)
+    if decision.promoted:
+        decision.reason += "; " + registry.promote(cfg.registered_model, decision.version, run.tracking_uri,
+                                                   stage=STAGE)
     # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead
-    target = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id).open_or_nested("promotion")
-    log_decision(target, decision)
-    target.finish()
+    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id).open_or_nested("promotion")
+    log_decision(parent, decision)
+    parent.finish()
     return decision

@@ -80,12 +80,14 @@ def test_dominated_only_beyond_the_combined_stderr():
 ])
 def test_finetune_policy_is_checked_before_anything_runs(tmp_path, capsys, promote, says):
     import yaml
+    from factory import llama_config, llama_state_dict, write_checkpoint
 
     from pipelines.finetune import main
 
+    clinical = write_checkpoint(tmp_path / "clinical", llama_state_dict(llama_config(), 0), llama_config())
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"parameters": {"config": {
-        "initialisations": [{"name": "clinical", "path": "demo_out/models/clinical"}], "data_dir": "sample",
+        "initialisations": [{"name": "clinical", "path": str(clinical)}], "data_dir": "sample",
         "shots": [0, 8], "promote": promote, "output_dir": str(tmp_path / "out")}}}))
     assert main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -101,3 +103,174 @@ def test_a_task_without_the_held_out_split_is_named():
                                          "data_dir": "sample", "eval_split": "validation"})
     with pytest.raises(MedmergeError, match="validation"):
         load_data(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# the promote steps against a staged version, on a real (sqlite) MLflow store
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    from mlflow import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("promotion", artifact_location=str(tmp / "artifacts"))
+    return uri
+
+
+def _report(name: str, **accs: tuple[float, float]):
+    """An evaluation report with task accuracies ``task=(value, stderr)``."""
+    from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
+
+    return EvalReport(model=name, model_fingerprint=name, suites=["clinical"], lm_eval_version="0",
+                      medmerge_version="0", seconds=0.0, tasks={
+                          t: TaskResult(task=t, metrics={"acc": MetricValue(value=v, stderr=se)}, n_samples=100,
+                                        num_fewshot=0, config_hash="") for t, (v, se) in accs.items()})
+
+
+def _register(uri: str, model: str, run) -> str:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    c = MlflowClient(uri, registry_uri=uri)
+    try:
+        c.create_registered_model(model)
+    except MlflowException:
+        pass   # exists
+    return str(c.create_model_version(model, source=f"runs:/{run.run_id}/model", run_id=run.run_id).version)
+
+
+def _search(uri: str, model: str, name: str, report, log_report=True):
+    """One search that evaluated ``name`` and registered it: (its parent run, results, versions)."""
+    from medmerge.tracking import runs
+
+    parent = runs.create(uri, "promotion", f"search-{name}")
+    cand = parent.nested(name, {"candidate": name})
+    if log_report:
+        cand.json(report.model_dump(mode="json"), "report.json")
+    cand.finish()
+    c = SimpleNamespace(name=name, report=report)
+    results = SimpleNamespace(tracking_uri=uri, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
+                              candidates=[c], by_name=lambda: {name: c})
+    return parent, results, {name: _register(uri, model, cand)}
+
+
+OBJECTIVES = ("mm_pubmedqa", "mm_medqa_4options")
+
+
+def _promote_search(uri, model, name, report, **kw):
+    from medmerge.objectives import resolve
+    from medmerge.promotion import Picks, promote_search
+
+    parent, results, versions = _search(uri, model, name, report, **kw)
+    cfg = SimpleNamespace(registered_model=model, objective_pair=lambda: tuple(resolve(o) for o in OBJECTIVES))
+    picks = Picks(policy="knee", picks={"pick-linear": name}, promote_policy="knee", promote_candidate=name)
+    frontier = SimpleNamespace(frontier=[name], near=[name], knee=name, hypervolume=None)
+    return parent, versions[name], promote_search(cfg, results, frontier, picks, versions)
+
+
+STAGED = {"mm_pubmedqa": (0.50, 0.03), "mm_medqa_4options": (0.30, 0.04)}
+
+
+@pytest.mark.parametrize("candidate, promoted, says", [
+    # worse on both beyond sqrt(se_c^2 + se_s^2): dominated, refused
+    ({"mm_pubmedqa": (0.40, 0.03), "mm_medqa_4options": (0.20, 0.03)}, False,
+     "dominated by the staged version: worse on mm_pubmedqa 0.4000 vs 0.5000 (±0.0424)"),
+    # better on both: promoted, the old version archived
+    ({"mm_pubmedqa": (0.60, 0.03), "mm_medqa_4options": (0.40, 0.03)}, True, "better on mm_pubmedqa"),
+    # worse, but within the combined stderr on both: not dominated, so promoted (the README's rule)
+    ({"mm_pubmedqa": (0.47, 0.03), "mm_medqa_4options": (0.28, 0.03)}, True,
+     "within the stderr on mm_pubmedqa 0.4700 vs 0.5000 (±0.0424)"),
+])
+def test_promote_search_against_the_staged_version(uri, candidate, promoted, says):
+    from mlflow import MlflowClient
+
+    from medmerge.tracking import registry, runs
+
+    model = f"search-{len(says)}-{promoted}"
+    _, _, versions = _search(uri, model, "linear-0.5", _report("staged", **STAGED))
+    old = versions["linear-0.5"]
+    registry.promote(model, old, uri)
+    parent, new, decision = _promote_search(uri, model, "linear-0.7", _report("cand", **candidate))
+
+    c = MlflowClient(uri, registry_uri=uri)
+    assert decision.promoted is promoted and says in decision.reason and decision.staged_version == old
+    assert decision.scores["staged"]["mm_medqa_4options"].stderr == 0.04      # the staged side's stderr, read
+    assert str(c.get_model_version_by_alias(model, "staging").version) == (new if promoted else old)
+    assert str(c.get_model_version_by_alias(model, "pick-linear").version) == new
+    assert c.get_model_version(model, old).current_stage == ("Archived" if promoted else "Staging")
+    got = runs.get(uri, parent.run_id)
+    assert got.info.status == "FINISHED"                                       # the last step closes the parent
+    assert got.data.tags["promotion.decision"] == ("promoted" if promoted else "not promoted")
+    assert got.data.metrics["promotion.staged.mm_pubmedqa_stderr"] == 0.03
+    logged = runs.load_text(uri, parent.run_id, "promotion.json")
+    assert f'"staged_version": "{old}"' in logged.replace(" ", "").replace('":"', '": "')
+
+
+@pytest.mark.parametrize("breakage, says", [
+    ("no report", r"its run \w+ has no mm_pubmedqa score"),
+    ("bad report", r"report.json of its run \w+: .*(JSON|json)"),
+    ("other objectives", r"report.json of its run \w+: objective 'mm_pubmedqa' needs task mm_pubmedqa"),
+])
+def test_unreadable_staged_scores_are_an_error_naming_the_version(uri, breakage, says):
+    from mlflow import MlflowClient
+
+    from medmerge.promotion import PromotionError
+    from medmerge.tracking import registry, runs
+
+    model = f"unreadable-{breakage.replace(' ', '-')}"
+    staged = _report("staged", **STAGED) if breakage != "other objectives" else _report("staged", mm_medmcqa=(.5, .1))
+    _, _, versions = _search(uri, model, "linear-0.5", staged, log_report=breakage == "other objectives")
+    if breakage == "bad report":
+        runs.Run(uri, MlflowClient(uri).get_model_version(model, "1").run_id).text("{not json", "report.json")
+    registry.promote(model, versions["linear-0.5"], uri)
+
+    with pytest.raises(PromotionError, match=rf"cannot read the scores of {model} v1 \(@staging\): {says}"):
+        _promote_search(uri, model, "linear-0.7", _report("cand", **STAGED))
+    c = MlflowClient(uri, registry_uri=uri)
+    assert str(c.get_model_version_by_alias(model, "staging").version) == "1"       # nothing moved
+    assert "pick-linear" not in c.get_registered_model(model).aliases          # not even the picks
+
+
+def test_promote_finetuned_weighs_the_staged_versions_stderr(uri):
+    """The staged fine-tuned model's Medical Avg is 0.50 ± 0.05; the candidate's 0.46 ± 0.0095 is worse only
+    within the combined stderr, so it is promoted; against a staged stderr of 0.005 it is refused."""
+    from mlflow import MlflowClient
+
+    from medmerge.finetune import TrackingRun
+    from medmerge.objectives import resolve
+    from medmerge.promotion import promote_finetuned
+    from medmerge.tracking import registry, runs
+
+    clinical = resolve("medical_avg").tasks
+    after = _report("after", **{t: (0.46, 0.03) for t in clinical})
+    medical, medical_se = resolve("medical_avg").score(after)
+    assert (round(medical, 4), round(medical_se, 4)) == (0.46, 0.0095)
+    for staged_se, promoted, says in ((0.05, True, "within the stderr on composite 0.3000 vs 0.3000 (±0.0000); "
+                                                   "medical_avg 0.4600 vs 0.5000 (±0.0509)"),
+                                      (0.005, False, "worse on medical_avg 0.4600 vs 0.5000 (±0.0107)")):
+        model = f"sft-{staged_se}"
+        first = runs.create(uri, "promotion", "finetune-1")
+        sft = first.nested("clinical-8")
+        sft.metrics({"composite": 0.30, "after.medical_avg": 0.50, "after.medical_avg_stderr": staged_se})
+        sft.finish()
+        registry.promote(model, _register(uri, model, sft), uri)
+
+        parent = runs.create(uri, "promotion", "finetune-2")
+        nested = parent.nested("clinical-16")
+        nested.finish()
+        version = _register(uri, model, nested)
+        result = SimpleNamespace(init="clinical", shots="16", scores={"composite": 0.30}, after=after,
+                                 forgetting=SimpleNamespace(passed=True, failures=[]))
+        decision = promote_finetuned(SimpleNamespace(promote="best_composite", registered_model=model),
+                                     TrackingRun(tracking_uri=uri, experiment_id=parent.experiment_id,
+                                                 parent_run_id=parent.run_id),
+                                     [result], {"clinical-16": version})
+        assert decision.scores["staged"]["medical_avg"].stderr == staged_se
+        assert decision.scores["staged"]["composite"].value == 0.30
+        assert decision.promoted is promoted, decision.reason
+        assert says in decision.reason
+        staged_now = str(MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(model, "staging").version)
+        assert staged_now == (version if promoted else "1")
+        assert runs.get(uri, parent.run_id).info.status == "FINISHED"
