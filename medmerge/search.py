@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from medmerge import cost
 from medmerge.cost import measured
@@ -30,7 +30,7 @@ class SearchConfig(EvalOptions):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     sweep: SweepSpec
-    eps: float = 0.0
+    eps: float = Field(0.0, ge=0.0, allow_inf_nan=False)   # the near set's margin, in the objectives' units
     use_stderr: bool = False
     output_dir: str = "merge_search_out"
     registered_model: str = "medmerge-clinical"
@@ -47,39 +47,70 @@ class SearchConfig(EvalOptions):
     # what the promote step may move to @staging after comparing: knee, best_medical, names, or none
     promote: Union[str, tuple[str, ...]] = "none"
 
+    # The checks below raise ValueError (the medmerge error's text), so pydantic reports every bad key of a
+    # config at once, each under its key (the preflight prints one line per key).
     @field_validator("sweep", mode="before")
     @classmethod
     def _sweep_path(cls, v):
-        if isinstance(v, (str, Path)):
-            return load_sweep(v)
-        return parse_sweep(v, "sweep") if isinstance(v, dict) else v   # RecipeError: one line, exit 2
+        from medmerge.errors import RecipeError
+
+        try:
+            if isinstance(v, (str, Path)):
+                return load_sweep(v)
+            return parse_sweep(v, "sweep") if isinstance(v, dict) else v
+        except RecipeError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("picks")
     @classmethod
     def _picks(cls, v):
-        from medmerge.promotion import check_picks
+        from medmerge.promotion import PromotionError, check_picks
 
-        return check_picks(v)   # PromotionError (a MedmergeError): one line, exit 2
+        try:
+            return check_picks(v)
+        except PromotionError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("promote")
     @classmethod
     def _promote(cls, v):
-        from medmerge.promotion import check_policy
+        from medmerge.promotion import PromotionError, check_policy
 
-        return check_policy(v)
+        try:
+            return check_policy(v)
+        except PromotionError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v, info: ValidationInfo):
+        from medmerge.errors import MedmergeError
+        from medmerge.objectives import resolve, resolve_pair
+
+        suites = info.data.get("suites")   # absent when the suites are wrong themselves: check the names only
+        try:
+            if suites is None:
+                for name in v:
+                    resolve(name)
+            else:
+                resolve_pair(v, suites)
+        except MedmergeError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("registered_model", "experiment")
+    @classmethod
+    def _name(cls, v, info: ValidationInfo):
+        if not v.strip():
+            raise ValueError(f"{info.field_name} is empty")
+        return v
 
     @model_validator(mode="after")
-    def _objectives(self):
-        from medmerge.objectives import resolve_pair
-
-        resolve_pair(self.objectives, self.suites)   # ObjectiveError (a MedmergeError) names the problem
-        return self
-
-    @model_validator(mode="after")
-    def _output_apart_from_parents(self):
+    def _output_apart_from_parents(self, info: ValidationInfo):
         from medmerge.io.atomic import refuse_aliased_output
 
-        refuse_aliased_output(self.output_dir, self.sweep.parent_refs, "parent model", may_contain=True)
+        if not (info.context or {}).get("preflight"):   # the preflight checks output_dir itself, more fully
+            refuse_aliased_output(self.output_dir, self.sweep.parent_refs, "parent model", may_contain=True)
         return self
 
     def objective_pair(self):

@@ -38,16 +38,16 @@ DEFAULT_INSTRUCTION = "Write the clinical text requested for the following input
 
 class SFTSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    epochs: int = 15
-    learning_rate: float = 5e-6
-    per_device_batch: int = 4
-    grad_accum: int = 4
-    max_length: int = 8192
-    min_steps_full: int = 200
-    min_steps_few_shot: int = 100
+    epochs: int = Field(15, ge=1)
+    learning_rate: float = Field(5e-6, gt=0.0, allow_inf_nan=False)
+    per_device_batch: int = Field(4, ge=1)
+    grad_accum: int = Field(4, ge=1)
+    max_length: int = Field(8192, ge=1)
+    min_steps_full: int = Field(200, ge=0)
+    min_steps_few_shot: int = Field(100, ge=0)
     lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
     gradient_checkpointing: bool = True   # TRL's default: saves memory on large models, costs time on tiny ones
     bf16: bool | None = None              # None: bf16 mixed precision on a GPU that has it, fp32 on CPU
     dtype: DType = "auto"                 # the weights' dtype; auto: the checkpoint's on CUDA, float32 on CPU

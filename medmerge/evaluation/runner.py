@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medmerge import __version__
 from medmerge.evaluation.cache import EvalCache, cache_key
@@ -57,10 +58,10 @@ class EvalOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     suites: tuple[str, ...] = ("clinical", "ifeval")
     data_dir: str | None = None          # None: the Hub; a directory; or "sample" (shipped in the package)
-    limit: int | None = None
-    num_fewshot: int | None = None
-    max_gen_toks: int | None = None
-    batch_size: int | str = 8
+    limit: int | None = Field(None, ge=1)           # documents per task (None: all)
+    num_fewshot: int | None = Field(None, ge=0)     # None: each task's own
+    max_gen_toks: int | None = Field(None, ge=1)
+    batch_size: int | str = 8            # a positive count, or lm-eval's "auto" / "auto:N"
     device: str | None = None            # None: cuda when there is a GPU, else cpu
     dtype: DType = "auto"                # auto: the checkpoint's dtype on CUDA, float32 on a CPU
 
@@ -68,6 +69,38 @@ class EvalOptions(BaseModel):
     @classmethod
     def _dtype(cls, v):
         return normalise(v)
+
+    @field_validator("suites")
+    @classmethod
+    def _suites(cls, v):
+        from medmerge.evaluation.tasks import load_suites
+
+        known = load_suites()
+        if not v:
+            raise ValueError(f"no suite given; known suites: {', '.join(known)}")
+        for s in v:
+            if s not in known:
+                raise ValueError(f"unknown suite {s!r}; known suites: {', '.join(known)}")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"batch_size must be at least 1, got {v}")
+        if isinstance(v, str) and not re.fullmatch(r"[1-9][0-9]*|auto(:[1-9][0-9]*)?", v):
+            raise ValueError(f"batch_size {v!r}: give a positive integer, 'auto' or 'auto:N'")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if v is not None:
+            try:
+                torch.device(v)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"unknown device {v!r}; use cpu, cuda, cuda:N or mps") from None
+        return v
 
     def eval_settings(self) -> EvalSettings:
         from medmerge.evaluation.tasks import resolve_data_dir

