@@ -831,7 +831,7 @@ def _finetune_data(cfg, problems: _Problems, local: bool) -> None:
             train = load_task(task, tc.train_split, **kw)
             held = load_task(task, tc.eval_split, **kw)
         except MedmergeError as exc:
-            problems.add("data_dir" if tc.data_dir and "data directory" in str(exc) else where, str(exc))
+            problems.add("data_dir" if "data directory" in str(exc) else where, str(exc))
             continue
         except OSError as exc:
             problems.add(where, f"task {task}: {exc.strerror or exc}")

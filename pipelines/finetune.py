@@ -1,7 +1,10 @@
 """``finetune``: validate data -> few-shot subsets -> per initialisation and shot size: SFT -> generate ->
 score -> forgetting check -> learning curves and registration.
 
-    python -m pipelines.finetune --config zenml_config/finetune_demo.yaml
+    python -m pipelines.finetune --config zenml_config/finetune_demo.yaml [--debug]
+
+The run configuration is checked whole before ZenML loads (:mod:`medmerge.preflight`): each problem one
+line, exit 2. A failed step is one line too; ``--debug`` (or ``MEDMERGE_DEBUG=1``) adds the traceback.
 """
 
 from __future__ import annotations
@@ -9,63 +12,41 @@ from __future__ import annotations
 import re
 import sys
 
-from zenml import pipeline
 
-from medmerge.finetune import FinetuneConfig, shot_label
-from pipelines._launch import build_time_tracking_uri
-from steps.promotion_steps import promote_finetuned
-from steps.finetune_steps import (baseline, compare_tasks, evaluate_sft, load_data, resolve_initialisations, sft,
-                                  subsample, summarise, validate_data)
-
-
-def _id(*parts: str) -> str:
+def step_id(*parts: str) -> str:
+    """A step's name from its parts (``sft``, initialisation, shots): letters, digits and '_'."""
     return "_".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in parts)
 
 
-@pipeline(enable_cache=True)
-def finetune(config: FinetuneConfig):
-    inits = resolve_initialisations(config)
-    all_results = []
-    # one task: the step names of old (sft_<init>_<shots>); several: each task's steps carry its name
-    for task, cfg in config.task_configs():
-        def sid(*parts: str) -> str:
-            return _id(parts[0], *((task,) if task else ()), *parts[1:])
-
-        data = load_data(cfg, inits, id=sid("load_data"))
-        run = validate_data(cfg, data, inits, build_time_tracking_uri(cfg.tracking_uri),  # the server: a parameter
-                            id=sid("validate_data"))
-        subsets = subsample(cfg, data, id=sid("subsample"))
-        checkpoints, results = [], []
-        for init in cfg.initialisations:
-            before = baseline(cfg, inits, init.name, id=sid("baseline", init.name), after=[run])
-            for s in cfg.shots:
-                label = shot_label(s)
-                ck = sft(cfg, data, subsets, inits, run, init.name, label, id=sid("sft", init.name, label))
-                res = evaluate_sft(cfg, data, ck, before, run, id=sid("evaluate", init.name, label))
-                checkpoints.append(ck)
-                results.append(res)
-        summary = summarise(cfg, run, data, inits, checkpoints, results, id=sid("summarise"))
-        promote_finetuned(cfg, run, results, summary, id=sid("promote_finetuned"))
-        all_results.extend(results)
-    if config.tasks:
-        compare_tasks(config, all_results, build_time_tracking_uri(config.tracking_uri))
+_id = step_id
 
 
-def load_config(config_path: str) -> FinetuneConfig:
-    from pipelines._launch import read_run_config
+def __getattr__(name: str):
+    """``finetune``, the ZenML pipeline (:mod:`pipelines.definitions`), imported on first use: the preflight
+    runs before ZenML loads."""
+    if name == "finetune":
+        from pipelines.definitions import finetune
 
-    return FinetuneConfig.model_validate(read_run_config(config_path))  # errors name the bad field before ZenML starts
+        return finetune
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_config(config_path: str):
+    """The run configuration, through the preflight: every problem of it one line (PreflightError)."""
+    from medmerge.preflight import check_run_configs
+
+    return check_run_configs(finetune=config_path)[1]
 
 
 def run(config_path: str) -> dict:
     """Run the pipeline from a ZenML run-config YAML; print the learning curves and where to look."""
     from medmerge.tracking.registry import check_reachable
 
-    config = load_config(config_path)
+    config = load_config(config_path)   # the preflight, before ZenML is imported
     check_reachable(config.resolved_tracking_uri())
     from pipelines._launch import launch
 
-    pipeline_run = launch(finetune, config_path)
+    pipeline_run = launch(getattr(sys.modules[__name__], "finetune"), config_path)
     out = {"config": config, "run": pipeline_run, "tasks": {}}
     for task, cfg in config.task_configs():
         name = (lambda step: f"{step}_{_id(task)}") if task else (lambda step: step)

@@ -1,6 +1,9 @@
 """``merge_search``: compatibility -> in-memory sweep + evaluation -> frontier -> write picks -> log -> register.
 
-    python -m pipelines.merge_search --config zenml_config/merge_search_demo.yaml [--promote-knee]
+    python -m pipelines.merge_search --config zenml_config/merge_search_demo.yaml [--promote-knee] [--debug]
+
+The run configuration is checked whole before ZenML loads (:mod:`medmerge.preflight`): each problem one
+line, exit 2. A failed step is one line too; ``--debug`` (or ``MEDMERGE_DEBUG=1``) adds the traceback.
 """
 
 from __future__ import annotations
@@ -8,45 +11,40 @@ from __future__ import annotations
 import os
 import sys
 
-from zenml import pipeline
 
-from medmerge.search import SearchConfig
-from pipelines._launch import build_time_tracking_uri
-from steps.promotion_steps import choose_picks, promote
-from steps.merge_search_steps import (check_parents, evaluate_candidates, log_search, register_selected,
-                                      select_frontier, write_selected)
+def __getattr__(name: str):
+    """``merge_search``, the ZenML pipeline (:mod:`pipelines.definitions`), imported on first use: the
+    preflight runs before ZenML loads."""
+    if name == "merge_search":
+        from pipelines.definitions import merge_search
+
+        return merge_search
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@pipeline(enable_cache=True)
-def merge_search(config: SearchConfig):
-    parents = check_parents(config)
-    results = evaluate_candidates(config, parents)
-    frontier = select_frontier(config, results)
-    picks = choose_picks(config, results, frontier)   # a bad pick fails here: nothing written or registered
-    checkpoints = write_selected(config, results, frontier, after=[picks])
-    # only these two touch MLflow; the server is their parameter, so another server re-runs just them
-    logged = log_search(config, results, build_time_tracking_uri(config.tracking_uri))
-    versions = register_selected(config, logged, frontier, checkpoints)
-    promote(config, logged, frontier, picks, versions)
+def load_config(config_path: str, promote_knee: bool = False):
+    """The run configuration, through the preflight (``promote: knee`` when ``promote_knee``): every problem
+    of it one line (PreflightError)."""
+    from medmerge.preflight import check_run_configs
+
+    return check_run_configs(search=config_path,
+                             search_overrides={"promote": "knee"} if promote_knee else None)[0]
 
 
 def run(config_path: str, promote_knee: bool = False) -> dict:
     """Run the pipeline from a ZenML run-config YAML; print the frontier, the picks, the promotion decision and
     where to look in MLflow. ``promote_knee`` (``--promote-knee``) sets the run config's ``promote: knee``."""
     from medmerge.tracking.registry import check_reachable
-    from pipelines._launch import read_run_config
 
-    raw = read_run_config(config_path)
+    config = load_config(config_path, promote_knee)   # the preflight, before ZenML is imported
+    check_reachable(config.resolved_tracking_uri())
     temp = None
-    if promote_knee and raw.get("promote", "none") != "knee":
+    if promote_knee and _raw_promote(config_path) != "knee":   # ZenML reads the file: a copy that says so
         temp = config_path = _with_policy(config_path, "knee")
-        raw = read_run_config(config_path)
     try:
-        config = SearchConfig.model_validate(raw)  # errors name the bad field first
-        check_reachable(config.resolved_tracking_uri())
         from pipelines._launch import launch
 
-        pipeline_run = launch(merge_search, config_path)
+        pipeline_run = launch(getattr(sys.modules[__name__], "merge_search"), config_path)
     finally:
         if temp is not None:
             os.unlink(temp)
@@ -65,6 +63,12 @@ def run(config_path: str, promote_knee: bool = False) -> dict:
     if decision.promoted:
         print(f"models:/{name}@staging -> version {decision.version}")
     return {"frontier": frontier, "versions": versions, "results": results, "promotion": decision}
+
+
+def _raw_promote(config_path: str):
+    from medmerge.preflight import read_run_config
+
+    return read_run_config(config_path).get("promote", "none")
 
 
 def _with_policy(config_path: str, policy: str) -> str:

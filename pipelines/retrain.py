@@ -2,13 +2,14 @@
 (by content hash) since the last promoted version; otherwise record a no-op run. Exit 0 either way.
 
     python -m pipelines.retrain --search-config zenml_config/merge_search_demo.yaml \\
-        --finetune-config zenml_config/finetune_demo.yaml [--promote-knee] [--dry-run]
+        --finetune-config zenml_config/finetune_demo.yaml [--promote-knee] [--dry-run] [--debug]
 
 Every decision is an MLflow run in the experiment ``medmerge-retrain`` (tag ``medmerge.retrain``:
 ``noop`` or ``ran``, the reasons, the hashes as parameters, ``decision.json``). What is compared is in
 :mod:`medmerge.retrain`. ``medmerge schedule`` runs this from cron or a systemd timer, or attaches a ZenML
 schedule to the two pipelines where the orchestrator can schedule (:func:`attach_schedules`).
-Bad input exits 2 with one line.
+Both run configurations pass the preflight first (:mod:`medmerge.preflight`): bad input exits 2, one line per
+problem, before anything runs; ``--debug`` (or ``MEDMERGE_DEBUG=1``) adds the traceback of an error.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEDULE_PREFIX = "medmerge-retrain"
 
 
-def load_configs(search_config: str, finetune_config: str):
-    """Both run configurations, validated (a pydantic error names the bad field)."""
-    from medmerge.finetune import FinetuneConfig
-    from medmerge.search import SearchConfig
-    from pipelines._launch import read_run_config
+def load_configs(search_config: str, finetune_config: str, promote_knee: bool = False):
+    """Both run configurations through the preflight (:mod:`medmerge.preflight`): every problem of either is
+    one line of the PreflightError, before ZenML loads or anything runs."""
+    from medmerge.preflight import check_run_configs
 
-    return (SearchConfig.model_validate(read_run_config(search_config)),
-            FinetuneConfig.model_validate(read_run_config(finetune_config)))
+    return check_run_configs(search=search_config, finetune=finetune_config,
+                             search_overrides={"promote": "knee"} if promote_knee else None)
 
 
 def run(search_config: str, finetune_config: str, promote_knee: bool = False, dry_run: bool = False,
@@ -40,7 +40,7 @@ def run(search_config: str, finetune_config: str, promote_knee: bool = False, dr
     from medmerge import retrain
     from medmerge.tracking.registry import check_reachable
 
-    search_cfg, ft_cfg = load_configs(search_config, finetune_config)
+    search_cfg, ft_cfg = load_configs(search_config, finetune_config, promote_knee)
     uri = search_cfg.resolved_tracking_uri()
     check_reachable(uri)
     check_reachable(ft_cfg.resolved_tracking_uri())

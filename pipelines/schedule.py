@@ -2,7 +2,7 @@
 
     python -m pipelines.schedule --cron '0 3 * * 1' --search-config zenml_config/merge_search_demo.yaml \\
         --finetune-config zenml_config/finetune_demo.yaml [--promote-knee] [--crontab-out FILE] \\
-        [--systemd-out DIR] [--log FILE]
+        [--systemd-out DIR] [--log FILE] [--debug]
 
 Run from the repository root. On a schedulable orchestrator (Kubernetes, Kubeflow, Airflow, Vertex,
 SageMaker ...) merge_search and finetune get a ZenML schedule each (:func:`pipelines.retrain.attach_schedules`);
@@ -10,7 +10,8 @@ their hashing steps always run and every later step is cached on content, so a s
 changed is all cached and registers nothing. Otherwise (the local orchestrator) it says so and writes the
 crontab line (and with ``--systemd-out`` a systemd timer) running ``python -m pipelines.retrain``; it
 installs neither. The cron expression, crontab line and units are built by :mod:`medmerge.schedule`.
-Bad input exits 2 with one line.
+Both run configurations pass the preflight (:mod:`medmerge.preflight`) first: bad input exits 2 with one
+line per problem, before ZenML is asked anything; ``--debug`` (or ``MEDMERGE_DEBUG=1``) adds the traceback.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ def schedule(cron_expr: str, search_config: Path, finetune_config: Path, promote
              log_path: Path = Path(".medmerge/retrain.log")) -> None:
     """Attach ZenML schedules where the active orchestrator can schedule, else write the crontab line
     (and the systemd units); relative output paths are under the repository."""
-    from pydantic import ValidationError
-
     from medmerge.io.atomic import write_text_atomic
     from medmerge.schedule import (crontab_line, retrain_argv, scheduled_env, systemd_on_calendar, systemd_units,
                                    validate_cron)
@@ -44,10 +43,8 @@ def schedule(cron_expr: str, search_config: Path, finetune_config: Path, promote
         if not p.is_file():
             raise MedmergeError(f"run configuration {p} does not exist")
         configs.append(p.resolve())
-    try:
-        entry.load_configs(*map(str, configs))
-    except ValidationError as exc:
-        raise MedmergeError(f"invalid run configuration: {exc}") from None
+    # the preflight: every problem of either configuration one line (PreflightError), before ZenML is asked
+    entry.load_configs(str(search_config), str(finetune_config), promote_knee)
 
     stack = entry.active_stack()
     orch = stack.orchestrator

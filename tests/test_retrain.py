@@ -24,16 +24,19 @@ def write_config(path: Path, **config) -> Path:
 
 @pytest.fixture
 def configs(tmp_path, monkeypatch):
-    """Valid run configurations (parents need not exist to validate); run from the repository root."""
+    """Valid run configurations (tiny parents: the preflight opens them); run from the repository root."""
+    from factory import make_family
+
     monkeypatch.chdir(ROOT)
+    fam = make_family(tmp_path / "models")
     sweep = tmp_path / "sweep.yml"
-    sweep.write_text(yaml.safe_dump({"clinical": "/nonexistent/clinical", "instruct": "/nonexistent/instruct",
+    sweep.write_text(yaml.safe_dump({"clinical": str(fam["m0"]), "instruct": str(fam["m1"]),
                                      "methods": ["linear"], "ratios": [0.0, 1.0]}))
     search = write_config(tmp_path / "search.yaml", sweep=str(sweep), registered_model="sched-merge",
-                          tracking_uri="http://127.0.0.1:9")
+                          tracking_uri="http://127.0.0.1:9", output_dir=str(tmp_path / "merge_out"))
     finetune = write_config(tmp_path / "finetune.yaml", initialisations=[
         {"name": "merge", "model_uri": "models:/sched-merge@staging"}], registered_model="sched-sft",
-        tracking_uri="http://127.0.0.1:9")
+        tracking_uri="http://127.0.0.1:9", data_dir="sample", shots=[8], output_dir=str(tmp_path / "ft_out"))
     return search, finetune
 
 
