@@ -79,6 +79,13 @@ class Domain:
         return f"{what} {'<' if self.high_open else '<='} {_num(self.high)}"
 
     @property
+    def expected(self) -> str:
+        """What belongs here, as a noun: ``a number in (0, 1]``, ``a finite number > 0``, ``true or false``."""
+        if self.numeric and self.low is not None and self.high is not None:
+            return f"{'a number' if self.kind == REAL else 'an integer'} in {self}"
+        return str(self)
+
+    @property
     def numeric(self) -> bool:
         return self.kind in (REAL, INT)
 
@@ -90,13 +97,13 @@ class Domain:
             return None if value in self.choices and type(value) is type(self.choices[0]) else \
                 f"{show(value)} must be one of {', '.join(str(c) for c in self.choices)}"
         if isinstance(value, bool):
-            return f"{show(value)} is a boolean, not a number ({self})"
+            return f"{show(value)} is a boolean; expected {self.expected}"
         if isinstance(value, str):
-            return f"{show(value)} is a string, not a number ({self})"
+            return f"{show(value)} is a string; expected {self.expected}"
         if not is_number(value):
-            return f"{show(value)} is not a number ({self})"
+            return f"{show(value)} is not a number; expected {self.expected}"
         if self.kind == INT and not isinstance(value, int):
-            return f"{show(value)} is not an integer ({self})"
+            return f"{show(value)} is not an integer; expected {self.expected}"
         if not math.isfinite(value):
             return f"{show(value)} is not a finite number"
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -162,10 +169,8 @@ def check_setting(domain: Domain, value: Any, where: str) -> None:
         else:
             raise ParameterError(f"{where}: a list is a gradient of values or a list of filtered values "
                                  f"[{{filter: ..., value: ...}}], not {show(value)}")
-    elif _scalar(value):
-        domain.check(value, where)
     else:
-        raise ParameterError(f"{where}: {show(value)} is not a value ({domain})")
+        domain.check(value, where)
 
 
 def _check_filtered(domain: Domain, entry: dict, where: str) -> None:
@@ -235,10 +240,10 @@ def evaluate(setting: Any, region: str | None, t: float) -> Any:
 def points(settings: Iterable[Any]) -> list[tuple[str | None, float]]:
     """Every (filter region, gradient position) at which settings joined by a rule must be checked:
     the union of their filters (and None, a tensor no filter matches) times the union of their
-    gradient points (0 and 1 always). Between two points every numeric gradient is linear."""
+    gradient points (0 alone when none is a gradient). Between two points every numeric gradient is linear."""
     settings = list(settings)
     regions: set[str] = set().union(*(filters(s) for s in settings)) if settings else set()
-    ts = sorted({0.0, 1.0}.union(*(positions(s) for s in settings)) if settings else {0.0, 1.0})
+    ts = sorted({0.0}.union(*(positions(s) for s in settings)) if settings else {0.0})
     return [(r, t) for r in [None, *sorted(regions)] for t in ts]
 
 
