@@ -68,6 +68,41 @@ class SFTLaunchError(MedmergeError):
     """The distributed SFT launch cannot start or one of its processes failed."""
 
 
+class NonFiniteTrainingError(MedmergeError):
+    """The training loss or gradient norm became NaN or infinite, or the trained weights did: SFT stops and
+    nothing is written (so nothing is registered)."""
+
+
+def finite_training_callback(what: str):
+    """A ``transformers.TrainerCallback`` that stops training with :class:`NonFiniteTrainingError` naming
+    ``what`` (the model and output) as soon as a logged ``loss`` or ``grad_norm`` is not finite (the trainer
+    logs every step)."""
+    from transformers import TrainerCallback
+
+    class FiniteTraining(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise NonFiniteTrainingError(
+                        f"SFT of {what}: the training {key.replace('_', ' ')} became {value} at step "
+                        f"{state.global_step}; nothing was written (lower learning_rate, or check the model's "
+                        "weights and dtype)")
+
+    return FiniteTraining()
+
+
+def check_finite_weights(model, what: str) -> None:
+    """:class:`NonFiniteTrainingError` naming the first parameter of ``model`` that holds NaN or inf."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() and not (torch.isfinite(p.amax()) and torch.isfinite(p.amin())):
+                raise NonFiniteTrainingError(f"SFT of {what}: the trained weight {name} is not finite; "
+                                             "nothing was written")
+
+
 def optimisation_steps(n_examples: int, settings: SFTSettings, few_shot: bool) -> int:
     """``max(epochs · ceil(n / effective batch), min_steps)`` (min 100 few-shot, 200 full by default)."""
     if n_examples <= 0:
@@ -225,10 +260,13 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
             max_length=settings.max_length, completion_only_loss=True, seed=settings.seed, data_seed=settings.seed,
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
             disable_tqdm=True, gradient_checkpointing=settings.gradient_checkpointing, bf16=bf16,
+            logging_nan_inf_filter=False,   # the Trainer would log a NaN loss as the mean of the earlier ones
             optim={"adamw_8bit": "adamw_bnb_8bit"}.get(settings.optim, settings.optim),
         )
+        what = f"{model_path} into {out_dir}"
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer, peft_config=peft_config)
+                             processing_class=tokenizer, peft_config=peft_config,
+                             callbacks=[finite_training_callback(what)])
         result = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if distributed:
@@ -237,6 +275,7 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
             trained = trainer.model
             if settings.lora:
                 trained = trained.merge_and_unload()
+            check_finite_weights(trained, what)   # the last step's update is logged by no later loss
             with atomic_dir(out_dir, overwrite=overwrite) as tmp:
                 trained.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)

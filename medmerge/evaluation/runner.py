@@ -161,6 +161,32 @@ def prepare_tasks(settings: EvalSettings) -> dict[str, TaskSpec]:
             for tasks in suite_tasks(list(settings.suites)).values() for task in tasks}
 
 
+class NonFiniteLogitsError(EvalError):
+    """A model's logits became NaN or infinite while it was evaluated: its scores would mean nothing, so it is
+    neither scored nor cached nor registered."""
+
+
+def guard_finite_logits(model, name):
+    """Check every forward pass of ``model`` (loglikelihoods and generation alike): non-finite logits raise
+    :class:`NonFiniteLogitsError` naming ``name()`` (the model being evaluated). Returns the hook's handle
+    (``.remove()``). Two reductions per pass (max and min propagate NaN), no copy of the logits."""
+
+    def check(module, args, output):
+        logits = getattr(output, "logits", None)
+        if logits is None and isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            logits = output[0]
+        if isinstance(logits, torch.Tensor) and logits.numel():
+            with torch.no_grad():
+                top, bottom = logits.amax(), logits.amin()
+            if not (torch.isfinite(top) and torch.isfinite(bottom)):
+                bad = top if not torch.isfinite(top) else bottom
+                raise NonFiniteLogitsError(
+                    f"evaluating {name()}: the model's logits are not finite ({bad.item()}): its weights or its "
+                    "dtype's range broke the forward pass; nothing was scored, cached or registered")
+
+    return model.register_forward_hook(check)
+
+
 class ModelEvaluator:
     """Wraps one resident model for lm-eval; weights may be swapped between evaluations."""
 
@@ -181,6 +207,8 @@ class ModelEvaluator:
 
         self.task_manager = TaskManager(include_defaults=False)  # our tasks come as configs
         self._specs: dict[str, TaskSpec] = dict(specs or {})
+        self._evaluating = "the model"   # evaluate() names it: a checkpoint or a candidate
+        guard_finite_logits(model, lambda: self._evaluating)
 
     def _generation_lm(self, model_path: str | None):
         if self.settings.backend != "vllm":
@@ -280,6 +308,7 @@ class ModelEvaluator:
         candidate's weights in), and not at all when every task is a cache hit.
         """
         t0 = time.perf_counter()
+        self._evaluating = name
         plan = self.lookup(identity, cache)
         if prepare is not None and any(todo for _, _, todo, _ in plan):
             prepare()

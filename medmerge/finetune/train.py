@@ -146,7 +146,8 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
     """Generate on the held-out split, score it, re-run the benchmarks and apply the forgetting gate;
     log everything to the (init, shots) run and close it."""
     from medmerge.evaluation.cache import EvalCache
-    from medmerge.evaluation.runner import default_device, evaluate_checkpoint, load_model, model_dtype
+    from medmerge.evaluation.runner import (default_device, evaluate_checkpoint, guard_finite_logits, load_model,
+                                            model_dtype)
     from medmerge.forgetting import forgetting_gate
     from medmerge.generation.generate import generate
     from medmerge.generation.metrics import composite
@@ -156,6 +157,7 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
     rid = ckpt.run_id
     with nested.failing_on_error():
         model, tok = load_model(ckpt.path, default_device(), dtype=cfg.generation.dtype)
+        guard_finite_logits(model, lambda: f"{ckpt.init}-{ckpt.shots} ({ckpt.path})")   # never scored, never registered
         gen_dtype = model_dtype(model)
         gens = generate(model, tok, data.eval, cfg.generation, instruction=cfg.sft.instruction)
         del model
