@@ -150,13 +150,22 @@ def _eval_options(f):
                      show_default=True, help="auto: the checkpoint's dtype on CUDA, float32 on a CPU."),
         click.option("--max-gen-toks", type=count(1), default=None, help="Default: min(1280, context/2)."),
         click.option("--no-cache", is_flag=True, help="Ignore and do not fill the evaluation cache."),
+        click.option("--chat-template", type=click.Choice(["none", "auto", "true"]), default="none",
+                     show_default=True, help="Format prompts with the tokenizer's chat template (lm-eval's "
+                     "--apply_chat_template); auto: when the tokenizer has one."),
+        click.option("--fewshot-as-multiturn/--no-fewshot-as-multiturn", default=None,
+                     help="Shots as chat turns (lm-eval's default when a chat template is applied)."),
+        click.option("--system-instruction", default=None, help="A system instruction before every prompt."),
+        click.option("--log-samples", is_flag=True, help="Also write lm-eval's per-sample records (prompts, "
+                     "responses, scores) beside the report: clinical text, off by default."),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype="auto"):
+def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype="auto",
+                   chat_template="none", fewshot_as_multiturn=None, system_instruction=None, log_samples=False):
     from medmerge.evaluation.runner import EvalSettings
     from medmerge.evaluation.tasks import resolve_data_dir
 
@@ -164,7 +173,8 @@ def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, de
     return EvalSettings(
         suites=tuple(s.strip() for s in suites.split(",") if s.strip()), data_dir=data_dir, limit=limit,
         num_fewshot=num_fewshot, batch_size=batch_size,
-        backend=backend, device=device, max_gen_toks=max_gen_toks, dtype=dtype,
+        backend=backend, device=device, max_gen_toks=max_gen_toks, dtype=dtype, chat_template=chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn, system_instruction=system_instruction, log_samples=log_samples,
     )
 
 
@@ -174,18 +184,21 @@ def _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, de
 @click.option("--trust-remote-code", is_flag=True)
 @_eval_options
 def evaluate(model_dir, out, trust_remote_code, suites, data_dir, limit, num_fewshot, batch_size, backend, device,
-             dtype, max_gen_toks, no_cache):
-    """Score a checkpoint on benchmark suites; print a table and write a JSON report."""
+             dtype, max_gen_toks, no_cache, **prompt):
+    """Score a checkpoint on benchmark suites; print a table and write a JSON report (with --log-samples,
+    lm-eval's per-sample records too, in OUT's name + '_samples/')."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.runner import evaluate_checkpoint
     from medmerge.io.atomic import check_output_file
 
     check_output_file(out, protect=[model_dir], protect_what="model", replaceable=_is_eval_report,
                       label="report file")
-    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype)
+    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype,
+                              **prompt)
     report = evaluate_checkpoint(model_dir, settings, cache=None if no_cache else EvalCache(),
                                  trust_remote_code=trust_remote_code)
     click.echo(report.table())
+    report.write_samples(out.with_name(f"{out.stem}_samples"))
     report.write(out)
     click.echo(f"wrote {out} ({report.seconds:.1f} s)")
 
@@ -196,7 +209,7 @@ def evaluate(model_dir, out, trust_remote_code, suites, data_dir, limit, num_few
               help="Directory for one report JSON per candidate.")
 @_eval_options
 def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, batch_size, backend, device,
-                       dtype, max_gen_toks, no_cache):
+                       dtype, max_gen_toks, no_cache, **prompt):
     """Evaluate every candidate of a sweep in memory (nothing written but the reports)."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
@@ -204,7 +217,8 @@ def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, 
     from medmerge.recipe import load_sweep
 
     spec = load_sweep(sweep_config)
-    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype)
+    settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype,
+                              **prompt)
     inputs = [*spec.parent_refs, sweep_config]
     for cand in spec.candidates():
         check_output_file(Path(out) / f"{cand.name}.json", protect=inputs, protect_what="input",
@@ -213,6 +227,7 @@ def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, 
     rows = []
     with output_container(out, protect=inputs, protect_what="input", label="report directory"):
         for cand, report in evaluate_sweep(spec, settings, cache):
+            report.write_samples(Path(out) / f"{cand.name}_samples")
             report.write(Path(out) / f"{cand.name}.json")
             rows.append((cand.name, report.medical_avg, report.if_score, len(report.cached_tasks)))
     click.echo(f"{'candidate':14s} {'Medical Avg':>11s} {'IF score':>9s}  cached tasks")

@@ -32,10 +32,18 @@ class EvalCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> TaskResult | None:
+    def _samples_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.samples.jsonl"
+
+    def get(self, key: str, samples: bool = False) -> TaskResult | None:
+        """The cached result, or None; with ``samples``, only a result whose per-sample records were
+        cached too (a result cached without them is a miss: the task runs again to record them)."""
         p = self._path(key)
         try:
             result = TaskResult.model_validate_json(p.read_text())
+            if samples:
+                lines = self._samples_path(key).read_text(encoding="utf-8").splitlines()
+                result = result.model_copy(update={"samples": [json.loads(x) for x in lines if x.strip()]})
         except (OSError, ValueError):
             self.misses += 1
             return None
@@ -43,6 +51,11 @@ class EvalCache:
         return result
 
     def put(self, key: str, result: TaskResult) -> None:
+        """The result; its per-sample records (when it holds them) beside it, written first so a result
+        on disk always has its samples when they were recorded."""
+        from medmerge.evaluation.report import samples_jsonl
         from medmerge.io.atomic import write_text_atomic
 
+        if result.samples is not None:
+            write_text_atomic(self._samples_path(key), samples_jsonl(result.samples))
         write_text_atomic(self._path(key), result.model_dump_json())

@@ -21,6 +21,9 @@ class TaskResult(BaseModel):
     n_samples: int
     num_fewshot: int
     config_hash: str
+    # lm-eval's per-sample records (settings.log_samples); never in the report's JSON, so a report (and the
+    # MLflow run it is logged to) holds no document text unless the samples are written on request
+    samples: list[dict] | None = Field(default=None, exclude=True)
 
 
 class EvalReport(BaseModel):
@@ -59,3 +62,16 @@ class EvalReport(BaseModel):
         from medmerge.io.atomic import write_text_atomic
 
         return write_text_atomic(path, json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+    def write_samples(self, directory: str | os.PathLike) -> list[Path]:
+        """``samples_<task>.jsonl`` per task that holds lm-eval's per-sample records (``log_samples``),
+        one record a line as ``lm_eval --log_samples`` writes them; nothing (not even the directory)
+        when no task does."""
+        from medmerge.io.atomic import write_text_atomic
+
+        return [write_text_atomic(Path(directory) / f"samples_{task}.jsonl", samples_jsonl(t.samples))
+                for task, t in self.tasks.items() if t.samples is not None]
+
+
+def samples_jsonl(samples: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples)

@@ -14,10 +14,10 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medmerge import __version__
 from medmerge.evaluation.cache import EvalCache, cache_key
@@ -41,15 +41,51 @@ class EvalSettings:
     max_gen_toks: int | None = None      # None: min(1280, context // 2)
     bootstrap_iters: int = 1000          # stderr of non-mean aggregations (IFEval's inst-level acc)
     seed: int = 1234
+    # Prompt format, passed to lm-eval as its own options (apply_chat_template, fewshot_as_multiturn,
+    # system_instruction). chat_template: "none" (plain prompts, the default), "auto" (the tokenizer's
+    # template when it has one) or "true" (required: an error when the tokenizer has none).
+    chat_template: str = "none"
+    fewshot_as_multiturn: bool | None = None  # None: lm-eval's default, True when a chat template is applied
+    system_instruction: str | None = None
+    log_samples: bool = False            # keep lm-eval's per-sample records (prompts, responses, scores)
 
-    def cache_part(self, num_fewshot: int, max_gen_toks: int, dtype: str = "float32") -> dict[str, Any]:
+    def __post_init__(self):
+        check_prompt_format(self.chat_template, self.fewshot_as_multiturn)
+
+    def cache_part(self, num_fewshot: int, max_gen_toks: int, dtype: str = "float32",
+                   prompt: dict[str, Any] | None = None) -> dict[str, Any]:
         from importlib.metadata import version
 
         part = {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
                 "backend": self.backend, "seed": self.seed, "lm_eval": version("lm_eval")}
         if dtype != "float32":  # float32 keys stay as they were before the dtype setting existed
             part["dtype"] = dtype
+        if prompt:  # plain prompts keep the keys they had before the prompt-format settings existed
+            part["prompt"] = prompt
         return part
+
+
+CHAT_TEMPLATE_CHOICES = ("none", "auto", "true")
+
+
+def normalise_chat_template(value: Any) -> str:
+    """``none | auto | true``; YAML's booleans and null are accepted (``true`` -> "true", ``false``/null -> "none")."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "true"
+    text = str(value).strip().lower()
+    if text not in CHAT_TEMPLATE_CHOICES:
+        raise EvalError(f"chat_template must be one of none, auto, true; got {value!r}")
+    return text
+
+
+def check_prompt_format(chat_template: str, fewshot_as_multiturn: bool | None) -> None:
+    if chat_template not in CHAT_TEMPLATE_CHOICES:
+        raise EvalError(f"chat_template must be one of none, auto, true; got {chat_template!r}")
+    if fewshot_as_multiturn and chat_template == "none":
+        # lm-eval refuses the same: the shots become chat turns only when a template renders them
+        raise EvalError("fewshot_as_multiturn needs a chat template (chat_template: auto or true)")
 
 
 class EvalOptions(BaseModel):
@@ -64,6 +100,10 @@ class EvalOptions(BaseModel):
     batch_size: int | str = 8            # a positive count, or lm-eval's "auto" / "auto:N"
     device: str | None = None            # None: cuda when there is a GPU, else cpu
     dtype: DType = "auto"                # auto: the checkpoint's dtype on CUDA, float32 on a CPU
+    chat_template: Literal["none", "auto", "true"] = "none"   # see EvalSettings
+    fewshot_as_multiturn: bool | None = None
+    system_instruction: str | None = None
+    log_samples: bool = False            # per-sample records (clinical text) to the runs' artifacts; off by default
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -102,12 +142,65 @@ class EvalOptions(BaseModel):
                 raise ValueError(f"unknown device {v!r}; use cpu, cuda, cuda:N or mps") from None
         return v
 
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _chat_template(cls, v):
+        try:
+            return normalise_chat_template(v)
+        except EvalError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _prompt_format(self):
+        try:
+            check_prompt_format(self.chat_template, self.fewshot_as_multiturn)
+        except EvalError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
     def eval_settings(self) -> EvalSettings:
         from medmerge.evaluation.tasks import resolve_data_dir
 
         return EvalSettings(suites=self.suites, data_dir=resolve_data_dir(self.data_dir), limit=self.limit,
                             num_fewshot=self.num_fewshot, batch_size=self.batch_size, max_gen_toks=self.max_gen_toks,
-                            device=self.device or default_device(), dtype=self.dtype)
+                            device=self.device or default_device(), dtype=self.dtype,
+                            chat_template=self.chat_template, fewshot_as_multiturn=self.fewshot_as_multiturn,
+                            system_instruction=self.system_instruction, log_samples=self.log_samples)
+
+
+def resolve_chat_template(setting: str, lm) -> str | None:
+    """The chat template text lm-eval will apply for ``setting`` (None: plain prompts), as lm-eval's
+    own ``lm.chat_template(True)`` selects it from the tokenizer."""
+    if setting == "none":
+        return None
+    tokenizer = getattr(lm, "tokenizer", None)
+    has = tokenizer is not None and getattr(tokenizer, "chat_template", None)
+    if not has:
+        if setting == "auto":
+            return None
+        raise EvalError("chat_template: true, but the model's tokenizer has no chat template "
+                        "(use chat_template: auto to fall back to plain prompts)")
+    template = lm.chat_template(True)
+    return template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+
+
+def sample_records(samples: list[dict]) -> list[dict]:
+    """lm-eval's per-sample records in the form ``lm_eval --log_samples`` writes them (its own
+    sanitising: request arguments as ``gen_args_i/arg_j``, responses as lists), as plain JSON values:
+    ``doc``, ``target``, ``arguments`` (the prompt), ``resps`` and ``filtered_resps`` (the response),
+    and each metric's value (the score)."""
+    from lm_eval.utils import handle_non_serializable, sanitize_list
+
+    out = []
+    for sample in samples:
+        record = dict(sample)
+        record["arguments"] = {f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(arg)}
+                               for i, arg in enumerate(sample["arguments"])}
+        record["resps"] = sanitize_list(sample["resps"])
+        record["filtered_resps"] = sanitize_list(sample["filtered_resps"])
+        record["target"] = str(sample["target"])
+        out.append(json.loads(json.dumps(record, default=handle_non_serializable, ensure_ascii=False)))
+    return out
 
 
 def default_device() -> str:
@@ -207,8 +300,28 @@ class ModelEvaluator:
 
         self.task_manager = TaskManager(include_defaults=False)  # our tasks come as configs
         self._specs: dict[str, TaskSpec] = dict(specs or {})
+        self.template = resolve_chat_template(settings.chat_template, self.hflm)
         self._evaluating = "the model"   # evaluate() names it: a checkpoint or a candidate
         guard_finite_logits(model, lambda: self._evaluating)
+
+    @property
+    def prompt_format(self) -> dict[str, Any]:
+        """The prompt format as lm-eval receives it, and as the report and the cache key record it:
+        whether a chat template is applied (and the sha256 of its text), shots as turns, the system
+        instruction. Empty for plain prompts without a system instruction (the default)."""
+        part: dict[str, Any] = {}
+        if self.template is not None:
+            part["chat_template_sha256"] = hashlib.sha256(self.template.encode()).hexdigest()
+            part["fewshot_as_multiturn"] = self.fewshot_as_multiturn
+        if self.settings.system_instruction is not None:
+            part["system_instruction"] = self.settings.system_instruction
+        return part
+
+    @property
+    def fewshot_as_multiturn(self) -> bool:
+        if self.template is None:
+            return False
+        return True if self.settings.fewshot_as_multiturn is None else self.settings.fewshot_as_multiturn
 
     def _generation_lm(self, model_path: str | None):
         if self.settings.backend != "vllm":
@@ -246,9 +359,10 @@ class ModelEvaluator:
                     metrics[metric] = MetricValue(value=float(value),
                                                   stderr=float(stderr) if isinstance(stderr, (int, float)) else None)
                 n = out.get("n-samples", {}).get(s.name, {})
+                samples = sample_records(out["samples"][s.name]) if self.settings.log_samples else None
                 results[s.name] = TaskResult(task=s.name, alias=raw.get("alias"), metrics=metrics,
                                              n_samples=int(n.get("effective", 0)), num_fewshot=num_fewshot,
-                                             config_hash=s.config_hash)
+                                             config_hash=s.config_hash, samples=samples)
         return results
 
     def _simple_evaluate(self, lm, group: list[TaskSpec], num_fewshot: int) -> dict:
@@ -257,7 +371,10 @@ class ModelEvaluator:
         try:
             return lm_eval.simple_evaluate(
                 model=lm, tasks=[dict(s.config) for s in group], num_fewshot=num_fewshot,
-                limit=self.settings.limit, log_samples=False, bootstrap_iters=self.settings.bootstrap_iters,
+                limit=self.settings.limit, log_samples=self.settings.log_samples,
+                bootstrap_iters=self.settings.bootstrap_iters,
+                apply_chat_template=self.template is not None, fewshot_as_multiturn=self.fewshot_as_multiturn,
+                system_instruction=self.settings.system_instruction,
                 gen_kwargs={"max_gen_toks": self.max_gen_toks}, random_seed=self.settings.seed,
                 numpy_random_seed=self.settings.seed, torch_random_seed=self.settings.seed,
                 fewshot_random_seed=self.settings.seed, task_manager=self.task_manager,
@@ -278,27 +395,33 @@ class ModelEvaluator:
         return self._specs[task]
 
     def lookup(self, identity: str | None, cache: EvalCache | None) -> list[tuple[int, dict, list, dict]]:
-        """Per suite: (shots, cached results, specs still to run, cache keys)."""
+        """Per (suite, shots): (shots, cached results, specs still to run, cache keys).
+
+        A task's shots: ``num_fewshot`` when set (it overrides every task, as lm-eval's does), else the
+        shots its YAML fixes (lm-eval's stock MMLU-Pro is 5-shot), else its suite's default."""
         suites = load_suites()
-        plan, seen = [], set()
+        plan: dict[tuple[str, int], tuple[int, dict, list, dict]] = {}
+        seen: set[str] = set()
         for suite, tasks in suite_tasks(list(self.settings.suites)).items():
-            shots = self.settings.num_fewshot if self.settings.num_fewshot is not None else suites[suite]["num_fewshot"]
-            hits, todo, keys = {}, [], {}
             for task in tasks:
                 if task in seen:
                     continue
                 seen.add(task)
                 spec = self.spec(task)
-                part = self.settings.cache_part(shots, self.max_gen_toks, self.dtype)
+                shots = self.settings.num_fewshot
+                if shots is None:
+                    own = spec.config.get("num_fewshot")
+                    shots = suites[suite]["num_fewshot"] if own is None else int(own)
+                _, hits, todo, keys = plan.setdefault((suite, shots), (shots, {}, [], {}))
+                part = self.settings.cache_part(shots, self.max_gen_toks, self.dtype, self.prompt_format)
                 key = cache_key(identity, spec.config_hash, part) if identity and cache else None
-                hit = cache.get(key) if key else None
+                hit = cache.get(key, samples=self.settings.log_samples) if key else None
                 if hit is not None:
                     hits[task] = hit
                 else:
                     todo.append(spec)
                     keys[task] = key
-            plan.append((shots, hits, todo, keys))
-        return plan
+        return list(plan.values())
 
     def evaluate(self, name: str, fingerprint: str, identity: str | None = None, cache: EvalCache | None = None,
                  model_path: str | None = None, prepare=None) -> EvalReport:
@@ -322,17 +445,23 @@ class ModelEvaluator:
                 if keys.get(task):
                     cache.put(keys[task], result)
         return make_report(name, fingerprint, results, self.settings, time.perf_counter() - t0, cached,
-                           max_gen_toks=self.max_gen_toks, dtype=self.dtype)
+                           max_gen_toks=self.max_gen_toks, dtype=self.dtype, prompt_format=self.prompt_format)
 
 
 def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], settings: EvalSettings,
-                seconds: float, cached: list[str], max_gen_toks: int, dtype: str | None = None) -> EvalReport:
+                seconds: float, cached: list[str], max_gen_toks: int, dtype: str | None = None,
+                prompt_format: dict[str, Any] | None = None) -> EvalReport:
+    """The report; its ``settings`` hold the settings as given and as resolved (``max_gen_toks``, ``dtype``,
+    ``chat_template_applied`` and the prompt format lm-eval received)."""
     from medmerge.objectives import suite_scores
 
+    prompt_format = prompt_format or {}
+    resolved = {"max_gen_toks": max_gen_toks, "dtype": dtype or settings.dtype,
+                "chat_template_applied": "chat_template_sha256" in prompt_format, **prompt_format}
     report = EvalReport(
         model=name, model_fingerprint=fingerprint, suites=list(settings.suites), tasks=results,
         lm_eval_version=lm_eval_version(), medmerge_version=__version__,
-        settings={**asdict(settings), "max_gen_toks": max_gen_toks, "dtype": dtype or settings.dtype},
+        settings={**asdict(settings), **resolved},
         seconds=round(seconds, 3), cached_tasks=cached,
     )
     scores = suite_scores(report)   # what suites.yaml declares under score:, each with its stderr, once

@@ -65,7 +65,7 @@ def _yaml_text(path: Path) -> str:
     text = path.read_text()
     for line in text.splitlines():
         if line.startswith("include:"):
-            text = (path.parent / line.split(":", 1)[1].strip()).read_text() + "\n" + text
+            text = (path.parent / line.split(":", 1)[1].strip().strip("'\"")).read_text() + "\n" + text
     return text
 
 
@@ -94,6 +94,30 @@ def _check_rows(rows: list[dict], fields: list[str], path: Path, task: str) -> N
             raise EvalError(f"{path} (task {task}): record {i} has answer {row['answer']!r}, not an index into choices")
 
 
+def lm_eval_tasks_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def _include_lm_eval(config: dict, digest) -> dict:
+    """``include_lm_eval: <path under lm_eval/tasks>``: lm-eval's own task YAML (its includes and
+    ``!function`` utilities resolved by lm-eval's loader, from the installed lm-eval), under the keys of
+    ours; ``metadata`` is merged one level deep. Its text goes into the task's hash."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    rel = config.pop("include_lm_eval", None)
+    if rel is None:
+        return config
+    stock_path = lm_eval_tasks_dir() / rel
+    if not stock_path.exists():
+        raise EvalError(f"the installed lm-eval has no task file {rel} (lm_eval/tasks); the task needs it")
+    stock = load_yaml(stock_path)
+    digest.update(_yaml_text(stock_path).encode())
+    metadata = {**stock.get("metadata", {}), **config.get("metadata", {})}
+    return {**stock, **config, "metadata": metadata}
+
+
 def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
     """Load task ``name`` (a YAML stem), switching to ``data_dir`` files when given."""
     from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's loader: resolves include and !function
@@ -102,8 +126,9 @@ def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
     if not path.exists():
         raise EvalError(f"unknown task {name!r}; known tasks: {', '.join(available_tasks())}")
     config = load_yaml(path)
-    local = dict(config.get("metadata", {}).pop("local", {}))
     digest = hashlib.sha256(_yaml_text(path).encode())
+    config = _include_lm_eval(config, digest)
+    local = dict(config.get("metadata", {}).pop("local", {}))
     data_files: dict[str, Path] = {}
     if data_dir is not None:
         data_dir = Path(data_dir)
@@ -114,9 +139,10 @@ def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
         for split, rel in local["files"].items():
             f = data_dir / rel
             if not f.exists():
-                raise EvalError(f"task {name} needs data file {f}, which does not exist")
+                hint = local.get("hints", {}).get(split)
+                raise EvalError(f"task {name} needs data file {f}, which does not exist" + (f" ({hint})" if hint else ""))
             rows = [r for r in _read_jsonl(f, name) if all(r.get(k) == v for k, v in where.items())]
-            _check_rows(rows, fields, f, name)
+            _check_rows(rows, fields.get(split, []) if isinstance(fields, dict) else fields, f, name)
             data_files[split] = f
             digest.update(f"{split}:{rel}:{where}".encode())
             digest.update(hashlib.sha256(f.read_bytes()).digest())
@@ -126,7 +152,9 @@ def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
         config["dataset_path"] = "json"
         config.pop("dataset_name", None)
         config["dataset_kwargs"] = {"data_files": {s: str(f) for s, f in data_files.items()}}
-        if where:
+        if "process_docs" in local:  # the local files' shape -> the docs the task's prompts read
+            config["process_docs"] = local["process_docs"]
+        elif where:
             config["process_docs"] = lambda ds, where=where: ds.filter(
                 lambda d: all(d.get(k) == v for k, v in where.items()))
         else:
