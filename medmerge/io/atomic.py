@@ -122,13 +122,15 @@ def _disk_full(exc: BaseException) -> bool:
 # checks (write nothing)
 # ------------------------------------------------------------------------------------------------
 def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str = "input model",
-                          *, may_contain: bool = False, label: str = "output directory") -> None:
+                          *, may_contain: bool = False, label: str = "output directory",
+                          shown: object = None) -> None:
     """Raise :class:`OutputError` when the output ``out`` is, contains or lies inside one of ``inputs``
     (local paths; Hub ids that are not paths here are ignored). Writing there, with ``--overwrite``
     above all, would replace or bury the user's own model, so no flag allows it. ``may_contain``: ``out``
     is a parent folder whose own subfolders are checked separately (a sweep's output directory), so
     holding an input elsewhere inside it is fine."""
-    dest = Path(os.path.realpath(Path(out).expanduser()))
+    dest = Path(os.path.realpath(_normal(out)))
+    out = out if shown is None else shown
     for ref in inputs:
         src_path = Path(str(ref)).expanduser()
         if not src_path.exists():
@@ -140,6 +142,11 @@ def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[str | os.Path
             raise OutputError(f"{label} {out} contains the {what} {ref}; choose another destination")
         if dest.is_relative_to(src) and src.is_dir():
             raise OutputError(f"{label} {out} lies inside the {what} {ref}; choose another destination")
+
+
+def _normal(path: str | os.PathLike) -> Path:
+    """``path`` absolute, with ``~`` expanded and ``.``/``..`` resolved lexically (``out/..`` is the cwd)."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def _name_max(d: Path) -> int:
@@ -242,9 +249,11 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, protec
     sweep's OUT_DIR): it may exist, hold other things and hold inputs; it is never replaced itself.
     """
     shown = path
-    p = Path(path).expanduser()
+    if not str(shown).strip():
+        raise OutputError(f"{label} is empty")
+    p = _normal(path)
     _check_path_shape(p, label, shown)
-    refuse_aliased_output(p, protect, protect_what, may_contain=container, label=label)
+    refuse_aliased_output(p, protect, protect_what, may_contain=container, label=label, shown=shown)
     if not os.path.lexists(p):
         return
     if p.is_symlink() and not container:
@@ -279,7 +288,9 @@ def check_output_file(path: str | os.PathLike, *, protect: Iterable[str | os.Pat
     one of ``protect`` or a path inside one, and an existing file unless ``overwrite`` is set or
     ``replaceable(path)`` says medmerge wrote it (a report of the same kind)."""
     shown = path
-    p = Path(path).expanduser()
+    if not str(shown).strip():
+        raise OutputError(f"{label} is empty")
+    p = _normal(path)
     _check_path_shape(p, label, shown)
     if p.is_dir():
         raise OutputError(f"{label} {shown} is a directory, not a file")
@@ -421,12 +432,12 @@ def atomic_dirs(finals: Sequence[str | os.PathLike], *, overwrite: bool = False,
     failure or interrupt, in the block or while renaming, nothing of this call remains: temporary
     directories, outputs already renamed into place (old versions restored) and parent directories
     it created are removed."""
-    finals = [Path(f) for f in finals]
-    if len({os.path.abspath(f) for f in finals}) != len(finals):
-        raise ValueError("the same output directory is listed twice")
     protect = list(protect)
     for f in finals:
         check_output_dir(f, overwrite=overwrite, protect=protect, protect_what=protect_what, label=label)
+    finals = [_normal(f) for f in finals]
+    if len(set(finals)) != len(finals):
+        raise ValueError("the same output directory is listed twice")
     created: list[Path] = []
     tmps: list[Path] = []
     try:
@@ -508,8 +519,8 @@ def output_container(path: str | os.PathLike, *, protect: Iterable[str | os.Path
     """A folder that collects outputs (``evaluate-sweep --out``): checked, created with its missing parents,
     and, if the block fails or is interrupted, removed again with everything in it when this call
     created it (an existing folder keeps what it held)."""
-    p = Path(path).expanduser()
-    check_output_dir(p, protect=protect, protect_what=protect_what, container=True, label=label)
+    check_output_dir(path, protect=protect, protect_what=protect_what, container=True, label=label)
+    p = _normal(path)
     created = _make_parents(p)
     try:
         yield p
