@@ -208,13 +208,16 @@ def _walk(model, loc: tuple) -> tuple[tuple, object | None, tuple | None]:
             clean.append(item)
             current = [v for d in dicts for v in _value_types(d)]
             continue
+        named = [t for t in current if _tag(t) == item or str(item).startswith(f"{_tag(t)}[")]
+        if named and len(current) > 1:   # pydantic's tag of a union member: the branch it tried
+            branch = tuple(clean) if branch is None else branch
+            current = named
+            continue
         if i == len(loc) - 1 and models:   # an unknown key of this model
             owner = models[0]
             clean.append(item)
             continue
-        named = [t for t in current if _tag(t) == item or str(item).startswith(_tag(t))]
-        branch = tuple(clean) if branch is None else branch
-        current = named or current
+        branch = tuple(clean) if branch is None else branch   # a tag of a validator (function-after[...])
     return tuple(clean), owner, branch
 
 
@@ -828,10 +831,14 @@ def _finetune_data(cfg, problems: _Problems, local: bool) -> None:
         kw = dict(data_dir=resolve_data_dir(tc.data_dir), id_field=tc.id_field, input_field=tc.input_field,
                   target_field=tc.target_field)
         try:
+            split = "train_split"
             train = load_task(task, tc.train_split, **kw)
+            split = "eval_split"
             held = load_task(task, tc.eval_split, **kw)
         except MedmergeError as exc:
-            problems.add("data_dir" if "data directory" in str(exc) else where, str(exc))
+            msg = str(exc)
+            key = "data_dir" if "data directory" in msg else split if "split" in msg else where
+            problems.add(key if not label or key == "data_dir" else where, msg + (f" (task {label})" if label else ""))
             continue
         except OSError as exc:
             problems.add(where, f"task {task}: {exc.strerror or exc}")
