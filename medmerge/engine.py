@@ -401,9 +401,11 @@ def compute_threads(busy: int):
         torch.set_num_threads(before)
 
 
-def check_output_finite(t: torch.Tensor, step: Step, plan: MergePlan, out_dir: Path, source: str | None) -> None:
+def check_output_finite(t: torch.Tensor, step: Step, plan: MergePlan, what: str, source: str | None,
+                        written: bool = True) -> None:
     """Refuse an output tensor holding NaN or Inf (every parent value was checked finite as it was read, so
-    the recipe made them: e.g. weights that sum to zero with ``normalize``). One reduction per tensor."""
+    the recipe made them: e.g. weights that sum to zero with ``normalize``). One reduction per tensor.
+    ``what`` names the output (its directory's name)."""
     if not t.is_floating_point() or t.numel() == 0:
         return
     lo, hi = torch.aminmax(t)
@@ -412,9 +414,9 @@ def check_output_finite(t: torch.Tensor, step: Step, plan: MergePlan, out_dir: P
     kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
     where = f"{source}: " if source else ""
     raise NonFiniteOutputError(
-        f"{where}the {plan.recipe.merge_method} merge for {out_dir.name} gives {kind} values in tensor {step.name} "
+        f"{where}the {plan.recipe.merge_method} merge for {what} gives {kind} values in tensor {step.name} "
         f"though every parent value is finite; check the recipe's parameters (e.g. weights that sum to zero "
-        f"with normalize); nothing was written")
+        f"with normalize){'; nothing was written' if written else ''}")
 
 
 def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwrite: bool = False,
@@ -439,7 +441,7 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
                 elementwise = all(s.row_separable for p in plans for s in p.steps)
                 with compute_threads(background.threads) if elementwise else nullcontext():
                     def emit(i: int, step: Step, t: torch.Tensor) -> None:
-                        check_output_finite(t, step, plans[i], out_dirs[i], source)
+                        check_output_finite(t, step, plans[i], out_dirs[i].name, source)
                         background.put(i, step.name, t)
 
                     stream_plans(plans, emit, chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
@@ -493,13 +495,15 @@ def sweep(spec: SweepSpec, out_dir: str | Path, *, allow_pickle: bool = False, t
     return {c.name: t for c, t in zip(candidates, targets)}
 
 
-def merged_state_dict(plan: MergePlan, load: "_TensorReader | None" = None) -> dict[str, torch.Tensor]:
-    """Compute one plan's tensors in memory."""
+def merged_state_dict(plan: MergePlan, load: "_TensorReader | None" = None, name: str = "candidate"
+                      ) -> dict[str, torch.Tensor]:
+    """Compute one plan's tensors in memory; a NaN or Inf in any of them is an error (as when writing)."""
     load = load or _TensorReader(plan.parents)
     out = {}
     for step in plan.steps:
         load.reset()
-        out[step.name] = _run_step(step, load)
+        out[step.name] = t = _run_step(step, load)
+        check_output_finite(t, step, plan, name, None, written=False)
     load.reset()
     return out
 
@@ -529,4 +533,4 @@ def iter_sweep(spec: SweepSpec, *, allow_pickle: bool = False, trust_remote_code
     plans = [plan_merge(c.recipe, parents, trust_remote_code=trust_remote_code) for c in candidates]
     load = PreloadedParents(parents, plans) if preload else None
     for cand, plan in zip(candidates, plans):
-        yield cand, merged_state_dict(plan, load)
+        yield cand, merged_state_dict(plan, load, cand.name)

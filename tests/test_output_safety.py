@@ -576,3 +576,17 @@ def test_a_directory_appearing_before_the_rename_is_kept(tmp_path, fam, monkeypa
     with pytest.raises(OutputError, match="appeared while medmerge was writing it"):
         merge(parse_recipe(linear(fam["m0"], fam["m1"])), out, quiet=True)
     assert snapshot(tmp_path) == {"out": "dir", "out/theirs.txt": hashlib.sha256(b"theirs").hexdigest()}
+
+
+def test_a_candidate_computed_in_memory_is_checked_too(fam):
+    """evaluate-sweep merges in memory: a non-finite candidate is an error there as well, never scored."""
+    from medmerge.engine import merged_state_dict, open_parents, plan_merge
+    from medmerge.errors import NonFiniteOutputError
+    from medmerge.recipe import parse_recipe
+
+    recipe = parse_recipe({"merge_method": "linear", "out_dtype": "float16", "parameters": {"normalize": False},
+                           "models": [{"model": str(fam["m0"]), "parameters": {"weight": 1e6}},
+                                      {"model": str(fam["m1"]), "parameters": {"weight": 1e6}}]})
+    plan = plan_merge(recipe, open_parents(recipe.parent_refs))
+    with pytest.raises(NonFiniteOutputError, match="merge for big gives Inf values in tensor model\\."):
+        merged_state_dict(plan, name="big")

@@ -199,14 +199,19 @@ def _refuse_cwd(p: Path, label: str, shown: object) -> None:
         raise OutputError(f"{label} {shown} contains the current directory ({cwd}); choose a new directory")
 
 
-def _files_under(d: Path) -> list[str]:
+def _iter_files(d: Path) -> Iterator[str]:
     """Every non-directory entry under ``d`` (symbolic links count as files), relative, in POSIX form."""
-    out = []
     for root, dirs, files in os.walk(d):
         rel = Path(root).relative_to(d)
-        out += [(rel / f).as_posix() for f in files]
-        out += [(rel / x).as_posix() for x in dirs if os.path.islink(os.path.join(root, x))]
-    return sorted(out)
+        for f in files:
+            yield (rel / f).as_posix()
+        for x in dirs:
+            if os.path.islink(os.path.join(root, x)):
+                yield (rel / x).as_posix()
+
+
+def _files_under(d: Path) -> list[str]:
+    return sorted(_iter_files(d))
 
 
 def not_medmerge_reason(d: str | os.PathLike) -> str | None:
@@ -214,20 +219,21 @@ def not_medmerge_reason(d: str | os.PathLike) -> str | None:
     medmerge's marker and only the files the marker lists (or, written before markers, ``medmerge.json``
     and only a checkpoint's files), or nothing at all."""
     d = Path(d)
-    files = _files_under(d)
-    if not files:
-        return None
     marker = d / MARKER
     if marker.is_file() and not marker.is_symlink():
         try:
             listed = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
         except (OSError, ValueError, KeyError, TypeError):
             return f"its {MARKER} is unreadable"
-        extra = [f for f in files if f not in listed and f != MARKER]
-        return f"it holds {extra[0]}, which medmerge did not write" if extra else None
+        extra = next((f for f in _iter_files(d) if f not in listed and f != MARKER), None)
+        return f"it holds {extra}, which medmerge did not write" if extra else None
     if (d / "medmerge.json").is_file():
-        extra = [f for f in files if f not in _LEGACY_CHECKPOINT_FILES and not _is_weight_file(f)]
-        return f"it holds {extra[0]}, which is not part of a checkpoint" if extra else None
+        extra = next((f for f in _iter_files(d) if f not in _LEGACY_CHECKPOINT_FILES and not _is_weight_file(f)),
+                     None)
+        return f"it holds {extra}, which is not part of a checkpoint" if extra else None
+    with os.scandir(d) as entries:   # stop at the first entry: a user's home is not walked
+        if next(entries, None) is None:
+            return None
     return f"it has no {MARKER}"
 
 
