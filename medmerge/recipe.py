@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from medmerge.errors import RecipeError
 from medmerge.io.yaml_file import Int, Real
 from medmerge.methods import MethodDef, get_method
-from medmerge.methods.domain import UNIT, ParameterError, is_number, show
+from medmerge.methods.domain import UNIT, Domain, ParameterError, show
 
 Scalar = Union[bool, int, float, str]
 # a scalar, a gradient (list of scalars interpolated across layers), or filtered values
@@ -300,13 +300,17 @@ def _label(v, digits: int = 6) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
-def _check_grid_value(domain, value, where: str) -> None:
-    """One value of a grid: a value, or a gradient (a list of values); filtered values are not swept."""
+def _check_grid_value(param, value, where: str) -> None:
+    """One value of a grid: a value, or a gradient (a list of values); filtered values are not swept.
+    ``param`` is the ParamDef (or, for ``ratio``, the domain [0, 1])."""
     if isinstance(value, list) and any(isinstance(x, (list, dict)) for x in value) or isinstance(value, dict):
         raise ParameterError(f"{where}: a grid value is a value or a gradient [v0, v1, ...], not {show(value)}")
-    from medmerge.methods.domain import check_setting
+    if isinstance(param, Domain):
+        from medmerge.methods.domain import check_setting
 
-    check_setting(domain, value, where)
+        check_setting(param, value, where)
+    else:
+        param.check(value, where)
 
 
 def complement(r: float) -> float:
@@ -451,12 +455,13 @@ class SweepSpec(BaseModel):
                 if key == RATIO:
                     if not (m.param("weight") or (m.param("t") and m.max_models == 1)):
                         raise ValueError(f"{where}: {method} takes no ratio (it has no weight or t)")
-                    domain = UNIT
+                    domain, param = UNIT, UNIT
                 elif m.param(key) is None:
                     declared = ", ".join(p.name for p in m.params) or "none"
                     raise ValueError(f"{where}: parameter {key!r} is not declared by {method} (it takes: {declared})")
                 else:
-                    domain = m.param(key).domain
+                    param = m.param(key)
+                    domain = param.domain
                 if isinstance(values, Range):
                     if self.search != "optuna":
                         raise ValueError(f"{where}: a range needs search: optuna (a grid lists values)")
@@ -466,7 +471,7 @@ class SweepSpec(BaseModel):
                     raise ValueError(f"{where}: empty grid (give at least one value)")
                 listed = isinstance(given.get(key), list) or not given
                 for i, value in enumerate(values):
-                    _check_grid_value(domain, value, f"{where}[{i}]" if listed else where)
+                    _check_grid_value(param, value, f"{where}[{i}]" if listed else where)
             if m.max_models != 1 and m.needs_base and not self.base:
                 raise ValueError(f"methods.{method}: {method} needs a base model; set base: (the parents' "
                                  "common ancestor)")

@@ -33,6 +33,7 @@ class ParamDef:
     default: Any = MISSING
     domain: Domain = FINITE
     skips_base: bool = False  # a per-model value mergekit reads for every model but the base (NON_BASE)
+    forms: bool = True        # takes gradients and filtered values (mergekit's planner); False: one value
 
     @property
     def required(self) -> bool:
@@ -45,6 +46,9 @@ class ParamDef:
     def check(self, value: Any, where: str) -> None:
         """Every scalar of ``value`` (a scalar, a gradient, filtered values) is in the domain, or
         :class:`ParameterError` naming ``where`` (e.g. ``models[1].parameters.density``)."""
+        if not self.forms and isinstance(value, (list, tuple, dict)):
+            raise ParameterError(f"{where}: {show(value)}: {self.name} takes one value ({self.domain}), "
+                                 "not a gradient or filtered values")
         _domain.check_setting(self.domain, value, where)
 
     def check_range(self, low: Any, high: Any, where: str) -> None:
@@ -229,7 +233,7 @@ HIERARCHICAL_OT = MethodDef(
     pretty_name="Hierarchical Cosine-OT-LERP",
     reference_url=None,
     params=(ParamDef("align", per_model=False, default="per_projection",
-                     domain=choice("per_projection", "per_layer")),),
+                     domain=choice("per_projection", "per_layer"), forms=False),),
     needs_base=True,
     min_models=2,
     max_models=2,
