@@ -115,7 +115,7 @@ def make_plan(tasks, sizes, k, args) -> racing.RacingPlan:
     objectives = (racing.Objective("IF score", {"ifeval": 1.0}, max_stderr=se_if),
                   racing.Objective("Medical Avg", {t: 1 / len(tasks) for t in tasks}))
     return racing.RacingPlan(strata, objectives, first=args.first, growth=args.growth, confidence=args.confidence,
-                             eps=args.eps, use_stderr=args.use_stderr, seed=args.seed)
+                             eps=args.eps, use_stderr=args.use_stderr, seed=args.seed, bounds=args.bounds)
 
 
 def draw(rng, sweep: Sweep, sizes: list[int], k: np.ndarray, b: int, rho: float):
@@ -142,25 +142,39 @@ def draw(rng, sweep: Sweep, sizes: list[int], k: np.ndarray, b: int, rho: float)
     return out
 
 
-def prefix_stats(values: list[np.ndarray], orders: list[np.ndarray], sched: np.ndarray):
-    """Cumulative (n, Σy, Σy²) per round: arrays (R, b, M, S)."""
+def prefix_stats(values: list[np.ndarray], orders: list[np.ndarray], sched: np.ndarray, cross: bool):
+    """Cumulative (n, Σy, Σy²) per round, arrays (R, b, C, S), and with ``cross`` Σ y_p·y_q, (R, b, C, C, S)."""
     R, S = sched.shape
-    b, M = values[0].shape[:2]
-    s1, s2 = np.zeros((R, b, M, S)), np.zeros((R, b, M, S))
+    b, C = values[0].shape[:2]
+    s1, s2 = np.zeros((R, b, C, S)), np.zeros((R, b, C, S))
+    g = np.zeros((R, b, C, C, S)) if cross else None
     for s, (v, o) in enumerate(zip(values, orders)):
         v = v[:, :, o].astype(np.float64)
         c1, c2 = np.cumsum(v, -1), np.cumsum(v * v, -1)
         idx = sched[:, s] - 1
         s1[..., s] = np.moveaxis(c1[..., idx], -1, 0)
         s2[..., s] = np.moveaxis(c2[..., idx], -1, 0)
+        if cross:
+            start = 0
+            acc = np.zeros((b, C, C))
+            for r, stop in enumerate(sched[:, s]):
+                if stop > start:
+                    part = v[..., start:stop]
+                    acc = acc + part @ np.swapaxes(part, -1, -2)
+                g[r, ..., s] = acc
+                start = stop
     n = np.broadcast_to(sched[:, None, None, :], s1.shape).astype(float)
-    return n, s1, s2
+    return n, s1, s2, g
 
 
-def race_batch(plan, n, s1, s2, z):
+def race_batch(plan, n, s1, s2, g, z):
     """The stopping rule of :func:`medmerge.racing.race` over b runs at once: (b, C) stopped round (0: none)
     and documents used."""
     R, b, C, S = n.shape
+    last = np.zeros((b, C), dtype=int)          # the last round each candidate was scored in (0-based)
+    bi = np.arange(b)[:, None, None]
+    qi = np.arange(C)[None, None, :]
+    pi = np.arange(C)[None, :, None]
     shift = plan.shifts()
     O = len(plan.objectives)
     lower, upper = np.full((b, C, O), -np.inf), np.full((b, C, O), np.inf)
@@ -172,9 +186,18 @@ def race_batch(plan, n, s1, s2, z):
         a3 = active[..., None]
         lower, upper = np.where(a3, est - half, lower), np.where(a3, est + half, upper)
         used = np.where(active, n[r].sum(-1), used)
+        last = np.where(active, r, last)
         if r == R - 1:      # every document scored: racing.race stops nobody after its last round
             break
-        dom = racing.dominators(lower, upper, shift)
+        if plan.bounds == "paired":
+            m = np.minimum(last[:, :, None], last[:, None, :])                  # (b, p, q): common prefix round
+            npq = n[m, bi, pi]                                                  # (b, p, q, S)
+            d1 = s1[m, bi, qi] - s1[m, bi, pi]
+            d2 = s2[m, bi, qi] + s2[m, bi, pi] - 2 * g[m, bi, pi, qi]
+            d_est, d_half = racing.paired_bounds(npq, d1, d2, plan, z)
+            dom = racing.paired_dominators(d_est - d_half, shift)
+        else:
+            dom = racing.dominators(lower, upper, shift)
         newly = active & (dom >= 0)
         stop_round[newly] = r + 1
         active &= ~newly
@@ -201,6 +224,7 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.0)
     ap.add_argument("--use-stderr", action="store_true")
     ap.add_argument("--confidence", type=float, default=0.95)
+    ap.add_argument("--bounds", choices=["paired", "marginal"], default="paired")
     ap.add_argument("--first", type=int, default=32)
     ap.add_argument("--growth", type=float, default=2.0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every document count")
@@ -222,8 +246,8 @@ def main() -> None:
     full_docs = plan.full_documents(C)
     print(f"strata: {', '.join(f'{s.name} {s.size}' for s in plan.strata)}; {full_docs} documents for full "
           f"evaluation of {C} candidates; rounds (documents per task): {', '.join(str(int(r.max())) for r in sched)}; "
-          f"z = {z:.2f} (confidence {args.confidence}, Bonferroni over {C}x{len(plan.objectives)}x"
-          f"{len(sched) - 1}x2); rho {args.rho}; eps {args.eps}{' + stderr' if args.use_stderr else ''}", flush=True)
+          f"z = {z:.2f} (confidence {args.confidence}, Bonferroni over {C}x{C - 1 if args.bounds == 'paired' else ''}x{len(plan.objectives)}x"
+          f"{len(sched) - 1}{'x2' if args.bounds == 'marginal' else ''}, {args.bounds} bounds); rho {args.rho}; eps {args.eps}{' + stderr' if args.use_stderr else ''}", flush=True)
 
     same_near = same_knee = same_both = 0
     fractions, near_sizes, stopped_counts, lost_near, off_fraction = [], [], [], 0, []
@@ -233,8 +257,8 @@ def main() -> None:
         b = min(args.chunk, args.runs - done)
         vals = draw(rng, sweep, [sizes[t] for t in tasks], k, b, args.rho)
         vals = [v[:, sweep.source] for v in vals]                   # candidates share their model's draws
-        n, s1, s2 = prefix_stats(vals, orders, sched)
-        stop_round, used = race_batch(plan, n, s1, s2, z)
+        n, s1, s2, g = prefix_stats(vals, orders, sched, cross=plan.bounds == "paired")
+        stop_round, used = race_batch(plan, n, s1, s2, g, z)
         full_est, _ = racing.objective_bounds(n[-1], s1[-1], s2[-1], plan, z)   # (b, C, 2): exact full scores
         if not checked:   # the vectorised rule is racing.race's: replay run 0 through it
             res = racing.race(plan, sweep.names, lambda c, d: vals[[s.name for s in plan.strata].index(d.stratum)][
@@ -258,7 +282,7 @@ def main() -> None:
 
     fr = np.array(fractions)
     runs = args.runs
-    summary = {"runs": runs, "rho": args.rho, "eps": args.eps, "use_stderr": args.use_stderr,
+    summary = {"runs": runs, "bounds": args.bounds, "rho": args.rho, "eps": args.eps, "use_stderr": args.use_stderr,
                "confidence": args.confidence, "z": z, "same_near_and_knee": same_both / runs,
                "same_near": same_near / runs, "same_knee": same_knee / runs,
                "documents_fraction_mean": float(fr.mean()), "documents_fraction_median": float(np.median(fr)),

@@ -14,7 +14,9 @@ from medmerge.racing import (DirRangeCache, MemoryRangeCache, Objective, RacingE
 
 # Two objectives, one stratum of 8 documents each; rounds score 4 then 8 documents per stratum.
 PLAN = RacingPlan(strata=(Stratum("x", 8), Stratum("y", 8)),
-                  objectives=(Objective("X", {"x": 1.0}), Objective("Y", {"y": 1.0})), first=4, growth=2.0)
+                  objectives=(Objective("X", {"x": 1.0}), Objective("Y", {"y": 1.0})), first=4, growth=2.0,
+                  bounds="marginal")
+PAIRED = RacingPlan(**{**PLAN.__dict__, "bounds": "paired"})
 # Score streams in race order (position 0 is the first document the race scores).
 GOOD = [1, 1, 1, 1, 1, 1, 1, 0]
 BAD = [0, 0, 0, 0, 0, 0, 1, 0]
@@ -86,6 +88,23 @@ def test_eps_keeps_a_candidate_within_eps_of_the_frontier():
     assert race(plan, ["good", "bad"], streams(TABLE)[0]).candidates[1].stopped_round is None
 
 
+def test_paired_bounds_on_hand_made_streams():
+    # paired: one lower bound per ordered pair, z = Φ⁻¹(1 − 0.05 / (3·2 pairs · 2 objectives · 1 look)) ≈ 2.638.
+    # good − bad over round 1's documents: 1,1,1,1 -> mean 1, s² = 0, shrunk towards the largest variance of a
+    # difference, (1 − (−1))²/4 = 1: ṽ = (0 + 2·1)/6 = 1/3, se² = ṽ · ½ / 4 = 1/24, half-width ≈ 0.5385:
+    # lower bound 0.4615 > 0 on X and Y -> bad stops, dominated by good.
+    # mid − bad: 1,0,1,0 -> mean ½, ṽ = (4/3 + 2)/6 = 5/9, se² = 5/72, half-width ≈ 0.6952: lower bound < 0.
+    assert PAIRED.z(3) == pytest.approx(Z)
+    hw = Z * math.sqrt(1 / 24)
+    scorer, calls = streams(TABLE)
+    res = race(PAIRED, ["mid", "good", "bad"], scorer)
+    mid, good, bad = res.candidates
+    assert (bad.stopped_round, bad.dominator) == (1, "good") and not mid.stopped and not good.stopped
+    assert bad.reason == (f"stopped after round 1 (8 documents): good minus it is X 1.0000±{hw:.4f}, "
+                          f"Y 1.0000±{hw:.4f}, above 0 on every objective")
+    assert res.record()["bounds"] == "paired" and len(calls) == 10
+
+
 def test_one_objective_is_not_enough_to_stop():
     # better on X by far, worse on Y: neither dominates the other, nobody stops
     table = {"a": {"x": GOOD, "y": BAD}, "b": {"x": BAD, "y": GOOD}}
@@ -126,7 +145,9 @@ def test_schedule_counts_the_same_documents_per_task_until_each_runs_out():
                       objectives=(Objective("m", {"small": 0.5, "big": 0.5}),), first=32)
     assert plan.schedule()[:, 0].tolist() == [32, 64, 80, 80, 80, 80, 80, 80]
     assert plan.schedule()[:, 1].tolist() == [32, 64, 128, 256, 512, 1024, 2048, 3346]
-    assert plan.z(22) == pytest.approx(NormalDist().inv_cdf(1 - 0.05 / (2 * 22 * 1 * 7)))
+    assert plan.z(22) == pytest.approx(NormalDist().inv_cdf(1 - 0.05 / (22 * 21 * 1 * 7)))   # paired: ordered pairs
+    marginal = RacingPlan(**{**plan.__dict__, "bounds": "marginal"})
+    assert marginal.z(22) == pytest.approx(NormalDist().inv_cdf(1 - 0.05 / (2 * 22 * 1 * 7)))   # 2 sides each
 
 
 def test_the_order_is_seeded_shared_and_a_permutation():
@@ -139,15 +160,15 @@ def test_the_order_is_seeded_shared_and_a_permutation():
 def test_cache_is_reused_across_rounds_and_reruns(tmp_path):
     scorer, calls = streams(TABLE)
     cache = DirRangeCache(tmp_path)
-    first = race(PLAN, ["good", "bad", "mid"], scorer, cache)
+    first = race(PAIRED, ["good", "bad", "mid"], scorer, cache)
     # each (candidate, stratum, range) scored once: 3 candidates x 2 strata in round 1, 2 survivors x 2 in round 2
     assert len(calls) == len(set(calls)) == 10
     assert {(s, e) for _, _, s, e in calls} == {(0, 4), (4, 8)}
     again, calls2 = streams(TABLE)
-    second = race(PLAN, ["good", "bad", "mid"], again, DirRangeCache(tmp_path))
+    second = race(PAIRED, ["good", "bad", "mid"], again, DirRangeCache(tmp_path))
     assert calls2 == [] and second.record() == first.record()
     # a full evaluation is the union of the cached ranges: good's scores, read back from the cache
-    full = [v for s, e in ((0, 4), (4, 8)) for v in cache.get("good", _range(PLAN, "x", s, e))]
+    full = [v for s, e in ((0, 4), (4, 8)) for v in cache.get("good", _range(PAIRED, "x", s, e))]
     assert full == [float(v) for v in GOOD]
 
 
@@ -168,13 +189,13 @@ def test_a_kill_between_rounds_resumes_from_the_cache(tmp_path):
 
     scorer, calls = streams(TABLE)
     with pytest.raises(Killed, match="after round 1"):
-        race(PLAN, ["good", "bad", "mid"], scorer, DirRangeCache(tmp_path), on_round=kill)
+        race(PAIRED, ["good", "bad", "mid"], scorer, DirRangeCache(tmp_path), on_round=kill)
     assert len(calls) == 6
     resumed_scorer, resumed_calls = streams(TABLE)
-    resumed = race(PLAN, ["good", "bad", "mid"], resumed_scorer, DirRangeCache(tmp_path))
+    resumed = race(PAIRED, ["good", "bad", "mid"], resumed_scorer, DirRangeCache(tmp_path))
     # round 1 came from the cache; only round 2's ranges of the two survivors were scored
     assert sorted(resumed_calls) == [("good", "x", 4, 8), ("good", "y", 4, 8), ("mid", "x", 4, 8), ("mid", "y", 4, 8)]
-    assert resumed.record() == race(PLAN, ["good", "bad", "mid"], streams(TABLE)[0]).record()
+    assert resumed.record() == race(PAIRED, ["good", "bad", "mid"], streams(TABLE)[0]).record()
 
 
 def test_a_damaged_cache_file_is_scored_again(tmp_path):
@@ -201,6 +222,7 @@ def test_memory_cache_counts_hits():
     ({"confidence": 1.0}, "confidence is 1.0"),
     ({"growth": 1.0}, "growth is 1.0"),
     ({"eps": -0.1}, "eps is -0.1"),
+    ({"bounds": "both"}, "bounds is 'both'; use 'paired' or 'marginal'"),
     ({"first": 1}, "first is 1"),
 ])
 def test_bad_plans_are_refused(kwargs, match):
