@@ -74,6 +74,8 @@ def path_of(method: str, key: str) -> str:
 
 CASES = [(m, k, v) for (m, k), (good, _) in DOMAINS.items() for v in good]
 BAD_CASES = [(m, k, v, msg) for (m, k), (_, bad) in DOMAINS.items() for v, msg in bad]
+# mergekit's parameters take gradients and filtered values; a native method's (hierarchical_ot) one value
+FORM_CASES = [c for c in BAD_CASES if get_method(c[0]).param(c[1]).forms]
 
 
 @pytest.mark.parametrize("method, key, value", CASES)
@@ -95,14 +97,14 @@ def test_wrong_types_for_a_number(value, message):
         parse_recipe(recipe_with("ties", "density", value), "recipe.yml")
 
 
-@pytest.mark.parametrize("method, key, value, message", BAD_CASES)
+@pytest.mark.parametrize("method, key, value, message", FORM_CASES)
 def test_each_element_of_a_gradient_is_checked(method, key, value, message):
     good = DOMAINS[(method, key)][0][0]
     with pytest.raises(RecipeError, match=rf"^recipe\.yml: {re.escape(path_of(method, key))}\[2\]: {message}"):
         parse_recipe(recipe_with(method, key, [good, good, value]), "recipe.yml")
 
 
-@pytest.mark.parametrize("method, key, value, message", BAD_CASES)
+@pytest.mark.parametrize("method, key, value, message", FORM_CASES)
 def test_filtered_values_are_checked(method, key, value, message):
     good = DOMAINS[(method, key)][0][0]
     setting = [{"filter": "self_attn", "value": good}, {"filter": "mlp", "value": [good, value]}, {"value": good}]
@@ -112,6 +114,14 @@ def test_filtered_values_are_checked(method, key, value, message):
     # mergekit's single {filter, value} mapping too
     with pytest.raises(RecipeError, match=rf"^recipe\.yml: {re.escape(path_of(method, key))}\.value: {message}"):
         parse_recipe(recipe_with(method, key, {"filter": "mlp", "value": value}), "recipe.yml")
+
+
+@pytest.mark.parametrize("setting", [["per_layer", "per_projection"], [{"filter": "q_proj", "value": "per_layer"}],
+                                     {"value": "per_layer"}])
+def test_a_native_methods_parameter_takes_one_value(setting):
+    with pytest.raises(RecipeError, match=r"^recipe\.yml: parameters\.align: .*: align takes one value \(one of "
+                                          r"per_projection, per_layer\), not a gradient or filtered values$"):
+        parse_recipe(recipe_with("hierarchical_ot", "align", setting), "recipe.yml")
 
 
 def test_per_model_parameters_set_at_the_top_are_checked_there():
