@@ -13,13 +13,14 @@ exported YAML as a comment, since mergekit takes the seed on its command line.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medmerge.errors import RecipeError
 from medmerge.io.yaml_file import Int, Real
@@ -29,8 +30,9 @@ from medmerge.methods.domain import UNIT, Domain, ParameterError, show
 Scalar = Union[bool, int, float, str]
 # a scalar, a gradient (list of scalars interpolated across layers), or filtered values
 # ([{filter: ..., value: ...}]): its form and its domain are checked against the method registry
-# (ParamDef.check), which names the key path; a pydantic union would dump one error per member
-ParameterValue = Any
+# (ParamDef.check), which names the key path; a pydantic union would dump one error per member.
+# Copied on the way in, so a caller's lists are not shared with the frozen recipe.
+ParameterValue = Annotated[Any, BeforeValidator(copy.deepcopy)]
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 MERGEKIT_ONLY_KEYS = ("slices", "modules", "tokenizer", "chat_template")
 
