@@ -118,6 +118,16 @@ def _include_lm_eval(config: dict, digest) -> dict:
     return {**stock, **config, "metadata": metadata}
 
 
+def _json_splits(data_files: dict[str, str], **_metadata):
+    """The local files as one dataset per split, each read on its own (lm-eval's ``custom_dataset``):
+    ``datasets``' json builder infers one schema from the first file and refuses a later split with a field
+    the first lacks (MMLU-Pro's exemplars carry ``cot_content``, its test questions do not)."""
+    import datasets
+
+    return datasets.DatasetDict({split: datasets.load_dataset("json", data_files=f, split="train")
+                                 for split, f in data_files.items()})
+
+
 def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
     """Load task ``name`` (a YAML stem), switching to ``data_dir`` files when given."""
     from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's loader: resolves include and !function
@@ -152,6 +162,8 @@ def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
         config["dataset_path"] = "json"
         config.pop("dataset_name", None)
         config["dataset_kwargs"] = {"data_files": {s: str(f) for s, f in data_files.items()}}
+        if len(data_files) > 1:  # each file read on its own: splits may differ in fields (CoT exemplars)
+            config["custom_dataset"] = _json_splits
         if "process_docs" in local:  # the local files' shape -> the docs the task's prompts read
             config["process_docs"] = local["process_docs"]
         elif where:

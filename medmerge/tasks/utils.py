@@ -86,3 +86,15 @@ def ifeval_agg_inst_level_acc(items):
     from medmerge.evaluation.ifeval_offline import ifeval_utils
 
     return ifeval_utils().agg_inst_level_acc(items)
+
+
+# -- lm-eval's stock MMLU-Pro on local files ----------------------------------------------------------
+def mmlu_pro_stock_docs(dataset):
+    """Normalised MMLU-Pro records -> the Hub layout lm-eval's ``mmlu_pro`` utils read: ``options`` (the
+    list of choices), ``answer`` (the letter), ``answer_index``; ``cot_content`` and the rest pass through.
+    Rows of another category, when the file names one, are dropped as the stock ``process_health`` does."""
+    drop = [c for c in ("options", "answer") if c in dataset.column_names]
+    if "category" in dataset.column_names:
+        dataset = dataset.filter(lambda d: d["category"] == "health")
+    return dataset.map(lambda d: {"options": d["choices"], "answer": LETTERS[d["answer"]],
+                                  "answer_index": d["answer"]}, remove_columns=drop)
