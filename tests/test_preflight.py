@@ -384,3 +384,41 @@ def test_zenml_run_keys_are_zenmls(models):
     from medmerge.preflight import ZENML_RUN_KEYS
 
     assert sorted(ZENML_RUN_KEYS) == sorted(PipelineRunConfiguration.model_fields)
+
+
+# --- a step that fails after the preflight passed: one line (slow: ZenML runs) ----------------------------
+
+@pytest.mark.slow
+def test_a_failing_step_is_one_line_with_its_traceback_under_debug(models, work, tmp_path, capfd, monkeypatch):
+    """The preflight passes; the first step then fails. A medmerge error reaches the user as
+    ``step X failed: <message>``, any other exception as ``step X failed: <ExcType>: <message>``: one line,
+    exit 2, no traceback unless --debug."""
+    import medmerge.engine
+    from medmerge.errors import CompatibilityError
+    from pipelines.merge_search import main
+
+    monkeypatch.delenv("MEDMERGE_DEBUG", raising=False)
+    cfg = write(tmp_path / "run.yaml", search_cfg(models, tmp_path / "out", experiment="preflight-step",
+                                                  tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+    def parents_that_break(*args, **kwargs):
+        raise KeyError("model.layers.7.mlp")   # a bug, say: not a medmerge error
+
+    monkeypatch.setattr(medmerge.engine, "open_parents", parents_that_break)   # steps run in this process
+    assert main(["--config", str(cfg)]) == 2
+    out = capfd.readouterr()
+    err = [line for line in out.err.splitlines() if "error:" in line]
+    assert err == ["merge_search: error: step check_parents failed: KeyError: 'model.layers.7.mlp' (run with "
+                   "--debug or MEDMERGE_DEBUG=1 for the traceback)"]
+    assert "Traceback" not in out.out + out.err   # ZenML's printout of it is left out too
+
+    def parents_incompatible(*args, **kwargs):
+        raise CompatibilityError("tensor model.norm.weight: shapes (32,) and (64,) differ")
+
+    monkeypatch.setattr(medmerge.engine, "open_parents", parents_incompatible)
+    assert main(["--config", str(cfg), "--debug"]) == 2
+    out = capfd.readouterr()
+    assert out.err.strip().splitlines()[-1] == ("merge_search: error: step check_parents failed: tensor "
+                                                "model.norm.weight: shapes (32,) and (64,) differ")
+    assert "Traceback" in out.err or "parents_incompatible" in out.err   # --debug: the step's traceback
+    assert not (tmp_path / "out").exists()
