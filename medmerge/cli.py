@@ -91,7 +91,7 @@ def sweep(sweep_config, out_dir, allow_pickle, trust_remote_code, overwrite, max
     """Write every candidate of a sweep to OUT_DIR/<candidate>/, reading parents once.
 
     SWEEP_CONFIG is a ratio grid (methods: [linear, slerp], ratios: [...]) or a methods grid
-    (methods: {dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}, or preset: seed2-methods)."""
+    (methods: {dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}, or preset: hierarchical-study-methods)."""
     _prefetch_hashes(sweep_config, ("clinical", "instruct", "base"))
     from medmerge.engine import sweep as run_sweep
     from medmerge.recipe import load_sweep

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the fast tier draws a fixed 25 examples per config; MEDMERGE_PROPERTY_EXAMPLES=N draws N random ones
 EXAMPLES = int(os.environ.get("MEDMERGE_PROPERTY_EXAMPLES", "0"))
 CONFIGS = {"merge_search_demo.yaml": check_search, "merge_search_optuna.yaml": check_search,
-           "merge_search_seed2.yaml": check_search, "finetune_demo.yaml": check_finetune}
+           "merge_search_hierarchical.yaml": check_search, "finetune_demo.yaml": check_finetune}
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def uniform(name, value, se, hellaswag=None):
 
 
 def results_of(reports: dict[str, tuple[EvalReport, str | None]]) -> SearchResults:
-    spec = SweepSpec(**NOWHERE, preset="seed2-methods")
+    spec = SweepSpec(**NOWHERE, preset="hierarchical-study-methods")
     recipe = spec.candidates()[0].recipe
     return SearchResults(parents={}, candidates=[
         CandidateResult(name=n, method="linear", recipe=recipe, identity=n, report=r, role=role)
@@ -38,7 +38,7 @@ def results_of(reports: dict[str, tuple[EvalReport, str | None]]) -> SearchResul
 
 
 def config(**kw) -> SearchConfig:
-    return SearchConfig(sweep={**NOWHERE, "preset": "seed2-methods"}, suites=["medical5"],
+    return SearchConfig(sweep={**NOWHERE, "preset": "hierarchical-study-methods"}, suites=["medical5"],
                         objectives=["mm_hellaswag", "medical5"], output_dir="/nonexistent/out", **kw)
 
 

@@ -11,8 +11,8 @@ from medmerge.recipe import Range, SweepSpec, load_preset
 NOWHERE = {"clinical": "/nonexistent/clinical", "instruct": "/nonexistent/instruct", "base": "/nonexistent/base"}
 
 
-def test_seed2_preset_is_the_second_seeds_six_methods():
-    spec = SweepSpec(**NOWHERE, preset="seed2-methods")
+def test_hierarchical_study_preset_is_its_six_methods():
+    spec = SweepSpec(**NOWHERE, preset="hierarchical-study-methods")
     cands = {c.name: c for c in spec.evaluated_candidates()}
     assert list(cands) == ["clinical", "instruct", "linear", "task_arithmetic", "dare_ties", "della", "breadcrumbs",
                            "hierarchical_ot"]
@@ -27,7 +27,7 @@ def test_seed2_preset_is_the_second_seeds_six_methods():
     assert mk["hierarchical_ot"]["base_model"] == NOWHERE["base"]
     # the clinical parent as a candidate: weights (1, 0), exactly the clinical model
     assert [m["parameters"]["weight"] for m in mk["clinical"]["models"]] == [1.0, 0.0]
-    assert load_preset("seed2-methods")["methods"]["hierarchical_ot"] == {}
+    assert load_preset("hierarchical-study-methods")["methods"]["hierarchical_ot"] == {}
 
 
 def test_grid_expands_and_names_by_what_varies():
@@ -73,7 +73,7 @@ BAD = [
      "budget 0: it must be at least 1"),
     ({"methods": {"dare_ties": {"density": [0.6]}}, "base": None}, "dare_ties needs a base model"),
     ({"methods": {"della": {"density": {"low": 0.6, "high": 0.9}}}}, "a range needs search: optuna"),
-    ({"preset": "seed3"}, "unknown preset 'seed3'"),
+    ({"preset": "third-study"}, "unknown preset 'third-study'"),
 ]
 
 
@@ -121,13 +121,13 @@ def test_merge_search_config_refuses_bad_objectives(tmp_path, capsys, objectives
     assert err.startswith("merge_search: error:") and message in err and err.count("\n") == 1, err
 
 
-def test_seed2_preset_sweep_reads_each_parent_once(tmp_path, parent_reads):
+def test_hierarchical_study_preset_sweep_reads_each_parent_once(tmp_path, parent_reads):
     """Six methods, mergekit's and the native one (which plans in another tensor order), one pass."""
     from factory import assert_read_once, make_family
     from medmerge.engine import sweep
 
     fam = make_family(tmp_path / "fam", n_children=2)
-    spec = SweepSpec(clinical=str(fam["m0"]), instruct=str(fam["m1"]), base=str(fam["base"]), preset="seed2-methods")
+    spec = SweepSpec(clinical=str(fam["m0"]), instruct=str(fam["m1"]), base=str(fam["base"]), preset="hierarchical-study-methods")
     outs = sweep(spec, tmp_path / "out", quiet=True)
     assert sorted(outs) == sorted(["linear", "task_arithmetic", "dare_ties", "della", "breadcrumbs",
                                    "hierarchical_ot"])
@@ -137,7 +137,7 @@ def test_seed2_preset_sweep_reads_each_parent_once(tmp_path, parent_reads):
 
 def test_a_dumped_spec_parses_back_to_itself():
     """ZenML hands a step the config as JSON and validates it again: presets and ranges survive that."""
-    for spec in (SweepSpec(**NOWHERE, preset="seed2-methods"),
+    for spec in (SweepSpec(**NOWHERE, preset="hierarchical-study-methods"),
                  SweepSpec(**NOWHERE, search="optuna", budget=3, methods={"slerp": {"t": {"low": 0, "high": 1,
                                                                                          "gradient": 3}}})):
         assert SweepSpec.model_validate(spec.model_dump(mode="json")) == spec

@@ -1,4 +1,5 @@
-"""The second seed's study end to end on the demo models (a base included): the seed2-methods preset through
+"""The hierarchical study ("A Novel Hierarchical Integration Method for Efficient Model Merging in Medical LLMs")
+end to end on the demo models (a base included): the hierarchical-study-methods preset through
 ``medmerge sweep``, ``medmerge evaluate-sweep`` and merge_search (medical5 5-shot with stderr, the comparison
 table and figure in MLflow), and an Optuna search killed during trial 5 that resumes to its budget."""
 
@@ -21,7 +22,7 @@ from mlflow_api import api, api_post
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(2400)]  # two pipeline runs and a server on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
-SEED2 = ["linear", "task_arithmetic", "dare_ties", "della", "breadcrumbs", "hierarchical_ot"]
+SIX_METHODS = ["linear", "task_arithmetic", "dare_ties", "della", "breadcrumbs", "hierarchical_ot"]
 MEDICAL5 = {"mm_medqa_4options", "mm_pubmedqa", "mm_mmlu_professional_medicine", "mm_medmcqa", "mm_hellaswag"}
 
 
@@ -32,13 +33,13 @@ def sweep_yaml(tmp_path, demo_models, **extra) -> Path:
     return p
 
 
-def test_cli_runs_the_seed2_preset(demo_models, tmp_path, parent_reads):
+def test_cli_runs_the_hierarchical_study_preset(demo_models, tmp_path, parent_reads):
     from medmerge.cli import main
 
-    cfg = sweep_yaml(tmp_path, demo_models, preset="seed2-methods")
+    cfg = sweep_yaml(tmp_path, demo_models, preset="hierarchical-study-methods")
     assert main(["sweep", str(cfg), str(tmp_path / "out"), "-q"]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(SEED2)
-    for m in SEED2:
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(SIX_METHODS)
+    for m in SIX_METHODS:
         assert yaml.safe_load((tmp_path / "out" / m / "mergekit_config.yml").read_text())["merge_method"] == m
     for ref in ("clinical", "instruct", "base"):    # six methods, three parents, each read once
         assert_read_once(parent_reads, demo_models[ref])
@@ -46,7 +47,7 @@ def test_cli_runs_the_seed2_preset(demo_models, tmp_path, parent_reads):
     reports = tmp_path / "reports"
     assert main(["evaluate-sweep", str(cfg), "--out", str(reports), "--suite", "medical5",
                  "--data-dir", "sample", "--limit", "2", "--no-cache"]) == 0
-    assert sorted(p.stem for p in reports.iterdir()) == sorted(["clinical", "instruct", *SEED2])
+    assert sorted(p.stem for p in reports.iterdir()) == sorted(["clinical", "instruct", *SIX_METHODS])
     rep = yaml.safe_load((reports / "dare_ties.json").read_text())
     assert set(rep["tasks"]) == MEDICAL5
     for t in rep["tasks"].values():
@@ -58,7 +59,7 @@ def _run_config(tmp_path, sweep, server_uri, **extra) -> Path:
     cfg.write_text(yaml.safe_dump({"parameters": {"config": {
         "sweep": str(sweep), "suites": ["medical5"], "data_dir": "sample", "limit": 2,
         "objectives": ["mm_hellaswag", "medical5"], "output_dir": str(tmp_path / "selected"),
-        "registered_model": "seed2", "experiment": "seed2", "tracking_uri": server_uri, **extra}}}))
+        "registered_model": "hierarchical", "experiment": "hierarchical", "tracking_uri": server_uri, **extra}}}))
     return cfg
 
 
@@ -69,19 +70,19 @@ def _runs(uri: str, experiment: str):
     return parents, [r for r in runs if r not in parents]
 
 
-def test_merge_search_seed2_preset_logs_the_comparison(demo_models, tmp_path):
+def test_merge_search_hierarchical_preset_logs_the_comparison(demo_models, tmp_path):
     from medmerge.tracking.server import start, stop
     from pipelines.merge_search import run
 
     state = tmp_path / "mlflow"
     server = start(state, port=0)
     try:
-        cfg = _run_config(tmp_path, sweep_yaml(tmp_path, demo_models, preset="seed2-methods"), server.uri)
+        cfg = _run_config(tmp_path, sweep_yaml(tmp_path, demo_models, preset="hierarchical-study-methods"), server.uri)
         out = run(str(cfg))
         assert out["frontier"].knee in out["versions"]
-        parents, nested = _runs(server.uri, "seed2")
+        parents, nested = _runs(server.uri, "hierarchical")
         assert len(parents) == 1
-        assert sorted(r["info"]["run_name"] for r in nested) == sorted(["clinical", "instruct", *SEED2])
+        assert sorted(r["info"]["run_name"] for r in nested) == sorted(["clinical", "instruct", *SIX_METHODS])
         for r in nested:
             metrics = {m["key"] for m in r["data"]["metrics"]}
             assert {"mm_hellaswag.acc", "mm_pubmedqa.acc"} <= metrics
@@ -93,7 +94,7 @@ def test_merge_search_seed2_preset_logs_the_comparison(demo_models, tmp_path):
         with urllib.request.urlopen(f"{server.uri}/get-artifact?path=comparison.md&run_uuid={pid}", timeout=30) as r:
             md = r.read().decode()
         assert md.startswith("| rank | candidate | method | parameters |") and "± " in md and "**" in md
-        for name in ["clinical (parent: clinical)", "instruct (parent: instruct)", *SEED2]:
+        for name in ["clinical (parent: clinical)", "instruct (parent: instruct)", *SIX_METHODS]:
             assert f"| {name} |" in md
         for t in MEDICAL5:
             assert t.removeprefix("mm_") in md.splitlines()[0]
@@ -143,7 +144,7 @@ def test_optuna_search_killed_in_trial_5_resumes_without_duplicates(demo_models,
 
         study_obj = optuna_search.open_study(f"sqlite:///{study}", _study_name(study), 1)
         assert len(optuna_search.complete_trials(study_obj)) == 8
-        parents, nested = _runs(server.uri, "seed2")
+        parents, nested = _runs(server.uri, "hierarchical")
         assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
         run_names = [r["info"]["run_name"] for r in nested]
         trials = [n for n in run_names if n.startswith("trial-")]
