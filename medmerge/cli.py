@@ -66,7 +66,7 @@ def cli(debug):
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--random-seed", type=int, default=None, help="Seed for dare_*/della* (overrides the recipe's).")
+@click.option("--random-seed", type=click.IntRange(0, 2**63 - 1), default=None, help="Seed for dare_*/della* (overrides the recipe's).")
 @common_options
 def merge(config, out_dir, random_seed, allow_pickle, trust_remote_code, overwrite, max_shard_size, chunk_size,
           quiet):
@@ -507,7 +507,7 @@ def _is_demo_sweep(p: Path) -> bool:
 
 @cli.command("demo-models")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--no-cache", is_flag=True,
               help="build afresh instead of copying the build cached for this code and seed "

@@ -590,3 +590,39 @@ def test_a_candidate_computed_in_memory_is_checked_too(fam):
     plan = plan_merge(recipe, open_parents(recipe.parent_refs))
     with pytest.raises(NonFiniteOutputError, match="merge for big gives Inf values in tensor model\\."):
         merged_state_dict(plan, name="big")
+
+
+@pytest.mark.parametrize("index,words", [
+    ("{not json", "is not a valid index"),
+    ('{"metadata": {}}', "is not a valid index"),
+    ('{"weight_map": {"model.norm.weight": "../elsewhere.safetensors"}}', "must map tensor names to weight file"),
+    ('{"weight_map": {"no.such.tensor": "model.safetensors"}}', "puts tensor no.such.tensor in model.safetensors"),
+], ids=["not-json", "no-weight-map", "path-escape", "tensor-not-in-shard"])
+def test_a_broken_index_of_a_sharded_parent(work, fam, capsys, index, words):
+    other = Path(shutil.copytree(fam["m1"], work.parent / "sharded"))
+    (other / "model.safetensors.index.json").write_text(index)
+    (work / "recipe.yml").write_text(yaml.safe_dump(linear(fam["m0"], other)))
+    assert main(["merge", "recipe.yml", "out", "-q"]) == 2
+    assert words in one_error_line(capsys.readouterr().err)
+    assert not (work / "out").exists()
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["merge", "recipe.yml", "out", "--random-seed", "-1"], "--random-seed"),
+    (["merge", "recipe.yml", "out", "--max-shard-size", "0"], "--max-shard-size"),
+    (["merge", "recipe.yml", "out", "--chunk-size", "1e400GB"], "--chunk-size"),
+    (["sweep", "recipe.yml", "out", "--max-shard-size", "-1MB"], "--max-shard-size"),
+    (["evaluate", "m", "--out", "r.json", "--batch-size", "0"], "--batch-size"),
+    (["evaluate", "m", "--out", "r.json", "--num-fewshot", "-1"], "--num-fewshot"),
+    (["evaluate", "m", "--out", "r.json", "--max-gen-toks", "0"], "--max-gen-toks"),
+    (["sft-memory", "m", "--device-memory-gib", "-3"], "--device-memory-gib"),
+    (["sft-memory", "m", "--device-memory-gib", "nan"], "--device-memory-gib"),
+    (["sft-memory", "m", "--num-gpus", "1.5"], "--num-gpus"),
+    (["server", "start", "--port", "70000"], "--port"),
+    (["demo-models", "out", "--seed", "-2"], "--seed"),
+])
+def test_each_kind_of_argument_has_one_parser(work, capsys, argv, option):
+    before = snapshot(work.parent)
+    assert main(argv) == 2
+    assert f"Invalid value for '{option}'" in one_error_line(capsys.readouterr().err)
+    assert snapshot(work.parent) == before

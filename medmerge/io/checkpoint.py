@@ -203,7 +203,7 @@ class Checkpoint:
     def _discover(self) -> None:
         d = self.path
         if (d / ST_INDEX).exists():
-            weight_map = json.loads((d / ST_INDEX).read_text())["weight_map"]
+            weight_map = self._index(d / ST_INDEX)
             self.format = "safetensors"
         elif (d / ST_SINGLE).exists():
             weight_map = None
@@ -216,7 +216,7 @@ class Checkpoint:
                 )
             self.format = "pickle"
             weight_map = (
-                json.loads((d / PT_INDEX).read_text())["weight_map"] if (d / PT_INDEX).exists() else None
+                self._index(d / PT_INDEX) if (d / PT_INDEX).exists() else None
             )
         elif any((d / f).exists() for f in ADAPTER_FILES):
             raise CompatibilityError(
@@ -233,6 +233,23 @@ class Checkpoint:
         missing = sorted({f for f in self.weight_map.values() if not (d / f).exists()})
         if missing:
             raise CheckpointError(f"{self.ref}: weight file {missing[0]} listed in the index is missing")
+        if self.format == "safetensors":
+            for name, fname in self.weight_map.items():
+                if name not in self._handle(fname).entries:
+                    raise CheckpointError(f"{self.ref}: the index puts tensor {name} in {fname}, which does not "
+                                          f"hold it")
+
+    def _index(self, f: Path) -> dict[str, str]:
+        """The ``weight_map`` of a sharded checkpoint's index: tensor name -> a weight file beside it."""
+        try:
+            weight_map = json.loads(f.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{f} is not a valid index (JSON with a 'weight_map'): {exc}") from exc
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v and "/" not in v and v not in (".", "..")
+                for k, v in weight_map.items()):
+            raise CheckpointError(f"{f}: 'weight_map' must map tensor names to weight file names beside it")
+        return weight_map
 
     def _keys_of(self, fname: str) -> list[str]:
         if self.format == "safetensors":
