@@ -1,14 +1,21 @@
-"""The model card (README.md) written beside every merged checkpoint."""
+"""The model card (README.md) written beside every merged checkpoint: Hugging Face's YAML front matter
+(library, tags) and a Markdown body titled with the checkpoint's name."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 from medmerge import __version__
 from medmerge.recipe import Recipe
 
 
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n.*?^---[ \t]*(\r?\n|\Z)", re.DOTALL | re.MULTILINE)
+
+
 def model_card(recipe: Recipe, parents: dict[str, dict], name: str) -> str:
+    """The card of the checkpoint ``name`` (its directory's final name, never a temporary one) merged by
+    ``recipe`` from ``parents`` (``{ref: {path, weights: {file: sha256}}}``)."""
     m = recipe.method
     rows = "\n".join(
         f"| `{ref}` | `{fname}` | `{digest}` |"
@@ -51,3 +58,9 @@ This YAML (also in `mergekit_config.yml`) reproduces the merge with `medmerge me
 |---|---|---|
 {rows}
 """
+
+
+def card_body(card: str) -> str:
+    """``card`` without its YAML front matter (the leading ``---`` ... ``---`` block Hugging Face reads): what a
+    reader is shown, e.g. as an MLflow model version's description. A card without front matter is unchanged."""
+    return _FRONT_MATTER.sub("", card, count=1).lstrip("\r\n")

@@ -351,7 +351,9 @@ def parent_fingerprint(provenance: dict[str, dict]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _write_metadata(plan: MergePlan, out: Path, provenance: dict[str, dict]) -> None:
+def _write_metadata(plan: MergePlan, out: Path, provenance: dict[str, dict], name: str) -> None:
+    """config.json, tokenizer files, the recipe, provenance and the model card into ``out`` (a temporary
+    directory until the write completes); ``name`` is the final directory's, the card's title."""
     from medmerge.card import model_card
 
     cfg = dict(plan.donor.config)
@@ -372,7 +374,7 @@ def _write_metadata(plan: MergePlan, out: Path, provenance: dict[str, dict]) -> 
         "parents": mine,
         "parents_fingerprint": parent_fingerprint(mine),
     }, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(plan.recipe, mine, out.name))
+    (out / "README.md").write_text(model_card(plan.recipe, mine, name))
 
 
 def _available_cores() -> int:
@@ -453,8 +455,8 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
             for w in writers:
                 w.abort()
         provenance = provenance_future.result()
-        for plan, tmp in zip(plans, tmps):
-            _write_metadata(plan, tmp, provenance)
+        for plan, tmp, final in zip(plans, tmps, out_dirs):
+            _write_metadata(plan, tmp, provenance, final.name)
     return out_dirs
 
 

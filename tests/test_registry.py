@@ -66,6 +66,7 @@ def test_log_register_promote(server, tmp_path):
     mv = c.get_model_version("medmerge-demo", reg[0.3].version)
     assert mv.source == f"models:/{reg[0.3].model_id}"
     assert "medmerge" in mv.description and "model.safetensors" in mv.description  # the model card
+    assert mv.description.startswith("# c0.3\n")   # its body: titled with the checkpoint, no YAML front matter
     logged = c.get_logged_model(reg[0.3].model_id)
     assert logged.source_run_id == runs[0.3] and logged.experiment_id == exp.experiment_id
     assert {m.key: m.value for m in logged.metrics}["medical_avg"] == pytest.approx(0.43)

@@ -183,6 +183,7 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     identity)."""
     from mlflow.exceptions import MlflowException
 
+    from medmerge.card import card_body
     from medmerge.tracking import models, runs
 
     c = client(tracking_uri)
@@ -196,7 +197,8 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
             return Registered(name, mv.version, mv.run_id, reused=True, model_id=getattr(mv, "model_id", None))
     all_tags = {**{k: str(v)[:5000] for k, v in tags.items()}, "candidate_identity": identity, "run_id": run_id}
     logged = models.log_checkpoint(checkpoint, run_id, tracking_uri, identity, tags=all_tags)
-    card = models.model_card_text(checkpoint)[:models.DESCRIPTION_LIMIT]
+    # the description is shown as Markdown: the card's YAML front matter would show as text
+    card = card_body(models.model_card_text(checkpoint))[:models.DESCRIPTION_LIMIT]
     # await_creation_for=0: a local store creates the version READY at once; MLflow's default (300) logs
     # "Waiting up to 300 seconds for model version ..." once per version, which filled the demo's output
     mv = c.create_model_version(name, source=logged.model_uri, run_id=run_id, tags=all_tags, description=card,
