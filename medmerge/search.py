@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from medmerge import cost
 from medmerge.cost import measured
 from medmerge.evaluation.report import EvalReport
-from medmerge.evaluation.runner import EvalOptions
+from medmerge.evaluation.runner import PROMPT_FORMAT, EvalOptions
 from medmerge.objectives import DEFAULT_OBJECTIVES
 from medmerge.pareto import SelectionSummary
 from medmerge.recipe import Recipe, SweepSpec, load_sweep, parse_sweep
@@ -230,7 +230,8 @@ def _optuna_search(cfg: SearchConfig, parents: dict[str, dict], cache, on_trial=
     ev = SweepEvaluator(spec, cfg.eval_settings(), cache, representatives=fixed + optuna_search.representatives(spec))
     out = [(c, ev.evaluate(c)) for c in fixed]
     settings = cfg.model_dump(mode="json", include={"suites", "data_dir", "limit", "num_fewshot", "max_gen_toks",
-                                                    "dtype"})
+                                                    "dtype", *(k for k in PROMPT_FORMAT if k != "log_samples"
+                                                               and getattr(cfg, k) not in ("none", None))})
     name = optuna_search.study_name(spec, cfg.objectives, {"eval": settings, "parents": parents})
     out += list(optuna_search.run_study(spec, ev.evaluate, lambda r: (ox.score(r)[0], oy.score(r)[0]),
                                         storage=cfg.resolved_study_storage(), name=name, on_trial=on_trial))
@@ -259,7 +260,7 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
     with parent.failing_on_error():
         parent.param("sweep", json.dumps(cfg.sweep.model_dump(mode="json"))[:500])
         parent.params({k: str(getattr(cfg, k)) for k in ("suites", "limit", "eps", "data_dir", "registered_model",
-                                                         "objectives")})
+                                                         "objectives", *PROMPT_FORMAT)})
         parent.json(results.parents, "parents.json")
         if results.candidates:  # the dtype the candidates were evaluated in (auto resolved)
             parent.param("dtype", str(results.candidates[0].report.settings.get("dtype")))

@@ -42,20 +42,27 @@ class EvalCache:
         try:
             result = TaskResult.model_validate_json(p.read_text())
             if samples:
-                lines = self._samples_path(key).read_text(encoding="utf-8").splitlines()
-                result = result.model_copy(update={"samples": [json.loads(x) for x in lines if x.strip()]})
+                f = self._samples_path(key)
+                lines = f.read_text(encoding="utf-8").splitlines()
+                result = result.model_copy(update={"samples": [json.loads(x) for x in lines if x.strip()],
+                                                   "samples_file": str(f)})
         except (OSError, ValueError):
             self.misses += 1
             return None
         self.hits += 1
         return result
 
-    def put(self, key: str, result: TaskResult) -> None:
-        """The result; its per-sample records (when it holds them) beside it, written first so a result
-        on disk always has its samples when they were recorded."""
+    def put(self, key: str, result: TaskResult) -> TaskResult:
+        """Store the result; its per-sample records (when it holds them) beside it, written first so a
+        result on disk always has its samples when they were recorded. Returns the result with
+        ``samples_file`` set when it has records (the stored JSON never names them: a later run that did
+        not ask for samples gets none)."""
         from medmerge.evaluation.report import samples_jsonl
         from medmerge.io.atomic import write_text_atomic
 
+        stored = result.model_dump_json(exclude={"samples_file"})
         if result.samples is not None:
-            write_text_atomic(self._samples_path(key), samples_jsonl(result.samples))
-        write_text_atomic(self._path(key), result.model_dump_json())
+            f = write_text_atomic(self._samples_path(key), samples_jsonl(result.samples))
+            result = result.model_copy(update={"samples_file": str(f)})
+        write_text_atomic(self._path(key), stored)
+        return result

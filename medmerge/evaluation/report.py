@@ -24,6 +24,18 @@ class TaskResult(BaseModel):
     # lm-eval's per-sample records (settings.log_samples); never in the report's JSON, so a report (and the
     # MLflow run it is logged to) holds no document text unless the samples are written on request
     samples: list[dict] | None = Field(default=None, exclude=True)
+    # where the evaluation cache keeps those records (set only when they were asked for): a path, no text,
+    # so they reach a later pipeline step (log_search) that receives the report through ZenML's store
+    samples_file: str | None = None
+
+    def sample_records(self) -> list[dict] | None:
+        """The per-sample records: held in memory, else read from ``samples_file``; None when not kept."""
+        if self.samples is not None:
+            return self.samples
+        if self.samples_file and Path(self.samples_file).is_file():
+            lines = Path(self.samples_file).read_text(encoding="utf-8").splitlines()
+            return [json.loads(x) for x in lines if x.strip()]
+        return None
 
 
 class EvalReport(BaseModel):
@@ -69,8 +81,9 @@ class EvalReport(BaseModel):
         when no task does."""
         from medmerge.io.atomic import write_text_atomic
 
-        return [write_text_atomic(Path(directory) / f"samples_{task}.jsonl", samples_jsonl(t.samples))
-                for task, t in self.tasks.items() if t.samples is not None]
+        records = {task: t.sample_records() for task, t in self.tasks.items()}
+        return [write_text_atomic(Path(directory) / f"samples_{task}.jsonl", samples_jsonl(r))
+                for task, r in records.items() if r is not None]
 
 
 def samples_jsonl(samples: list[dict]) -> str:

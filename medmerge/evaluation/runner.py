@@ -66,6 +66,8 @@ class EvalSettings:
 
 
 CHAT_TEMPLATE_CHOICES = ("none", "auto", "true")
+# the run-config fields that say how prompts were formatted and what was kept: MLflow run parameters
+PROMPT_FORMAT = ("chat_template", "fewshot_as_multiturn", "system_instruction", "log_samples")
 
 
 def normalise_chat_template(value: Any) -> str:
@@ -441,9 +443,9 @@ class ModelEvaluator:
             results.update(hits)
             cached.extend(hits)
             for task, result in self.run(todo, shots, model_path).items():
-                results[task] = result
                 if keys.get(task):
-                    cache.put(keys[task], result)
+                    result = cache.put(keys[task], result)
+                results[task] = result
         return make_report(name, fingerprint, results, self.settings, time.perf_counter() - t0, cached,
                            max_gen_toks=self.max_gen_toks, dtype=self.dtype, prompt_format=self.prompt_format)
 

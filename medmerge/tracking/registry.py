@@ -155,6 +155,7 @@ def report_metrics(report) -> dict[str, float]:
 def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, report, tracking_uri: str) -> str:
     """A nested run for one candidate (the recipe as params, the scores as metrics, ``report.json``, the
     evaluation datasets), logged in batches and closed; returns its run id. FAILED if logging fails."""
+    from medmerge.evaluation.report import samples_jsonl
     from medmerge.tracking import datasets, runs
 
     run = runs.Run(tracking_uri, parent_run_id, experiment_id).nested(name, {"candidate": name})
@@ -162,6 +163,9 @@ def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, rep
         run.params(flat_params(recipe))
         run.metrics(report_metrics(report))
         run.text(json.dumps(report.model_dump(mode="json"), indent=2), REPORT_ARTIFACT)
+        for task, result in report.tasks.items():   # per-sample records (clinical text) only when log_samples
+            if (records := result.sample_records()) is not None:
+                run.text(samples_jsonl(records), f"samples/samples_{task}.jsonl")
         run.datasets(datasets.evaluation_datasets(report))   # digests, never rows
     run.finish()
     return run.run_id
