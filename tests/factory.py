@@ -16,6 +16,12 @@ SHARED_DATA = Path(os.environ.get("MEDMERGE_TEST_SHARED_DATA")
 # The evaluation and generation sample the package ships (what a clone without shared/ runs on).
 PACKAGED_SAMPLE = Path(__file__).resolve().parents[1] / "medmerge" / "resources" / "eval_sample"
 
+# The demo sweep and the evaluation settings every demo merge_search of the suite uses (conftest
+# ``demo_search`` and the other demo sweeps), so the evaluation cache (``demo_eval_cache``) serves a
+# candidate scored once to every later test.
+DEMO_SWEEP = {"methods": ["linear", "slerp"], "ratios": [0.0, 0.5, 1.0]}
+DEMO_EVAL = {"suites": ["clinical", "ifeval"], "data_dir": "sample", "limit": 4, "max_gen_toks": 32, "eps": 0.0}
+
 WORDS = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(60)]
 
 
@@ -122,3 +128,43 @@ def assert_read_once(reads: dict[Path, list[tuple[int, int]]], checkpoint_dir: P
         assert covered == tiles, f"{f}: read {covered}, tensors span {tiles}"
         n += len(got)
     return n
+
+
+def greedy_continuation(checkpoint: Path, prompt: str, max_new_tokens: int) -> str:
+    """What greedy decoding adds to ``prompt`` with the checkpoint's own weights and tokenizer, decoded
+    as transformers' text-generation pipeline decodes it (the full text, less the prompt's decoding).
+    Computed here with ``generate``, independently of any serving layer; the continuation is never empty."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1], "greedy decoding added no token"
+    full = tok.decode(out[0], skip_special_tokens=True)
+    return full[len(tok.decode(ids["input_ids"][0], skip_special_tokens=True)):]
+
+
+def require(module: str, install: str):
+    """``import module``; without it a skip naming ``install`` on a developer's clone, and a failure under CI
+    (``CI=true``), whose machine ``make install`` sets up with every test dependency."""
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        reason = f"{module} is not installed ({install})"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{reason}: CI must have it", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+
+
+def binomial_stderr(p: float, n: int) -> float:
+    """The standard error of a mean of ``n`` 0/1 scores with mean ``p`` as lm-eval computes it (the sample
+    standard deviation over the square root of n): sqrt(p (1 - p) / (n - 1))."""
+    import math
+
+    return math.sqrt(p * (1 - p) / (n - 1))

@@ -11,7 +11,7 @@ import yaml
 from factory import make_family, read
 from medmerge.cli import main
 from medmerge.methods import METHODS
-from mk import mergekit_merge
+from mk import mergekit_merge, ratio_recipe
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Deterministic and computed by mergekit: the registry decides, so a method added there is tested here.
@@ -81,7 +81,7 @@ def test_sweep_candidates_are_bit_identical_to_mergekit(fam, methods, chunk, tmp
     assert main(["sweep", str(spec), str(tmp_path / "out"), "-q", "--chunk-size", chunk]) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == sorted(f"{m}-{r}" for m in methods for r in ("0.0", "0.3", "0.7", "1.0"))
-    for name in names:
+    for name in names:   # against recipes written apart from the candidates' own mergekit_config.yml
         cand = tmp_path / "out" / name
-        theirs = read(mergekit_merge((cand / "mergekit_config.yml").read_text(), tmp_path / "mk" / name))
+        theirs = read(mergekit_merge(ratio_recipe(name, str(f["m0"]), str(f["m1"]), dtype=dtype), tmp_path / "mk" / name))
         assert_bit_identical(read(cand), theirs, DTYPES[dtype], f"sweep {name} {dtype}")

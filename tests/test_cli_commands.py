@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from factory import assert_read_once, make_family, read
+from factory import assert_read_once, binomial_stderr, make_family, read
 from medmerge.cli import main
 from medmerge.methods import METHODS
 from mk import mergekit_merge
@@ -107,10 +107,11 @@ def test_medical5_is_five_shot_with_hellaswag_acc_norm(fam, tmp_path, capsys, mo
     for name, t in r["tasks"].items():
         assert t["num_fewshot"] == 5 and t["n_samples"] == 3, name
         acc = t["metrics"]["acc"]
-        assert 0 <= acc["value"] <= 1 and acc["stderr"] is not None, name   # each with its standard error
         assert acc["value"] * 3 == pytest.approx(round(acc["value"] * 3))    # a share of 3 documents
-    hs = r["tasks"]["mm_hellaswag"]["metrics"]
-    assert "acc_norm" in hs and hs["acc_norm"]["stderr"] is not None and 0 <= hs["acc_norm"]["value"] <= 1
+        assert acc["stderr"] == pytest.approx(binomial_stderr(acc["value"], 3)), name   # each with its stderr
+    norm = r["tasks"]["mm_hellaswag"]["metrics"]["acc_norm"]
+    assert norm["value"] * 3 == pytest.approx(round(norm["value"] * 3))
+    assert norm["stderr"] == pytest.approx(binomial_stderr(norm["value"], 3))
     assert r["medical_avg"] is None and r["if_score"] is None                # medical5 feeds neither score
     table = {tuple(line.split()[:2]) for line in printed.splitlines()}
     assert ("HellaSwag", "acc_norm") in table                                # the alias, as printed

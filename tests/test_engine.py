@@ -184,7 +184,7 @@ def test_compute_threads_leaves_cores_to_writers_and_restores(monkeypatch):
         with engine.compute_threads(2):
             assert torch.get_num_threads() == 6
         assert torch.get_num_threads() == 8
-        with pytest.raises(RuntimeError), engine.compute_threads(12):  # never below one thread, restored on error
+        with pytest.raises(RuntimeError, match="boom"), engine.compute_threads(12):  # never below one thread, restored on error
             assert torch.get_num_threads() == 1
             raise RuntimeError("boom")
         assert torch.get_num_threads() == 8

@@ -8,6 +8,7 @@ holding Table 2 (rows initialisation x shots, columns the three tasks) and one l
 
 from __future__ import annotations
 
+import re
 import csv
 import json
 import urllib.request
@@ -52,7 +53,7 @@ def test_tasks_are_names_files_or_mappings_and_each_gets_its_own_config(tmp_path
 def test_bad_task_lists_are_named(tasks, message):
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError) as e:
+    with pytest.raises(ValidationError, match=re.escape(message)) as e:
         FinetuneConfig.model_validate({"initialisations": INIT, "tasks": tasks})
     assert message in str(e.value)
 
@@ -94,11 +95,10 @@ def test_results_are_grouped_by_task_in_config_order():
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.shared_data("mts_dialog", "indiana_cxr")
-def test_three_tasks_in_one_run_log_table2_across_tasks(demo_models, tmp_path, capsys):
+def test_three_tasks_in_one_run_log_table2_across_tasks(demo_models, mlflow_server, tmp_path, capsys):
     from factory import SHARED_DATA as DATA
     from mlflow_api import api, api_post
 
-    from medmerge.tracking.server import start, stop
     from pipelines.finetune import run
 
     # the user's own file: other column names, a split column, CSV
@@ -110,69 +110,63 @@ def test_three_tasks_in_one_run_log_table2_across_tasks(demo_models, tmp_path, c
         w.writerow(["report_id", "findings", "impression", "split"])
         for i, r in enumerate(rows):
             w.writerow([r["id"], r["input"], r["target"], "train" if i < 16 else "heldout"])
-    server = start(tmp_path / "mlflow", port=0)
-    uri = server.uri
-    try:
-        cfg = dict(
-            initialisations=[{"name": "clinical", "path": str(demo_models["clinical"])}],
-            tasks=[{"task": "mts_dialog", "eval_split": "test1", "name": "mts"},
-                   "indiana_cxr",
-                   {"task": str(user), "name": "user_cxr", "id_field": "report_id", "input_field": "findings",
-                    "target_field": "impression", "eval_split": "heldout"}],
-            data_dir=str(DATA), eval_limit=4, shots=[0, 8], drop_duplicate_pairs=True, drop_overlong=True,
-            sft={"per_device_batch": 8, "grad_accum": 1, "max_length": 512, "min_steps_few_shot": 2,
-                 "gradient_checkpointing": False},
-            generation={"max_new_tokens": 16},
-            forgetting={"suites": ["ifeval"], "data_dir": "sample", "limit": 4, "max_gen_toks": 16},
-            output_dir=str(tmp_path / "out"), registered_model="tasks-sft", experiment="tasks-finetune",
-            tracking_uri=uri)
-        path = tmp_path / "tasks.yaml"
-        path.write_text(yaml.safe_dump({"parameters": {"config": cfg}}))
-        out = run(str(path))
-        printed = capsys.readouterr().out
-        tasks = ["mts", "indiana_cxr", "user_cxr"]
-        assert list(out["tasks"]) == tasks and "Table 2 across tasks" in printed
+    uri = mlflow_server.uri
+    cfg = dict(
+        initialisations=[{"name": "clinical", "path": str(demo_models["clinical"])}],
+        tasks=[{"task": "mts_dialog", "eval_split": "test1", "name": "mts"},
+               "indiana_cxr",
+               {"task": str(user), "name": "user_cxr", "id_field": "report_id", "input_field": "findings",
+                "target_field": "impression", "eval_split": "heldout"}],
+        data_dir=str(DATA), eval_limit=4, shots=[0, 8], drop_duplicate_pairs=True, drop_overlong=True,
+        sft={"per_device_batch": 8, "grad_accum": 1, "max_length": 512, "min_steps_few_shot": 2,
+             "gradient_checkpointing": False},
+        generation={"max_new_tokens": 16},
+        forgetting={"suites": ["ifeval"], "data_dir": "sample", "limit": 4, "max_gen_toks": 16},
+        output_dir=str(tmp_path / "out"), registered_model="tasks-sft", experiment="tasks-finetune",
+        tracking_uri=uri)
+    path = tmp_path / "tasks.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {"config": cfg}}))
+    out = run(str(path))
+    printed = capsys.readouterr().out
+    tasks = ["mts", "indiana_cxr", "user_cxr"]
+    assert list(out["tasks"]) == tasks and "Table 2 across tasks" in printed
 
-        # each task ran as a run of its own: its steps carry its name, its model is registered apart
-        steps = out["run"].steps
-        assert {f"sft_{t}_clinical_8" for t in tasks} | {"compare_tasks"} <= set(steps)
-        for t in tasks:
-            s = out["tasks"][t]["summary"]
-            assert set(s.versions) == {"clinical-8"} and set(s.curves["clinical"]) == {0, 8}
-            versions = api(uri, "model-versions/search", filter=f"name='tasks-sft-{t}'")["model_versions"]
-            assert len(versions) == 1 and {"key": "task", "value": t} in versions[0]["tags"]
-            assert (tmp_path / "out" / t / "sft" / "clinical-8" / "config.json").exists()
+    # each task ran as a run of its own: its steps carry its name, its model is registered apart
+    steps = out["run"].steps
+    assert {f"sft_{t}_clinical_8" for t in tasks} | {"compare_tasks"} <= set(steps)
+    for t in tasks:
+        s = out["tasks"][t]["summary"]
+        assert set(s.versions) == {"clinical-8"} and set(s.curves["clinical"]) == {0, 8}
+        versions = api(uri, "model-versions/search", filter=f"name='tasks-sft-{t}'")["model_versions"]
+        assert len(versions) == 1 and {"key": "task", "value": t} in versions[0]["tags"]
+        assert (tmp_path / "out" / t / "sft" / "clinical-8" / "config.json").exists()
 
-        # Table 2: rows init x shots, a column per task, the best of each column marked
-        cross = out["table2"]
-        t2 = cross.table2_json
-        assert t2["tasks"] == tasks and [(r["init"], r["shots"]) for r in t2["rows"]] == [("clinical", "0"),
-                                                                                        ("clinical", "8")]
-        for t in tasks:
-            col = [r["cells"][t] for r in t2["rows"]]
-            assert sum(c["best"] for c in col) >= 1
-            want = {r.shots: r.scores["composite"] for r in _results(out, t)}
-            assert [c["value"] for c in col] == [want["0"], want["8"]]
-        assert cross.table2.splitlines()[0] == "| initialisation | shots | mts | indiana_cxr | user_cxr |"
+    # Table 2: rows init x shots, a column per task, the best of each column marked
+    cross = out["table2"]
+    t2 = cross.table2_json
+    assert t2["tasks"] == tasks and [(r["init"], r["shots"]) for r in t2["rows"]] == [("clinical", "0"),
+                                                                                    ("clinical", "8")]
+    for t in tasks:
+        col = [r["cells"][t] for r in t2["rows"]]
+        assert sum(c["best"] for c in col) >= 1
+        want = {r.shots: r.scores["composite"] for r in _results(out, t)}
+        assert [c["value"] for c in col] == [want["0"], want["8"]]
+    assert cross.table2.splitlines()[0] == "| initialisation | shots | mts | indiana_cxr | user_cxr |"
 
-        # MLflow: the cross-task run holds Table 2 and one learning-curve figure per task, no clinical text
-        exp = api(uri, "experiments/get-by-name", experiment_name="tasks-finetune")["experiment"]["experiment_id"]
-        runs = api_post(uri, "runs/search", {"experiment_ids": [exp]})["runs"]
-        tagged = [r for r in runs if {"key": "medmerge.kind", "value": "tasks"} in r["data"]["tags"]]
-        assert len(tagged) == 1 and tagged[0]["info"]["status"] == "FINISHED"
-        rid = tagged[0]["info"]["run_id"]
-        files = {f["path"] for f in api(uri, "artifacts/list", run_id=rid)["files"]}
-        figs = {f["path"]: int(f["file_size"]) for f in api(uri, "artifacts/list", run_id=rid, path="figures")["files"]}
-        assert {"table2.md", "table2.json"} <= files
-        assert set(figs) == {f"figures/learning_curves_{t}.png" for t in tasks} and min(figs.values()) > 10_000
-        md = urllib.request.urlopen(f"{uri}/get-artifact?path=table2.md&run_uuid={rid}", timeout=30).read().decode()
-        assert md == cross.table2
-        parents = [r for r in runs if not any(t["key"] == "mlflow.parentRunId" for t in r["data"]["tags"])]
-        assert len(parents) == 4 and all(r["info"]["status"] == "FINISHED" for r in parents)  # 3 tasks + Table 2
-    finally:
-        stop(tmp_path / "mlflow")
-
-
+    # MLflow: the cross-task run holds Table 2 and one learning-curve figure per task, no clinical text
+    exp = api(uri, "experiments/get-by-name", experiment_name="tasks-finetune")["experiment"]["experiment_id"]
+    runs = api_post(uri, "runs/search", {"experiment_ids": [exp]})["runs"]
+    tagged = [r for r in runs if {"key": "medmerge.kind", "value": "tasks"} in r["data"]["tags"]]
+    assert len(tagged) == 1 and tagged[0]["info"]["status"] == "FINISHED"
+    rid = tagged[0]["info"]["run_id"]
+    files = {f["path"] for f in api(uri, "artifacts/list", run_id=rid)["files"]}
+    figs = {f["path"]: int(f["file_size"]) for f in api(uri, "artifacts/list", run_id=rid, path="figures")["files"]}
+    assert {"table2.md", "table2.json"} <= files
+    assert set(figs) == {f"figures/learning_curves_{t}.png" for t in tasks} and min(figs.values()) > 10_000
+    md = urllib.request.urlopen(f"{uri}/get-artifact?path=table2.md&run_uuid={rid}", timeout=30).read().decode()
+    assert md == cross.table2
+    parents = [r for r in runs if not any(t["key"] == "mlflow.parentRunId" for t in r["data"]["tags"])]
+    assert len(parents) == 4 and all(r["info"]["status"] == "FINISHED" for r in parents)  # 3 tasks + Table 2
 def _results(out, task):
     steps = out["run"].steps
     return [steps[n].output.load() for n in steps if n.startswith(f"evaluate_{task}_")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 import os
 import random
@@ -230,7 +231,7 @@ def test_each_bad_dataset_fails_its_expectation(kind):
     report = validate_dataset(rows, name=kind, **kwargs)
     assert not report.success
     assert [e.name for e in report.failed] == [expectation], report.failure_message()
-    with pytest.raises(DataValidationError) as err:
+    with pytest.raises(DataValidationError, match=re.escape(expectation)) as err:
         report.raise_if_failed()
     message = str(err.value)
     assert f"dataset {kind!r}" in message and expectation in message
@@ -336,7 +337,7 @@ def test_subsets_edge_cases():
     assert list(out) == [8, 16]                                       # sorted, merged, 32 skipped
     assert few_shot_subsets([], sizes=(8,)) == {"full": []}
     for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape(f"few-shot sizes must be positive integers, got {bad!r}")):
             few_shot_subsets(examples, sizes=(bad,))
     # plain dicts without ids fall back to positions
     plain = [{"input": str(i)} for i in range(20)]

@@ -125,7 +125,7 @@ def test_meteor_uses_offline_wordnet(no_network):
 
 def test_missing_wordnet_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDMERGE_WORDNET_DIR", str(tmp_path))
-    with pytest.raises(MedmergeError) as e:
+    with pytest.raises(MedmergeError, match="WordNet 3.0 database not found") as e:
         M.meteor(["a b"], ["a b"])
     msg = str(e.value)
     assert str(tmp_path) in msg and "data.noun" in msg and "apt-get install wordnet-base" in msg

@@ -1,10 +1,11 @@
 """The hierarchical study ("A Novel Hierarchical Integration Method for Efficient Model Merging in Medical LLMs")
 end to end on the demo models (a base included): the hierarchical-study-methods preset through
 ``medmerge sweep``, ``medmerge evaluate-sweep`` and merge_search (medical5 5-shot with stderr, the comparison
-table and figure in MLflow), and an Optuna search killed during trial 5 that resumes to its budget."""
+table and figure in MLflow), and an Optuna search killed inside trial 5 that re-queues it and resumes to its budget."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory import assert_read_once
+from factory import assert_read_once, binomial_stderr
 from mlflow_api import api, api_post
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(2400)]  # two pipeline runs and a server on 2 cores
@@ -33,8 +34,10 @@ def sweep_yaml(tmp_path, demo_models, **extra) -> Path:
     return p
 
 
-def test_cli_runs_the_hierarchical_study_preset(demo_models, tmp_path, parent_reads):
+def test_cli_runs_the_hierarchical_study_preset(demo_models, demo_eval_cache, tmp_path, parent_reads, monkeypatch):
     from medmerge.cli import main
+
+    monkeypatch.setenv("MEDMERGE_CACHE_DIR", str(demo_eval_cache))   # the pipeline test below reads these scores
 
     cfg = sweep_yaml(tmp_path, demo_models, preset="hierarchical-study-methods")
     assert main(["sweep", str(cfg), str(tmp_path / "out"), "-q"]) == 0
@@ -46,12 +49,15 @@ def test_cli_runs_the_hierarchical_study_preset(demo_models, tmp_path, parent_re
 
     reports = tmp_path / "reports"
     assert main(["evaluate-sweep", str(cfg), "--out", str(reports), "--suite", "medical5",
-                 "--data-dir", "sample", "--limit", "2", "--no-cache"]) == 0
+                 "--data-dir", "sample", "--limit", "2"]) == 0
     assert sorted(p.stem for p in reports.iterdir()) == sorted(["clinical", "instruct", *SIX_METHODS])
     rep = yaml.safe_load((reports / "dare_ties.json").read_text())
     assert set(rep["tasks"]) == MEDICAL5
-    for t in rep["tasks"].values():
-        assert t["num_fewshot"] == 5 and t["metrics"]["acc"]["stderr"] is not None
+    for name, t in rep["tasks"].items():
+        acc = t["metrics"]["acc"]
+        assert t["num_fewshot"] == 5 and t["n_samples"] == 2, name
+        assert acc["value"] in (0.0, 0.5, 1.0), name                       # a share of two documents
+        assert acc["stderr"] == pytest.approx(binomial_stderr(acc["value"], 2)), name
 
 
 def _run_config(tmp_path, sweep, server_uri, **extra) -> Path:
@@ -70,89 +76,136 @@ def _runs(uri: str, experiment: str):
     return parents, [r for r in runs if r not in parents]
 
 
-def test_merge_search_hierarchical_preset_logs_the_comparison(demo_models, tmp_path):
-    from medmerge.tracking.server import start, stop
+def test_merge_search_hierarchical_preset_logs_the_comparison(demo_models, mlflow_server, demo_eval_cache,
+                                                              tmp_path, monkeypatch):
     from pipelines.merge_search import run
 
-    state = tmp_path / "mlflow"
-    server = start(state, port=0)
-    try:
-        cfg = _run_config(tmp_path, sweep_yaml(tmp_path, demo_models, preset="hierarchical-study-methods"), server.uri)
-        out = run(str(cfg))
-        assert out["frontier"].knee in out["versions"]
-        parents, nested = _runs(server.uri, "hierarchical")
-        assert len(parents) == 1
-        assert sorted(r["info"]["run_name"] for r in nested) == sorted(["clinical", "instruct", *SIX_METHODS])
-        for r in nested:
-            metrics = {m["key"] for m in r["data"]["metrics"]}
-            assert {"mm_hellaswag.acc", "mm_pubmedqa.acc"} <= metrics
-        pid = parents[0]["info"]["run_id"]
-        top = {f["path"]: f for f in api(server.uri, "artifacts/list", run_id=pid)["files"]}
-        assert {"comparison.md", "comparison.json"} <= set(top)
-        figs = {f["path"]: f for f in api(server.uri, "artifacts/list", run_id=pid, path="figures")["files"]}
-        assert figs["figures/comparison.png"]["file_size"] > 10_000 and "figures/frontier.png" in figs
-        with urllib.request.urlopen(f"{server.uri}/get-artifact?path=comparison.md&run_uuid={pid}", timeout=30) as r:
-            md = r.read().decode()
-        assert md.startswith("| rank | candidate | method | parameters |") and "± " in md and "**" in md
-        for name in ["clinical (parent: clinical)", "instruct (parent: instruct)", *SIX_METHODS]:
-            assert f"| {name} |" in md
-        for t in MEDICAL5:
-            assert t.removeprefix("mm_") in md.splitlines()[0]
-    finally:
-        stop(state)
+    monkeypatch.setenv("MEDMERGE_CACHE_DIR", str(demo_eval_cache))   # the CLI test's scores, when it ran first
+    server = mlflow_server
+    cfg = _run_config(tmp_path, sweep_yaml(tmp_path, demo_models, preset="hierarchical-study-methods"), server.uri)
+    out = run(str(cfg))
+    assert out["frontier"].knee in out["versions"]
+    parents, nested = _runs(server.uri, "hierarchical")
+    assert len(parents) == 1
+    assert sorted(r["info"]["run_name"] for r in nested) == sorted(["clinical", "instruct", *SIX_METHODS])
+    for r in nested:
+        metrics = {m["key"] for m in r["data"]["metrics"]}
+        assert {"mm_hellaswag.acc", "mm_pubmedqa.acc"} <= metrics
+    pid = parents[0]["info"]["run_id"]
+    top = {f["path"]: f for f in api(server.uri, "artifacts/list", run_id=pid)["files"]}
+    assert {"comparison.md", "comparison.json"} <= set(top)
+    figs = {f["path"]: f for f in api(server.uri, "artifacts/list", run_id=pid, path="figures")["files"]}
+    assert figs["figures/comparison.png"]["file_size"] > 10_000 and "figures/frontier.png" in figs
+    with urllib.request.urlopen(f"{server.uri}/get-artifact?path=comparison.md&run_uuid={pid}", timeout=30) as r:
+        md = r.read().decode()
+    assert md.startswith("| rank | candidate | method | parameters |") and "± " in md and "**" in md
+    for name in ["clinical (parent: clinical)", "instruct (parent: instruct)", *SIX_METHODS]:
+        assert f"| {name} |" in md
+    for t in MEDICAL5:
+        assert t.removeprefix("mm_") in md.splitlines()[0]
 
 
-def _complete(storage_file: Path) -> int:
+def _study_state(storage_file: Path) -> tuple[int, list[tuple[int, str | None]]]:
+    """(complete trials, [(number, the candidate it wrote or None) for each RUNNING trial]) read from the
+    study's sqlite file while the search writes it."""
     import sqlite3
 
     if not storage_file.exists():
-        return 0
+        return 0, []
     try:
         with sqlite3.connect(storage_file, timeout=1) as db:
-            return db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.OperationalError:   # tables not created yet
-        return 0
+            complete = db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+            running = db.execute(
+                "select t.number, a.value_json from trials t left join trial_user_attributes a "
+                "on a.trial_id = t.trial_id and a.key = 'candidate' where t.state = 'RUNNING'").fetchall()
+    except sqlite3.OperationalError:   # tables not created yet, or locked for a moment
+        return 0, []
+    # a user attribute is stored JSON-encoded; this one is itself a JSON string: [method, params]
+    return complete, [(n, json.loads(json.loads(v)) if v else None) for n, v in running]
 
 
-def test_optuna_search_killed_in_trial_5_resumes_without_duplicates(demo_models, tmp_path):
-    from medmerge.tracking.server import start, stop
+def _evaluated(cache: Path) -> dict[Path, str]:
+    """The evaluation cache's results: {file: task}."""
+    out = {}
+    for f in (cache / "eval").glob("*/*.json"):
+        try:
+            out[f] = json.loads(f.read_text())["task"]
+        except (OSError, ValueError, KeyError):   # being written (atomically: a rename), or not a result
+            continue
+    return out
 
-    state = tmp_path / "mlflow"
-    server = start(state, port=0)
+
+def test_optuna_search_killed_inside_trial_5_requeues_it_and_evaluates_it_once(demo_models, mlflow_server,
+                                                                                medmerge_cache, tmp_path):
+    """SIGKILL inside trial 5, proven by what the trial wrote: the candidate it records before its evaluation
+    (a user attribute in the study) and at least one of its tasks' scores (the evaluation cache). The rerun
+    fails that trial, re-queues its parameters (evaluated once, its finished tasks from the cache) and
+    completes the budget."""
+    from zenml.client import Client
+
+    from medmerge import optuna_search
+
     study = tmp_path / "study.db"
+    sweep = sweep_yaml(tmp_path, demo_models, search="optuna", budget=8, seed=1, methods={
+        "linear": {"ratio": {"low": 0.0, "high": 1.0}},
+        "slerp": {"t": {"low": 0.0, "high": 1.0, "gradient": 3}},
+        "dare_ties": {"weight": 0.5, "density": {"low": 0.5, "high": 1.0}}})
+    cfg = _run_config(tmp_path, sweep, mlflow_server.uri, study_storage=f"sqlite:///{study}", limit=6,
+                      registered_model="hierarchical-optuna", experiment="hierarchical-optuna")
+    cmd = [sys.executable, "-m", "pipelines.merge_search", "--config", str(cfg)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}   # MEDMERGE_CACHE_DIR: this test's cache (medmerge_cache)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    before_trial_5 = None   # what the cache held once four trials were complete
+    deadline = time.time() + 900
     try:
-        sweep = sweep_yaml(tmp_path, demo_models, search="optuna", budget=8, seed=1, methods={
-            "linear": {"ratio": {"low": 0.0, "high": 1.0}},
-            "slerp": {"t": {"low": 0.0, "high": 1.0, "gradient": 3}},
-            "dare_ties": {"weight": 0.5, "density": {"low": 0.5, "high": 1.0}}})
-        cfg = _run_config(tmp_path, sweep, server.uri, study_storage=f"sqlite:///{study}", limit=6)
-        cmd = [sys.executable, "-m", "pipelines.merge_search", "--config", str(cfg)]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 600
-        while _complete(study) < 4:
-            assert proc.poll() is None and time.time() < deadline, "the search ended before 4 trials"
+        while True:
+            assert proc.poll() is None, f"the search exited ({proc.returncode}) before the kill point"
+            assert time.time() < deadline, "the kill point was not reached in 900 s"
+            complete, running = _study_state(study)
+            assert complete <= 4, "trial 5 finished before the test saw it evaluate a task"
+            if complete == 4 and before_trial_5 is None:
+                before_trial_5 = _evaluated(medmerge_cache)
+            if before_trial_5 is not None and running and running[0][1] is not None \
+                    and set(_evaluated(medmerge_cache)) - set(before_trial_5):
+                break
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)        # during trial 5
-        proc.wait()
-        assert _complete(study) == 4
-
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
-        from medmerge import optuna_search
-
-        study_obj = optuna_search.open_study(f"sqlite:///{study}", _study_name(study), 1)
-        assert len(optuna_search.complete_trials(study_obj)) == 8
-        parents, nested = _runs(server.uri, "hierarchical")
-        assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
-        run_names = [r["info"]["run_name"] for r in nested]
-        trials = [n for n in run_names if n.startswith("trial-")]
-        assert len(trials) == 8 == len(set(trials)) and sorted(set(run_names) - set(trials)) == ["clinical",
-                                                                                                  "instruct"]
-        assert len(run_names) == len(set(run_names)) == 10
     finally:
-        stop(state)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    complete, running = _study_state(study)
+    assert complete == 4 and [n for n, _ in running] == [4], running        # killed inside trial 5 (number 4)
+    killed = running[0][1]                                                    # [method, params]
+    done_in_trial_5 = {f: t for f, t in _evaluated(medmerge_cache).items() if f not in before_trial_5}
+    assert done_in_trial_5
+
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study_obj = optuna_search.open_study(f"sqlite:///{study}", _study_name(study), 1)
+    trials = {t.number: t for t in study_obj.get_trials(deepcopy=False)}
+    assert trials[4].state.name == "FAIL"                                    # the killed trial
+    complete_trials = optuna_search.complete_trials(study_obj)
+    assert len(complete_trials) == 8
+    again = [t for t in complete_trials if json.loads(t.user_attrs["candidate"]) == killed]
+    # re-queued: its parameters enqueued (fixed), asked first on resume, evaluated by exactly one trial
+    assert [t.number for t in again] == [5] and again[0].params == trials[4].params, [t.number for t in again]
+    assert again[0].system_attrs.get("fixed_params"), again[0].system_attrs
+    # the tasks trial 5 had finished before the kill were read from the cache, not evaluated again
+    results = Client().get_pipeline("merge_search").last_run.steps["evaluate_candidates"].output.load()
+    requeued = next(c for c in results.candidates if c.name == optuna_search.trial_name(5, killed[0]))
+    assert set(done_in_trial_5.values()) <= set(requeued.report.cached_tasks), requeued.report.cached_tasks
+    assert len(requeued.report.tasks) == len(MEDICAL5)
+
+    parents, nested = _runs(mlflow_server.uri, "hierarchical-optuna")
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+    run_names = [r["info"]["run_name"] for r in nested]
+    trial_runs = [n for n in run_names if n.startswith("trial-")]
+    assert len(trial_runs) == 8 == len(set(trial_runs)) and sorted(set(run_names) - set(trial_runs)) == [
+        "clinical", "instruct"]
+    assert not any(n.startswith("trial-004-") for n in trial_runs)          # the killed trial logged nothing
+    assert len(run_names) == len(set(run_names)) == 10
 
 
 def _study_name(study: Path) -> str:

@@ -82,7 +82,7 @@ def test_atomic_dir_renames_on_success_only(tmp_path):
     with atomic_dir(tmp_path / "ok") as t:
         (t / "f").write_text("x")
     assert (tmp_path / "ok" / "f").read_text() == "x"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with atomic_dir(tmp_path / "bad") as t:
             (t / "f").write_text("x")
             raise RuntimeError("boom")

@@ -50,7 +50,7 @@ def test_live_server_logs_registers_and_stops_by_pid(tmp_path, capsys):
         capsys.readouterr()
         assert main(["server", "stop", "--state-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"stopped mlflow server {info.uri} (pid {info.pid})"
-    with pytest.raises(ProcessLookupError):  # stopped by its PID: the process is gone
+    with pytest.raises(ProcessLookupError, match="No such process"):  # stopped by its PID: the process is gone
         os.kill(info.pid, 0)
     assert not healthy(info.uri) and status(tmp_path) is None
     print(f"live server: start, log, register, stop in {time.monotonic() - t0:.1f} s")

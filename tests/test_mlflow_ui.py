@@ -20,7 +20,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow_api import api
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -112,65 +111,46 @@ def render(exe: str, url: str, expect: list[str | re.Pattern], tmp: Path, deadli
     raise AssertionError(f"{url} does not show {missing(text)} (screenshot: {shot}); its text:\n{text[:3000]}")
 
 
-def test_mlflow_ui_shows_demo_run(chromium_exe, demo_models, tmp_path):
-    from medmerge.cli import main
-    from medmerge.tracking.server import start, stop
-    from pipelines.merge_search import run
-
+def test_mlflow_ui_shows_demo_run(chromium_exe, demo_search, tmp_path):
+    """The session's demo run (conftest ``demo_search``: a small sweep through the real pipeline, the knee
+    promoted by its promote step) as the UI shows it."""
     exe = chromium_exe
-    state = tmp_path / "mlflow"
-    server = start(state, port=0)
-    try:
-        # the demo run: a small sweep through the real pipeline, then the knee promoted via the CLI
-        sweep = tmp_path / "sweep.yml"
-        sweep.write_text(yaml.safe_dump({"clinical": str(demo_models["clinical"]), "instruct": str(demo_models["instruct"]),
-                                         "methods": ["linear", "slerp"], "ratios": [0.0, 0.5, 1.0]}))
-        cfg = tmp_path / "run.yaml"
-        cfg.write_text(yaml.safe_dump({"enable_cache": False, "parameters": {"config": {
-            "sweep": str(sweep), "suites": ["clinical", "ifeval"], "data_dir": "sample", "limit": 4,
-            "max_gen_toks": 32, "eps": 0.0, "output_dir": str(tmp_path / "selected"),
-            "registered_model": "ui-model", "experiment": "ui-check", "tracking_uri": server.uri}}}))
-        out = run(str(cfg))
-        knee, versions, results = out["frontier"].knee, out["versions"], out["results"]
-        staged = versions[knee]
-        assert main(["promote", "ui-model", staged, "--tracking-uri", server.uri]) == 0
-        eid, pid = results.experiment_id, results.parent_run_id
-        parent_name = api(server.uri, "runs/get", run_id=pid)["run"]["info"]["run_name"]
-        candidates = [f"{m}-{x}" for m in ("linear", "slerp") for x in ("0.0", "0.5", "1.0")]
-        ui = server.uri
+    out, ui, model, experiment = demo_search["out"], demo_search["uri"], demo_search["model"], demo_search["experiment"]
+    knee, versions, results = out["frontier"].knee, out["versions"], out["results"]
+    staged = versions[knee]
+    eid, pid = results.experiment_id, results.parent_run_id
+    parent_name = api(ui, "runs/get", run_id=pid)["run"]["info"]["run_name"]
+    candidates = [f"{m}-{x}" for m in ("linear", "slerp") for x in ("0.0", "0.5", "1.0")]
+    # the experiment is listed, and its runs table shows the parent run
+    render(exe, f"{ui}/#/experiments", ["Experiments", experiment], tmp_path)
+    render(exe, f"{ui}/#/experiments/{eid}/runs", [experiment, parent_name], tmp_path)
 
-        # the experiment is listed, and its runs table shows the parent run
-        render(exe, f"{ui}/#/experiments", ["Experiments", "ui-check"], tmp_path)
-        render(exe, f"{ui}/#/experiments/{eid}/runs", ["ui-check", parent_name], tmp_path)
+    # the parent run's page: finished, with every candidate as a nested (child) run by name
+    # (its description summarises the frontier, the picks and the promotion)
+    text, _ = render(exe, f"{ui}/#/experiments/{eid}/runs/{pid}",
+                     [parent_name, "Child runs", "Finished", *candidates, "Frontier", "Picks", "Promotion"],
+                     tmp_path)
+    children = re.search(r"Child runs (.*?) Source", text)
+    assert children and sorted(re.findall(r"(?:linear|slerp)-\d\.\d", children.group(1))) == sorted(candidates), text
 
-        # the parent run's page: finished, with every candidate as a nested (child) run by name
-        # (its description summarises the frontier, the picks and the promotion)
-        text, _ = render(exe, f"{ui}/#/experiments/{eid}/runs/{pid}",
-                         [parent_name, "Child runs", "Finished", *candidates, "Frontier", "Picks", "Promotion"],
-                         tmp_path)
-        children = re.search(r"Child runs (.*?) Source", text)
-        assert children and sorted(re.findall(r"(?:linear|slerp)-\d\.\d", children.group(1))) == sorted(candidates), text
+    # the artifact browser lists both figures and previews frontier.png: the UI fetched the image
+    # (an <img> with a blob: source) and the bytes it was served are a real PNG figure
+    text, imgs = render(exe, f"{ui}/#/experiments/{eid}/runs/{pid}/artifacts/figures/frontier.png",
+                        ["figures/frontier.png", "trajectories.png", "frontier.json"], tmp_path)
+    assert any(i.get("alt") == "figures/frontier.png" and (i.get("src") or "").startswith("blob:") for i in imgs), imgs
+    with urllib.request.urlopen(f"{ui}/get-artifact?" + urllib.parse.urlencode(
+            {"path": "figures/frontier.png", "run_uuid": pid}), timeout=30) as r:
+        png = r.read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width >= 300 and height >= 200 and len(png) > 10_000
 
-        # the artifact browser lists both figures and previews frontier.png: the UI fetched the image
-        # (an <img> with a blob: source) and the bytes it was served are a real PNG figure
-        text, imgs = render(exe, f"{ui}/#/experiments/{eid}/runs/{pid}/artifacts/figures/frontier.png",
-                            ["figures/frontier.png", "trajectories.png", "frontier.json"], tmp_path)
-        assert any(i.get("alt") == "figures/frontier.png" and (i.get("src") or "").startswith("blob:") for i in imgs), imgs
-        with urllib.request.urlopen(f"{ui}/get-artifact?" + urllib.parse.urlencode(
-                {"path": "figures/frontier.png", "run_uuid": pid}), timeout=30) as r:
-            png = r.read()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
-        width, height = struct.unpack(">II", png[16:24])
-        assert width >= 300 and height >= 200 and len(png) > 10_000
-
-        # the registry: the model with the staging alias on the promoted version, and that version in stage Staging
-        # (the list shows one alias and "+N" for the rest: staging and the picks; the model page lists them all)
-        render(exe, f"{ui}/#/models", ["ui-model", re.compile(r"@ ?(staging|pick-\w+)\s*:\s*Version \d+")], tmp_path)
-        render(exe, f"{ui}/#/models/ui-model",
-               ["ui-model", *(f"Version {v}" for v in versions.values()), *(f"candidate : {c}" for c in versions),
-                "@ staging", "@ pick-"], tmp_path)   # phase two's picks: pick-linear, pick-slerp
-        render(exe, f"{ui}/#/models/ui-model/versions/{staged}",
-               [f"Version {staged}", re.compile(r"Aliases\s*:[^:]*@ ?staging"), re.compile(r"Stage[^:]*:\s*Staging"),
-                f"Source Run : {knee}"], tmp_path)
-    finally:
-        stop(state)
+    # the registry: the model with the staging alias on the promoted version, and that version in stage Staging
+    # (the list shows one alias and "+N" for the rest: staging and the picks; the model page lists them all)
+    render(exe, f"{ui}/#/models", [model, re.compile(r"@ ?(staging|pick-\w+)\s*:\s*Version \d+")], tmp_path)
+    render(exe, f"{ui}/#/models/{model}",
+           [model, *(f"Version {v}" for v in versions.values()), *(f"candidate : {c}" for c in versions),
+            "@ staging", "@ pick-"], tmp_path)   # phase two's picks: pick-linear, pick-slerp
+    render(exe, f"{ui}/#/models/{model}/versions/{staged}",
+           [f"Version {staged}", re.compile(r"Aliases\s*:[^:]*@ ?staging"), re.compile(r"Stage[^:]*:\s*Staging"),
+            f"Source Run : {knee}"], tmp_path)

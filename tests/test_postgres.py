@@ -2,8 +2,8 @@
 in a temp dir on a free loopback port), artifacts in a directory of the user's choosing, and a
 pipeline that logs to whichever server it is pointed at.
 
-`make install` installs Debian's postgresql as root (like chromium); this module installs it itself
-when it can. Where it cannot, the Postgres test is skipped saying why (a failure under CI=true).
+`make install` installs Debian's postgresql as root (like chromium); a test never installs anything.
+Without it the Postgres test is skipped saying why (a failure under CI=true).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from medmerge.cli import main
-from medmerge.tracking.server import free_port, start, status, stop
+from medmerge.tracking.server import free_port, status, stop
+from factory import DEMO_EVAL, require
 from mlflow_api import api, api_post
 
 
@@ -65,34 +66,17 @@ def _pg_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _install_postgresql() -> str | None:
-    """Install Debian's postgresql (as root, like the Makefile); the reason when that is not possible."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return "Debian's postgresql is not installed (as root: apt-get install postgresql, or make install)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", "postgresql"]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-            return "apt-get install postgresql failed"
-    return None
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """A PostgreSQL cluster of its own (temp dir, free loopback port) with a user and a database for MLflow;
     yields the SQLAlchemy URI MLflow takes. Stopped and removed afterwards."""
     bindir = _pg_bindir()
-    if bindir is None:
-        reason = _install_postgresql()
-        bindir = _pg_bindir()
-        if bindir is None:
-            reason = reason or "postgresql installed, but no /usr/lib/postgresql/*/bin/initdb"
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail(f"{reason}: CI must run the Postgres test", pytrace=False)
-            pytest.skip(reason)
-    pytest.importorskip("psycopg2", reason="the postgres extra is not installed: pip install 'medmerge[postgres]'")
-    import psycopg2
+    if bindir is None:   # installed by `make install` (as root), never from here
+        reason = "Debian's postgresql is not installed (as root: make install, or apt-get install postgresql)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{reason}: CI must run the Postgres test", pytrace=False)
+        pytest.skip(reason)
+    psycopg2 = require("psycopg2", "pip install 'medmerge[postgres]'")
 
     root = Path(tempfile.mkdtemp(prefix="medmerge-pg-"))
     as_user: list[str] = []
@@ -137,15 +121,16 @@ def _is_nested(run: dict) -> bool:
 @pytest.mark.integration
 @pytest.mark.timeout(1800)  # two pipeline runs and a first start on an empty Postgres (migrations)
 def test_switching_to_a_postgres_server_logs_there_and_reuses_the_computation(
-        postgres, demo_models, tmp_path, monkeypatch, capsys):
+        postgres, demo_models, mlflow_server, demo_eval_cache, tmp_path, monkeypatch, capsys):
     from zenml.enums import ExecutionStatus as S
 
     from pipelines.merge_search import run
 
-    # the local sqlite server, and a shared one on PostgreSQL with its own artifact root
-    sqlite_state, pg_state = tmp_path / "sqlite-server", tmp_path / "pg-server"
+    # the local sqlite server (the session's), and a shared one on PostgreSQL with its own artifact root
+    pg_state = tmp_path / "pg-server"
     shared_artifacts = tmp_path / "team-artifacts"
-    old = start(sqlite_state, port=0)
+    old = mlflow_server
+    monkeypatch.setenv("MEDMERGE_CACHE_DIR", str(demo_eval_cache))   # the demo sweep's scores, computed once
     assert main(["server", "start", "--state-dir", str(pg_state), "--port", "0", "--backend-store-uri", postgres,
                  "--artifacts-destination", str(shared_artifacts)]) == 0
     new = status(pg_state)
@@ -158,8 +143,7 @@ def test_switching_to_a_postgres_server_logs_there_and_reuses_the_computation(
         model, experiment = "pg-model", "pg-merge-search"
         cfg = tmp_path / "run.yaml"  # no tracking_uri: the environment says where, as a user switching servers does
         cfg.write_text(yaml.safe_dump({"parameters": {"config": {
-            "sweep": str(sweep), "suites": ["clinical", "ifeval"], "data_dir": "sample", "limit": 2,
-            "max_gen_toks": 16, "eps": 0.0, "output_dir": str(tmp_path / "selected"),
+            "sweep": str(sweep), **DEMO_EVAL, "output_dir": str(tmp_path / "selected"),
             "registered_model": model, "experiment": experiment}}}))
 
         # 1. against the sqlite server
@@ -232,7 +216,6 @@ def test_switching_to_a_postgres_server_logs_there_and_reuses_the_computation(
         assert old.uri not in printed
     finally:
         stop(pg_state)
-        stop(sqlite_state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +232,7 @@ def test_dead_server_advice_depends_on_where_the_user_points(monkeypatch, env_po
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     else:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
-    with pytest.raises(registry.RegistryError) as exc:
+    with pytest.raises(registry.RegistryError, match="is not reachable") as exc:
         registry.client(dead).search_experiments()
     msg = str(exc.value)
     assert msg.startswith(f"MLflow tracking server {dead} is not reachable")

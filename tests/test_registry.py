@@ -1,27 +1,25 @@
-"""Run logging, registration and promotion against a real MLflow server on a free loopback port."""
+"""Run logging, registration, promotion and serving against a real MLflow server on a free loopback port
+(the session's: conftest ``mlflow_server``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from factory import make_family, read
+from factory import greedy_continuation, make_family, read
 from medmerge.cli import main
 from medmerge.engine import merge
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
 from medmerge.recipe import parse_recipe
 from medmerge.tracking import registry
-from medmerge.tracking.server import start, stop
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    state = tmp_path_factory.mktemp("mlflow")
-    info = start(state, port=0, timeout=300)  # a busy shared machine starts it slowly
-    yield info.uri
-    stop(state)
+def server(mlflow_server):
+    """The session's MLflow server (conftest): its URI."""
+    return mlflow_server.uri
 
 
 def fake_report(name: str, med: float, ifs: float) -> EvalReport:
@@ -104,8 +102,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_staged_model_is_served(server, tmp_path):
-    """``mlflow models serve -m models:/NAME@staging --env-manager local`` answers /invocations with text."""
+def test_staged_model_is_served(demo_search, tmp_path):
+    """``mlflow models serve -m models:/NAME@staging --env-manager local`` on the session's demo run: /invocations
+    answers with what greedy decoding with the staged candidate's own weights generates, for the same prompt."""
     import json
     import os
     import signal
@@ -114,25 +113,21 @@ def test_staged_model_is_served(server, tmp_path):
     import time
     import urllib.request
 
-    c = registry.client(server)
-    exp_id = c.create_experiment("medmerge-serve")
-    run = c.create_run(exp_id)
-    fam = make_family(tmp_path / "fam", n_children=1)
-    reg = registry.register_checkpoint("medmerge-served", fam["m0"], run.info.run_id, "id-served", {}, server)
-    c.set_terminated(run.info.run_id, status="FINISHED")
-    registry.promote("medmerge-served", reg.version, server)
-
+    model, knee = demo_search["model"], demo_search["out"]["frontier"].knee
+    staged = registry.client(demo_search["uri"]).get_model_version_by_alias(model, "staging")
+    assert staged.tags["candidate"] == knee
     port = free_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/medmerge-served@staging",
+    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", f"models:/{model}@staging",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
                             # the server runs `uvicorn` from PATH: the venv's bin, as with an activated venv
-                            env={**os.environ, "MLFLOW_TRACKING_URI": server,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": demo_search["uri"],
                                  "PATH": os.path.dirname(mlflow_bin) + os.pathsep + os.environ.get("PATH", "")},
                             stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / "serve.log", "w"), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    prompts = ["Doctor: How are you feeling today?", "The patient"]
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180
         while True:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
@@ -143,15 +138,18 @@ def test_staged_model_is_served(server, tmp_path):
                 pass
             assert time.time() < deadline, "mlflow models serve did not answer /ping within 180 s"
             time.sleep(1)
-        body = json.dumps({"inputs": ["w1 w2 w3"], "params": {"max_new_tokens": 4}}).encode()
+        body = json.dumps({"inputs": prompts, "params": {"max_new_tokens": 6}}).encode()
         req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
-        got = json.loads(urllib.request.urlopen(req, timeout=60).read())
-        assert isinstance(got["predictions"][0], str) and got["predictions"][0].strip()
+        got = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it started: its own process group
             proc.wait(timeout=30)
-    assert proc.returncode is not None
+    want = [greedy_continuation(demo_search["selected"] / knee, p, 6) for p in prompts]
+    # the prompt and its greedy continuation, token for token (MLflow's pyfunc strips the text's ends)
+    assert got == [(p + w).strip() for p, w in zip(prompts, want)], (got, want)
+    with pytest.raises(OSError, match="Connection refused"):   # the served model went with its process group
+        urllib.request.urlopen(f"{url}/ping", timeout=5)
 
 
 def test_promotion_refusals(server, tmp_path, capsys):
@@ -191,7 +189,7 @@ def test_promotion_refuses_failed_forgetting_gate_unless_forced(server, tmp_path
     assert "forgetting gate failed" in err and "if_score 0.2000 -> 0.0000" in err and "--force" in err
     from mlflow.exceptions import MlflowException
 
-    with pytest.raises(MlflowException) as refused:  # nothing was staged
+    with pytest.raises(MlflowException, match="alias staging not found") as refused:  # nothing was staged
         c.get_model_version_by_alias("medmerge-gated", "staging")
     assert "alias staging not found" in str(refused.value)   # MLflow 3 answers INVALID_PARAMETER_VALUE
 

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-# the remote flavors' implementations import these (pyproject.toml, extra `dev`)
+from factory import require
+
+# the remote flavors' implementations import these (pyproject.toml, extra `dev`): a failure under CI
 for _module in ("kubernetes", "s3fs", "boto3"):
-    pytest.importorskip(_module, reason="pip install -e '.[dev]' (the remote stack's flavors need it)")
+    require(_module, "pip install -e '.[dev]': the remote stack's flavors need it")
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOTE = ROOT / "zenml_config" / "remote"

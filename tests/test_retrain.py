@@ -12,6 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from zenml.enums import StackComponentType
+
+from factory import DEMO_EVAL
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "medmerge" / "resources" / "eval_sample" / "mts_dialog"
@@ -110,68 +113,99 @@ def test_schedule_forwards_the_pipeline_layers_error_and_exit_code(tmp_path, con
     assert not (tmp_path / "out").exists()
 
 
-class FakePipeline:
-    """Stands in for a ZenML pipeline: ``with_options(schedule=..., config_path=...)()`` records the call and,
-    as ZenML does, stores the schedule (unless told to lose it)."""
+class SchedulingPipeline:
+    """The real ZenML pipeline, its options applied by ZenML itself (``with_options`` takes the real
+    ``Schedule`` and the run config). Submitting is the one part a local store cannot do for real: it needs
+    an orchestrator that schedules, so here it does what ZenML does for one, and no more: the schedule is
+    created in the real (session-wide, local) ZenML store, attached to the active orchestrator and the
+    pipeline, unless told to lose it."""
 
-    def __init__(self, name, store, calls, create=True):
-        self.name, self.store, self.calls, self.create = name, store, calls, create
+    def __init__(self, real, calls, create=True):
+        self.real, self.calls, self.create = real, calls, create
 
     def with_options(self, **kw):
-        def call():
-            self.calls.append((self.name, kw))
+        self.real.with_options(**kw)   # ZenML's own checks of the options
+
+        def submit():
+            from zenml.client import Client
+            from zenml.models import ScheduleRequest
+
+            self.calls.append((self.real.name, kw))
             if self.create:
-                s = kw["schedule"]
-                self.store[s.name] = SimpleNamespace(id=f"id-{s.name}", cron_expression=s.cron_expression)
-        return call
+                client, s = Client(), kw["schedule"]
+                client.zen_store.create_schedule(ScheduleRequest(
+                    project=client.active_project.id, name=s.name, cron_expression=s.cron_expression, active=True,
+                    orchestrator_id=client.active_stack_model.components[StackComponentType.ORCHESTRATOR][0].id,
+                    pipeline_id=None))
+        return submit
 
 
-def _schedulable(monkeypatch, create=True):
+@pytest.fixture
+def schedulable(monkeypatch):
+    """The active ZenML stack (the session's local one) with its orchestrator saying it can schedule, and the
+    two pipelines submitting as above; ``(calls, store)``. The schedules it created are deleted afterwards."""
+    from zenml.client import Client
+
     import pipelines.finetune
     import pipelines.merge_search
-    import pipelines.retrain
 
-    store, calls = {}, []
-    orch = SimpleNamespace(name="k8s", flavor="kubernetes", config=SimpleNamespace(is_schedulable=True))
-    monkeypatch.setattr(pipelines.retrain, "active_stack", lambda: SimpleNamespace(name="remote", orchestrator=orch))
-    monkeypatch.setattr(pipelines.retrain, "find_schedule", store.get)
-    monkeypatch.setattr(pipelines.merge_search, "merge_search", FakePipeline("merge_search", store, calls, create))
-    monkeypatch.setattr(pipelines.finetune, "finetune", FakePipeline("finetune", store, calls, create))
-    return store, calls
+    client = Client()
+    orchestrator = client.active_stack.orchestrator
+    monkeypatch.setattr(type(orchestrator.config), "is_schedulable", property(lambda self: True))
+    calls: list = []
+
+    def install(create=True):
+        for module, name in ((pipelines.merge_search, "merge_search"), (pipelines.finetune, "finetune")):
+            monkeypatch.setattr(module, name, SchedulingPipeline(getattr(module, name), calls, create))
+        return calls
+
+    yield install
+    for s in client.list_schedules(name="startswith:medmerge-retrain-").items:
+        client.delete_schedule(s.id)
 
 
-def test_schedule_on_a_schedulable_orchestrator_attaches_a_zenml_schedule(tmp_path, configs, capsys, monkeypatch):
+def test_schedule_on_a_schedulable_orchestrator_attaches_a_zenml_schedule(tmp_path, configs, capsys, schedulable):
+    from zenml.client import Client
     from zenml.config.schedule import Schedule
 
     from pipelines.schedule import main
 
-    store, calls = _schedulable(monkeypatch)
+    calls = schedulable()
     assert main(pipeline_args(tmp_path, configs, "0  3 * * 1")) == 0
     out = capsys.readouterr().out
-    assert "(flavor kubernetes) can schedule" in out
+    orchestrator = Client().active_stack.orchestrator
+    assert f"(flavor {orchestrator.flavor}) can schedule" in out
     assert [c[0] for c in calls] == ["merge_search", "finetune"]
     for (name, kw), cfg in zip(calls, configs):
         assert isinstance(kw["schedule"], Schedule) and kw["schedule"].cron_expression == "0 3 * * 1"
         assert kw["config_path"] == str(cfg.resolve())
-    assert "schedule medmerge-retrain-merge_search (merge_search): created, id id-medmerge-retrain-merge_search" in out
+    # what the store holds is what was printed: ZenML's schedule, its id, its cron, on the active orchestrator
+    for pname in ("merge_search", "finetune"):
+        held = Client().get_schedule(f"medmerge-retrain-{pname}")
+        assert held.cron_expression == "0 3 * * 1" and held.active and held.orchestrator_id == orchestrator.id
+        assert f"schedule medmerge-retrain-{pname} ({pname}): created, id {held.id}" in out
     assert "a run with nothing changed is all cached" in out
     assert not (tmp_path / "out").exists()  # no crontab where ZenML schedules
 
-    # again with the same cron: reported as there, nothing submitted twice
+    # again with the same cron: reported as there (read back from the store), nothing submitted twice
     assert main(pipeline_args(tmp_path, configs, "0 3 * * 1")) == 0
     assert len(calls) == 2 and "already there, unchanged" in capsys.readouterr().out
     # another cron while one exists: refused before anything is submitted
     assert main(pipeline_args(tmp_path, configs, "0 4 * * 1")) == 2
     assert len(calls) == 2 and "exists with cron '0 3 * * 1'" in capsys.readouterr().err
+    assert len(Client().list_schedules(name="startswith:medmerge-retrain-").items) == 2
 
 
-def test_schedule_never_claims_a_schedule_zenml_does_not_hold(tmp_path, configs, capsys, monkeypatch):
+def test_schedule_never_claims_a_schedule_zenml_does_not_hold(tmp_path, configs, capsys, schedulable):
+    from zenml.client import Client
+
     from pipelines.schedule import main
 
-    _, calls = _schedulable(monkeypatch, create=False)
+    calls = schedulable(create=False)
     assert main(pipeline_args(tmp_path, configs, "0 3 * * 1")) == 2
     captured = capsys.readouterr()
     assert len(calls) == 1 and "not scheduled" in captured.err and "created" not in captured.out
+    assert Client().list_schedules(name="startswith:medmerge-retrain-").items == []
 
 
 def test_retrain_without_a_tracking_server_is_one_line_exit_2(configs, tmp_path, capsys):
@@ -241,92 +275,86 @@ def _zenml_runs(name):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_retrain_runs_only_when_something_changed(demo_models, tmp_path, capsys):
+def test_retrain_runs_only_when_something_changed(demo_models, mlflow_server, demo_eval_cache, tmp_path, capsys,
+                                                 monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
-    from medmerge.tracking.server import start, stop
     from pipelines.retrain import main
 
     data = tmp_path / "mts.jsonl"  # the training data as a file the test can change
     data.write_text((SAMPLE / "train.jsonl").read_text() + (SAMPLE / "test.jsonl").read_text())
-    server = start(tmp_path / "mlflow", port=0)
-    uri = server.uri
-    try:
-        sweep = tmp_path / "sweep.yml"
-        sweep.write_text(yaml.safe_dump({"clinical": str(demo_models["clinical"]),
-                                         "instruct": str(demo_models["instruct"]),
-                                         "methods": ["linear"], "ratios": [0.0, 0.5, 1.0]}))
-        search = write_config(tmp_path / "search.yaml", sweep=str(sweep), suites=["clinical", "ifeval"],
-                              data_dir="sample", limit=4, max_gen_toks=32, eps=0.0,
-                              output_dir=str(tmp_path / "selected"), registered_model="rt-merge",
-                              experiment="rt-search", tracking_uri=uri)
-        finetune = write_config(
-            tmp_path / "finetune.yaml", initialisations=[{"name": "merge", "model_uri": "models:/rt-merge@staging"}],
-            task=str(data), eval_split="test", eval_limit=4, shots=[8],
-            sft={"epochs": 1, "per_device_batch": 8, "grad_accum": 2, "min_steps_few_shot": 4, "max_length": 512,
-                 "gradient_checkpointing": False},
-            generation={"max_new_tokens": 32},
-            forgetting={"suites": ["ifeval"], "data_dir": "sample", "limit": 4, "max_gen_toks": 32},
-            output_dir=str(tmp_path / "ft"), registered_model="rt-sft", experiment="rt-finetune", tracking_uri=uri)
-        argv = ["--search-config", str(search), "--finetune-config", str(finetune), "--promote-knee",
-                "--lock-file", str(tmp_path / "retrain.lock")]
+    uri = mlflow_server.uri
+    monkeypatch.setenv("MEDMERGE_CACHE_DIR", str(demo_eval_cache))   # the demo sweep's scores, computed once
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text(yaml.safe_dump({"clinical": str(demo_models["clinical"]),
+                                     "instruct": str(demo_models["instruct"]),
+                                     "methods": ["linear"], "ratios": [0.0, 0.5, 1.0]}))
+    search = write_config(tmp_path / "search.yaml", sweep=str(sweep), **DEMO_EVAL,
+                          output_dir=str(tmp_path / "selected"), registered_model="rt-merge",
+                          experiment="rt-search", tracking_uri=uri)
+    finetune = write_config(
+        tmp_path / "finetune.yaml", initialisations=[{"name": "merge", "model_uri": "models:/rt-merge@staging"}],
+        task=str(data), eval_split="test", eval_limit=4, shots=[8],
+        sft={"epochs": 1, "per_device_batch": 8, "grad_accum": 2, "min_steps_few_shot": 4, "max_length": 512,
+             "gradient_checkpointing": False},
+        generation={"max_new_tokens": 32},
+        forgetting={"suites": ["ifeval"], "data_dir": "sample", "limit": 4, "max_gen_toks": 32},
+        output_dir=str(tmp_path / "ft"), registered_model="rt-sft", experiment="rt-finetune", tracking_uri=uri)
+    argv = ["--search-config", str(search), "--finetune-config", str(finetune), "--promote-knee",
+            "--lock-file", str(tmp_path / "retrain.lock")]
 
-        # 1. nothing promoted yet: both pipelines run, versions are registered and the knee staged
-        assert main(argv) == 0
-        out = capsys.readouterr().out
-        assert "nothing promoted yet: rt-merge has no staging version" in out
-        assert "nothing fine-tuned yet: rt-sft has no version" in out
-        merge_v, sft_v = _versions(uri, "rt-merge"), _versions(uri, "rt-sft")
-        assert merge_v and sft_v == [1]
-        runs = _runs(uri, "medmerge-retrain")
-        assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED")]
-        assert runs[0].data.params["train_sha256"] and "nothing promoted yet" in runs[0].data.tags[
-            "medmerge.retrain.reasons"]
+    # 1. nothing promoted yet: both pipelines run, versions are registered and the knee staged
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "nothing promoted yet: rt-merge has no staging version" in out
+    assert "nothing fine-tuned yet: rt-sft has no version" in out
+    merge_v, sft_v = _versions(uri, "rt-merge"), _versions(uri, "rt-sft")
+    assert merge_v and sft_v == [1]
+    runs = _runs(uri, "medmerge-retrain")
+    assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED")]
+    assert runs[0].data.params["train_sha256"] and "nothing promoted yet" in runs[0].data.tags[
+        "medmerge.retrain.reasons"]
 
-        # 2. nothing changed: a recorded no-op, no pipeline run, no new version
-        before = {"zenml": (_zenml_runs("merge_search"), _zenml_runs("finetune")),
-                  "mlflow": (len(_runs(uri, "rt-search")), len(_runs(uri, "rt-finetune")))}
-        assert main(argv) == 0
-        out = capsys.readouterr().out
-        assert "no-op: nothing changed" in out and "unchanged: parents and training data match" in out
-        assert _versions(uri, "rt-merge") == merge_v and _versions(uri, "rt-sft") == sft_v
-        assert (_zenml_runs("merge_search"), _zenml_runs("finetune")) == before["zenml"]
-        assert (len(_runs(uri, "rt-search")), len(_runs(uri, "rt-finetune"))) == before["mlflow"]
-        runs = _runs(uri, "medmerge-retrain")
-        assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED"),
-                                                                                      ("noop", "FINISHED")]
-        noop = runs[1]
-        assert noop.data.params["train_sha256"] == runs[0].data.params["train_sha256"]
-        staged = MlflowClient(uri).get_model_version_by_alias("rt-merge", "staging").version
-        assert noop.data.params["promoted_version"] == staged and noop.data.params["finetuned_version"] == "1"
-        decision = json.loads(Path(mlflow.artifacts.download_artifacts(
-            run_id=noop.info.run_id, artifact_path="decision.json", dst_path=str(tmp_path / "dl"),
-            tracking_uri=uri)).read_text())
-        assert decision["changed"] is False and decision["reasons"] == []
+    # 2. nothing changed: a recorded no-op, no pipeline run, no new version
+    before = {"zenml": (_zenml_runs("merge_search"), _zenml_runs("finetune")),
+              "mlflow": (len(_runs(uri, "rt-search")), len(_runs(uri, "rt-finetune")))}
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no-op: nothing changed" in out and "unchanged: parents and training data match" in out
+    assert _versions(uri, "rt-merge") == merge_v and _versions(uri, "rt-sft") == sft_v
+    assert (_zenml_runs("merge_search"), _zenml_runs("finetune")) == before["zenml"]
+    assert (len(_runs(uri, "rt-search")), len(_runs(uri, "rt-finetune"))) == before["mlflow"]
+    runs = _runs(uri, "medmerge-retrain")
+    assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED"),
+                                                                                  ("noop", "FINISHED")]
+    noop = runs[1]
+    assert noop.data.params["train_sha256"] == runs[0].data.params["train_sha256"]
+    staged = MlflowClient(uri).get_model_version_by_alias("rt-merge", "staging").version
+    assert noop.data.params["promoted_version"] == staged and noop.data.params["finetuned_version"] == "1"
+    decision = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=noop.info.run_id, artifact_path="decision.json", dst_path=str(tmp_path / "dl"),
+        tracking_uri=uri)).read_text())
+    assert decision["changed"] is False and decision["reasons"] == []
 
-        # 3. one training target edited: the data's hash names the change and fine-tuning runs again
-        rows = [json.loads(x) for x in data.read_text().splitlines()]
-        first_train = next(r for r in rows if r["split"] == "train")
-        first_train["target"] += " Follow up in two weeks."
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        assert main(argv + ["--dry-run"]) == 0  # says what changed; runs and records nothing
-        out = capsys.readouterr().out
-        assert "training data changed since rt-sft v1" in out and "dry run: nothing run, nothing recorded" in out
-        assert len(_runs(uri, "medmerge-retrain")) == 2 and _versions(uri, "rt-sft") == [1]
-        assert main(argv) == 0
-        out = capsys.readouterr().out
-        assert "training data changed since rt-sft v1: train_sha256" in out and "nothing promoted" not in out
-        assert _versions(uri, "rt-merge") == merge_v  # the parents did not change: merge search all cached
-        assert _versions(uri, "rt-sft") == [1, 2]
-        runs = _runs(uri, "medmerge-retrain")
-        assert [r.data.tags["medmerge.retrain"] for r in runs] == ["ran", "noop", "ran"]
-        assert runs[2].info.status == "FINISHED" and "training data changed" in runs[2].data.tags[
-            "medmerge.retrain.reasons"]
-    finally:
-        stop(tmp_path / "mlflow")
-
-
+    # 3. one training target edited: the data's hash names the change and fine-tuning runs again
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    first_train = next(r for r in rows if r["split"] == "train")
+    first_train["target"] += " Follow up in two weeks."
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(argv + ["--dry-run"]) == 0  # says what changed; runs and records nothing
+    out = capsys.readouterr().out
+    assert "training data changed since rt-sft v1" in out and "dry run: nothing run, nothing recorded" in out
+    assert len(_runs(uri, "medmerge-retrain")) == 2 and _versions(uri, "rt-sft") == [1]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "training data changed since rt-sft v1: train_sha256" in out and "nothing promoted" not in out
+    assert _versions(uri, "rt-merge") == merge_v  # the parents did not change: merge search all cached
+    assert _versions(uri, "rt-sft") == [1, 2]
+    runs = _runs(uri, "medmerge-retrain")
+    assert [r.data.tags["medmerge.retrain"] for r in runs] == ["ran", "noop", "ran"]
+    assert runs[2].info.status == "FINISHED" and "training data changed" in runs[2].data.tags[
+        "medmerge.retrain.reasons"]
 class _Registry:
     """A registry client answering from a dict of versions; a missing name fails as MLflow's does."""
 

@@ -149,10 +149,10 @@ def test_optuna_study_resumes_after_a_kill_in_trial_5(tmp_path):
     def dies_in_trial_5(cand):
         calls.append(cand.name)
         if len(calls) == 5:
-            raise Killed
+            raise Killed("killed in trial 5")
         return fake_score(cand)
 
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="killed in trial 5"):
         list(optuna_search.run_study(spec, dies_in_trial_5, score, storage=storage, name="s"))
     study = optuna_search.open_study(storage, "s", spec.seed)   # what a restarted process sees
     states = [t.state for t in study.get_trials()]

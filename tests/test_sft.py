@@ -19,7 +19,7 @@ def test_optimisation_steps_follow_the_seed():
     assert optimisation_steps(512, s, few_shot=True) == 480    # 15 * ceil(512/16) = 15 * 32
     assert optimisation_steps(10, s, few_shot=False) == 200    # 15 * 1 < 200
     assert optimisation_steps(1201, s, few_shot=False) == 1140  # 15 * ceil(1201/16) = 15 * 76
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="SFT needs at least one example"):
         optimisation_steps(0, s, few_shot=True)
 
 

@@ -64,7 +64,7 @@ def test_8b_in_float32_does_not_fit_one_h200_but_bf16_or_fsdp_does(tmp_path):
     e = estimate(shape, s)
     assert e.weights + e.gradients + e.optimiser == 16 * shape.params  # the "about 128 GB"
     h200 = Device(kind="cuda", bytes=141 * GIB, name="GPU H200")
-    with pytest.raises(SFTMemoryError) as err:
+    with pytest.raises(SFTMemoryError, match=r"needs about 179\.0 GiB") as err:
         check_fits(shape, s, h200)
     msg = str(err.value)
     assert "needs about 179.0 GiB" in msg and "has 141.0 GiB" in msg

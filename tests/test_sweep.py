@@ -13,7 +13,7 @@ from medmerge.cli import main
 from medmerge.engine import iter_sweep, sweep
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.recipe import SweepSpec
-from mk import mergekit_merge
+from mk import mergekit_merge, ratio_recipe
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,9 @@ def test_default_grid_names(swept):
         assert (path / "model.safetensors").exists() and (path / "mergekit_config.yml").exists()
 
 
-def test_every_candidate_is_reproduced_by_mergekit(swept, tmp_path):
+def test_every_candidate_is_reproduced_by_mergekit(swept, spec, tmp_path):
     for name, path in swept.items():
-        theirs = read(mergekit_merge((path / "mergekit_config.yml").read_text(), tmp_path / name))
+        theirs = read(mergekit_merge(ratio_recipe(name, spec.clinical, spec.instruct), tmp_path / name))
         mine = read(path)
         assert sorted(mine) == sorted(theirs)
         for k in mine:

@@ -141,3 +141,48 @@ def test_a_dumped_spec_parses_back_to_itself():
                  SweepSpec(**NOWHERE, search="optuna", budget=3, methods={"slerp": {"t": {"low": 0, "high": 1,
                                                                                          "gradient": 3}}})):
         assert SweepSpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+def test_a_methods_mapping_sweep_is_what_mergekit_makes_of_recipes_written_apart(tmp_path):
+    """``medmerge sweep`` over a ``methods:`` mapping, each candidate against mergekit on a recipe written here
+    from the sweep's documented meaning (``ratio`` r weights clinical and instruct by (1 - r, r); a scalar
+    per-model parameter goes to both models; ``t`` and ``lambda`` are the method's own; slerp's base is the
+    clinical model; the base-model methods take ``base``), never from what medmerge emitted: tensor for tensor."""
+    import torch
+
+    from factory import make_family, read
+    from mk import mergekit_merge
+
+    fam = make_family(tmp_path / "fam", n_children=2)
+    c, i, b = str(fam["m0"]), str(fam["m1"]), str(fam["base"])
+    spec = _write(tmp_path, {"clinical": c, "instruct": i, "base": b, "methods": {
+        "linear": {"ratio": [0.25, 0.6]},
+        "slerp": {"t": [[0.0, 0.5, 1.0], 0.4]},
+        "task_arithmetic": {"weight": 0.5, "lambda": [0.7, 1.2]},
+        "ties": {"ratio": 0.3, "density": [0.5, 0.8]}}})
+
+    def pair(w_c, w_i, **per_model):
+        return [{"model": c, "parameters": {"weight": w_c, **per_model}},
+                {"model": i, "parameters": {"weight": w_i, **per_model}}]
+
+    expected = {
+        "linear-0.25": {"merge_method": "linear", "models": pair(0.75, 0.25)},
+        "linear-0.6": {"merge_method": "linear", "models": pair(0.4, 0.6)},
+        "slerp-t=0-0.5-1": {"merge_method": "slerp", "base_model": c, "models": [{"model": c}, {"model": i}],
+                            "parameters": {"t": [0.0, 0.5, 1.0]}},
+        "slerp-t=0.4": {"merge_method": "slerp", "base_model": c, "models": [{"model": c}, {"model": i}],
+                        "parameters": {"t": 0.4}},
+        "task_arithmetic-lambda=0.7": {"merge_method": "task_arithmetic", "base_model": b,
+                                       "models": pair(0.5, 0.5), "parameters": {"lambda": 0.7}},
+        "task_arithmetic-lambda=1.2": {"merge_method": "task_arithmetic", "base_model": b,
+                                       "models": pair(0.5, 0.5), "parameters": {"lambda": 1.2}},
+        "ties-density=0.5": {"merge_method": "ties", "base_model": b, "models": pair(0.7, 0.3, density=0.5)},
+        "ties-density=0.8": {"merge_method": "ties", "base_model": b, "models": pair(0.7, 0.3, density=0.8)},
+    }
+    assert main(["sweep", spec, str(tmp_path / "out"), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(expected)
+    for name, recipe in expected.items():
+        mine, theirs = read(tmp_path / "out" / name), read(mergekit_merge(recipe, tmp_path / "mk" / name))
+        assert sorted(mine) == sorted(theirs), name
+        for k in theirs:
+            assert mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k]), (name, k)

@@ -19,13 +19,13 @@ def _runs(uri: str, experiment: str) -> list[dict]:
 
 
 @pytest.mark.timeout(1800)  # two pipeline runs with SFT, generation and evaluation
-def test_finetune_logs_to_the_server_it_is_pointed_at(demo_models, tmp_path, monkeypatch, capsys):
+def test_finetune_logs_to_the_server_it_is_pointed_at(demo_models, mlflow_server, tmp_path, monkeypatch, capsys):
     from zenml.enums import ExecutionStatus as S
 
     from medmerge.tracking.server import start, stop
     from pipelines.finetune import run
 
-    old, new = start(tmp_path / "old-server", port=0), start(tmp_path / "new-server", port=0)
+    old, new = mlflow_server, start(tmp_path / "new-server", port=0)   # the session's server, and another
     out = tmp_path / "out"
     model, experiment = "switch-sft", "switch-finetune"
     cfg = tmp_path / "finetune.yaml"
@@ -75,4 +75,3 @@ def test_finetune_logs_to_the_server_it_is_pointed_at(demo_models, tmp_path, mon
         assert f"MLflow run:        {new.uri}/#/experiments/" in printed and old.uri not in printed
     finally:
         stop(tmp_path / "new-server")
-        stop(tmp_path / "old-server")

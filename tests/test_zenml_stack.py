@@ -13,10 +13,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_register_local_stack(tmp_path):
-    from medmerge.tracking.server import start, stop
-
-    info = start(tmp_path / "mlflow", port=0)
+def test_register_local_stack(mlflow_server):
+    info = mlflow_server
     zenml = str(Path(sys.executable).parent / "zenml")
     env = dict(os.environ, PYTHON=sys.executable)
     try:
@@ -30,7 +28,6 @@ def test_register_local_stack(tmp_path):
         assert "medmerge_mlflow_tracker" in text and "medmerge_mlflow_registry" in text
     finally:
         subprocess.run([zenml, "stack", "set", "default"], env=env, capture_output=True)
-        stop(tmp_path / "mlflow")
 
 
 def test_no_server_is_a_clear_error(tmp_path):
