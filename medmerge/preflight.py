@@ -293,6 +293,10 @@ def _scan_value(allowed: list, value, problems: _Problems, loc: tuple) -> None:
         if kind is not None:
             problems.add(loc, f"expected a number, got the {kind} {value!r}")
             return
+    if bool in allowed and not isinstance(value, bool) and value is not None and \
+            all(t in (bool, type(None)) for t in allowed):
+        problems.add(loc, f"expected true or false, got {value!r}")   # pydantic would read "yes", 1, "off"
+        return
     models = [t for t in allowed if _is_model(t)]
     if isinstance(value, dict):
         if models:
@@ -413,6 +417,25 @@ def checkpoint_problem(ref: object, what: str, local: bool = True) -> str | None
         return f"{what} {ref}: {one_line(exc)}"
     except OSError as exc:
         return f"{what} {ref} cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def compatibility_problem(refs: list[str]) -> str | None:
+    """Why the local checkpoints ``refs`` cannot be merged (architecture, vocabulary, tokenizer, tensor names and
+    shapes: :func:`medmerge.compat.check_compatible` on the headers, no tensor read), or None. Hub ids are
+    left to the check_parents step."""
+    from medmerge.compat import check_compatible
+    from medmerge.io.checkpoint import Checkpoint
+
+    local = [r for r in dict.fromkeys(refs) if Path(r).expanduser().is_dir()]
+    if len(local) != len(set(refs)):
+        return None
+    try:
+        check_compatible([Checkpoint(Path(r).expanduser()) for r in local])
+    except MedmergeError as exc:
+        return one_line(exc)
+    except OSError as exc:
+        return f"a parent cannot be read: {exc.strerror or exc}"
     return None
 
 
@@ -636,9 +659,31 @@ def _common_checks(v: _View, problems: _Problems, parents: list[str], local: boo
             problems.add(key, why)
 
 
+def device_problem(device: str | None) -> str | None:
+    """Why this machine cannot run on ``device`` (``cuda`` without a CUDA GPU, ``cuda:3`` with fewer), or None."""
+    if not device or not device.startswith(("cuda", "mps")):
+        return None
+    import torch
+
+    if device.startswith("mps"):
+        return None if torch.backends.mps.is_available() else f"device {device}: this machine has no MPS device"
+    if not torch.cuda.is_available():
+        return f"device {device}: this machine has no CUDA GPU (use cpu, or leave device unset)"
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        return f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+    return None
+
+
 def _eval_data_problems(opts, local: bool) -> list[tuple[tuple, str]]:
-    """The evaluation data: a ``data_dir`` that is a folder here holds every task file the suites need."""
-    if opts is None or opts.data_dir in (None, "sample") or not local:
+    """The evaluation data: a ``data_dir`` that is a folder here holds every task file the suites need; the
+    device exists here."""
+    if opts is None or not local:
+        return []
+    why = device_problem(opts.device)
+    if why:
+        return [(("device",), why)]
+    if opts.data_dir in (None, "sample"):
         return []
     from medmerge.evaluation.tasks import resolve_data_dir, suite_tasks, task_spec
 
@@ -683,13 +728,18 @@ def check_search(path: str | os.PathLike, overrides: dict | None = None):
                 why = checkpoint_problem(ref, f"parent {role}", local)
                 if why:
                     problems.add(("sweep", role), why)
+        if problems.ok("sweep") and local:
+            why = compatibility_problem([sweep_raw[r] for r in ("clinical", "instruct", "base")
+                                         if isinstance(sweep_raw.get(r), str)])
+            if why:
+                problems.add("sweep", why)
     _common_checks(v, problems, parents, local)
     storage = v("study_storage")
     if storage not in (_SKIP, None):
         why = sqlalchemy_url_problem(storage)
         if why:
             problems.add("study_storage", why)
-    if partial is not None and problems.ok("data_dir") and problems.ok("suites"):
+    if partial is not None and problems.ok("data_dir") and problems.ok("suites") and problems.ok("device"):
         for loc, why in _eval_data_problems(partial, local):
             problems.add(loc, why)
     if spec is not None:
@@ -795,6 +845,11 @@ def check_finetune(path: str | os.PathLike):
                     problems.add(("initialisations", i, "model_uri"),
                                  why or f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@alias")
     _common_checks(v, problems, parents, local)
+    scorer = v("bertscore_model")
+    if isinstance(scorer, str) and local and not Path(scorer).expanduser().exists() and \
+            (not HUB_ID.match(scorer) or scorer.startswith((".", "~"))):
+        problems.add("bertscore_model", f"BERTScore model {scorer} does not exist (a local model directory, or a "
+                                        f"Hub id org/name)")
     if partial is not None and problems.ok("forgetting"):
         for loc, why in _eval_data_problems(partial.forgetting, local):
             problems.add(("forgetting", *loc), why)

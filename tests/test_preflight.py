@@ -110,6 +110,8 @@ SEARCH_CASES = [
     ({"output_dirr": "x"}, "output_dirr", "unknown key; did you mean 'output_dir'?"),
     ({"data_dir": "/nonexistent/eval-data"}, "data_dir", "data directory /nonexistent/eval-data does not exist"),
     ({"device": "gpu-please"}, "device", "unknown device 'gpu-please'"),
+    ({"device": "cuda:99"}, "device", "CUDA GPU"),   # none here, or fewer than 100
+    ({"use_stderr": "yes"}, "use_stderr", "expected true or false, got 'yes'"),
 ]
 
 
@@ -146,6 +148,17 @@ def test_merge_search_refuses_a_bad_sweep_in_one_line(models, work, tmp_path, ca
     err = refused(main, ["--config", str(path)], tmp_path, capsys)
     assert len(err) == 1, err
     assert err[0].startswith(f"merge_search: error: {path}: parameters.config.{key}: ") and says in err[0], err
+
+
+def test_parents_that_cannot_be_merged_are_named_before_any_step(models, work, tmp_path, capsys):
+    from pipelines.merge_search import main
+
+    other = make_family(tmp_path / "wide", n_children=1, hidden_size=64, intermediate_size=96, head_dim=16)
+    cfg = search_cfg(models, tmp_path / "out")
+    cfg["sweep"]["instruct"] = str(other["m0"])
+    path = write(tmp_path / "run.yaml", cfg)
+    err = refused(main, ["--config", str(path)], tmp_path, capsys)
+    assert len(err) == 1 and f"{path}: parameters.config.sweep: tensor " in err[0] and "has shape" in err[0], err
 
 
 def test_a_hub_id_is_taken_as_a_parent_but_a_missing_path_is_not(models, work, tmp_path, monkeypatch):
@@ -263,6 +276,9 @@ FINETUNE_CASES = [
     ({"initialisations": [{"name": "pick", "model_uri": "models:/a/b/c"}]}, "initialisations.0.model_uri",
      "expected models:/NAME/VERSION or models:/NAME@alias"),
     ({"tasks": [{"task": "mts_dialog", "splitt": "x"}], "task": None}, "tasks.0.splitt", "unknown key"),
+    ({"bertscore_model": "/nonexistent/bert"}, "bertscore_model", "BERTScore model /nonexistent/bert does not exist"),
+    ({"sft": {"lora": "yes"}}, "sft.lora", "expected true or false, got 'yes'"),
+    ({"forgetting": {"device": "cuda:99"}}, "forgetting.device", "CUDA GPU"),
 ]
 
 
