@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from factory import llama_config, make_family, read, write_checkpoint
+from factory import make_family, read
 from medmerge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
