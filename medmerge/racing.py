@@ -109,9 +109,14 @@ class Stratum:
     size: int
     low: float = 0.0
     high: float = 1.0
+    prior_variance: float | None = None     # what the sample variance is shrunk towards; None: max_variance
 
     def max_variance(self) -> float:
+        """The largest variance a value in ``[low, high]`` can have."""
         return (self.high - self.low) ** 2 / 4
+
+    def shrink_target(self) -> float:
+        return self.max_variance() if self.prior_variance is None else self.prior_variance
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,10 @@ class RacingPlan:
     def max_variances(self) -> np.ndarray:
         return np.array([s.max_variance() for s in self.strata])
 
+    @property
+    def shrink_targets(self) -> np.ndarray:
+        return np.array([s.shrink_target() for s in self.strata])
+
     def schedule(self) -> np.ndarray:
         """(R, S): cumulative documents per stratum after each round; the last row is every document."""
         rows, k = [], float(self.first)
@@ -245,7 +254,7 @@ def objective_bounds(n, s1, s2, plan: RacingPlan, z: float) -> tuple[np.ndarray,
     safe = np.maximum(n, 1.0)
     mean = np.asarray(s1) / safe
     sample_var = np.maximum(np.asarray(s2) - safe * mean ** 2, 0.0) / np.maximum(n - 1, 1.0)
-    shrunk = (n * sample_var + plan.kappa * plan.max_variances) / (n + plan.kappa)
+    shrunk = (n * sample_var + plan.kappa * plan.shrink_targets) / (n + plan.kappa)
     var_mean = shrunk * np.clip(1 - n / sizes, 0.0, 1.0) / safe
     est = mean @ w.T
     half = z * np.sqrt(var_mean @ (w ** 2).T)
@@ -276,7 +285,7 @@ def paired_bounds(n, d1, d2, plan: RacingPlan, z: float) -> tuple[np.ndarray, np
     safe = np.maximum(n, 1.0)
     mean = np.asarray(d1) / safe
     sample_var = np.maximum(np.asarray(d2) - safe * mean ** 2, 0.0) / np.maximum(n - 1, 1.0)
-    shrunk = (n * sample_var + plan.kappa * 4 * plan.max_variances) / (n + plan.kappa)
+    shrunk = (n * sample_var + plan.kappa * 4 * plan.shrink_targets) / (n + plan.kappa)
     var_mean = shrunk * np.clip(1 - n / sizes, 0.0, 1.0) / safe
     return mean @ w.T, z * np.sqrt(var_mean @ (w ** 2).T)
 
@@ -447,84 +456,130 @@ def _fmt_bounds(names, est, half) -> str:
     return ", ".join(f"{n} {e:.4f}±{h:.4f}" for n, e, h in zip(names, est, half))
 
 
+class Racer:
+    """A race candidates can join over time: :func:`race` adds them all at once, a search adds its trials one by
+    one (each then races against every candidate before it, finished or stopped, over their common documents).
+
+    ``capacity`` is the most candidates that will ever race: the Bonferroni count (``plan.z``) is fixed by it,
+    so adding more is refused. ``scorer(candidate, docs)`` returns one value per document of ``docs``; each new
+    range is looked up in ``cache`` first and stored there once scored, so a rerun with the same cache replays
+    finished rounds without scoring."""
+
+    def __init__(self, plan: RacingPlan, scorer: Scorer, cache: RangeCache | None = None, capacity: int = 2):
+        self.plan, self.scorer = plan, scorer
+        self.cache = cache if cache is not None else MemoryRangeCache()
+        self.capacity = capacity
+        self.sched = plan.schedule()
+        self.z = plan.z(capacity)
+        self.shift = plan.shifts()
+        self.orders = {s.name: plan.order(s.name) for s in plan.strata}
+        S, O = len(plan.strata), len(plan.objectives)
+        self.names: list[str] = []
+        self.n, self.s1, self.s2 = np.zeros((0, S)), np.zeros((0, S)), np.zeros((0, S))
+        self.seen = [np.zeros((0, st.size)) for st in plan.strata]     # values in race order (paired bounds)
+        self.lower, self.upper = np.zeros((0, O)), np.zeros((0, O))
+        self.result = RaceResult(plan, [], 0, self.z)
+
+    def _score(self, i: int, k: int, start: int, stop: int) -> np.ndarray:
+        st, name = self.plan.strata[k], self.names[i]
+        docs = DocRange(st.name, start, stop, self.plan.seed, tuple(int(d) for d in self.orders[st.name][start:stop]))
+        values = self.cache.get(name, docs)
+        if values is None:
+            values = np.asarray(self.scorer(name, docs), dtype=float)
+            if values.shape != (stop - start,) or not np.isfinite(values).all():
+                raise RacingError(f"scorer gave {values.shape} values for {name} on {st.name} "
+                                  f"[{start}, {stop}); expected {stop - start} finite")
+            if ((values < st.low) | (values > st.high)).any():
+                raise RacingError(f"scorer gave a value outside [{st.low}, {st.high}] for {name} on {st.name}")
+            self.cache.put(name, docs, values)
+        return values
+
+    def add(self, candidates: Sequence[str],
+            on_round: Callable[[int, RaceResult], None] | None = None) -> list[CandidateRace]:
+        """Race ``candidates`` (new, unique names) to the end: each round scores the running ones on the next
+        documents, then stops those some candidate (new or earlier) beats. ``on_round(r, result)`` runs after
+        each round's decisions. Returns the new candidates' courses."""
+        plan, names = self.plan, list(candidates)
+        if not names or len(set(names)) != len(names) or set(names) & set(self.names):
+            raise RacingError(f"candidates must be new, unique names, got {names}")
+        if len(self.names) + len(names) > self.capacity:
+            raise RacingError(f"{len(self.names) + len(names)} candidates would race; this race was planned "
+                              f"(its confidence level split) for at most {self.capacity}")
+        C0, new = len(self.names), len(names)
+        self.names += names
+        S, O = len(plan.strata), len(plan.objectives)
+        self.n, self.s1, self.s2 = (np.vstack([a, np.zeros((new, S))]) for a in (self.n, self.s1, self.s2))
+        self.seen = [np.vstack([v, np.zeros((new, v.shape[1]))]) for v in self.seen]
+        self.lower = np.vstack([self.lower, np.full((new, O), -np.inf)])
+        self.upper = np.vstack([self.upper, np.full((new, O), np.inf)])
+        courses = [CandidateRace(c) for c in names]
+        self.result.candidates += courses
+        C = len(self.names)
+        active = np.zeros(C, dtype=bool)
+        active[C0:] = True
+        obj_names = [o.name for o in plan.objectives]
+        prev = np.zeros(S, dtype=np.int64)
+        n, shift, z = self.n, self.shift, self.z
+        for r, row in enumerate(self.sched, start=1):
+            for i in np.flatnonzero(active):
+                for k in range(S):
+                    if row[k] > prev[k]:
+                        values = self._score(i, k, int(prev[k]), int(row[k]))
+                        self.seen[k][i, prev[k]:row[k]] = values
+                        n[i, k] += len(values)
+                        self.s1[i, k] += values.sum()
+                        self.s2[i, k] += (values ** 2).sum()
+            est, half = objective_bounds(n, self.s1, self.s2, plan, z)
+            self.lower[active], self.upper[active] = (est - half)[active], (est + half)[active]
+            for i in np.flatnonzero(active):
+                c = self.result.candidates[i]
+                c.documents = {st.name: int(n[i, k]) for k, st in enumerate(plan.strata)}
+                c.estimate, c.half_width = tuple(map(float, est[i])), tuple(map(float, half[i]))
+            last = r == len(self.sched)      # every document scored: nothing left to save, the selection decides
+            if last:
+                dom = np.full(C, -1)
+            elif plan.bounds == "paired":
+                d_est, d_half = paired_bounds(*_pair_stats(self.seen, n), plan, z)
+                dom = paired_dominators(d_est - d_half, shift)
+            else:
+                dom = dominators(self.lower, self.upper, shift)
+            newly = [i for i in np.flatnonzero(active) if dom[i] >= 0]
+            margin = f" by more than {', '.join(f'{s:g}' for s in shift)}" if shift.any() else ""
+            for i in newly:
+                q = int(dom[i])
+                c = self.result.candidates[i]
+                c.stopped_round, c.dominator = r, self.names[q]
+                if plan.bounds == "paired":
+                    c.reason = (f"stopped after round {r} ({c.documents_used} documents): {self.names[q]} minus it "
+                                f"is {_fmt_bounds(obj_names, d_est[i, q], d_half[i, q])}, above 0{margin} on every "
+                                f"objective")
+                else:
+                    lq, uq = self.lower[q], self.upper[q]
+                    c.reason = (f"stopped after round {r} ({c.documents_used} documents): {self.names[q]} "
+                                f"({_fmt_bounds(obj_names, (lq + uq) / 2, (uq - lq) / 2)}) "
+                                f"beats its upper bounds ({_fmt_bounds(obj_names, est[i], half[i])}){margin}")
+            active[newly] = False
+            prev = row
+            self.result.rounds = max(self.result.rounds, r)
+            if on_round is not None:
+                on_round(r, self.result)
+            if not active.any():
+                break
+        return courses
+
+
 def race(plan: RacingPlan, candidates: Sequence[str], scorer: Scorer, cache: RangeCache | None = None,
          on_round: Callable[[int, RaceResult], None] | None = None) -> RaceResult:
-    """Race ``candidates`` (names, unique) under ``plan``; ``scorer(candidate, docs)`` returns one value per
-    document of ``docs``. Each new range is looked up in ``cache`` first and stored there once scored, so a
-    rerun with the same cache replays finished rounds without scoring. ``on_round(r, partial result)`` runs
-    after each round's stopping decisions."""
+    """Race ``candidates`` (unique names) under ``plan`` (see :class:`Racer`); ``on_round(r, partial result)``
+    runs after each round's stopping decisions."""
     names = list(candidates)
     if len(set(names)) != len(names) or not names:
         raise RacingError(f"candidates must be a non-empty list of unique names, got {names}")
-    cache = cache if cache is not None else MemoryRangeCache()
-    sched = plan.schedule()
-    z = plan.z(len(names))
-    shift = plan.shifts()
-    obj_names = [o.name for o in plan.objectives]
-    orders = {s.name: plan.order(s.name) for s in plan.strata}
-    C, S = len(names), len(plan.strata)
-    n, s1, s2 = np.zeros((C, S)), np.zeros((C, S)), np.zeros((C, S))
-    seen = [np.zeros((C, st.size)) for st in plan.strata]      # values in race order (paired bounds)
-    lower, upper = np.full((C, len(obj_names)), -np.inf), np.full((C, len(obj_names)), np.inf)
-    result = RaceResult(plan, [CandidateRace(c) for c in names], 0, z)
-    active = np.ones(C, dtype=bool)
-    prev = np.zeros(S, dtype=np.int64)
-    for r, row in enumerate(sched, start=1):
-        for i in np.flatnonzero(active):
-            for k, st in enumerate(plan.strata):
-                if row[k] == prev[k]:
-                    continue
-                docs = DocRange(st.name, int(prev[k]), int(row[k]), plan.seed,
-                                tuple(int(d) for d in orders[st.name][prev[k]:row[k]]))
-                values = cache.get(names[i], docs)
-                if values is None:
-                    values = np.asarray(scorer(names[i], docs), dtype=float)
-                    if values.shape != (docs.stop - docs.start,) or not np.isfinite(values).all():
-                        raise RacingError(f"scorer gave {values.shape} values for {names[i]} on {st.name} "
-                                          f"[{docs.start}, {docs.stop}); expected {docs.stop - docs.start} finite")
-                    if ((values < st.low) | (values > st.high)).any():
-                        raise RacingError(f"scorer gave a value outside [{st.low}, {st.high}] for {names[i]} "
-                                          f"on {st.name}")
-                    cache.put(names[i], docs, values)
-                seen[k][i, docs.start:docs.stop] = values
-                n[i, k] += len(values)
-                s1[i, k] += values.sum()
-                s2[i, k] += (values ** 2).sum()
-        est, half = objective_bounds(n, s1, s2, plan, z)
-        lower[active], upper[active] = (est - half)[active], (est + half)[active]
-        for i in np.flatnonzero(active):
-            c = result.candidates[i]
-            c.documents = {st.name: int(n[i, k]) for k, st in enumerate(plan.strata)}
-            c.estimate, c.half_width = tuple(map(float, est[i])), tuple(map(float, half[i]))
-        last = r == len(sched)      # every document scored: nothing left to save, the selection decides
-        if last:
-            dom = np.full(C, -1)
-        elif plan.bounds == "paired":
-            d_est, d_half = paired_bounds(*_pair_stats(seen, n), plan, z)
-            dom = paired_dominators(d_est - d_half, shift)
-        else:
-            dom = dominators(lower, upper, shift)
-        newly = [i for i in np.flatnonzero(active) if dom[i] >= 0]
-        margin = f" by more than {', '.join(f'{s:g}' for s in shift)}" if shift.any() else ""
-        for i in newly:
-            q = int(dom[i])
-            c = result.candidates[i]
-            c.stopped_round, c.dominator = r, names[q]
-            if plan.bounds == "paired":
-                c.reason = (f"stopped after round {r} ({c.documents_used} documents): {names[q]} minus it is "
-                            f"{_fmt_bounds(obj_names, d_est[i, q], d_half[i, q])}, above 0{margin} on every objective")
-            else:
-                c.reason = (f"stopped after round {r} ({c.documents_used} documents): {names[q]} "
-                            f"({_fmt_bounds(obj_names, (lower[q] + upper[q]) / 2, (upper[q] - lower[q]) / 2)}) "
-                            f"beats its upper bounds ({_fmt_bounds(obj_names, est[i], half[i])}){margin}")
-        active[newly] = False
-        prev = row
-        result.rounds = r
-        if on_round is not None:
-            on_round(r, result)
-    return result
+    racer = Racer(plan, scorer, cache, capacity=len(names))
+    racer.add(names, on_round)
+    return racer.result
 
 
 __all__ = ["Stratum", "Objective", "RacingPlan", "DocRange", "RangeCache", "MemoryRangeCache", "DirRangeCache",
-           "CandidateRace", "RaceResult", "race", "objective_bounds", "dominators", "paired_bounds",
+           "CandidateRace", "RaceResult", "Racer", "race", "objective_bounds", "dominators", "paired_bounds",
            "paired_dominators", "RacingError"]

@@ -237,3 +237,29 @@ def test_a_scorer_giving_the_wrong_values_is_named():
         race(PLAN, ["good"], lambda c, d: [2] * (d.stop - d.start))
     with pytest.raises(RacingError, match="unique names"):
         race(PLAN, ["good", "good"], streams(TABLE)[0])
+
+
+def test_a_search_adds_trials_one_by_one_and_each_races_the_earlier_ones():
+    from medmerge.racing import Racer
+
+    scorer, calls = streams(TABLE)
+    racer = Racer(PAIRED, scorer, capacity=3)
+    [good] = racer.add(["good"])          # alone: nobody to lose to, scored on every document
+    assert not good.stopped and good.documents_used == 16
+    [bad] = racer.add(["bad"])            # against good's 8 documents: stops after its first 4 (as by hand above)
+    assert (bad.stopped_round, bad.dominator, bad.documents_used) == (1, "good", 8)
+    [mid] = racer.add(["mid"])
+    assert not mid.stopped and racer.result.scores() == {"good": {"X": 7 / 8, "Y": 7 / 8}, "mid": {"X": 0.5, "Y": 0.5}}
+    assert racer.z == pytest.approx(Z) and len(calls) == 4 + 2 + 4
+    with pytest.raises(RacingError, match="4 candidates would race; this race was planned .* for at most 3"):
+        racer.add(["late"])
+    with pytest.raises(RacingError, match="must be new, unique names"):
+        racer.add(["good"])
+
+
+def test_a_prior_variance_replaces_the_range_in_the_shrinkage():
+    plan = RacingPlan(strata=(Stratum("loss", 10, low=-20.0, high=0.0, prior_variance=0.04),),
+                      objectives=(Objective("-loss", {"loss": 1.0}),), first=4)
+    n, s1, s2 = np.array([[4]]), np.array([[-8.0]]), np.array([[16.0]])       # four documents at -2.0
+    _, half = objective_bounds(n, s1, s2, plan, z=1.0)
+    assert half[0, 0] == pytest.approx(math.sqrt((2 * 0.04 / 6) * 0.6 / 4))   # not (2 · 100 / 6) from the range
