@@ -40,7 +40,7 @@ A merge of {len(parents)} checkpoint(s) made with medmerge {__version__} on
 ## Method
 
 ```
-{m.formula.splitlines()[0] if m.formula else m.name}
+{m.formula or m.name}
 ```
 
 ## Recipe

@@ -88,7 +88,3 @@ def torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[normalise(name)]
-
-
-def bytes_per_param(name: str) -> int:
-    return 4 if normalise(name) == "float32" else 2

@@ -25,16 +25,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from medmerge.errors import MedmergeError
-
 RETRAIN_EXPERIMENT = "medmerge-retrain"
 STAGE = "staging"
 _TAG_LIMIT = 5000        # medmerge.tracking.registry.register_checkpoint cuts tag values to this length
 _TAG_NOOP, _TAG_RAN = "noop", "ran"
-
-
-class RetrainError(MedmergeError):
-    """The retrain decision could not be made (registry unreachable, unreadable tags ...)."""
 
 
 class ComparedVersion(BaseModel):

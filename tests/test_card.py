@@ -10,6 +10,7 @@ import yaml
 from factory import make_family
 from medmerge.card import card_body
 from medmerge.engine import merge, sweep
+from medmerge.methods import FORMULAS, METHODS
 from medmerge.recipe import SweepSpec, parse_recipe
 
 
@@ -31,6 +32,13 @@ def test_a_merged_checkpoint_is_titled_with_its_directorys_name(fam, tmp_path):
     matter, title = front_matter_and_title((out / "README.md").read_text())
     assert title == "# clinical-linear-0.3"
     assert matter == {"library_name": "transformers", "tags": ["merge", "medmerge", "linear"]}
+    assert f"## Method\n\n```\n{FORMULAS['linear']}\n```" in (out / "README.md").read_text()
+
+
+def test_every_method_carries_its_formula():
+    assert set(FORMULAS) | {"hierarchical_ot"} == set(METHODS)
+    for name, m in METHODS.items():
+        assert m.formula.startswith(m.pretty_name), name      # the card names the method, then its formula
 
 
 def test_every_sweep_candidate_is_titled_with_the_candidates_name(fam, tmp_path):

@@ -187,7 +187,7 @@ def test_a_native_method_is_one_registry_entry(tmp_path, monkeypatch):
 
     monkeypatch.setitem(METHODS, "negate", MethodDef(
         name="negate", pretty_name="Negate", reference_url=None, params=(), needs_base=False, max_models=1,
-        function=plan_steps, plan_steps=plan_steps))
+        plan_steps=plan_steps))
     fam = make_family(tmp_path / "fam", n_children=1)
     merged = read(merge(parse_recipe({"merge_method": "negate", "models": [{"model": str(fam["m0"])}]}),
                         tmp_path / "out", quiet=True))

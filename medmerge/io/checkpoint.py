@@ -19,7 +19,6 @@ import os
 import struct
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -314,10 +313,6 @@ class Checkpoint:
         if self.format == "safetensors":
             return self._handle(fname).get_rows(name, start, end)
         return self._pickle(fname)[name][start:end].clone()
-
-    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in self.keys():
-            yield name, self.get(name)
 
     def close(self) -> None:
         for h in self._handles.values():

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from medmerge.errors import RecipeError
 from medmerge.methods import domain as _domain
-from medmerge.methods import hierarchical_ot, mergekit_methods
+from medmerge.methods import hierarchical_ot
 from medmerge.methods.domain import BOOLEAN, FINITE, Domain, ParameterError, choice, real, show
 
 MISSING = object()
@@ -101,7 +101,7 @@ class MethodDef:
     # then leaves cores to the writers: engine.compute_threads)
     row_separable: bool = False
     float32_math: bool = False        # computes in float32 from any half-precision input (exact upcast)
-    function: Any = None              # the pure tensor function documenting the formula
+    formula: str = ""                 # what the method computes, in the notation of FORMULAS
     # a native method plans itself: plan_steps(recipe, parents) -> list[engine.Step], one per output
     # tensor, each with its reads and compute(load); None means mergekit's planner does it
     plan_steps: Callable[..., list] | None = None
@@ -181,13 +181,29 @@ class MethodDef:
                                          "normalize: true divides by their sum")
                 sums[region] = (t, total)
 
-    @property
-    def formula(self) -> str:
-        return (self.function.__doc__ or "").strip() if self.function else ""
 
 
-SEED_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "della",
-                "della_linear", "breadcrumbs", "breadcrumbs_ties")
+# What each method mergekit implements computes per tensor (mergekit computes it: the engine reaches its
+# per-tensor code through mergekit's planner). Notation: θ_i the inputs, θ_0 the base, δ_i = θ_i − θ_0 the
+# task vectors, w_i the weights, λ the task-vector scaling (lambda).
+FORMULAS: dict[str, str] = {
+    "linear": "Linear (model soup): θ = Σ_i w_i θ_i / Σ_i w_i (without the division when normalize: false)",
+    "slerp": "SLERP from a (the base) to b: θ = sin((1−t)Ω)/sin Ω · a + sin(tΩ)/sin Ω · b, "
+             "cos Ω = <a/‖a‖, b/‖b‖>; (1−t)a + t b when |cos Ω| > 0.9995",
+    "task_arithmetic": "Task Arithmetic: θ = θ_0 + λ Σ_i w_i δ_i (divided by Σ_i w_i when normalize: true)",
+    "ties": "TIES: trim each δ_i to its top-density magnitudes (δ̂_i), elect the sign s = sign(Σ_i w_i δ̂_i), "
+            "keep agreeing entries: θ = θ_0 + λ Σ_i w_i δ̂_i [sign δ̂_i = s] / Σ_i w_i [sign δ̂_i = s]",
+    "dare_ties": "DARE TIES: drop each entry of δ_i with probability 1 − density and rescale the rest "
+                 "(δ̂_i = m ⊙ δ_i / density, m ~ Bernoulli(density)), then TIES sign election",
+    "dare_linear": "Linear DARE: θ = θ_0 + λ Σ_i w_i (m_i ⊙ δ_i / density), m_i ~ Bernoulli(density)",
+    "della": "DELLA (MAGPRUNE + TIES): keep entry j of δ_i with probability "
+             "p_j = density − ε + 2ε·rank(|δ_ij|)/(n−1) (rank within its row), rescale kept entries by 1/p_j, "
+             "then TIES sign election: θ = θ_0 + λ Σ_i w_i δ̂_i / Σ_i w_i",
+    "della_linear": "Linear DELLA: MAGPRUNE as in DELLA, no sign election: θ = θ_0 + λ Σ_i w_i δ̂_i",
+    "breadcrumbs": "Model Breadcrumbs: in each δ_i drop the largest gamma fraction of magnitudes (outliers) and "
+                   "the smallest, keeping a density fraction (δ̂_i): θ = θ_0 + λ Σ_i w_i δ̂_i",
+    "breadcrumbs_ties": "Model Breadcrumbs with TIES sign election over the masked δ̂_i",
+}
 _STOCHASTIC = {"dare_ties", "dare_linear", "della", "della_linear"}
 _ROW_SEPARABLE = {"linear", "task_arithmetic"}
 # mergekit's linear accumulates in float32 whatever the input precision, and upcasting bf16/fp16
@@ -223,7 +239,7 @@ def _from_mergekit(name: str) -> MethodDef:
         stochastic=name in _STOCHASTIC,
         row_separable=name in _ROW_SEPARABLE,
         float32_math=name in _FLOAT32_MATH,
-        function=getattr(mergekit_methods, name),
+        formula=FORMULAS[name],
         rules=rules,
     )
 
@@ -237,15 +253,16 @@ HIERARCHICAL_OT = MethodDef(
     needs_base=True,
     min_models=2,
     max_models=2,
-    function=hierarchical_ot,
+    formula="Hierarchical Cosine-OT-LERP: per tensor w = max(0, cos(Δ_A, Δ_B)) (Δ = model − base); B's "
+            "attention heads aligned to A's (linear_sum_assignment on 1 − cos); θ = (1 − w)·A + w·B_aligned",
     plan_steps=hierarchical_ot.plan_steps,
 )
 
-METHODS: dict[str, MethodDef] = {name: _from_mergekit(name) for name in SEED_METHODS}
+METHODS: dict[str, MethodDef] = {name: _from_mergekit(name) for name in FORMULAS}
 METHODS[HIERARCHICAL_OT.name] = HIERARCHICAL_OT
 
 
-__all__ = ["METHODS", "MethodDef", "ParamDef", "Domain", "ParameterError", "get_method", "DOMAINS"]
+__all__ = ["METHODS", "MethodDef", "ParamDef", "Domain", "ParameterError", "get_method", "DOMAINS", "FORMULAS"]
 
 
 def get_method(name: str) -> MethodDef:
