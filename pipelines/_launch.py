@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from medmerge.errors import MedmergeError
@@ -136,13 +137,14 @@ def launch(pipeline, config_path: str):
               f"waiting for it to finish ({lock})", file=sys.stderr, flush=True)
 
     with exclusive_lock(lock, wait=True, on_wait=waiting):
-        from medmerge.tracking import runs
+        from medmerge.tracking.runs import failure_reason
+        from steps.failure import close_failed_run, start_run
 
-        runs.forget_touched()   # what this run touches, and only that, is closed if it fails
+        start_run()   # what this run touches, and only that, is closed if it fails
         try:
             return _launch_unlocked(pipeline, config_path)
         except BaseException as exc:   # a failed or interrupted run leaves no MLflow run RUNNING, registers nothing
-            runs.fail_touched(runs.failure_reason(f"{pipeline.name} failed", exc))
+            close_failed_run(failure_reason(f"{pipeline.name} failed", exc))
             raise
 
 
@@ -197,7 +199,8 @@ def step_failure(pipeline_run) -> StepFailed | None:
             return StepFailed(f"step {name} failed (ZenML recorded no exception)")
         source = info.source or ""
         kind = source.rsplit(".", 1)[-1] or "Exception"
-        message = one_line(info.message or "")
+        # a pydantic error's message ends each error with a link to its docs: noise on one line
+        message = re.sub(r"\s*For further information visit \S+", "", one_line(info.message or "")).rstrip("; ")
         if source.startswith("medmerge.") and message:
             return StepFailed(f"step {name} failed: {message}", info.traceback)
         return StepFailed(f"step {name} failed: {kind}: {message}" if message else f"step {name} failed: {kind}",

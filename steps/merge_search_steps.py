@@ -8,12 +8,12 @@ from typing import Annotated
 from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from steps.failure import fail_tracked_runs
+from steps.failure import claim_registrations, fail_tracked_runs
 from medmerge import search
 from medmerge.search import CheckpointDir, Frontier, SearchConfig, SearchResults
 
 
-@step(enable_cache=False, on_failure=fail_tracked_runs)
+@step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)
 def check_parents(config: SearchConfig) -> Annotated[dict, "parents"]:
     """In: the run config. Out: each parent's weight-file sha256. Fails naming the first incompatibility.
 
@@ -22,19 +22,19 @@ def check_parents(config: SearchConfig) -> Annotated[dict, "parents"]:
     return search.check_parents(config)
 
 
-@step(on_failure=fail_tracked_runs)
+@step(on_failure=fail_tracked_runs, on_success=claim_registrations)
 def evaluate_candidates(config: SearchConfig, parents: dict) -> Annotated[SearchResults, "evaluation_reports"]:
     """In: config, parent hashes. Out: every candidate's report, evaluated in memory (no MLflow)."""
     return search.evaluate(config, parents)
 
 
-@step(on_failure=fail_tracked_runs)
+@step(on_failure=fail_tracked_runs, on_success=claim_registrations)
 def select_frontier(config: SearchConfig, results: SearchResults) -> Annotated[Frontier, "frontier"]:
     """In: reports. Out: frontier, near set, knee, hypervolume and figures."""
     return search.select_frontier(results, config, tempfile.mkdtemp(prefix="medmerge-figures-"))
 
 
-@step(on_failure=fail_tracked_runs)
+@step(on_failure=fail_tracked_runs, on_success=claim_registrations)
 def log_search(config: SearchConfig, results: SearchResults,
                tracking_uri: str | None = None) -> Annotated[SearchResults, "logged_results"]:
     """In: reports, the tracking server resolved when the pipeline was built (a parameter, so part of the cache
@@ -42,14 +42,14 @@ def log_search(config: SearchConfig, results: SearchResults,
     return search.log_search(config, results, tracking_uri, run_name=get_step_context().pipeline_run.name)
 
 
-@step(on_failure=fail_tracked_runs)
+@step(on_failure=fail_tracked_runs, on_success=claim_registrations)
 def write_selected(config: SearchConfig, results: SearchResults,
                    frontier: Frontier) -> Annotated[list[CheckpointDir], "selected_checkpoints"]:
     """In: the selection. Out: only the selected candidates, written atomically."""
     return search.write_selected(config, results, frontier)
 
 
-@step(on_failure=fail_tracked_runs)
+@step(on_failure=fail_tracked_runs, on_success=claim_registrations)
 def register_selected(config: SearchConfig, results: SearchResults, frontier: Frontier,
                       checkpoints: list[CheckpointDir]) -> Annotated[dict, "registered_versions"]:
     """In: written checkpoints, the logged runs. Out: {candidate: registered version} (no duplicates on re-runs)."""

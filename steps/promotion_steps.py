@@ -8,21 +8,21 @@ from typing import Annotated
 from zenml import step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from steps.failure import fail_tracked_runs
+from steps.failure import claim_registrations, fail_tracked_runs
 from medmerge import promotion
 from medmerge.finetune import FinetuneConfig, FinetuneSummary, SFTResult, TrackingRun
 from medmerge.promotion import Picks, PromotionDecision
 from medmerge.search import Frontier, SearchConfig, SearchResults
 
 
-@step(on_failure=fail_tracked_runs)
+@step(on_failure=fail_tracked_runs, on_success=claim_registrations)
 def choose_picks(config: SearchConfig, results: SearchResults, frontier: Frontier) -> Annotated[Picks, "picks"]:
     """In: the reports and the frontier. Out: ``{alias: candidate}`` for ``picks:`` and the candidate the
     ``promote:`` policy names. Fails, before anything is written or registered, on a name that is no candidate."""
     return promotion.choose(config.picks, config.promote, frontier, results)
 
 
-@step(enable_cache=False, on_failure=fail_tracked_runs)
+@step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)
 def promote(config: SearchConfig, results: SearchResults, frontier: Frontier, picks: Picks,
             versions: dict) -> Annotated[PromotionDecision, "promotion"]:
     """In: the registered versions and the picks. Out: the decision. Points ``@pick-*`` at the picks; compares
@@ -32,7 +32,7 @@ def promote(config: SearchConfig, results: SearchResults, frontier: Frontier, pi
     return promotion.promote_search(config, results, frontier, picks, versions)
 
 
-@step(enable_cache=False, on_failure=fail_tracked_runs)
+@step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)
 def promote_finetuned(config: FinetuneConfig, run: TrackingRun, results: list[SFTResult],
                       summary: FinetuneSummary) -> Annotated[PromotionDecision, "promotion"]:
     """In: every result and the registered versions. Out: the decision. Compares the ``promote:`` policy's

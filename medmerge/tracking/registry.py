@@ -198,7 +198,7 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     for mv in c.search_model_versions(f"name='{name}'"):
         if mv.tags.get("candidate_identity") == identity:
             runs.record_version(tracking_uri, name, mv.version, mv.run_id)   # a failed run deletes it (fail_touched)
-            return Registered(name, mv.version, mv.run_id, reused=True, model_id=getattr(mv, "model_id", None))
+            return Registered(name, str(mv.version), mv.run_id, reused=True, model_id=getattr(mv, "model_id", None))
     all_tags = {**{k: str(v)[:5000] for k, v in tags.items()}, "candidate_identity": identity, "run_id": run_id}
     logged = models.log_checkpoint(checkpoint, run_id, tracking_uri, identity, tags=all_tags)
     # the description is shown as Markdown: the card's YAML front matter would show as text
@@ -208,7 +208,7 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     mv = c.create_model_version(name, source=logged.model_uri, run_id=run_id, tags=all_tags, description=card,
                                 model_id=logged.model_id, await_creation_for=0)
     runs.record_version(tracking_uri, name, mv.version, run_id)
-    return Registered(name, mv.version, run_id, reused=False, model_id=logged.model_id)
+    return Registered(name, str(mv.version), run_id, reused=False, model_id=logged.model_id)   # int on a sqlite store
 
 
 def model_version(tracking_uri: str, model_uri: str):

@@ -267,10 +267,20 @@ def start_system_metrics(uri: str, run_id: str, interval: float = 5.0):
 _touched: dict[tuple[str, str], Run] = {}
 _versions: dict[tuple[str, str, str], str] = {}    # (uri, model name, version) -> the run it was registered from
 _unreachable: set[str] = set()                     # tracking URIs fail_touched found down (not tried again)
+_unclaimed: list[tuple[str, str, str]] = []        # versions recorded since claim_versions last ran
 
 
 def record_version(uri: str, name: str, version: str, run_id: str) -> None:
     _versions[(uri, name, str(version))] = run_id
+    _unclaimed.append((uri, name, str(version)))
+
+
+def claim_versions() -> list[tuple[str, str, str]]:
+    """The versions recorded since the last call, ``(uri, name, version)`` (the pipeline's hooks note which step
+    registered them: a failed run's deletion must also expire that step's cached result)."""
+    out = list(_unclaimed)
+    _unclaimed.clear()
+    return out
 
 
 def failure_reason(where: str, exc: BaseException) -> str:
@@ -284,6 +294,7 @@ def forget_touched() -> None:
     _touched.clear()
     _versions.clear()
     _unreachable.clear()
+    _unclaimed.clear()
 
 
 @dataclass
@@ -292,8 +303,12 @@ class FailedRunReport:
     reach (best effort: a server that is down cannot be told)."""
 
     failed: list[str] = field(default_factory=list)
-    deleted_versions: list[str] = field(default_factory=list)
+    deleted: list[tuple[str, str, str]] = field(default_factory=list)    # (uri, model name, version)
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def deleted_versions(self) -> list[str]:
+        return [f"{name} v{version}" for _, name, version in self.deleted]
 
 
 def fail_touched(reason: str) -> FailedRunReport:
@@ -344,7 +359,7 @@ def fail_touched(reason: str) -> FailedRunReport:
     def discard(uri: str, name: str, version: str, run_id: str) -> None:
         if run_id in failed_ids or get(uri, run_id).data.tags.get("mlflow.parentRunId") in failed_ids:
             if registry.delete_version_unless_staged(uri, name, version):
-                report.deleted_versions.append(f"{name} v{version}")
+                report.deleted.append((uri, name, version))
             del _versions[(uri, name, version)]
 
     for (uri, name, version), run_id in list(_versions.items()):
