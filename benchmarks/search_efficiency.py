@@ -13,8 +13,8 @@ Both maximise the same two objectives and share one reference point, the worse p
 axis, so their hypervolumes are comparable. Default (``--objectives heldout``): the negated
 held-out loss of the demo corpora, instruct across and clinical up (nats/token; continuous, and
 a few forward passes per candidate, so three seeds of 22 evaluations fit a 2-core run). Any two
-suite scores work too (``--objectives mm_hellaswag medical5 --suites medical5``: the second
-seed's pair, at ``--limit`` documents per task; each evaluation then costs ~20-40 s here). The parents are evaluated once for the reference and are not
+suite scores work too (``--objectives mm_hellaswag medical5 --suites medical5``: the hierarchical
+study's pair, at ``--limit`` documents per task; each evaluation then costs ~20-40 s here). The parents are evaluated once for the reference and are not
 counted as evaluations. Every evaluation is cached on disk by candidate identity, so a grid
 candidate is scored once whatever its position, and a rerun of the benchmark is quick.
 

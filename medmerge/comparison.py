@@ -1,4 +1,5 @@
-"""The comparison table of a merge search (the second seed's Table IV) and its figure.
+"""The comparison table of a merge search (the hierarchical study's Table IV:
+"A Novel Hierarchical Integration Method for Efficient Model Merging in Medical LLMs") and its figure.
 
 One row per candidate plus the parents; one column per task: its accuracy ± stderr (the
 task's primary metric, see :func:`medmerge.objectives.primary_metric`). Then:

@@ -1,5 +1,5 @@
 """What each step costs: wall time, peak RSS and peak GPU memory as MLflow metrics, MLflow's own
-system-metrics series, and the finetune run's ``cost.md`` (the first seed's "merge vs SFT").
+system-metrics series, and the finetune run's ``cost.md`` (the forgetting study's "merge vs SFT").
 
 Every phase function the pipeline steps call is wrapped by :func:`measured`. For a step called
 ``S`` it logs, to the step's MLflow run:

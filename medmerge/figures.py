@@ -177,7 +177,7 @@ def plot_learning_curves(curves: dict[str, dict[int, float]], path, full_sizes: 
 def learning_curves_figure(curves: dict[str, dict[int, float]], full_sizes: dict[str, int] | None = None,
                            metric: str = "composite", title: str | None = None,
                            forgot: dict[str, set[int]] | None = None) -> Figure:
-    """The few-shot learning curves (the first seed's Figure 4): x = training examples, y = ``metric``.
+    """The few-shot learning curves (the forgetting study's Figure 4): x = training examples, y = ``metric``.
 
     ``curves`` maps each initialisation to ``{n_examples: score}``; one line per initialisation,
     x on a log2 axis. ``full_sizes`` marks which point of each line is the full training set;

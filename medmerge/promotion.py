@@ -5,7 +5,7 @@ of the registered model (``models:/NAME@pick-linear``):
 
 * ``best_per_method`` (the default): per method, the near-frontier merge with the best Medical Avg
   (a candidate that reproduces a parent, ratio 0 or 1, is not a merge; a method with no merge near
-  the frontier gets its best merge overall, so every family has a pick, as in the first seed, which
+  the frontier gets its best merge overall, so every family has a pick, as in the forgetting study, which
   fine-tunes SLERP t=0.4 and Linear α=0.5);
 * ``knee``: the knee; ``near_frontier``: every near-frontier candidate;
 * a list of candidate names.

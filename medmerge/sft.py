@@ -1,8 +1,9 @@
 """Supervised fine-tuning of a (merged) checkpoint on a clinical generation task, with TRL.
 
-Defaults follow the first seed: 15 epochs, learning rate 5e-6, effective batch 16
-(per-device 4 × accumulation 4), max length 8192, and at least 200 optimisation steps for
-full data or 100 for few-shot runs:
+Defaults follow the forgetting study ("Countering Catastrophic Forgetting of Large Language Models
+for Better Instruction Following via Weight-Space Model Merging"): 15 epochs, learning rate 5e-6,
+effective batch 16 (per-device 4 × accumulation 4), max length 8192, and at least 200 optimisation
+steps for full data or 100 for few-shot runs:
 
     steps = max(epochs · ceil(n / (per_device · accumulation)), min_steps)
 

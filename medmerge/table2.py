@@ -1,4 +1,5 @@
-"""Table 2 of the first seed: the generation tasks side by side.
+"""Table 2 of the forgetting study ("Countering Catastrophic Forgetting of Large Language Models for
+Better Instruction Following via Weight-Space Model Merging"): the generation tasks side by side.
 
 Rows are (initialisation, shots), shots 0 meaning no SFT; columns are tasks; each cell is the
 composite (the mean of BLEU, METEOR, ROUGE-1/2/L and BERTScore F1) of that model's generations on

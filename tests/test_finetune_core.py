@@ -38,7 +38,7 @@ def test_config_errors_name_the_field(bad, message):
         FinetuneConfig.model_validate({"initialisations": [INIT], **bad})
 
 
-def test_defaults_follow_the_seed():
+def test_defaults_follow_the_forgetting_study():
     c = cfg()
     assert c.shots == (8, 16, 32, 64, 128, 256, 512, "full")
     assert (c.sft.epochs, c.sft.learning_rate, c.sft.per_device_batch * c.sft.grad_accum, c.sft.max_length) == \

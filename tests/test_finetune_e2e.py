@@ -4,8 +4,8 @@ is asked what a user would look for.
 
 1. As shipped, MTS-Dialog's train split fails validation (a duplicated pair, dialogues longer than the
    demo models' 512-token context): the run stops, naming them, and the report is an MLflow artifact.
-2. With the opt-in cleaning, one merge and one parent are fine-tuned at 8 and 16 shots (the seed's
-   learning rate: nothing is forgotten): nested runs, metrics, the learning-curve figure, the forgetting
+2. With the opt-in cleaning, one merge and one parent are fine-tuned at 8 and 16 shots (the forgetting
+   study's learning rate: nothing is forgotten): nested runs, metrics, the learning-curve figure, the forgetting
    tables, gated registered versions; a rerun is cached and registers nothing new.
 3. A forced drop (a learning rate that makes the model's IFEval fall) fails the gate; promotion refuses.
    This run asks for ``log_samples: 2``: exactly two rows of clinical text reach MLflow.
@@ -78,7 +78,7 @@ def test_finetune_pipeline(demo_models, mlflow_server, tmp_path, capsys):
         api(uri, "registered-models/get", name="e2e-sft")
     assert never_registered.value.code == 404
 
-    # 2. cleaned (opt-in, the dropped ids logged), the seed's learning rate: nothing forgotten
+    # 2. cleaned (opt-in, the dropped ids logged), the forgetting study's learning rate: nothing forgotten
     # shots 0 scores each initialisation without SFT (registered: nothing); the promote step stages the best
     cleaned = {**base, "drop_duplicate_pairs": True, "drop_overlong": True, "shots": [0, 8, 16],
                "promote": "best_composite"}

@@ -1,4 +1,4 @@
-"""Several generation tasks in one finetune run (the first seed's Table 2 across tasks).
+"""Several generation tasks in one finetune run (the forgetting study's Table 2 across tasks).
 
 Fast: the ``tasks:`` config (names, files, per-task settings, bad input) and the grouping of results.
 Slow: the ZenML pipeline on a demo model, three tasks — MTS-Dialog and IU X-ray from the shared data and a

@@ -13,7 +13,7 @@ from medmerge.sft import SFTSettings, finetune, optimisation_steps
 DATA = SHARED_DATA
 
 
-def test_optimisation_steps_follow_the_seed():
+def test_optimisation_steps_follow_the_forgetting_study():
     s = SFTSettings()
     assert optimisation_steps(8, s, few_shot=True) == 100      # 15 * ceil(8/16) = 15 < 100
     assert optimisation_steps(512, s, few_shot=True) == 480    # 15 * ceil(512/16) = 15 * 32

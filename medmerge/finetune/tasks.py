@@ -1,4 +1,4 @@
-"""Several generation tasks in one finetune run: the first seed's Table 2 across tasks.
+"""Several generation tasks in one finetune run: the forgetting study's Table 2 across tasks.
 
 Each task of ``tasks:`` runs as a finetune of its own (its own validation, parent run, nested runs,
 registered model ``<registered_model>-<task>`` and promotion; see :meth:`FinetuneConfig.task_configs`).

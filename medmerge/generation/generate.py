@@ -1,4 +1,4 @@
-"""Batched sampling from a causal LM, with the first seed's decoding defaults.
+"""Batched sampling from a causal LM, with the forgetting study's decoding defaults.
 
 Defaults: batch 16, temperature 0.3, top-p 0.9, repetition penalty 1.2, inputs capped at 8192
 tokens, up to 8192 new tokens. Prompts are built exactly as in SFT (:func:`medmerge.sft.prompt_for`:
@@ -39,7 +39,7 @@ class GenerationSettings(BaseModel):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.2, gt=0.0)
     max_input_tokens: int = Field(8192, ge=1)
-    max_new_tokens: int = Field(8192, ge=1)   # the first seed's; capped per batch to what the context leaves
+    max_new_tokens: int = Field(8192, ge=1)   # the forgetting study's; capped per batch to what the context leaves
     dtype: DType = "auto"                      # the model's dtype where medmerge loads it (precision.py)
     seed: int = 0
 

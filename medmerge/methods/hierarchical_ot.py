@@ -1,4 +1,5 @@
-"""Hierarchical Cosine-OT-LERP: the second seed's merge, which mergekit lacks.
+"""Hierarchical Cosine-OT-LERP, which mergekit lacks: the merge of the hierarchical study ("A Novel
+Hierarchical Integration Method for Efficient Model Merging in Medical LLMs", Timilsina et al.).
 
 For two fine-tunes A (the reference) and B of one base:
 
