@@ -28,7 +28,8 @@ def merge_search(config: SearchConfig):
     frontier = select_frontier(config, results)
     picks = choose_picks(config, results, frontier)   # a bad pick fails here: nothing written or registered
     checkpoints = write_selected(config, results, frontier, after=[picks])
-    # only these two touch MLflow; the server is their parameter, so another server re-runs just them
+    # these two and promote are the steps that touch MLflow; the server is log_search's parameter and its output
+    # carries it on, so another server re-runs just these three
     logged = log_search(config, results, build_time_tracking_uri(config.tracking_uri))
     versions = register_selected(config, logged, frontier, checkpoints)
     promote(config, logged, frontier, picks, versions)
