@@ -626,3 +626,43 @@ def test_each_kind_of_argument_has_one_parser(work, capsys, argv, option):
     assert main(argv) == 2
     assert f"Invalid value for '{option}'" in one_error_line(capsys.readouterr().err)
     assert snapshot(work.parent) == before
+
+
+_SLOW_SWEEP = """
+import sys, time
+from medmerge.io import writer
+real = writer.StreamingCheckpointWriter.write
+calls = []
+def slow(self, name, t):
+    calls.append(name)
+    if len(calls) == 10:
+        print("writing", flush=True)
+    if len(calls) >= 10:
+        time.sleep(0.5)
+    return real(self, name, t)
+writer.StreamingCheckpointWriter.write = slow
+from medmerge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration   # a fresh interpreter importing torch: ~20 s on 2 busy cores
+def test_sigterm_during_a_sweep_leaves_nothing_behind(work, fam):
+    """A terminated sweep (SIGTERM, as a scheduler or `kill` sends) removes its temporary directories, the
+    candidates and the OUT_DIR it created, like Ctrl-C does."""
+    import signal
+    import subprocess
+    import sys
+
+    _sweep_spec(work, fam)
+    before = snapshot(work.parent)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SWEEP, "sweep", "sweep.yml", "new/sweeps", "-q"],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    assert (work / "new" / "sweeps").is_dir()        # mid-write: its temporary directories are there
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted" in one_error_line(err)
+    assert snapshot(work.parent) == before

@@ -385,8 +385,16 @@ def rename_noreplace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 def _commit_lock(final: Path) -> Iterator[None]:
     """Serialise medmerge's commits to one output path (on this host), from the last check to the rename."""
     key = hashlib.sha256(os.fsencode(os.path.realpath(final.parent) + "/" + final.name)).hexdigest()[:32]
-    with exclusive_lock(Path(tempfile.gettempdir()) / "medmerge-locks" / f"{key}.lock", wait=True):
+    lock = exclusive_lock(Path(tempfile.gettempdir()) / "medmerge-locks" / f"{key}.lock", wait=True)
+    try:
+        lock.__enter__()
+    except OSError:   # no writable temp dir (another user's lock folder): renameat2 still decides alone
         yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _make_parents(d: Path) -> list[Path]:
