@@ -402,8 +402,11 @@ def checkpoint_problem(ref: object, what: str, local: bool = True) -> str | None
     if not local:
         return None
     if not os.path.lexists(p):
-        if HUB_ID.match(ref) and not ref.startswith((".", "~")):
-            return _hub_cache_problem(ref, what)
+        from medmerge.io.checkpoint import split_revision
+
+        name, revision = split_revision(ref)   # org/name@revision
+        if HUB_ID.match(name) and not ref.startswith((".", "~")):
+            return _hub_cache_problem(name, revision, what)
         return f"{what} {ref} does not exist (a local checkpoint directory, or a Hub id org/name)"
     if not p.is_dir():
         return f"{what} {ref} is not a directory (a checkpoint is a directory with config.json and weights)"
@@ -439,7 +442,7 @@ def compatibility_problem(refs: list[str]) -> str | None:
     return None
 
 
-def _hub_cache_problem(ref: str, what: str) -> str | None:
+def _hub_cache_problem(ref: str, revision: str | None, what: str) -> str | None:
     """Offline (``HF_HUB_OFFLINE``), a Hub id must already be in the local cache."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
         return None
@@ -448,7 +451,7 @@ def _hub_cache_problem(ref: str, what: str) -> str | None:
     except ImportError:
         return None
     try:
-        got = try_to_load_from_cache(ref, "config.json")
+        got = try_to_load_from_cache(ref, "config.json", revision=revision)
     except Exception:   # an id the Hub would refuse
         return f"{what} {ref} is neither a local path nor a valid Hub id"
     if not isinstance(got, str):

@@ -164,7 +164,7 @@ def test_parents_that_cannot_be_merged_are_named_before_any_step(models, work, t
 def test_a_hub_id_is_taken_as_a_parent_but_a_missing_path_is_not(models, work, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = search_cfg(models, tmp_path / "out")
-    cfg["sweep"]["instruct"] = "meta-llama/Llama-3.2-1B-Instruct"   # org/name: fetched from the Hub later
+    cfg["sweep"]["instruct"] = "meta-llama/Llama-3.2-1B-Instruct@main"   # org/name[@rev]: fetched from the Hub
     check_run_configs(search=write(tmp_path / "hub.yaml", cfg))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")   # offline, a Hub id must already be cached
     with pytest.raises(PreflightError, match=r"sweep\.instruct: .*HF_HUB_OFFLINE is set with no Hub copy"):
@@ -438,3 +438,16 @@ def test_a_failing_step_is_one_line_with_its_traceback_under_debug(models, work,
                                                 "model.norm.weight: shapes (32,) and (64,) differ")
     assert "Traceback" in out.err or "parents_incompatible" in out.err   # --debug: the step's traceback
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config, check", [("merge_search_remote.yaml", "search"), ("finetune_remote.yaml", "finetune")])
+def test_remote_configs_pass_without_this_machines_paths(work, config, check):
+    """Steps built into images (settings: docker:) see the pod's file system: /scratch and /cache are not checked
+    here, every other rule is."""
+    path = ROOT / "zenml_config" / "remote" / config
+    got = check_run_configs(**{check: path})
+    assert got[0 if check == "search" else 1].output_dir.startswith("/scratch/")
+    broken = work / config
+    broken.write_text(path.read_text().replace("registered_model: medmerge-clinical", "registered_model: a/b", 1))
+    with pytest.raises(PreflightError, match=r"parameters\.config\.registered_model: registered model name 'a/b"):
+        check_run_configs(**{check: broken})
