@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 import zenml  # noqa: F401  (imported at collection: ZenML wraps the session's stdout, not a test's capsys)
+from factory import DEMO_EVAL
 from mlflow_api import api, api_post
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,9 +96,9 @@ def kill_when(proc: subprocess.Popen, ready, log: Path, poll: float = 0.2, timeo
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow server on a free loopback port, shared by the pipeline scenarios (each stops and restarts
-    it): ``(state dir, port)``."""
+def restartable_server(tmp_path_factory):
+    """A real MLflow server on a free loopback port, shared by the pipeline scenarios, which stop and restart
+    it (so not the session's ``mlflow_server``): ``(state dir, port)``."""
     from medmerge.tracking.server import start, stop
 
     state = tmp_path_factory.mktemp("mlflow")
@@ -136,7 +137,7 @@ def stopping_server_first(monkeypatch, module, name: str, state: Path, timing: d
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_finetune_survives_kill_during_sft_and_server_loss(demo_models, mlflow_server, tmp_path, capsys,
+def test_finetune_survives_kill_during_sft_and_server_loss(demo_models, restartable_server, tmp_path, capsys,
                                                            monkeypatch):
     from zenml.enums import ExecutionStatus as S
 
@@ -144,7 +145,7 @@ def test_finetune_survives_kill_during_sft_and_server_loss(demo_models, mlflow_s
     from medmerge.tracking.server import start
     from pipelines.finetune import main, run
 
-    state, port = mlflow_server
+    state, port = restartable_server
     uri = start(state, port=port).uri  # running (a scenario before may have restarted it)
     sleeper = subprocess.Popen(["sleep", "600"])  # a live process: its temporary directories are kept
     out = tmp_path / "out"
@@ -233,7 +234,8 @@ def test_finetune_survives_kill_during_sft_and_server_loss(demo_models, mlflow_s
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_models, mlflow_server, tmp_path, capsys,
+def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_models, restartable_server, tmp_path,
+                                                                    capsys,
                                                                     monkeypatch):
     from zenml.client import Client
     from zenml.enums import ExecutionStatus as S
@@ -244,7 +246,7 @@ def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_model
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("MEDMERGE_CACHE_DIR", str(cache))  # the killed run's and the reruns' evaluation cache
-    state, port = mlflow_server
+    state, port = restartable_server
     uri = start(state, port=port).uri
     model = "faults-merge"
     ratios = [0.0, 0.5, 1.0]
@@ -254,8 +256,8 @@ def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_model
                                      "instruct": str(demo_models["instruct"]),
                                      "methods": ["linear"], "ratios": ratios}))
     config = write_config(
-        tmp_path / "merge.yaml", sweep=str(sweep), suites=["clinical", "ifeval"], data_dir="sample", limit=4,
-        max_gen_toks=16, eps=0.0, output_dir=str(tmp_path / "selected"), registered_model=model,
+        tmp_path / "merge.yaml", sweep=str(sweep), **DEMO_EVAL, output_dir=str(tmp_path / "selected"),
+        registered_model=model,
         experiment="faults-merge-search", tracking_uri=uri)
 
     def cached() -> set[Path]:
@@ -422,14 +424,16 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_two_runs_of_one_config_at_once_never_share_a_parent_run_or_register_twice(demo_models, mlflow_server,
+def test_two_runs_of_one_config_at_once_never_share_a_parent_run_or_register_twice(demo_models, restartable_server,
+                                                                                     demo_eval_cache, monkeypatch,
                                                                                      tmp_path):
     """Both are started together: the second waits for the first (saying so) and then runs from ZenML's cache.
     MLflow ends with one parent run, one nested run per candidate, one version per selected candidate."""
     from medmerge.tracking.server import start
 
-    state, port = mlflow_server
+    state, port = restartable_server
     uri = start(state, port=port).uri
+    monkeypatch.setenv("MEDMERGE_CACHE_DIR", str(demo_eval_cache))   # both processes: the demo sweep's scores
     model, experiment = "concurrent-merge", "concurrent-merge-search"
     ratios = [0.0, 0.5, 1.0]
     sweep = tmp_path / "sweep.yml"
@@ -437,8 +441,8 @@ def test_two_runs_of_one_config_at_once_never_share_a_parent_run_or_register_twi
                                      "instruct": str(demo_models["instruct"]), "methods": ["linear"],
                                      "ratios": ratios}))
     config = write_config(
-        tmp_path / "merge.yaml", sweep=str(sweep), suites=["clinical", "ifeval"], data_dir="sample", limit=4,
-        max_gen_toks=16, eps=0.0, output_dir=str(tmp_path / "selected"), registered_model=model,
+        tmp_path / "merge.yaml", sweep=str(sweep), **DEMO_EVAL, output_dir=str(tmp_path / "selected"),
+        registered_model=model,
         experiment=experiment, tracking_uri=uri)
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     procs = [launch("pipelines.merge_search", config, log) for log in logs]
