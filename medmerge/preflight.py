@@ -64,7 +64,7 @@ ZENML_RUN_KEYS = (
     "start_hook_source", "steps", "substitutions", "success_hook_source", "tags")
 PIPELINE_PARAMETERS = ("config",)   # each pipeline takes its whole configuration as one parameter
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-MEDMERGE_FILES = ("medmerge.json", "medmerge_sft.json", ".medmerge-output.json")   # what marks medmerge's outputs
+MEDMERGE_FILES = ("medmerge.json", "medmerge_sft.json", ".medmerge-output.json")   # medmerge's records (atomic.MARKER last)
 _SKIP = object()
 
 
@@ -476,39 +476,19 @@ def output_dir_problem(path: object, protect: list[str], local: bool = True, lab
 
 def _check_output_dir(path: str, protect: list[str], label: str) -> None:
     from medmerge.errors import OutputError
-    from medmerge.io import atomic
+    from medmerge.io.atomic import check_output_dir, refuse_aliased_output
 
     p = Path(path).expanduser()
-    check = getattr(atomic, "check_output_dir", None)
-    if check is not None:   # the CLI's rule for a folder of outputs (medmerge.io.atomic)
-        check(p, protect=protect, protect_what="parent", container=True, label=label)
-    else:
-        _minimal_output_check(p, path, label)
-    # a folder of outputs still may not hold a parent (the pipeline writes candidates into it by name)
-    atomic.refuse_aliased_output(p, protect, "parent", **({"label": label} if check is not None else {}))
+    # the CLI's rule for a folder of outputs: creatable, writable, not the current directory or an ancestor,
+    # not a file or below one, not a parent or inside one
+    check_output_dir(p, protect=protect, protect_what="parent", container=True, label=label)
+    # nor holding a parent (the pipeline writes candidates into it by name)
+    refuse_aliased_output(p, protect, "parent", label=label)
     if p.is_dir():
         foreign = _foreign_entry(p)
         if foreign is not None:
             raise OutputError(f"{label} {path} holds {foreign}, which medmerge did not write; choose a new "
                               f"directory (or empty this one)")
-
-
-def _minimal_output_check(p: Path, shown: str, label: str) -> None:
-    from medmerge.errors import OutputError
-
-    real = Path(os.path.realpath(p))
-    cwd = Path(os.path.realpath(os.getcwd()))
-    if real == cwd:
-        raise OutputError(f"{label} {shown} is the current directory; choose a new directory")
-    if cwd.is_relative_to(real):
-        raise OutputError(f"{label} {shown} contains the current directory ({cwd}); choose a new directory")
-    probe = Path(os.path.abspath(p))
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OutputError(f"{label} {shown}: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"{label} {shown}: cannot write in {probe} (permission denied)")
 
 
 def _foreign_entry(d: Path, depth: int = 3) -> str | None:

@@ -237,6 +237,10 @@ def test_output_dir_holding_medmerge_outputs_is_accepted(models, work, tmp_path)
     (out / "linear-0.5").mkdir(parents=True)
     (out / "linear-0.5" / "medmerge.json").write_text("{}")   # a candidate written by an earlier run
     (out / "optuna.db").write_text("")
+    from medmerge.io.atomic import MARKER
+
+    (out / "slerp-0.5").mkdir()
+    (out / "slerp-0.5" / MARKER).write_text('{"files": []}')   # one written since outputs carry the marker
     (out / "sft" / "clinical-8").mkdir(parents=True)
     (out / "sft" / "clinical-8" / "medmerge_sft.json").write_text("{}")
     cfg, _ = check_run_configs(search=write(tmp_path / "run.yaml", search_cfg(models, out)))
