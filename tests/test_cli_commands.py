@@ -5,6 +5,8 @@ asserted: `methods`, `evaluate-sweep`, the `medical5` suite, `--random-seed`,
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,13 +223,13 @@ def test_sharded_parents_merge_and_sweep_like_single_files(fam, tmp_path, capsys
         assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x), name
 
 
-@pytest.mark.slow
-@pytest.mark.integration
-def test_demo_models_builds_the_three_checkpoints_and_a_sweep_that_uses_them(demo_models, tmp_path, capsys):
-    """``medmerge demo-models OUT`` prints where each checkpoint is, writes a sweep.yml the sweep reads, and is
-    seeded: seed 0 gives the very weights the test fixture built with the library call."""
+def test_demo_models_writes_the_three_checkpoints_and_a_sweep_that_uses_them(demo_models, tmp_path, capsys):
+    """``medmerge demo-models OUT`` prints where each checkpoint is and writes a sweep.yml the sweep reads. It
+    copies the build cached for this code and seed (the one the ``demo_models`` fixture reads: built once per
+    machine; that a fresh build with seed 0 gives these very bytes is tests/test_demo_models.py's)."""
     import hashlib
 
+    from medmerge.demo.cache import build_key, cache_root
     from medmerge.recipe import SweepSpec
 
     out = tmp_path / "demo"
@@ -239,8 +241,9 @@ def test_demo_models_builds_the_three_checkpoints_and_a_sweep_that_uses_them(dem
         ck = out / name
         assert printed[name] == str(ck)
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in ck.iterdir()}
-        digest = hashlib.sha256((ck / "model.safetensors").read_bytes()).hexdigest()
-        assert digest == hashlib.sha256((demo_models[name] / "model.safetensors").read_bytes()).hexdigest(), name
+        assert not list(out.glob(".medmerge-tmp-*"))
+        for f in ("model.safetensors", "config.json", "tokenizer.json"):
+            assert (ck / f).read_bytes() == (demo_models[name] / f).read_bytes(), (name, f)
     spec = SweepSpec.model_validate(yaml.safe_load((out / "sweep.yml").read_text()))
     assert (spec.clinical, spec.instruct, spec.base) == tuple(str((out / n).resolve())
                                                                for n in ("clinical", "instruct", "base"))
@@ -248,3 +251,26 @@ def test_demo_models_builds_the_three_checkpoints_and_a_sweep_that_uses_them(dem
     # the three are different models: the clinical and instruct children moved away from the base
     assert len({hashlib.sha256((out / n / "model.safetensors").read_bytes()).hexdigest()
                 for n in ("base", "clinical", "instruct")}) == 3
+    # the cache entry is keyed by the seed (and the code): another seed is another entry
+    assert build_key(0) != build_key(1) and len(build_key(0)) == 24
+    assert cache_root() == Path(os.environ.get("MEDMERGE_DEMO_MODELS_CACHE")
+                                or Path.home() / ".cache" / "medmerge" / "demo-models")
+
+
+def test_a_demo_model_cache_entry_edited_in_place_is_not_used(demo_models, tmp_path):
+    """A cached build is checked against its manifest before use: one changed byte and it no longer counts
+    (and would be built again)."""
+    import shutil
+
+    from medmerge.demo import cache
+
+    entry = tmp_path / "cache" / cache.build_key(0)
+    shutil.copytree(cache.cached_demo_models(0)["base"].parent, entry)   # a copy of this machine's entry
+    assert cache._intact(entry)
+    weights = entry / "clinical" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert not cache._intact(entry)
+    (entry / "manifest.json").unlink()
+    assert not cache._intact(entry)
