@@ -51,7 +51,7 @@ def close_failed_run(reason: str) -> runs.FailedRunReport:
 
             for step_run in expire:
                 Client().update_step_run(step_run, cache_expires_at=utc_now())
-        except Exception as exc:   # the rerun would hand on deleted versions: say so
+        except Exception as exc:  # noqa: BLE001 - never raise over the step's own error; say so
             report.problems.append(f"expiring the cached registration: {type(exc).__name__}: {exc}")
     if report.failed or report.deleted:
         log.info("MLflow runs marked FAILED: %s; versions deleted: %s", ", ".join(report.failed) or "none",
@@ -67,6 +67,6 @@ def fail_tracked_runs(exception: BaseException) -> None:
         from zenml import get_step_context
 
         where = f"step {get_step_context().step_name} failed"
-    except Exception:   # no step context (called outside a step)
+    except Exception:  # noqa: BLE001 - no step context (called outside a step)
         where = "a step failed"
     close_failed_run(runs.failure_reason(where, exception))

@@ -14,12 +14,19 @@ from pydantic import BaseModel
 from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from steps.failure import claim_registrations, fail_tracked_runs
 from medmerge import finetune as core
-from medmerge.finetune import tasks as finetune_tasks
 from medmerge.evaluation.report import EvalReport
-from medmerge.finetune import (FinetuneConfig, FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun,
-                               TrainingData)
+from medmerge.finetune import (
+    FinetuneConfig,
+    FinetuneSummary,
+    InitModel,
+    SFTCheckpoint,
+    SFTResult,
+    TrackingRun,
+    TrainingData,
+)
+from medmerge.finetune import tasks as finetune_tasks
+from steps.failure import claim_registrations, fail_tracked_runs
 
 
 class Initialisations(BaseModel):

@@ -8,9 +8,9 @@ from typing import Annotated
 from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from steps.failure import claim_registrations, fail_tracked_runs
 from medmerge import search
 from medmerge.search import CheckpointDir, Frontier, SearchConfig, SearchResults
+from steps.failure import claim_registrations, fail_tracked_runs
 
 
 @step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)

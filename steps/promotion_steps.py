@@ -8,11 +8,11 @@ from typing import Annotated
 from zenml import step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from steps.failure import claim_registrations, fail_tracked_runs
 from medmerge import promotion
 from medmerge.finetune import FinetuneConfig, FinetuneSummary, SFTResult, TrackingRun
 from medmerge.promotion import Picks, PromotionDecision
 from medmerge.search import Frontier, SearchConfig, SearchResults
+from steps.failure import claim_registrations, fail_tracked_runs
 
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from factory import make_family
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from factory import PACKAGED_SAMPLE, llama_config, llama_state_dict, write_checkpoint
 
 
@@ -20,9 +19,13 @@ def _tiny(tmp_path, name: str, poison: float | None):
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 def test_an_evaluation_with_non_finite_logits_names_the_model_and_caches_nothing(tmp_path, poison):
-    from medmerge.evaluation.cache import EvalCache
-    from medmerge.evaluation.runner import EvalSettings, NonFiniteLogitsError, evaluate_checkpoint
     from medmerge.errors import MedmergeError
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.evaluation.runner import (
+        EvalSettings,
+        NonFiniteLogitsError,
+        evaluate_checkpoint,
+    )
 
     model = _tiny(tmp_path, "poisoned", poison)
     settings = EvalSettings(suites=("clinical",), data_dir=str(PACKAGED_SAMPLE), limit=2)
@@ -37,7 +40,12 @@ def test_an_evaluation_with_non_finite_logits_names_the_model_and_caches_nothing
 
 
 def test_an_in_memory_candidate_with_non_finite_logits_is_named(tmp_path):
-    from medmerge.evaluation.runner import EvalSettings, ModelEvaluator, NonFiniteLogitsError, load_model
+    from medmerge.evaluation.runner import (
+        EvalSettings,
+        ModelEvaluator,
+        NonFiniteLogitsError,
+        load_model,
+    )
 
     settings = EvalSettings(suites=("clinical",), data_dir=str(PACKAGED_SAMPLE), limit=2)
     model, tok = load_model(_tiny(tmp_path, "finite", None), "cpu")

@@ -6,7 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from medmerge.promotion import PromotionError, Score, alias_for, check_picks, check_policy, choose, compare
+from medmerge.promotion import (
+    PromotionError,
+    Score,
+    alias_for,
+    check_picks,
+    check_policy,
+    choose,
+    compare,
+)
 
 
 def search(points: dict[str, tuple[str, float]], near: list[str], knee: str):
@@ -247,8 +255,8 @@ def test_promote_finetuned_weighs_the_staged_versions_stderr(uri):
     after = _report("after", **{t: (0.46, 0.03) for t in clinical})
     medical, medical_se = resolve("medical_avg").score(after)
     assert (round(medical, 4), round(medical_se, 4)) == (0.46, 0.0095)
-    for staged_se, promoted, says in ((0.05, True, "within the stderr on composite 0.3000 vs 0.3000 (±0.0000); "
-                                                   "medical_avg 0.4600 vs 0.5000 (±0.0509)"),
+    within = "within the stderr on composite 0.3000 vs 0.3000 (±0.0000); medical_avg 0.4600 vs 0.5000 (±0.0509)"
+    for staged_se, promoted, says in ((0.05, True, within),
                                       (0.005, False, "worse on medical_avg 0.4600 vs 0.5000 (±0.0107)")):
         model = f"sft-{staged_se}"
         first = runs.create(uri, "promotion", "finetune-1")

@@ -50,10 +50,9 @@ def test_nested_runs_resume_by_key_and_a_closed_parent_gets_a_nested_run(uri):
 
 def test_failing_on_error_marks_the_run_failed(uri):
     run = runs.create(uri, "runs", "work")
-    with pytest.raises(RuntimeError, match="boom"):
-        with run.failing_on_error():
-            run.metrics({"loss": 1.5, "steps": 3})
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), run.failing_on_error():
+        run.metrics({"loss": 1.5, "steps": 3})
+        raise RuntimeError("boom")
     got = runs.get(uri, run.run_id)
     assert got.info.status == "FAILED" and got.data.metrics == {"loss": 1.5, "steps": 3.0}
     assert runs.latest(uri, "runs", "attributes.run_name = 'work'").info.run_id == run.run_id
@@ -148,9 +147,8 @@ def test_a_failed_run_deletes_the_registered_model_it_created_and_never_raises(u
     nested.finish()
     _version(uri, "only-this-run", nested)
     runs.Run(uri, "0" * 32, parent.experiment_id)                  # a run the store does not have
-    with pytest.raises(RuntimeError, match="boom"):
-        with parent.failing_on_error():
-            raise RuntimeError("boom")                             # the step's own handling came first
+    with pytest.raises(RuntimeError, match="boom"), parent.failing_on_error():
+        raise RuntimeError("boom")                                 # the step's own handling came first
 
     report = runs.fail_touched("step summarise failed: boom")
 

@@ -368,11 +368,7 @@ def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", 
         raise RegistryError(f"refusing to promote {name} version {version}: its forgetting gate failed after SFT "
                             f"({mv.tags.get('forgetting_failures', 'see the run forgetting.txt')}); "
                             f"pass --force to promote it anyway")
-    previous = None
-    try:
-        previous = c.get_model_version_by_alias(name, stage)
-    except Exception:
-        pass
+    previous = staged_version(tracking_uri, name, stage)   # None: nothing there yet; other failures say so
     reason = f"{name} v{version}: medical_avg={_short(mv.tags.get('medical_avg'))}, if_score={_short(mv.tags.get('if_score'))}"
     if previous is not None and previous.version != mv.version:
         reason += (f"; replaces v{previous.version} (medical_avg={_short(previous.tags.get('medical_avg'))}, "

@@ -7,6 +7,9 @@ make no MLflow calls of their own.
   gets a new run.
 * Every call goes through :func:`medmerge.tracking.registry.client`, so a server that stops answering is one
   error naming its URI, not minutes of retries.
+* A failed run leaves nothing RUNNING and registers nothing: every :class:`Run` handle and every version
+  registered from one is recorded; :func:`fail_touched` (called by the pipeline steps' failure hook) marks
+  the open runs FAILED and deletes those versions. A rerun resumes a FAILED parent as it does a killed one.
 * Params are cut to MLflow's 6000 characters here, once. Clinical text is never logged by this module on its
   own: what reaches a run is what the phase passes.
 """
@@ -14,10 +17,11 @@ make no MLflow calls of their own.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 PARAM_CHARS = 6000     # MLflow's limit on a param value (MAX_PARAM_VAL_LENGTH)
 NOTE_CHARS = 7900      # a tag value holds 8000; the run description is the tag mlflow.note.content
@@ -119,7 +123,7 @@ class Run:
         """Not yet FINISHED, FAILED or KILLED: a step may still log to it."""
         return self.status() in ("RUNNING", "SCHEDULED")
 
-    def open_or_nested(self, name: str, tags: Mapping[str, Any] | None = None) -> "Run":
+    def open_or_nested(self, name: str, tags: Mapping[str, Any] | None = None) -> Run:
         """This run while it has not finished (a FAILED or KILLED one, which a rerun continues, set RUNNING
         again); once FINISHED, a new nested run under it (a rerun of a later step never writes into a parent
         run that is already closed)."""
@@ -147,7 +151,7 @@ class Run:
             self.fail()
             raise
 
-    def nested(self, name: str, tags: Mapping[str, Any] | None = None) -> "Run":
+    def nested(self, name: str, tags: Mapping[str, Any] | None = None) -> Run:
         """A new run under this one (``mlflow.parentRunId``)."""
         exp = self.experiment_id or self.client.get_run(self.run_id).info.experiment_id
         run = self.client.create_run(exp, run_name=name,
@@ -155,7 +159,7 @@ class Run:
                                                                                 (tags or {}).items()}})
         return Run(self.uri, run.info.run_id, exp, self._c)
 
-    def nested_by_key(self, name: str, key_tag: str, key: str, tags: Mapping[str, Any] | None = None) -> "Run":
+    def nested_by_key(self, name: str, key_tag: str, key: str, tags: Mapping[str, Any] | None = None) -> Run:
         """The nested run tagged ``key_tag == key`` that has not finished (a killed run's), set RUNNING again;
         else a new one with that tag."""
         for r in search(self.uri, [self.experiment_id], max_results=5, filter_string=(
@@ -247,13 +251,13 @@ def start_system_metrics(uri: str, run_id: str, interval: float = 5.0):
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        kwargs = dict(sampling_interval=interval, samples_before_logging=1, resume_logging=True)
+        kwargs = {"sampling_interval": interval, "samples_before_logging": 1, "resume_logging": True}
         if "tracking_uri" in inspect.signature(SystemMetricsMonitor).parameters:
             kwargs["tracking_uri"] = uri
         monitor = SystemMetricsMonitor(run_id, **kwargs)
         monitor.start()
         return monitor
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - monitoring is optional: say so and go on
         logging.getLogger(__name__).warning("MLflow system metrics are off for run %s: %s", run_id, exc)
         return None
 
@@ -323,12 +327,12 @@ def fail_touched(reason: str) -> FailedRunReport:
     report = FailedRunReport()
     failed: dict[tuple[str, str], Run] = {}
 
-    def attempt(uri: str, what: str, action) -> None:
+    def attempt(uri: str, what: str, action, *args) -> None:
         if uri in _unreachable:
             return
         try:
-            action()
-        except Exception as exc:   # a deleted run, a server that is down: say so, close the rest
+            action(*args)
+        except Exception as exc:  # noqa: BLE001 - a deleted run, a server that is down: say so, close the rest
             report.problems.append(f"{what}: {type(exc).__name__}: {exc}")
             if isinstance(exc, registry.RegistryError) and "not reachable" in str(exc):
                 _unreachable.add(uri)
@@ -343,7 +347,7 @@ def fail_touched(reason: str) -> FailedRunReport:
             failed[(run.uri, run.run_id)] = run
 
     for (uri, run_id), run in list(_touched.items()):
-        attempt(uri, f"run {run_id}", lambda: close(run))
+        attempt(uri, f"run {run_id}", close, run)
 
     def close_nested(parent: Run) -> None:   # nested runs this process never held a handle on (another pod's)
         exp = parent.experiment_id or parent.client.get_run(parent.run_id).info.experiment_id
@@ -353,7 +357,7 @@ def fail_touched(reason: str) -> FailedRunReport:
             report.failed.append(child.info.run_id)
 
     for (uri, run_id), parent in list(failed.items()):
-        attempt(uri, f"nested runs of {run_id}", lambda: close_nested(parent))
+        attempt(uri, f"nested runs of {run_id}", close_nested, parent)
     failed_ids = {rid for _, rid in failed}
 
     def discard(uri: str, name: str, version: str, run_id: str) -> None:
@@ -363,7 +367,7 @@ def fail_touched(reason: str) -> FailedRunReport:
             del _versions[(uri, name, version)]
 
     for (uri, name, version), run_id in list(_versions.items()):
-        attempt(uri, f"{name} v{version}", lambda: discard(uri, name, version, run_id))
+        attempt(uri, f"{name} v{version}", discard, uri, name, version, run_id)
     for key in failed:
         _touched.pop(key, None)
     return report
