@@ -39,9 +39,11 @@ os.environ["MEDMERGE_CACHE_DIR"] = str(_SESSION_CACHE)
 os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="medmerge-test-zenml-")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("AUTO_OPEN_DASHBOARD", "false")
+# MLflow 3's server starts a job runner and seven huey consumers for its GenAI jobs, which medmerge never
+# submits: eight Python processes' start-up per server on 2 cores
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
 
 
 @pytest.fixture(autouse=True)
