@@ -149,8 +149,9 @@ def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
         for split, rel in local["files"].items():
             f = data_dir / rel
             if not f.exists():
-                hint = local.get("hints", {}).get(split)
-                raise EvalError(f"task {name} needs data file {f}, which does not exist" + (f" ({hint})" if hint else ""))
+                hint = local.get("hints", {}).get(split)   # what the file holds, where the YAML says it
+                raise EvalError(f"task {name} needs data file {f}, which does not exist"
+                                + (f" ({hint})" if hint else ""))
             rows = [r for r in _read_jsonl(f, name) if all(r.get(k) == v for k, v in where.items())]
             _check_rows(rows, fields.get(split, []) if isinstance(fields, dict) else fields, f, name)
             data_files[split] = f
