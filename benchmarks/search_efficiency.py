@@ -23,6 +23,28 @@ whether Optuna's median reaches the grid's hypervolume at 22 evaluations (target
 (stretch).
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--limit 8] [--num-fewshot 0]
+
+``--racing``: cost counted in documents, not trials (issue 24). The objectives become per-document
+held-out losses: x = the mean over the instruct held-out documents of −(mean next-token NLL of the
+document, scored alone as ``<s> text </s>``), y the same over the clinical ones (37 + 22 documents: a
+full evaluation is 59). Side by side, three seeds each:
+
+* grid: the 22 candidates, every document (the 1-D grid's hypervolume is the target);
+* grid raced: :func:`medmerge.racing.race` over the same 22 (paired bounds, 8 then 16, 32, all
+  documents per corpus); its near set and knee against the full grid's;
+* Optuna, every trial on every document (no warm start): the study as ``search: optuna`` runs it;
+* Optuna raced and warm-started: the study first evaluates a coarse grid (``study.enqueue_trial``:
+  slerp at 0.2, 0.5, 0.8, linear at 0.5, and in the per-layer space task arithmetic at 0.5, λ 1),
+  then each trial races every earlier one (:class:`medmerge.racing.Racer`); a stopped trial is told
+  its partial estimates; samplers ``--samplers`` (multivariate TPE, TPE with ``group=True``, GP).
+
+Each study runs until it has spent the grid's documents; reported per arm: documents (as a share of
+the full grid's), wall time, hypervolume against documents, and the documents at which the median
+over seeds first reaches the full grid's hypervolume. Target: the warm-started raced search in the
+per-layer space (``--space past``) at <= 50% of the grid's documents. Per-document losses are cached
+on disk by (recipe, corpus, document), so wall times after the first arm mostly measure merging.
+
+    python benchmarks/search_efficiency.py --racing --space past [--samplers tpe tpe-group gp]
 """
 
 from __future__ import annotations
@@ -83,6 +105,240 @@ def heldout_evaluator(ev):
     return evaluate
 
 
+def doc_values(ev):
+    """``values(candidate, corpus, indices) -> [−NLL per token of each held-out document]``, each document scored
+    alone (``<s> text </s>``, at most the model's context), memoised on disk per (recipe, corpus, document)."""
+    import os
+
+    import torch
+
+    from medmerge.demo import domain_texts
+    from medmerge.demo.training import encode_docs
+    from medmerge.engine import PreloadedParents, merged_state_dict
+
+    tok = ev.evaluator.tokenizer
+    ctx = ev.model.config.max_position_embeddings
+    ids = {c: [d[:ctx] for d in encode_docs(tok, domain_texts(tok, c, "heldout"))] for c in CORPORA}
+    store = Path(os.environ["MEDMERGE_CACHE_DIR"]) / "heldout_docs.json"
+    memo = json.loads(store.read_text()) if store.exists() else {}
+    pre, loaded = [], [None]
+
+    def losses(docs):
+        width = max(len(d) for d in docs)
+        x = torch.full((len(docs), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(docs), width), dtype=torch.long)
+        for i, d in enumerate(docs):
+            x[i, :len(d)], mask[i, :len(d)] = torch.tensor(d), 1
+        with torch.no_grad():
+            logits = ev.model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        keep = mask[:, 1:].float()
+        return ((nll * keep).sum(1) / keep.sum(1)).tolist()
+
+    def values(cand, corpus, indices):
+        key = cand.recipe.model_dump_json()
+        got = memo.setdefault(key, {}).setdefault(corpus, {})
+        missing = [i for i in indices if str(i) not in got]
+        if missing:
+            if loaded[0] != key:
+                plan = ev.plan(cand)
+                if not pre:
+                    pre.append(PreloadedParents(ev.parents, ev.representatives or [plan]))
+                with torch.no_grad():
+                    ev.model.load_state_dict(merged_state_dict(plan, pre[0]), strict=False)
+                ev.model.eval()
+                loaded[0] = key
+            for i in range(0, len(missing), 16):
+                chunk = missing[i:i + 16]
+                for j, v in zip(chunk, losses([ids[corpus][j] for j in chunk])):
+                    got[str(j)] = -v
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(memo))
+        return [max(-LOSS_CAP, got[str(i)]) for i in indices]
+
+    values.sizes = {c: len(ids[c]) for c in CORPORA}
+    return values
+
+
+CORPORA = ("instruct", "clinical")
+LOSS_CAP = 50.0     # per-document −loss is clipped at −50 nats/token (a chance-level model here: ~log V ≈ 6)
+
+
+def racing_plan(values, parents, first: int, racing: bool = True):
+    """Strata: the two held-out corpora; x = mean −loss over instruct documents, y over clinical ones. Each
+    stratum's sample variance is shrunk towards the parents' per-document difference variance (values are
+    losses, not 0/1, so the range's worst case would swamp them). ``racing=False``: one round of every
+    document (a plain full evaluation, counted the same way)."""
+    import numpy as np
+
+    from medmerge import racing as rc
+
+    strata = []
+    for c in CORPORA:
+        n = values.sizes[c]
+        a, b = (np.array(values(p, c, range(n))) for p in parents)
+        strata.append(rc.Stratum(c, n, low=-LOSS_CAP, high=0.0, prior_variance=float(np.var(a - b)) / 4))
+    objectives = (rc.Objective(f"-loss({CORPORA[0]})", {CORPORA[0]: 1.0}),
+                  rc.Objective(f"-loss({CORPORA[1]})", {CORPORA[1]: 1.0}))
+    first = first if racing else max(values.sizes.values())
+    return rc.RacingPlan(tuple(strata), objectives, first=first)
+
+
+def warm_params(space_kind: str) -> list[dict]:
+    """The coarse grid a raced study starts from (``study.enqueue_trial``), in Optuna's parameter names."""
+    warm = []
+    for r in (0.2, 0.5, 0.8):
+        if space_kind == "past":
+            warm.append({"method": "slerp", **{f"slerp.t[{i}]": r for i in range(3)}})
+        else:
+            warm.append({"method": "slerp", "slerp.ratio": r})
+    warm.append({"method": "linear", "linear.ratio": 0.5})
+    if space_kind == "past":
+        warm.append({"method": "task_arithmetic", "task_arithmetic.ratio": 0.5, "task_arithmetic.lambda": 1.0})
+    return warm
+
+
+def hv_of(points, reference) -> float:
+    from medmerge.pareto import ScoredPoint, hypervolume
+
+    if not points:
+        return 0.0
+    return hypervolume([ScoredPoint(name=n, if_score=x, medical_avg=y) for n, x, y in points], reference=reference)
+
+
+def run_raced_study(space, plan, scorer_of, cands, *, sampler: str, seed: int, warm: list[dict], budget_docs: int,
+                    max_trials: int, reference):
+    """One study: trials race every earlier trial (``plan``) until ``budget_docs`` are spent. Returns the curve
+    ``[(documents so far, hypervolume of the trials scored on every document)]`` and the trials' courses."""
+    import optuna
+
+    from medmerge import optuna_search
+    from medmerge.racing import Racer
+
+    study = optuna.create_study(directions=["maximize", "maximize"],
+                                sampler=optuna_search.make_sampler(sampler, seed))
+    for params in warm:
+        study.enqueue_trial(params)
+    racer = Racer(plan, scorer_of, capacity=max_trials)
+    spent, survivors, curve = 0, [], []
+    while spent < budget_docs and len(racer.names) < max_trials:
+        trial = study.ask()
+        method, params = optuna_search.suggest(trial, space)
+        cand = space.candidate(method, params, name=f"s{seed}-{sampler}-{optuna_search.trial_name(trial.number, method)}")
+        cands[cand.name] = cand
+        [course] = racer.add([cand.name])
+        spent += course.documents_used
+        study.tell(trial, list(course.estimate))
+        if not course.stopped:
+            survivors.append((cand.name, *course.estimate))
+        curve.append((spent, hv_of(survivors, reference)))
+    return curve, racer.result
+
+
+def racing_comparison(args, grid, space, ev, work) -> None:
+    import statistics
+
+    from medmerge import pareto
+    from medmerge.racing import race
+
+    values = doc_values(ev)
+    cands = {}
+
+    def scorer(name, docs):
+        return values(cands[name], docs.stratum, list(docs.documents))
+
+    t0 = time.perf_counter()
+    parents = grid.parent_candidates()
+    plan = racing_plan(values, parents, args.first)
+    full_plan = racing_plan(values, parents, args.first, racing=False)
+    full_docs = full_plan.full_documents(1)
+    ref_pts = {p.role: [float(sum(values(p, c, range(values.sizes[c]))) / values.sizes[c]) for c in CORPORA]
+               for p in parents}
+    reference = (min(v[0] for v in ref_pts.values()), min(v[1] for v in ref_pts.values()))
+    for c in grid.candidates():
+        cands[c.name] = c
+    t1 = time.perf_counter()
+    full = race(full_plan, list(cands), scorer)
+    t_grid = time.perf_counter() - t1
+    grid_docs = full.documents_used
+    grid_pts = [(c.name, *c.estimate) for c in full.candidates]
+    grid_hv = hv_of(grid_pts, reference)
+    print(f"parents {ref_pts}; reference {reference}; {full_docs} documents per full evaluation "
+          f"({', '.join(f'{s.name} {s.size}' for s in plan.strata)}); plan: rounds "
+          f"{[list(map(int, r)) for r in plan.schedule()]}", flush=True)
+
+    class Pt:
+        def __init__(self, n, x, y):
+            self.name, self.if_score, self.medical_avg = n, x, y
+
+    def sel(points):
+        s = pareto.select([Pt(*p) for p in points], eps=0.0)
+        return sorted(p.name for p in s.near), s.knee.name
+
+    t1 = time.perf_counter()
+    first_round = {}
+    raced = race(plan, list(c.name for c in grid.candidates()), scorer, on_round=lambda r, res: first_round.update(
+        {c.name: (c.estimate, c.half_width) for c in res.candidates}) if r == 1 else None)
+    t_raced = time.perf_counter() - t1
+    near_full, knee_full = sel(grid_pts)
+    surv = [(c.name, *c.estimate) for c in raced.survivors()]
+    near_r, knee_r = sel(surv)
+    rows = [("grid, every document", grid_docs, t_grid, grid_hv, "(itself)")]
+    rows.append(("grid raced", raced.documents_used, t_raced, hv_of(surv, reference),
+                 "yes" if (near_r, knee_r) == (near_full, knee_full) else f"NO: near {near_r} knee {knee_r}"))
+    stopped = [c for c in raced.candidates if c.stopped]
+    print(f"grid: hypervolume {grid_hv:.5f}, near set {near_full}, knee {knee_full}")
+    print(f"grid raced: {len(stopped)} of {len(raced.candidates)} stopped, {raced.documents_used} of {grid_docs} "
+          f"documents; near set and knee equal to the full grid's: {rows[-1][-1]}")
+    for c in stopped:
+        print(f"  {c.name}: {c.reason}")
+    print(f"after round 1 ({int(sum(plan.schedule()[0]))} documents), each candidate's estimate ± half-width "
+          f"(z = {raced.z:.2f}; the paired rule bounds differences, which are narrower):")
+    for name, (est, half) in first_round.items():
+        print(f"  {name:12s} " + "  ".join(f"{o.name} {e:.3f} ± {h:.3f}" for o, e, h in zip(plan.objectives, est, half)))
+    arms = [("optuna, every document, no warm start", "tpe", False, [])]
+    arms += [(f"optuna raced + warm start ({s})", s, True, warm_params(args.space)) for s in args.samplers]
+    results = {}
+    for label, sampler, raced_arm, warm in arms:
+        curves, secs = {}, 0.0
+        for seed in args.seeds:
+            t1 = time.perf_counter()
+            curve, res = run_raced_study(space.model_copy(update={"seed": seed}), plan if raced_arm else full_plan,
+                                         scorer, cands, sampler=sampler, seed=seed, warm=warm,
+                                         budget_docs=grid_docs, max_trials=args.max_trials, reference=reference)
+            secs += time.perf_counter() - t1
+            curves[seed] = curve
+            first = next((d for d, h in curve if h >= grid_hv), None)
+            print(f"  {label}, seed {seed}: {len(curve)} trials, {sum(c.stopped for c in res.candidates)} stopped; "
+                  f"HV {curve[-1][1]:.5f} at {curve[-1][0]} documents; grid's HV reached at "
+                  f"{first if first is not None else 'never'}", flush=True)
+        results[label] = curves
+
+        def hv_at(docs):
+            return statistics.median(max([h for d, h in c if d <= docs], default=0.0) for c in curves.values())
+
+        marks = sorted({d for c in curves.values() for d, _ in c if d <= grid_docs})
+        reach = next((d for d in marks if hv_at(d) >= grid_hv), None)
+        rows.append((label, statistics.median(c[-1][0] for c in curves.values()), secs / len(args.seeds),
+                     hv_at(grid_docs), f"median reaches the grid's HV at "
+                     f"{'never' if reach is None else f'{reach} documents ({100 * reach / grid_docs:.0f}%)'}"))
+    print(f"\n{'arm':44s} {'documents':>10s} {'of grid':>8s} {'wall s':>7s} {'HV':>9s}  note")
+    for label, docs, secs, hv, note in rows:
+        print(f"{label:44s} {docs:10.0f} {100 * docs / grid_docs:7.0f}% {secs:7.1f} {hv:9.5f}  {note}")
+    print("\nhypervolume (median over seeds) against documents, as a share of the grid's:")
+    marks = [0.25, 0.5, 0.75, 1.0]
+    print(f"{'arm':44s} " + " ".join(f"{int(100 * m):>8d}%" for m in marks))
+    for label, curves in results.items():
+        med = [statistics.median(max([h for d, h in c if d <= m * grid_docs], default=0.0) for c in curves.values())
+               for m in marks]
+        print(f"{label:44s} " + " ".join(f"{v:9.5f}" for v in med))
+    print(f"{'grid, every document (random order, at 100%)':44s} " + " " * 30 + f"{grid_hv:9.5f}")
+    (work / "search_racing.json").write_text(json.dumps(
+        {"reference": reference, "grid_hv": grid_hv, "grid_documents": grid_docs, "rows": rows,
+         "curves": {k: {str(s): c for s, c in v.items()} for k, v in results.items()}}, indent=2))
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("bench_out/search"))
@@ -96,6 +352,11 @@ def main() -> None:
     ap.add_argument("--space", choices=["same", "past"], default="same",
                     help="same: Optuna over the grid's own space made continuous (linear, slerp ratio); past: "
                          "also a per-layer slerp gradient t: [x0, x1, x2] and task arithmetic's lambda")
+    ap.add_argument("--racing", action="store_true",
+                    help="count cost in documents: the grid, the grid raced, Optuna raced and warm-started (issue 24)")
+    ap.add_argument("--samplers", nargs="+", default=["tpe", "tpe-group", "gp"], help="with --racing")
+    ap.add_argument("--first", type=int, default=8, help="with --racing: documents per corpus in round 1")
+    ap.add_argument("--max-trials", type=int, default=60, help="with --racing: most trials per study")
     args = ap.parse_args()
 
     import os
@@ -132,6 +393,8 @@ def main() -> None:
     cache = EvalCache()
     ev = SweepEvaluator(grid, settings, cache,
                         representatives=grid.candidates() + optuna_search.representatives(space))
+    if args.racing:
+        return racing_comparison(args, grid, space, ev, work)
     if heldout:
         evaluate, score, labels = heldout_evaluator(ev), (lambda r: r), ("-loss(instruct)", "-loss(clinical)")
     else:

@@ -66,17 +66,33 @@ def study_name(spec: SweepSpec, objectives: tuple[str, str], extra: dict) -> str
     return "medmerge-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def open_study(storage: str | None, name: str, seed: int):
+SAMPLERS = ("tpe", "tpe-group", "gp")
+
+
+def make_sampler(kind: str, seed: int, n_startup_trials: int = N_STARTUP_TRIALS):
+    """``tpe``: multivariate TPE; ``tpe-group``: multivariate TPE that models each method's own parameters as a
+    group (``group=True``: a conditional space's subspaces apart); ``gp``: Optuna's Gaussian-process sampler
+    (multi-objective since Optuna 4.2; needs scipy and torch)."""
+    optuna = _optuna()
+    import warnings
+
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}; one of {', '.join(SAMPLERS)}")
+    with warnings.catch_warnings():   # multivariate TPE, group and GP are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=kind == "tpe-group",
+                                          n_startup_trials=n_startup_trials)
+
+
+def open_study(storage: str | None, name: str, seed: int, sampler: str = "tpe"):
     """Create or load the study; a trial left RUNNING by a killed process is failed and its parameters
     enqueued, so the next ask evaluates that candidate again."""
     optuna = _optuna()
     from optuna.trial import TrialState
 
-    import warnings
-
-    with warnings.catch_warnings():   # multivariate TPE is marked experimental (since optuna 2.2)
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=N_STARTUP_TRIALS)
+    sampler = make_sampler(sampler, seed)
     study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize"],
                                 sampler=sampler, load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
