@@ -5,9 +5,10 @@ What counts as a change, by content hash only:
 * a parent checkpoint: the sha256 of every weight file of every parent of the merge search
   (:func:`medmerge.search.check_parents`), compared with the ``parents_sha256`` tag of the version
   the search's registered model has under the ``staging`` alias;
-* the training data: ``TrainingData.train_sha256`` (after the configured cleaning), compared with the
-  ``train_sha256`` tag of the fine-tuned model's ``staging`` version, or of its newest version when none
-  is staged.
+* the training data of each task of the finetune run: ``TrainingData.train_sha256`` (after the configured
+  cleaning), compared with the ``train_sha256`` tag of that task's fine-tuned model's ``staging`` version,
+  or of its newest version when none is staged (a multi-task run registers one model per task,
+  ``<registered_model>-<task>``; see :meth:`medmerge.finetune.FinetuneConfig.task_configs`).
 
 The initialisations of the fine-tuning are *not* compared: one given as ``models:/NAME@staging``
 resolves to whatever is promoted now, which a merge search changes. Nothing promoted yet, nothing
@@ -40,15 +41,27 @@ class ComparedVersion(BaseModel):
     sha256: str | None            # the tag compared (parents_sha256 JSON or train_sha256); None: no such tag
 
 
+class TaskData(BaseModel):
+    """One task's training data now, and the fine-tuned version it was compared with."""
+
+    task: str | None = None                         # its label in a multi-task run; None: the run's one task
+    registered_model: str
+    train_sha256: str
+    finetuned: ComparedVersion | None = None        # None: nothing registered for it yet
+
+    def key(self, name: str) -> str:
+        """A parameter's name for this task (plain for a one-task run)."""
+        return name if self.task is None else f"{name}.{self.task}"
+
+
 class RetrainDecision(BaseModel):
     """Whether to run merge search and fine-tuning again, and why."""
 
     changed: bool
     reasons: list[str]
     parents_sha256: dict[str, dict[str, str]]      # parent ref -> {weight file: sha256} (the tag's content)
-    train_sha256: str
+    data: list[TaskData]                            # one per task of the finetune run, in its order
     promoted: ComparedVersion | None = None         # the search's registered model @staging
-    finetuned: ComparedVersion | None = None        # the fine-tuned model it compared the data with
     last_retrain: dict[str, str] | None = None      # the previous run that ran the pipelines: run_id, status
     notes: list[str] = Field(default_factory=list)  # worth saying, not a reason to run
 
@@ -67,16 +80,22 @@ class RetrainDecision(BaseModel):
         for ref, files in sorted(self.parents_sha256.items()):
             digests = ", ".join(f"{f} {h[:12]}" for f, h in sorted(files.items()))
             lines.append(f"parent   {ref}: {digests}")
-        lines.append(f"data     train_sha256 {self.train_sha256[:12]}")
-        for label, v in (("promoted", self.promoted), ("tuned", self.finetuned)):
-            if v is not None:
-                lines.append(f"{label.ljust(8)} {v.name} v{v.version} ({v.chosen_by})")
+        if self.promoted is not None:
+            lines.append(f"promoted {self._version(self.promoted)}")
+        for d in self.data:
+            lines.append(f"data     {d.key('train_sha256')} {d.train_sha256[:12]}")
+            if d.finetuned is not None:
+                lines.append(f"tuned    {self._version(d.finetuned)}")
         if self.changed:
             lines.append("changed: " + "; ".join(self.reasons))
         else:
             lines.append("unchanged: parents and training data match the promoted versions")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    @staticmethod
+    def _version(v: ComparedVersion) -> str:
+        return f"{v.name} v{v.version} ({v.chosen_by})"
 
 
 def parents_tag(parents: dict[str, dict[str, str]]) -> str:
@@ -146,8 +165,9 @@ def current_parents(search_cfg) -> dict[str, dict[str, str]]:
     return {ref: p["weights"] for ref, p in check_parents(search_cfg).items()}
 
 
-def current_train_sha256(ft_cfg) -> tuple[str, list[str]]:
-    """``TrainingData.train_sha256`` as the finetune pipeline computes it, and notes.
+def current_train_sha256(ft_cfg) -> tuple[dict[str | None, str], list[str]]:
+    """``{task label: TrainingData.train_sha256}`` as the finetune pipeline computes it (label None: the run's
+    one task), and notes.
 
     The cleaning needs a tokenizer only with ``drop_overlong``; ``load_data`` takes it from the first
     initialisation, so only that one is resolved (a registry version is downloaded as the pipeline would).
@@ -167,7 +187,7 @@ def current_train_sha256(ft_cfg) -> tuple[str, list[str]]:
             inits = resolve_initialisations(ft_cfg.model_copy(update={"initialisations": (local[0],)}))
             notes.append(f"{ft_cfg.initialisations[0].model_uri} does not resolve yet: the data's overlong check "
                          f"used {local[0].name}'s tokenizer")
-    return load_data(ft_cfg, inits).train_sha256, notes
+    return {label: load_data(tc, inits).train_sha256 for label, tc in ft_cfg.task_configs()}, notes
 
 
 # --- the decision ---------------------------------------------------------------------------------
@@ -177,7 +197,7 @@ def decide(search_cfg, ft_cfg) -> RetrainDecision:
     from medmerge.tracking import registry
 
     parents = current_parents(search_cfg)
-    train_sha, notes = current_train_sha256(ft_cfg)
+    train, notes = current_train_sha256(ft_cfg)
     reasons: list[str] = []
 
     uri = search_cfg.resolved_tracking_uri()
@@ -192,29 +212,41 @@ def decide(search_cfg, ft_cfg) -> RetrainDecision:
         reasons += r
         notes += n
 
-    ft_uri = ft_cfg.resolved_tracking_uri()
-    name = ft_cfg.registered_model
-    fv, chosen = registry.staged_version(ft_uri, name), "alias staging"
-    if fv is None:
-        fv, chosen = registry.newest_version(ft_uri, name), "newest version"
-    finetuned = None
-    if fv is None:
-        reasons.append(f"nothing fine-tuned yet: {name} has no version")
-    else:
-        tag = fv.tags.get("train_sha256")
-        finetuned = ComparedVersion(name=fv.name, version=str(fv.version), chosen_by=chosen, sha256=tag)
-        if tag is None:
-            reasons.append(f"{name} v{fv.version} has no train_sha256 tag")
-        elif tag != train_sha:
-            reasons.append(f"training data changed since {name} v{fv.version}: train_sha256 {_short(tag)} -> "
-                           f"{_short(train_sha)}")
+    data = []
+    for label, tc in ft_cfg.task_configs():
+        task, why = compare_data(TaskData(task=label, registered_model=tc.registered_model,
+                                          train_sha256=train[label]), tc.resolved_tracking_uri())
+        data.append(task)
+        reasons += why
 
     last = _last_retrain(uri, _key(search_cfg, ft_cfg))
     if last is not None and last["status"] != "FINISHED":
         reasons.append(f"the last retrain that ran the pipelines (MLflow run {last['run_id']}) ended "
                        f"{last['status']}")
-    return RetrainDecision(changed=bool(reasons), reasons=reasons, parents_sha256=parents, train_sha256=train_sha,
-                           promoted=promoted, finetuned=finetuned, last_retrain=last, notes=notes)
+    return RetrainDecision(changed=bool(reasons), reasons=reasons, parents_sha256=parents, data=data,
+                           promoted=promoted, last_retrain=last, notes=notes)
+
+
+def compare_data(task: TaskData, uri: str) -> tuple[TaskData, list[str]]:
+    """``task`` with the version it was compared with (``staging``, else the newest), and the reasons its
+    training data counts as changed (none: unchanged)."""
+    from medmerge.tracking import registry
+
+    name = task.registered_model
+    fv, chosen = registry.staged_version(uri, name), "alias staging"
+    if fv is None:
+        fv, chosen = registry.newest_version(uri, name), "newest version"
+    if fv is None:
+        return task, [f"nothing fine-tuned yet: {name} has no version"]
+    tag = fv.tags.get("train_sha256")
+    task = task.model_copy(update={"finetuned": ComparedVersion(name=fv.name, version=str(fv.version),
+                                                                chosen_by=chosen, sha256=tag)})
+    if tag is None:
+        return task, [f"{name} v{fv.version} has no train_sha256 tag"]
+    if tag != task.train_sha256:
+        return task, [f"training data changed since {name} v{fv.version}: train_sha256 {_short(tag)} -> "
+                      f"{_short(task.train_sha256)}"]
+    return task, []
 
 
 # --- the record -----------------------------------------------------------------------------------
@@ -232,11 +264,13 @@ def open_record(decision: RetrainDecision, search_cfg, ft_cfg, tracking_uri: str
             "medmerge.retrain.reasons": ("; ".join(decision.reasons) or "nothing changed")[:7900],
             "medmerge.retrain.host": socket.gethostname()}
     record = runs.create(tracking_uri, RETRAIN_EXPERIMENT, f"retrain-{outcome}-{stamp}", tags)
-    params = {"train_sha256": decision.train_sha256, "parents_fingerprint": decision.parents_fingerprint,
+    params = {"parents_fingerprint": decision.parents_fingerprint,
               "search_registered_model": search_cfg.registered_model,
               "finetune_registered_model": ft_cfg.registered_model,
-              "promoted_version": decision.promoted.version if decision.promoted else "none",
-              "finetuned_version": decision.finetuned.version if decision.finetuned else "none"}
+              "promoted_version": decision.promoted.version if decision.promoted else "none"}
+    for d in decision.data:
+        params[d.key("train_sha256")] = d.train_sha256
+        params[d.key("finetuned_version")] = d.finetuned.version if d.finetuned else "none"
     for i, (ref, files) in enumerate(sorted(decision.parents_sha256.items())):
         params[f"parent{i}"] = ref[:6000]
         for f, h in sorted(files.items()):

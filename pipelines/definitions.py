@@ -43,24 +43,21 @@ def finetune(config: FinetuneConfig):
     all_results = []
     # one task: the step names of old (sft_<init>_<shots>); several: each task's steps carry its name
     for task, cfg in config.task_configs():
-        def sid(*parts: str) -> str:
-            return step_id(parts[0], *((task,) if task else ()), *parts[1:])
-
-        data = load_data(cfg, inits, id=sid("load_data"))
+        data = load_data(cfg, inits, id=step_id("load_data", task))
         run = validate_data(cfg, data, inits, build_time_tracking_uri(cfg.tracking_uri),  # the server: a parameter
-                            id=sid("validate_data"))
-        subsets = subsample(cfg, data, id=sid("subsample"))
+                            id=step_id("validate_data", task))
+        subsets = subsample(cfg, data, id=step_id("subsample", task))
         checkpoints, results = [], []
         for init in cfg.initialisations:
-            before = baseline(cfg, inits, init.name, id=sid("baseline", init.name), after=[run])
+            before = baseline(cfg, inits, init.name, id=step_id("baseline", task, init.name), after=[run])
             for s in cfg.shots:
                 label = shot_label(s)
-                ck = sft(cfg, data, subsets, inits, run, init.name, label, id=sid("sft", init.name, label))
-                res = evaluate_sft(cfg, data, ck, before, run, id=sid("evaluate", init.name, label))
+                ck = sft(cfg, data, subsets, inits, run, init.name, label, id=step_id("sft", task, init.name, label))
+                res = evaluate_sft(cfg, data, ck, before, run, id=step_id("evaluate", task, init.name, label))
                 checkpoints.append(ck)
                 results.append(res)
-        summary = summarise(cfg, run, data, inits, checkpoints, results, id=sid("summarise"))
-        promote_finetuned(cfg, run, results, summary, id=sid("promote_finetuned"))
+        summary = summarise(cfg, run, data, inits, checkpoints, results, id=step_id("summarise", task))
+        promote_finetuned(cfg, run, results, summary, id=step_id("promote_finetuned", task))
         all_results.extend(results)
-    if config.tasks:
-        compare_tasks(config, all_results, build_time_tracking_uri(config.tracking_uri))
+    if len(config.tasks) > 1:
+        compare_tasks(config, all_results, build_time_tracking_uri(config.tracking_uri), id=step_id("compare_tasks"))

@@ -13,12 +13,11 @@ import re
 import sys
 
 
-def step_id(*parts: str) -> str:
-    """A step's name from its parts (``sft``, initialisation, shots): letters, digits and '_'."""
-    return "_".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in parts)
-
-
-_id = step_id
+def step_id(step: str, task: str | None = None, *parts: str) -> str:
+    """A finetune step's name: the step, the task's label when the run has several tasks (``task`` None for a
+    one-task run), then its other parts (initialisation, shots), in letters, digits and '_'. Both the pipeline
+    (:mod:`pipelines.definitions`) and :func:`run`, which reads the steps' outputs, name steps with it."""
+    return "_".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in (step, *((task,) if task else ()), *parts))
 
 
 def __getattr__(name: str):
@@ -49,10 +48,9 @@ def run(config_path: str) -> dict:
     pipeline_run = launch(getattr(sys.modules[__name__], "finetune"), config_path)
     out = {"config": config, "run": pipeline_run, "tasks": {}}
     for task, cfg in config.task_configs():
-        name = (lambda step: f"{step}_{_id(task)}") if task else (lambda step: step)
-        summary = pipeline_run.steps[name("summarise")].output.load()
-        tracking = pipeline_run.steps[name("validate_data")].output.load()
-        decision = pipeline_run.steps[name("promote_finetuned")].output.load()
+        summary = pipeline_run.steps[step_id("summarise", task)].output.load()
+        tracking = pipeline_run.steps[step_id("validate_data", task)].output.load()
+        decision = pipeline_run.steps[step_id("promote_finetuned", task)].output.load()
         uri = tracking.tracking_uri
         print(f"\n== task {task} ==" if task else "")
         print("\nLearning curves (composite = mean of BLEU, METEOR, ROUGE-1/2/L, BERTScore F1):\n")
@@ -66,11 +64,11 @@ def run(config_path: str) -> dict:
         print(f"\nMLflow run:        {uri}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}")
         print(f"registered model:  {uri}/#/models/{cfg.registered_model}  versions {summary.versions}")
         print(decision.summary())
-        out["tasks"][task or cfg.task] = {"summary": summary, "tracking": tracking, "promotion": decision}
+        out["tasks"][cfg.task_label] = {"summary": summary, "tracking": tracking, "promotion": decision}
         if not task:
             out.update(summary=summary, tracking=tracking, promotion=decision)
-    if config.tasks:
-        cross = pipeline_run.steps["compare_tasks"].output.load()
+    if len(config.tasks) > 1:
+        cross = pipeline_run.steps[step_id("compare_tasks")].output.load()
         print("\nTable 2 across tasks (composite; shots 0 = no SFT; best per column in bold):\n")
         print(cross.table2)
         print(f"MLflow run:        {cross.run.tracking_uri}/#/experiments/{cross.run.experiment_id}/runs/"

@@ -83,8 +83,14 @@ def _run_pipelines(decision, search_config: str, finetune_config: str, promote_k
     except BaseException as exc:
         retrain.close_record(uri, rid, ok=False, error=f"{type(exc).__name__}: {exc}")
         raise
-    outputs = {"merge_search_run": ms["results"].parent_run_id, "finetune_run": ft["tracking"].parent_run_id,
-               "merge_versions": ms["versions"], "finetune_versions": ft["summary"].versions}
+    tasks = ft["tasks"]   # {task label: its summary, run and promotion}; one entry for a one-task run
+    if len(tasks) == 1:
+        (task,) = tasks.values()
+        finetuned = {"finetune_run": task["tracking"].parent_run_id, "finetune_versions": task["summary"].versions}
+    else:
+        finetuned = {"finetune_run": {t: v["tracking"].parent_run_id for t, v in tasks.items()},
+                     "finetune_versions": {t: v["summary"].versions for t, v in tasks.items()}}
+    outputs = {"merge_search_run": ms["results"].parent_run_id, "merge_versions": ms["versions"], **finetuned}
     promotion = ms.get("promotion")
     if promotion is not None and promotion.candidate is not None:   # the promote step's decision, and why
         outputs["promotion"] = promotion.summary()
@@ -92,7 +98,7 @@ def _run_pipelines(decision, search_config: str, finetune_config: str, promote_k
             outputs["promoted_knee" if promotion.policy == "knee" else "promoted"] = \
                 f"{promotion.candidate} v{promotion.version}"
     retrain.close_record(uri, rid, ok=True, outputs=outputs)
-    print(f"retrain: done: merge versions {ms['versions']}, fine-tuned versions {ft['summary'].versions}")
+    print(f"retrain: done: merge versions {ms['versions']}, fine-tuned versions {finetuned['finetune_versions']}")
     return {"decision": decision, "outcome": "ran", "run_id": rid, "merge_search": ms, "finetune": ft}
 
 

@@ -35,13 +35,44 @@ def test_tasks_are_names_files_or_mappings_and_each_gets_its_own_config(tmp_path
     assert per["mts_dialog"].data_dir == "sample" and per["mts_dialog"].eval_split == "test"   # inherited
     assert per["my_notes"].task == str(tmp_path / "my notes.csv")
     assert per["cxr"].output_dir == str(tmp_path / "out" / "cxr") and per["cxr"].registered_model == "sft-cxr"
-    assert all(c.tasks == () and c.task_label == label for label, c in per.items())
+    assert all(len(c.tasks) == 1 and c.task_label == label for label, c in per.items())
+    with pytest.raises(MedmergeError, match="this config has 3 tasks; each task's own config is in task_configs"):
+        cfg.task
     # ZenML hands the config to each step as its JSON dump: it must validate back to itself
     assert FinetuneConfig.model_validate(cfg.model_dump(mode="json")) == cfg
     assert all(FinetuneConfig.model_validate(c.model_dump(mode="json")) == c for c in per.values())
     # one task: the config itself, unchanged (its steps, folders and model keep their names)
     one = FinetuneConfig.model_validate({"initialisations": INIT, "task": "mts_dialog"})
     assert one.task_configs() == [(None, one)]
+
+
+def test_one_task_has_one_form_whichever_way_it_is_written():
+    """``task: X`` is ``tasks: [X]``; a list of one task lifts its own settings to the run's, so the config is
+    the run's as it stands (no step reads a per-task override)."""
+    sugar = FinetuneConfig.model_validate({"initialisations": INIT, "task": "indiana_cxr", "data_dir": "/data",
+                                           "eval_split": "validation"})
+    listed = FinetuneConfig.model_validate({"initialisations": INIT, "tasks": [
+        {"task": "indiana_cxr", "data_dir": "/data", "eval_split": "validation"}]})
+    bare = FinetuneConfig.model_validate({"initialisations": INIT, "tasks": ["indiana_cxr"], "data_dir": "/data",
+                                          "eval_split": "validation"})
+    assert sugar == listed == bare
+    assert sugar.tasks[0].settings() == {} and (sugar.task, sugar.task_label, sugar.data_dir) == (
+        "indiana_cxr", "indiana_cxr", "/data")
+    assert "task" not in sugar.model_dump() and FinetuneConfig.model_validate(sugar.model_dump(mode="json")) == sugar
+    default = FinetuneConfig.model_validate({"initialisations": INIT})
+    assert default.task == "mts_dialog" and default.task_configs() == [(None, default)]
+    named = FinetuneConfig.model_validate({"initialisations": INIT, "task": {"task": "/d/my notes.csv", "name": "n"}})
+    assert (named.task, named.task_label) == ("/d/my notes.csv", "n")
+    assert FinetuneConfig.model_validate({"initialisations": INIT, "task": "/d/my notes.csv"}).task_label == "my_notes"
+    with pytest.raises(Exception, match="frozen"):
+        sugar.tasks = ()
+
+
+def test_an_empty_task_list_is_named():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="tasks is empty"):
+        FinetuneConfig.model_validate({"initialisations": INIT, "tasks": []})
 
 
 @pytest.mark.parametrize("tasks, message", [

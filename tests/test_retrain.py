@@ -251,6 +251,52 @@ def test_compare_parents_by_content():
     assert compare_parents(now, None, "m v1")[0] == ["m v1 has no parents_sha256 tag"]
 
 
+def test_retrain_compares_each_task_of_a_multi_task_run_with_its_own_model(configs, tmp_path, monkeypatch):
+    """A ``tasks:`` finetune config registers one model per task (<registered_model>-<task>): retrain hashes
+    each task's training data and compares it with that model's version, so only a changed task is a reason."""
+    from medmerge import retrain
+    from medmerge.tracking import registry
+    from pipelines.retrain import load_configs
+
+    for name in ("notes_a", "notes_b"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"id": f"{name}{i}", "input": f"{name} input {i}", "target": f"target {i}",
+                        "split": "train" if i < 10 else "test"}) + "\n" for i in range(12)))
+    doc = yaml.safe_load(configs[1].read_text())
+    doc["parameters"]["config"]["tasks"] = [str(tmp_path / "notes_a.jsonl"), str(tmp_path / "notes_b.jsonl")]
+    multi = write_config(tmp_path / "multi.yaml", **doc["parameters"]["config"])
+    search_cfg, ft_cfg = load_configs(str(configs[0]), str(multi))
+
+    versions: dict = {}
+    monkeypatch.setattr(registry, "staged_version", lambda uri, name: versions.get(name))
+    monkeypatch.setattr(registry, "newest_version", lambda uri, name: None)
+    monkeypatch.setattr(retrain, "_last_retrain", lambda uri, key: None)
+
+    first = retrain.decide(search_cfg, ft_cfg)
+    assert [(d.task, d.registered_model, d.finetuned) for d in first.data] == [
+        ("notes_a", "sched-sft-notes_a", None), ("notes_b", "sched-sft-notes_b", None)]
+    assert first.reasons == ["nothing promoted yet: sched-merge has no staging version",
+                             "nothing fine-tuned yet: sched-sft-notes_a has no version",
+                             "nothing fine-tuned yet: sched-sft-notes_b has no version"]
+    sha = {d.task: d.train_sha256 for d in first.data}
+    assert sha["notes_a"] != sha["notes_b"]
+
+    def version(name, **tags):
+        return SimpleNamespace(name=name, version="1", tags=tags)
+
+    versions["sched-merge"] = version("sched-merge", parents_sha256=retrain.parents_tag(first.parents_sha256))
+    versions["sched-sft-notes_a"] = version("sched-sft-notes_a", train_sha256=sha["notes_a"])
+    versions["sched-sft-notes_b"] = version("sched-sft-notes_b", train_sha256="0" * 64)
+    again = retrain.decide(search_cfg, ft_cfg)
+    assert again.changed and again.reasons == [
+        f"training data changed since sched-sft-notes_b v1: train_sha256 {'0' * 12}… -> {sha['notes_b'][:12]}…"]
+    assert [d.finetuned.version for d in again.data] == ["1", "1"]
+    assert f"data     train_sha256.notes_a {sha['notes_a'][:12]}" in again.describe()
+
+    versions["sched-sft-notes_b"] = version("sched-sft-notes_b", train_sha256=sha["notes_b"])
+    assert not retrain.decide(search_cfg, ft_cfg).changed
+
+
 # --- the entry point, end to end ------------------------------------------------------------------------
 
 def _versions(uri, name):

@@ -56,6 +56,9 @@ def _unique_names(what: str, names: list[str], hint: str = "") -> None:
         raise ValueError(f"{what} must be unique; repeated: {', '.join(dup)}{hint}")
 
 
+TASK_SETTINGS = ("data_dir", "train_split", "eval_split", "id_field", "input_field", "target_field")
+
+
 class TaskSpec(BaseModel):
     """One generation task of a multi-task run: a known task name or a JSONL/CSV file, with what differs
     from the run's top-level settings (unset fields inherit them). ``name`` labels its steps, its output
@@ -71,6 +74,15 @@ class TaskSpec(BaseModel):
     id_field: str | None = None
     input_field: str | None = None
     target_field: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data):
+        return {"task": data} if isinstance(data, str) else data   # a task name or file, no settings of its own
+
+    def settings(self) -> dict[str, str]:
+        """The settings this task gives itself (each overrides the run's top-level one)."""
+        return {k: getattr(self, k) for k in TASK_SETTINGS if getattr(self, k) is not None}
 
     @property
     def label(self) -> str:
@@ -101,11 +113,10 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     initialisations: tuple[Initialisation, ...]
-    task: str | None = None                 # a known task name, or a JSONL/CSV file (default mts_dialog)
-    # several tasks in one run (Table 2 across tasks): names, files or TaskSpec mappings; each is fine-tuned
-    # and scored as a run of its own (output_dir/<name>, registered model <registered_model>-<name>)
-    tasks: tuple[Union[str, TaskSpec], ...] = ()
-    task_label: str | None = None           # set by medmerge on each task's own config of a multi-task run
+    # the generation tasks: known task names, JSONL/CSV files or TaskSpec mappings (``task: X`` is sugar for
+    # ``tasks: [X]``; neither: mts_dialog). One task runs as the run itself; several (Table 2 across tasks) run
+    # each as a run of its own (output_dir/<name>, registered model <registered_model>-<name>), see task_configs
+    tasks: tuple[TaskSpec, ...] = (TaskSpec(task=DEFAULT_TASK),)
     data_dir: str | None = None             # "sample": the data sample shipped in the package
     train_split: str = "train"
     eval_split: str = "test"
@@ -162,35 +173,63 @@ class FinetuneConfig(BaseModel):
                                      f"(they are: {', '.join(known)})")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data):
+        """``task: X`` becomes ``tasks: [X]``; a list of one task lifts that task's own settings to the top level,
+        so a one-task config is the run's config as it stands (the only form the rest of medmerge reads)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        task = data.pop("task", None)
+        if task is not None:
+            if data.get("tasks"):
+                raise FinetuneError("tasks: give either task: (one task) or tasks: (several), not both")
+            data["tasks"] = [task]
+        tasks = data.get("tasks")
+        if isinstance(tasks, (list, tuple)) and len(tasks) == 1:
+            one = tasks[0]
+            if isinstance(one, TaskSpec):
+                one = one.model_dump(exclude_none=True)
+            if isinstance(one, dict):
+                data.update({k: one[k] for k in TASK_SETTINGS if one.get(k) is not None})
+                data["tasks"] = [{k: v for k, v in one.items() if k not in TASK_SETTINGS}]
+        return data
+
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v):
-        specs = tuple(TaskSpec(task=t) if isinstance(t, str) else t for t in v)
-        _unique_names("task names", [t.label for t in specs], " (give each a name:)")
-        return specs
+        if not v:
+            raise ValueError("tasks is empty: name at least one task (or leave tasks: out for mts_dialog)")
+        _unique_names("task names", [t.label for t in v], " (give each a name:)")
+        return v
 
-    @model_validator(mode="after")
-    def _task_or_tasks(self):
-        if self.tasks and self.task is not None:
-            raise FinetuneError("give either task: (one task) or tasks: (several), not both")
-        if not self.tasks and self.task is None:   # frozen: set once, here (a dump and reload keeps it)
-            object.__setattr__(self, "task", DEFAULT_TASK)
-        return self
+    @property
+    def task(self) -> str:
+        """The task (a known name or a file) of a one-task config."""
+        return self._one().task
+
+    @property
+    def task_label(self) -> str:
+        """The one task's label: its name, the task name or the file's stem (:attr:`TaskSpec.label`)."""
+        return self._one().label
+
+    def _one(self) -> TaskSpec:
+        if len(self.tasks) != 1:
+            raise FinetuneError(f"this config has {len(self.tasks)} tasks; each task's own config is in "
+                                f"task_configs()")
+        return self.tasks[0]
 
     def task_configs(self) -> list[tuple[str | None, "FinetuneConfig"]]:
-        """``[(label, config)]``: this config itself (label ``None``) for a one-task run, else one config per
-        task with its own task, data settings, output folder and registered model."""
-        if not self.tasks:
+        """``[(label, config)]``: this config itself (label ``None``) for a one-task run, else one one-task config
+        per task with its own data settings, output folder ``output_dir/<label>`` and registered model
+        ``<registered_model>-<label>``."""
+        if len(self.tasks) == 1:
             return [(None, self)]
-        out = []
-        for spec in self.tasks:
-            upd = {k: getattr(spec, k) for k in ("data_dir", "train_split", "eval_split", "id_field", "input_field",
-                                                   "target_field") if getattr(spec, k) is not None}
-            out.append((spec.label, self.model_copy(update={
-                "task": spec.task, "tasks": (), "task_label": spec.label, **upd,
-                "output_dir": str(Path(self.output_dir) / spec.label),
-                "registered_model": f"{self.registered_model}-{spec.label}"})))
-        return out
+        return [(spec.label, self.model_copy(update={
+            "tasks": (TaskSpec(task=spec.task, name=spec.name),), **spec.settings(),
+            "output_dir": str(Path(self.output_dir) / spec.label),
+            "registered_model": f"{self.registered_model}-{spec.label}"})) for spec in self.tasks]
 
     @field_validator("initialisations", "shots")
     @classmethod

@@ -108,8 +108,7 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     registry.check_reachable(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     name = run_name or "finetune"
-    run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), f"{name}-{cfg.task_label}" if cfg.task_label
-                          else name)
+    run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), f"{name}-{cfg.task_label}")
     cost.attach(uri, run.parent_run_id)
     parent = runs.Run(uri, run.parent_run_id, run.experiment_id)
     for rep in reports:

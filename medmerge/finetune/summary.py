@@ -88,13 +88,13 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
 
     parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id).open_or_nested("summary")
     curves = learning_curves(results)
-    fig = plot_curves(results, Path(figures_dir) / "learning_curves.png", cfg.task_label or cfg.task)
+    fig = plot_curves(results, Path(figures_dir) / "learning_curves.png", cfg.task_label)
     table, ftable = curve_table(results), forgetting_table(results)
     parent.artifact(fig, "figures")
     parent.text(table + "\n", "learning_curves.txt")
     parent.json({i: {str(k): v for k, v in pts.items()} for i, pts in curves.items()}, "learning_curves.json")
     parent.text(ftable, "forgetting.md")
-    t2 = table2.build({cfg.task_label or cfg.task: results})
+    t2 = table2.build({cfg.task_label: results})
     parent.text(table2.to_markdown(t2), "table2.md")
     parent.json(t2, "table2.json")
     parent.text(cost_table(cfg, run, checkpoints), "cost.md")
@@ -106,7 +106,7 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
         if r.shots == ZERO_SHOT:   # no SFT: nothing new to register
             gate[key] = r.forgetting.passed
             continue
-        tags = {"initialisation": r.init, "shots": r.shots, "n_examples": r.n_examples, "task": cfg.task_label or cfg.task,
+        tags = {"initialisation": r.init, "shots": r.shots, "n_examples": r.n_examples, "task": cfg.task_label,
                 **{k: f"{v:.6f}" for k, v in r.scores.items()},
                 "medical_avg": r.after.medical_avg, "if_score": r.after.if_score,
                 "forgetting_gate": "passed" if r.forgetting.passed else "failed"}

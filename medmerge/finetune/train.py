@@ -184,6 +184,6 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
             nested.json([{"id": e.id, "input": e.input[:2000], "target": e.target, "prediction": p}
                          for e, p in zip(data.eval[:n], gens.predictions[:n])], "samples.json")
     nested.finish()
-    return SFTResult(task=cfg.task_label or cfg.task, init=ckpt.init, shots=ckpt.shots, n_examples=ckpt.n_examples, run_id=rid, scores=numeric,
+    return SFTResult(task=cfg.task_label, init=ckpt.init, shots=ckpt.shots, n_examples=ckpt.n_examples, run_id=rid, scores=numeric,
                      bertscore_model=scores["bertscore_model"], bertscore_layer=scores["bertscore_layer"],
                      truncated_inputs=gens.truncated_inputs, forgetting=gate, after=after)
