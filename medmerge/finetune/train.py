@@ -146,8 +146,9 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
     """Generate on the held-out split, score it, re-run the benchmarks and apply the forgetting gate;
     log everything to the (init, shots) run and close it."""
     from medmerge.evaluation.cache import EvalCache
-    from medmerge.evaluation.runner import (default_device, evaluate_checkpoint, guard_finite_logits, load_model,
-                                            model_dtype)
+    from medmerge.evaluation.report import samples_jsonl
+    from medmerge.evaluation.runner import (PROMPT_FORMAT, default_device, evaluate_checkpoint, guard_finite_logits,
+                                            load_model, model_dtype)
     from medmerge.forgetting import forgetting_gate
     from medmerge.generation.generate import generate
     from medmerge.generation.metrics import composite
@@ -175,7 +176,11 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
         nested.metrics({f"after.{k}": v for k, v in registry.report_metrics(after).items()})
         nested.metric("forgetting_failures", len(gate.failures))
         nested.params({"generation_dtype": gen_dtype, "eval_dtype": after.settings.get("dtype"),
-                       "bertscore_model": scores["bertscore_model"], "bertscore_layer": scores["bertscore_layer"]})
+                       "bertscore_model": scores["bertscore_model"], "bertscore_layer": scores["bertscore_layer"],
+                       **{f"eval_{k}": str(getattr(cfg.forgetting, k)) for k in PROMPT_FORMAT}})
+        for task, result in after.tasks.items():   # the benchmarks' per-sample records: only when asked
+            if (records := result.sample_records()) is not None:
+                nested.text(samples_jsonl(records), f"forgetting_samples/samples_{task}.jsonl")
         nested.tag("forgetting_gate", "passed" if gate.passed else "failed")
         nested.text(gate.table() + "\n", "forgetting.txt")
         nested.json(gate.model_dump(mode="json"), "forgetting.json")
