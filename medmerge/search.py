@@ -37,7 +37,7 @@ class SearchConfig(EvalOptions):
     experiment: str = "medmerge-merge-search"
     tracking_uri: str | None = None
     # the Pareto selection's two objectives (x, y), any two suite scores (medmerge.objectives)
-    objectives: tuple[str, str] = DEFAULT_OBJECTIVES
+    objectives: tuple[str, str] = Field(DEFAULT_OBJECTIVES, validate_default=True)   # the default needs suites
     # where search: optuna keeps its study (a SQLAlchemy URL); None: a sqlite file beside the local
     # MLflow store when the tracking server is the one `medmerge server start` runs, else in output_dir
     study_storage: str | None = None

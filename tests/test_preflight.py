@@ -106,6 +106,7 @@ SEARCH_CASES = [
     ({"suites": []}, "suites", "no suite given"),
     ({"objectives": ["if_score", "medical_avgg"]}, "objectives", "unknown objective 'medical_avgg'"),
     ({"objectives": ["if_score", "mm_hellaswag"]}, "objectives", "needs task mm_hellaswag"),
+    ({"suites": ["clinical"]}, "objectives", "if_score"),   # the default pair needs ifeval: the default is checked
     ({"limt": 3}, "limt", "unknown key; did you mean 'limit'?"),
     ({"output_dirr": "x"}, "output_dirr", "unknown key; did you mean 'output_dir'?"),
     ({"data_dir": "/nonexistent/eval-data"}, "data_dir", "data directory /nonexistent/eval-data does not exist"),
