@@ -586,7 +586,10 @@ def schedule(cron_expr, search_config, finetune_config, promote_knee, crontab_ou
         argv.append("--promote-knee")
     if systemd_out is not None:
         argv += ["--systemd-out", str(systemd_out)]
-    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True)
+    env = dict(os.environ)
+    if (click.get_current_context().obj or {}).get("debug"):   # --debug reaches the pipeline process too
+        env["MEDMERGE_DEBUG"] = "1"
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, env=env)
     click.echo(proc.stdout, nl=False)
     click.echo(proc.stderr, nl=False, err=True)
     if proc.returncode:
@@ -646,7 +649,7 @@ def main(argv=None) -> int:
 
     with _sigterm_as_interrupt():
         try:
-            rv = cli.main(args=args, prog_name="medmerge", standalone_mode=False)
+            rv = cli.main(args=args, prog_name="medmerge", standalone_mode=False, obj={"debug": debug})
             if isinstance(rv, int):  # click hands back Exit codes instead of exiting when not standalone
                 return rv
         except MedmergeError as exc:
