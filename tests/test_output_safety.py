@@ -666,3 +666,21 @@ def test_sigterm_during_a_sweep_leaves_nothing_behind(work, fam):
     assert proc.returncode == 130
     assert "interrupted" in one_error_line(err)
     assert snapshot(work.parent) == before
+
+
+def test_an_sft_checkpoint_with_its_record_stays_replaceable(tmp_path):
+    """finetune adds medmerge_sft.json (the SFT's identity) after the checkpoint's marker was written; a rerun
+    with other settings trains again with overwrite, so the record must not make the folder look foreign."""
+    from medmerge.io.atomic import atomic_dir, check_output_dir, not_medmerge_reason
+
+    out = tmp_path / "sft" / "clinical-8"
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text("{}")
+    (out / "medmerge_sft.json").write_text('{"identity": "abc"}')
+    assert not_medmerge_reason(out) is None
+    check_output_dir(out, overwrite=True)
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "config.json").write_text('{"v": 2}')
+    assert (out / "config.json").read_text() == '{"v": 2}' and not (out / "medmerge_sft.json").exists()
+    (out / "notes.txt").write_text("mine")
+    assert not_medmerge_reason(out) == "it holds notes.txt, which medmerge did not write"

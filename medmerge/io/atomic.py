@@ -47,6 +47,9 @@ from medmerge.errors import OutputError
 
 TMP_PREFIX = ".medmerge-tmp-"
 MARKER = ".medmerge-output.json"   # in every directory medmerge writes: the files it wrote
+# records medmerge adds to an output it wrote, after the marker was written (finetune's medmerge_sft.json: the
+# identity of the SFT that made the checkpoint); never a user's file
+RECORDS = frozenset({"medmerge_sft.json"})
 # Files of a checkpoint merged before markers existed (then medmerge.json marked a merge).
 _LEGACY_CHECKPOINT_FILES = {
     "config.json", "generation_config.json", "medmerge.json", "mergekit_config.yml", "README.md",
@@ -225,7 +228,7 @@ def not_medmerge_reason(d: str | os.PathLike) -> str | None:
             listed = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
         except (OSError, ValueError, KeyError, TypeError):
             return f"its {MARKER} is unreadable"
-        extra = next((f for f in _iter_files(d) if f not in listed and f != MARKER), None)
+        extra = next((f for f in _iter_files(d) if f not in listed and f != MARKER and f not in RECORDS), None)
         return f"it holds {extra}, which medmerge did not write" if extra else None
     if (d / "medmerge.json").is_file():
         extra = next((f for f in _iter_files(d) if f not in _LEGACY_CHECKPOINT_FILES and not _is_weight_file(f)),
