@@ -752,11 +752,12 @@ def _sweep_document(value, problems: _Problems, local: bool):
             return None
     if not isinstance(data, dict):
         return None
+    keys = [*SweepSpec.model_fields, *SweepSpec.INPUT_SUGAR]
     for key in data:
-        if key not in SweepSpec.model_fields:
+        if key not in keys:
             where = ("sweep", key) if isinstance(value, dict) else ("sweep",)
             prefix = "" if isinstance(value, dict) else f"{value}: {key}: "
-            problems.add(where, f"{prefix}unknown key{_did_you_mean(key, SweepSpec.model_fields)}")
+            problems.add(where, f"{prefix}unknown key{_did_you_mean(key, keys)}")
     return data
 
 

@@ -17,7 +17,7 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, ClassVar, Optional, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -193,7 +193,7 @@ def key_path(loc) -> str:
     return out
 
 
-def _errors_text(exc: ValidationError, source: str) -> str:
+def _errors_text(exc: ValidationError, source: str | None = None) -> str:
     parts = []
     for err in exc.errors():
         loc = key_path(err["loc"])
@@ -209,7 +209,7 @@ def _errors_text(exc: ValidationError, source: str) -> str:
         if loc and msg.startswith((f"{loc}.", f"{loc}[", f"{loc}:")):
             loc = ""                                  # the message names its key path itself
         parts.append(f"{loc}: {msg}" if loc else msg)
-    return f"{source}: " + "; ".join(parts)
+    return "; ".join(parts) if source is None else f"{source}: " + "; ".join(parts)
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -336,13 +336,51 @@ def load_preset(name: str) -> dict:
     return load_yaml(path)
 
 
+class _RatioForm(BaseModel):
+    """The input sugar ``methods: [linear, slerp]`` with ``ratios: [...]``, checked before it becomes the methods
+    mapping ``{linear: {ratio: [...]}, slerp: {ratio: [...]}}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    methods: tuple[str, ...]
+    ratios: tuple[Real, ...] = DEFAULT_RATIOS
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        if not v:
+            raise ValueError("methods: at least one method is required")
+        for m in v:
+            get_method(m)
+            if m not in SWEEP_METHODS:
+                raise ValueError(f"method {m!r} cannot be swept over a ratio; use one of "
+                                 f"{', '.join(SWEEP_METHODS)} (or the methods mapping: {{{m}: {{...}}}})")
+        if len(set(v)) != len(v):
+            raise ValueError("methods: duplicates")
+        return v
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v):
+        if not v:
+            raise ValueError("ratios: at least one ratio is required")
+        for r in v:
+            if not (0.0 <= r <= 1.0) or math.isnan(r):
+                raise ValueError(f"ratio {r} is outside [0, 1]")
+        if len({ratio_label(r) for r in v}) != len(v):
+            raise ValueError("ratios: duplicates")
+        return v
+
+
 class SweepSpec(BaseModel):
     """The candidates of a sweep between a clinical model and an instruct model.
 
-    Two forms. The ratio form ``methods: [linear, slerp]`` with ``ratios:`` sweeps a ratio r:
-    linear weights (clinical, instruct) by (1 − r, r); slerp at t = r takes clinical as base_model.
-    The methods form maps each method to a grid of its declared parameters, e.g.
-    ``{dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}`` (or names a shipped ``preset:``):
+    ``methods`` maps each method to a grid of its declared parameters, e.g.
+    ``{dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}`` (or a shipped ``preset:`` fills it).
+    The ratio form ``methods: [linear, slerp]`` with ``ratios: [...]`` is input sugar, turned into that
+    mapping when the spec is parsed: it sweeps a ratio r, linear weighting (clinical, instruct) by
+    (1 − r, r), slerp at t = r taking clinical as base_model; it marks the spec ``ratio_sweep``, whose
+    candidates are named by their ratio (``linear-0.5``) and whose parents are its ratios 0 and 1 (when
+    listed) rather than two candidates added beside the grid. In the mapping:
 
     * a per-model parameter (weight, density, ...) is set on both models, a shared one
       (t, lambda, ...) once; ``ratio`` sets the weights (1 − r, r), or t for slerp;
@@ -357,13 +395,14 @@ class SweepSpec(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    INPUT_SUGAR: ClassVar[tuple[str, ...]] = ("ratios",)   # keys read at parse, not fields
     clinical: str
     instruct: str
     base: str | None = None
     preset: str | None = None
-    # the list form, or {method: {param: a value | [values] | {low, high} range}} (checked in _methods_form)
-    methods: Union[tuple[str, ...], dict[str, Optional[dict[str, Any]]]] = ("linear", "slerp")
-    ratios: Optional[tuple[Real, ...]] = None
+    # {method: {param: a value | [values] | {low, high} range}} (checked in _methods_form)
+    methods: dict[str, dict[str, Any]]   # no methods: the ratio form's default, linear and slerp
+    ratio_sweep: bool = False            # set at parse: True for the ratio form
     search: str = "grid"
     budget: Optional[Int] = None
     seed: Int = 0
@@ -372,22 +411,38 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _preset(cls, data):
-        # a preset fills what the spec does not give (a dumped spec carries both: its methods win)
-        if isinstance(data, dict) and data.get("preset") is not None:
+    def _one_form(cls, data):
+        """A preset fills what the spec does not give (a dumped spec carries both: its methods win); the ratio
+        form becomes the methods mapping, here and nowhere else."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("preset") is not None:
             preset = load_preset(str(data["preset"]))
             data = {**{k: v for k, v in preset.items() if k not in ("description",)}, **data}
-        return data
+        methods, ratios = data.get("methods"), data.get("ratios")
+        if isinstance(methods, dict):
+            if ratios is not None:
+                raise ValueError("ratios: belongs to the list form of methods; in the methods mapping put "
+                                 "ratio: [...] under each method")
+            return {k: v for k, v in data.items() if k != "ratios"}
+        methods = list(SWEEP_METHODS) if methods is None else methods
+        if isinstance(methods, (list, tuple)):
+            for i, m in enumerate(methods):
+                if not isinstance(m, str):
+                    raise ValueError(f"methods[{i}]: {show(m)} is not a method name")
+        else:
+            raise ValueError(f"methods: {show(methods)} is neither a list of methods nor a mapping of methods to grids")
+        try:
+            form = _RatioForm.model_validate({"methods": methods, **({"ratios": ratios} if ratios is not None else {})})
+        except ValidationError as exc:
+            raise ValueError(_errors_text(exc)) from None
+        return {**{k: v for k, v in data.items() if k != "ratios"}, "ratio_sweep": True,
+                "methods": {m: {RATIO: list(form.ratios)} for m in form.methods}}
 
     @field_validator("methods", mode="before")
     @classmethod
     def _methods_form(cls, v):
-        """The two forms, each entry of a grid a value, a list of values or a ``{low, high}`` Range."""
-        if isinstance(v, (list, tuple)):
-            for i, m in enumerate(v):
-                if not isinstance(m, str):
-                    raise ValueError(f"methods[{i}]: {show(m)} is not a method name")
-            return v
+        """Each entry of a grid a value, a list of values or a ``{low, high}`` Range."""
         if not isinstance(v, dict):
             raise ValueError(f"methods: {show(v)} is neither a list of methods nor a mapping of methods to grids")
         out = {}
@@ -402,7 +457,7 @@ class SweepSpec(BaseModel):
                     except ValidationError as exc:
                         raise ValueError(_errors_text(exc, f"methods.{m}.{key}")) from None
                 entries[key] = value
-            out[m] = entries if grid is not None else None
+            out[m] = entries
         return out
 
     @field_validator("methods")
@@ -412,36 +467,15 @@ class SweepSpec(BaseModel):
             raise ValueError("methods: at least one method is required")
         for m in v:
             get_method(m)
-        if isinstance(v, tuple):
-            for m in v:
-                if m not in SWEEP_METHODS:
-                    raise ValueError(f"method {m!r} cannot be swept over a ratio; use one of "
-                                     f"{', '.join(SWEEP_METHODS)} (or the methods mapping: {{{m}: {{...}}}})")
-            if len(set(v)) != len(v):
-                raise ValueError("methods: duplicates")
-        return v
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v):
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("ratios: at least one ratio is required")
-        for r in v:
-            if not (0.0 <= r <= 1.0) or math.isnan(r):
-                raise ValueError(f"ratio {r} is outside [0, 1]")
-        if len({ratio_label(r) for r in v}) != len(v):
-            raise ValueError("ratios: duplicates")
         return v
 
     @model_validator(mode="after")
     def _check(self):
         if self.search not in SEARCHES:
             raise ValueError(f"search {self.search!r}: use one of {', '.join(SEARCHES)}")
-        if isinstance(self.methods, dict) and self.ratios is not None:
-            raise ValueError("ratios: belongs to the list form of methods; in the methods mapping put "
-                             "ratio: [...] under each method")
+        if self.ratio_sweep and any(set(grid) != {RATIO} for grid in self.methods.values()):
+            raise ValueError("ratio_sweep: every method's grid must be its ratios alone (methods: {m: {ratio: "
+                             "[...]}}); it is set by the ratio form")
         if self.search == "optuna":
             if self.budget is None:
                 raise ValueError("search: optuna needs budget: N (the number of evaluations)")
@@ -451,7 +485,7 @@ class SweepSpec(BaseModel):
             raise ValueError("budget: applies to search: optuna (a grid evaluates all its candidates)")
         for method, grid in self.grids().items():
             m = get_method(method)
-            given = (self.methods[method] or {}) if isinstance(self.methods, dict) else {}
+            given = {} if self.ratio_sweep else self.methods[method]
             for key, values in grid.items():
                 where = f"methods.{method}.{key}"
                 if key == RATIO:
@@ -516,14 +550,9 @@ class SweepSpec(BaseModel):
 
     # -- the grid ------------------------------------------------------------------------------
     def grids(self) -> dict[str, dict[str, Any]]:
-        """``{method: {param: [values] | Range}}``; the ratio form becomes ``{m: {ratio: ratios}}``."""
-        if isinstance(self.methods, tuple):
-            return {m: {RATIO: list(self.ratios or DEFAULT_RATIOS)} for m in self.methods}
-        out = {}
-        for method, grid in self.methods.items():
-            out[method] = {k: v if isinstance(v, (Range, list)) else [v] for k, v in (grid or {}).items()}
-            # a flat list of scalars is the grid's values; a scalar is one value
-        return out
+        """``{method: {param: [values] | Range}}``: a flat list of scalars is the grid's values, a scalar one value."""
+        return {method: {k: v if isinstance(v, (Range, list)) else [v] for k, v in grid.items()}
+                for method, grid in self.methods.items()}
 
     def candidate_recipe(self, method: str, ratio: float | None = None, **params) -> Recipe:
         """The recipe of ``method`` at these parameter values (``ratio`` as described on the class)."""
@@ -586,7 +615,7 @@ class SweepSpec(BaseModel):
         for method, grid in self.grids().items():
             keys = list(grid)
             # the methods form names a candidate by the values that vary (a one-value grid is just the method)
-            varying = keys if isinstance(self.methods, tuple) else [k for k in keys if len(grid[k]) > 1]
+            varying = keys if self.ratio_sweep else [k for k in keys if len(grid[k]) > 1]
             for combo in itertools.product(*(grid[k] for k in keys)):
                 params = dict(zip(keys, combo))
                 r = params.get(RATIO)
@@ -608,7 +637,7 @@ class SweepSpec(BaseModel):
     def evaluated_candidates(self) -> list[SweepCandidate]:
         """What an evaluation runs: the grid, plus the parents when the grid does not hold them."""
         cands = self.candidates()
-        if isinstance(self.methods, tuple):   # the ratio form: its ratios 0 and 1 are the parents, if asked for
+        if self.ratio_sweep:   # its ratios 0 and 1 are the parents, if asked for
             return cands
         roles = {c.role for c in cands}
         return [*(p for p in self.parent_candidates() if p.role not in roles), *cands]

@@ -247,7 +247,7 @@ def test_demo_models_writes_the_three_checkpoints_and_a_sweep_that_uses_them(dem
     spec = SweepSpec.model_validate(yaml.safe_load((out / "sweep.yml").read_text()))
     assert (spec.clinical, spec.instruct, spec.base) == tuple(str((out / n).resolve())
                                                                for n in ("clinical", "instruct", "base"))
-    assert spec.methods == ("linear", "slerp") and len(spec.ratios) == 11
+    assert spec.ratio_sweep and list(spec.methods) == ["linear", "slerp"] and len(spec.methods["linear"]["ratio"]) == 11
     # the three are different models: the clinical and instruct children moved away from the base
     assert len({hashlib.sha256((out / n / "model.safetensors").read_bytes()).hexdigest()
                 for n in ("base", "clinical", "instruct")}) == 3

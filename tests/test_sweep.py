@@ -65,7 +65,7 @@ def test_each_parent_tensor_is_read_once(spec, tmp_path, parent_reads):
 
 
 def test_row_chunked_sweep_still_reads_each_byte_once(spec, tmp_path, parent_reads):
-    linear = spec.model_copy(update={"methods": ("linear",)})
+    linear = spec.model_copy(update={"methods": {"linear": spec.methods["linear"]}})
     sweep(linear, tmp_path / "out", quiet=True, chunk_bytes=1000)
     n_tensors = len(Checkpoint(spec.clinical).keys())
     # chunking happened (the 64 x 32 float32 embedding alone is 8 blocks of 1000 bytes or less) ...

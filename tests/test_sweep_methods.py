@@ -49,6 +49,24 @@ def test_ratio_form_is_unchanged():
     assert len(SweepSpec(clinical="c", instruct="i").candidates()) == 22
 
 
+def test_ratio_form_is_the_methods_mapping_once_parsed():
+    """The list form is input sugar: parsed, it is the mapping (marked ratio_sweep), and its dump reads back
+    to the same spec and the same candidates."""
+    spec = SweepSpec(clinical="c", instruct="i", methods=["linear", "slerp"], ratios=[0.3, 0.7])
+    assert spec.methods == {"linear": {"ratio": [0.3, 0.7]}, "slerp": {"ratio": [0.3, 0.7]}} and spec.ratio_sweep
+    again = SweepSpec.model_validate(spec.model_dump(mode="json"))
+    assert again == spec and [c.name for c in again.evaluated_candidates()] == [
+        "linear-0.3", "linear-0.7", "slerp-0.3", "slerp-0.7"]   # no parents added: the ratio form lists its own
+    one = SweepSpec(clinical="c", instruct="i", methods=["linear"], ratios=[0.5])
+    assert [c.name for c in one.candidates()] == ["linear-0.5"]   # named by its ratio, as the ratio grid names it
+    mapped = SweepSpec(clinical="c", instruct="i", methods={"linear": {"ratio": [0.5]}})
+    assert not mapped.ratio_sweep and [c.name for c in mapped.evaluated_candidates()] == [
+        "clinical", "instruct", "linear"]
+    assert mapped.candidates()[0].recipe == one.candidates()[0].recipe
+    with pytest.raises(ValueError, match="ratio_sweep: every method's grid must be its ratios alone"):
+        SweepSpec(clinical="c", instruct="i", methods={"linear": {"weight": [0.5]}}, ratio_sweep=True)
+
+
 def test_optuna_space_parses_ranges():
     spec = SweepSpec(**NOWHERE, search="optuna", budget=8,
                      methods={"della": {"density": {"low": 0.5, "high": 0.9}, "epsilon": {"low": 0.0, "high": 0.09}},
