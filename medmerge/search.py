@@ -46,6 +46,10 @@ class SearchConfig(EvalOptions):
     picks: Union[str, tuple[str, ...]] = "best_per_method"
     # what the promote step may move to @staging after comparing: knee, best_medical, names, or none
     promote: Union[str, tuple[str, ...]] = "none"
+    # local worker processes evaluating candidates (or running trials) at once, each on its own GPU or share
+    # of the cores (medmerge.parallel_search); 1: one process. Not part of any cache key: the pipeline hands
+    # it to the evaluation step apart from the config (pipelines.definitions)
+    workers: int = Field(1, ge=1)
 
     # The checks below raise ValueError (the medmerge error's text), so pydantic reports every bad key of a
     # config at once, each under its key (the preflight prints one line per key).
@@ -193,7 +197,8 @@ def _logged_run(a: dict):
 @measured("check_parents")
 def check_parents(cfg: SearchConfig) -> dict[str, dict]:
     """Open and check the parents (errors name the first offending thing); return their weight hashes."""
-    from medmerge.engine import open_parents, parent_provenance
+    from medmerge.engine import open_parents
+    from medmerge.io.provenance import parent_provenance
 
     spec = cfg.sweep
     refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
@@ -201,13 +206,23 @@ def check_parents(cfg: SearchConfig) -> dict[str, dict]:
 
 
 @measured("evaluate_candidates")   # merge + evaluate every candidate: the sweep's cost in cost.md
-def evaluate(cfg: SearchConfig, parents: dict[str, dict]) -> SearchResults:
+def evaluate(cfg: SearchConfig, parents: dict[str, dict], workers: int | None = None,
+             on_event=None) -> SearchResults:
     """Evaluate every candidate in memory (no MLflow; each (candidate, task) score is cached on disk, so a
-    killed run's rerun evaluates only what is missing)."""
+    killed run's rerun evaluates only what is missing), on ``workers`` local processes (default
+    ``cfg.workers``; :mod:`medmerge.parallel_search`; ``on_event`` sees their progress)."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
 
-    if cfg.sweep.search == "optuna":
+    workers = workers or cfg.workers
+    if workers > 1:
+        from medmerge import parallel_search
+
+        if cfg.sweep.search == "optuna":
+            pairs = parallel_search.optuna_search(cfg, EvalCache(), workers, _study_name(cfg, parents), on_event)
+        else:
+            pairs = parallel_search.evaluate_grid(cfg, EvalCache(), workers, on_event)
+    elif cfg.sweep.search == "optuna":
         pairs = _optuna_search(cfg, parents, EvalCache())
     else:
         pairs = evaluate_sweep(cfg.sweep, cfg.eval_settings(), EvalCache())
@@ -229,13 +244,20 @@ def _optuna_search(cfg: SearchConfig, parents: dict[str, dict], cache, on_trial=
     fixed = spec.parent_candidates()
     ev = SweepEvaluator(spec, cfg.eval_settings(), cache, representatives=fixed + optuna_search.representatives(spec))
     out = [(c, ev.evaluate(c)) for c in fixed]
+    out += list(optuna_search.run_study(spec, ev.evaluate, lambda r: (ox.score(r)[0], oy.score(r)[0]),
+                                        storage=cfg.resolved_study_storage(), name=_study_name(cfg, parents),
+                                        on_trial=on_trial))
+    return out
+
+
+def _study_name(cfg: SearchConfig, parents: dict[str, dict]) -> str:
+    """The Optuna study of this space, objectives, evaluation and parents (not of the number of workers)."""
+    from medmerge import optuna_search
+
     settings = cfg.model_dump(mode="json", include={"suites", "data_dir", "limit", "num_fewshot", "max_gen_toks",
                                                     "dtype", *(k for k in PROMPT_FORMAT if k != "log_samples"
                                                                and getattr(cfg, k) not in ("none", None))})
-    name = optuna_search.study_name(spec, cfg.objectives, {"eval": settings, "parents": parents})
-    out += list(optuna_search.run_study(spec, ev.evaluate, lambda r: (ox.score(r)[0], oy.score(r)[0]),
-                                        storage=cfg.resolved_study_storage(), name=name, on_trial=on_trial))
-    return out
+    return optuna_search.study_name(cfg.sweep, cfg.objectives, {"eval": settings, "parents": parents})
 
 
 @measured("log_search")
@@ -293,7 +315,7 @@ def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_
 
     from medmerge.tracking import runs
 
-    key = hashlib.sha256(json.dumps({"config": cfg.model_dump(mode="json"), "parents": parents},
+    key = hashlib.sha256(json.dumps({"config": cfg.model_dump(mode="json", exclude={"workers"}), "parents": parents},
                                     sort_keys=True).encode()).hexdigest()[:32]
     parent, resumed = runs.open_parent(uri, cfg.experiment, key, run_name, phase="merge_search")
     logged = {}
@@ -393,15 +415,16 @@ def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Front
                       checkpoints: list[CheckpointDir]) -> dict[str, str]:
     """Register each written checkpoint (no duplicates) on the server ``results`` were logged to, under its
     candidate's run (the promote step after it closes the parent run). Returns {candidate: version}."""
+    from medmerge.io import provenance
     from medmerge.tracking import registry
 
     by = results.by_name()
-    fingerprint = json.dumps({r: p["weights"] for r, p in sorted(results.parents.items())}, sort_keys=True)
+    parents = provenance.tags(provenance.weights(results.parents))   # what retrain compares with
     versions = {}
     for ck in checkpoints:
         cand = by[ck.name]
         tags = {**cand.recipe.tags(), "candidate": ck.name, "medical_avg": cand.report.medical_avg,
-                "if_score": cand.report.if_score, "parents_sha256": fingerprint,
+                "if_score": cand.report.if_score, **parents,
                 "knee": str(ck.name == frontier.knee)}
         reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), cand.run_id, ck.identity, tags,
                                            results.tracking_uri)

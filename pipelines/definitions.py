@@ -23,8 +23,11 @@ from steps.promotion_steps import choose_picks, promote, promote_finetuned
 def merge_search(config: SearchConfig):
     """compatibility -> in-memory sweep + evaluation -> frontier -> picks -> write picks -> log -> register ->
     promote."""
+    # `workers` changes how fast, not what: it goes to the evaluation step as step metadata (`extra`, not part
+    # of ZenML's cache key) and every step gets the config with workers: 1, so the cache keys do not depend on it
+    workers, config = config.workers, config.model_copy(update={"workers": 1})
     parents = check_parents(config)
-    results = evaluate_candidates(config, parents)
+    results = evaluate_candidates.with_options(extra={"workers": workers})(config, parents)
     frontier = select_frontier(config, results)
     picks = choose_picks(config, results, frontier)   # a bad pick fails here: nothing written or registered
     checkpoints = write_selected(config, results, frontier, after=[picks])

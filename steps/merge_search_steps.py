@@ -24,8 +24,9 @@ def check_parents(config: SearchConfig) -> Annotated[dict, "parents"]:
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)
 def evaluate_candidates(config: SearchConfig, parents: dict) -> Annotated[SearchResults, "evaluation_reports"]:
-    """In: config, parent hashes. Out: every candidate's report, evaluated in memory (no MLflow)."""
-    return search.evaluate(config, parents)
+    """In: config, parent hashes; the number of local workers in the step's ``extra`` (not in its cache key).
+    Out: every candidate's report, evaluated in memory (no MLflow)."""
+    return search.evaluate(config, parents, workers=get_step_context().step_run.config.extra.get("workers", 1))
 
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)
