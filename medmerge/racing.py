@@ -136,7 +136,11 @@ class RacingPlan:
     ``first``: documents per stratum in round 1; ``growth``: factor per round; ``confidence``: the
     probability that every bound holds (so that the near set and knee come out right); ``eps`` and
     ``use_stderr``: the near set's margin, as in :func:`medmerge.pareto.near_frontier`; ``seed``: the
-    document order."""
+    document order. ``min_gain`` (for a search's trials; never for a sweep whose near set must come out
+    exact): a candidate also stops when, on every objective, it cannot beat some running or finished
+    candidate by more than ``min_gain``: it would add at most about ``min_gain`` × the frontier's span to
+    the hypervolume. Stops are then decided worst first and a stopped candidate stops nobody, so two
+    near-copies never stop each other."""
 
     strata: tuple[Stratum, ...]
     objectives: tuple[Objective, ...]
@@ -148,6 +152,7 @@ class RacingPlan:
     seed: int = 0
     kappa: float = KAPPA
     bounds: str = "paired"
+    min_gain: float = 0.0
 
     def __post_init__(self):
         if not self.strata:
@@ -176,6 +181,8 @@ class RacingPlan:
             raise RacingError(f"confidence is {self.confidence!r}; it must be in (0, 1)")
         if self.bounds not in ("paired", "marginal"):
             raise RacingError(f"bounds is {self.bounds!r}; use 'paired' or 'marginal'")
+        if not (math.isfinite(self.min_gain) and self.min_gain >= 0):
+            raise RacingError(f"min_gain is {self.min_gain!r}; it must be a finite number >= 0")
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise RacingError(f"eps is {self.eps!r}; it must be a finite number >= 0")
 
@@ -229,9 +236,10 @@ class RacingPlan:
         return np.array([o.max_stderr if o.max_stderr is not None else d for o, d in zip(self.objectives, default)])
 
     def shifts(self) -> np.ndarray:
-        """(O,): how far q's lower bound must clear p's upper bound on each objective to stop p."""
+        """(O,): how far q's lower bound must clear p's upper bound on each objective to stop p (negative with
+        ``min_gain``: p stops when it cannot beat q by more than ``min_gain`` on any objective)."""
         extra = math.sqrt(2) * self.max_stderrs() if self.use_stderr else 0.0
-        return self.eps + np.zeros(len(self.objectives)) + extra
+        return self.eps + np.zeros(len(self.objectives)) + extra - self.min_gain
 
     def order(self, stratum: str) -> np.ndarray:
         """The stratum's documents in the race's order: a permutation of ``range(size)`` fixed by the
@@ -269,8 +277,12 @@ def dominators(lower, upper, shift, candidates_mask=None) -> np.ndarray:
     bar = upper[..., :, None, :] + shift                    # (..., p, 1, O)
     lq = lower[..., None, :, :]                             # (..., 1, q, O)
     beats = (lq >= bar).all(-1) & (lq > bar).any(-1)        # (..., p, q)
-    c = upper.shape[-2]
-    beats &= ~np.eye(c, dtype=bool)
+    return _first(beats, candidates_mask)
+
+
+def _first(beats, candidates_mask=None) -> np.ndarray:
+    """The first q with ``beats[..., p, q]`` (q ≠ p, q allowed by the mask) per p; -1 where none."""
+    beats = beats & ~np.eye(beats.shape[-1], dtype=bool)
     if candidates_mask is not None:
         beats &= np.asarray(candidates_mask, dtype=bool)[..., None, :]
     return np.where(beats.any(-1), beats.argmax(-1), -1)
@@ -294,11 +306,7 @@ def paired_dominators(lower_diff, shift, candidates_mask=None) -> np.ndarray:
     """For each p, the first q whose lower bound on ``score(q) − score(p)`` (``lower_diff`` (..., C_p, C_q, O))
     is ≥ ``shift`` on every objective and > on one; -1 where there is none."""
     ld = np.asarray(lower_diff, dtype=float)
-    beats = (ld >= shift).all(-1) & (ld > shift).any(-1)
-    beats &= ~np.eye(ld.shape[-2], dtype=bool)
-    if candidates_mask is not None:
-        beats &= np.asarray(candidates_mask, dtype=bool)[..., None, :]
-    return np.where(beats.any(-1), beats.argmax(-1), -1)
+    return _first((ld >= shift).all(-1) & (ld > shift).any(-1), candidates_mask)
 
 
 def _pair_stats(values: list[np.ndarray], n: np.ndarray):
@@ -446,6 +454,7 @@ class RaceResult:
     def record(self) -> dict:
         """JSON-ready summary: the settings, and per candidate its documents and why it stopped."""
         return {"z": self.z, "rounds": self.rounds, "confidence": self.plan.confidence, "bounds": self.plan.bounds,
+                "eps": self.plan.eps, "use_stderr": self.plan.use_stderr, "min_gain": self.plan.min_gain,
                 "first": self.plan.first, "growth": self.plan.growth, "seed": self.plan.seed,
                 "documents_used": self.documents_used, "documents_full": self.documents_full,
                 "candidates": {c.name: {"documents": c.documents_used, "stopped_round": c.stopped_round,
@@ -537,22 +546,35 @@ class Racer:
                 c.estimate, c.half_width = tuple(map(float, est[i])), tuple(map(float, half[i]))
             last = r == len(self.sched)      # every document scored: nothing left to save, the selection decides
             if last:
-                dom = np.full(C, -1)
+                beats = np.zeros((C, C), dtype=bool)
             elif plan.bounds == "paired":
                 d_est, d_half = paired_bounds(*_pair_stats(self.seen, n), plan, z)
-                dom = paired_dominators(d_est - d_half, shift)
+                ld = d_est - d_half
+                beats = (ld >= shift).all(-1) & (ld > shift).any(-1)
             else:
-                dom = dominators(self.lower, self.upper, shift)
+                bar = self.upper[:, None, :] + shift
+                beats = (self.lower[None] >= bar).all(-1) & (self.lower[None] > bar).any(-1)
+            beats &= ~np.eye(C, dtype=bool)
+            if plan.min_gain == 0:
+                dom = _first(beats)
+            else:   # worst first; only candidates not stopped may stop others (no chains, no mutual stops)
+                dom = np.full(C, -1)
+                free = np.array([not c.stopped for c in self.result.candidates])
+                for i in sorted(np.flatnonzero(active), key=lambda i: (est[i].sum(), -i)):
+                    qs = np.flatnonzero(beats[i] & free)
+                    if len(qs):
+                        dom[i], free[i] = qs[0], False
             newly = [i for i in np.flatnonzero(active) if dom[i] >= 0]
-            margin = f" by more than {', '.join(f'{s:g}' for s in shift)}" if shift.any() else ""
+            bar = ", ".join(f"{s:g}" for s in shift)
+            margin = f" by at least {bar}" if shift.any() else ""
             for i in newly:
                 q = int(dom[i])
                 c = self.result.candidates[i]
                 c.stopped_round, c.dominator = r, self.names[q]
                 if plan.bounds == "paired":
                     c.reason = (f"stopped after round {r} ({c.documents_used} documents): {self.names[q]} minus it "
-                                f"is {_fmt_bounds(obj_names, d_est[i, q], d_half[i, q])}, above 0{margin} on every "
-                                f"objective")
+                                f"is {_fmt_bounds(obj_names, d_est[i, q], d_half[i, q])}: lower bounds at least {bar} on "
+                                f"every objective")
                 else:
                     lq, uq = self.lower[q], self.upper[q]
                     c.reason = (f"stopped after round {r} ({c.documents_used} documents): {self.names[q]} "
@@ -580,6 +602,21 @@ def race(plan: RacingPlan, candidates: Sequence[str], scorer: Scorer, cache: Ran
     return racer.result
 
 
-__all__ = ["Stratum", "Objective", "RacingPlan", "DocRange", "RangeCache", "MemoryRangeCache", "DirRangeCache",
-           "CandidateRace", "RaceResult", "Racer", "race", "objective_bounds", "dominators", "paired_bounds",
-           "paired_dominators", "RacingError"]
+__all__ = [
+    "CandidateRace",
+    "DirRangeCache",
+    "DocRange",
+    "MemoryRangeCache",
+    "Objective",
+    "RaceResult",
+    "Racer",
+    "RacingError",
+    "RacingPlan",
+    "RangeCache",
+    "Stratum",
+    "dominators",
+    "objective_bounds",
+    "paired_bounds",
+    "paired_dominators",
+    "race",
+]

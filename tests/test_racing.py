@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from medmerge import pareto
-from medmerge.racing import (DirRangeCache, MemoryRangeCache, Objective, RacingError, RacingPlan, Stratum,
-                             dominators, objective_bounds, race)
+from medmerge.racing import (
+    DirRangeCache,
+    MemoryRangeCache,
+    Objective,
+    RacingError,
+    RacingPlan,
+    Stratum,
+    dominators,
+    objective_bounds,
+    race,
+)
 
 # Two objectives, one stratum of 8 documents each; rounds score 4 then 8 documents per stratum.
 PLAN = RacingPlan(strata=(Stratum("x", 8), Stratum("y", 8)),
@@ -76,7 +85,7 @@ def test_eps_keeps_a_candidate_within_eps_of_the_frontier():
         res = race(plan, ["good", "bad"], streams(TABLE)[0])
         assert (res.candidates[1].stopped_round == 1) is stops, eps
     assert res.candidates[1].reason == "evaluated on every document"
-    assert "by more than 0.48, 0.48" in race(RacingPlan(**{**PLAN.__dict__, "eps": 0.48}), ["good", "bad"],
+    assert "by at least 0.48, 0.48" in race(RacingPlan(**{**PLAN.__dict__, "eps": 0.48}), ["good", "bad"],
                                              streams(TABLE)[0]).candidates[1].reason
     # at full scores good − bad = 7/8 − 1/8 = 0.75 > 0.5, so the selection itself drops bad from the near set:
     # racing kept it only because round 1 could not show that
@@ -101,7 +110,7 @@ def test_paired_bounds_on_hand_made_streams():
     mid, good, bad = res.candidates
     assert (bad.stopped_round, bad.dominator) == (1, "good") and not mid.stopped and not good.stopped
     assert bad.reason == (f"stopped after round 1 (8 documents): good minus it is X 1.0000±{hw:.4f}, "
-                          f"Y 1.0000±{hw:.4f}, above 0 on every objective")
+                          f"Y 1.0000±{hw:.4f}: lower bounds at least 0, 0 on every objective")
     assert res.record()["bounds"] == "paired" and len(calls) == 10
 
 
@@ -263,3 +272,21 @@ def test_a_prior_variance_replaces_the_range_in_the_shrinkage():
     n, s1, s2 = np.array([[4]]), np.array([[-8.0]]), np.array([[16.0]])       # four documents at -2.0
     _, half = objective_bounds(n, s1, s2, plan, z=1.0)
     assert half[0, 0] == pytest.approx(math.sqrt((2 * 0.04 / 6) * 0.6 / 4))   # not (2 · 100 / 6) from the range
+
+
+def test_min_gain_stops_a_near_copy_but_never_both():
+    # two candidates with the same values: after round 1 the paired difference is 0 ± z·√(1/24) with
+    # z = Φ⁻¹(1 − 0.05 / (2·1 pairs · 2 objectives · 1 look)) ≈ 2.241: ± 0.4575 on X and Y. With min_gain 0.5
+    # each "cannot beat the other by more than 0.5": the worse (here the later, on a tie) stops, the other runs on
+    hw = NormalDist().inv_cdf(1 - 0.05 / 4) * math.sqrt(1 / 24)
+    assert hw == pytest.approx(0.4575, abs=1e-4)
+    table = {"a": {"x": MID, "y": MID}, "b": {"x": MID, "y": MID}}
+    for gain, stopped in ((0.5, [None, 1]), (0.45, [None, None])):
+        res = race(RacingPlan(**{**PAIRED.__dict__, "min_gain": gain}), ["a", "b"], streams(table)[0])
+        assert [c.stopped_round for c in res.candidates] == stopped, gain
+    assert res.record()["min_gain"] == 0.45
+    res = race(RacingPlan(**{**PAIRED.__dict__, "min_gain": 0.5}), ["a", "b"], streams(table)[0])
+    assert res.candidates[1].dominator == "a" and res.candidates[1].reason.endswith(
+        "lower bounds at least -0.5, -0.5 on every objective")
+    with pytest.raises(RacingError, match="min_gain is -1"):
+        RacingPlan(**{**PAIRED.__dict__, "min_gain": -1})
