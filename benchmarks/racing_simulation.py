@@ -170,7 +170,7 @@ def prefix_stats(values: list[np.ndarray], orders: list[np.ndarray], sched: np.n
 def race_batch(plan, n, s1, s2, g, z):
     """The stopping rule of :func:`medmerge.racing.race` over b runs at once: (b, C) stopped round (0: none)
     and documents used."""
-    R, b, C, S = n.shape
+    R, b, C, _ = n.shape
     last = np.zeros((b, C), dtype=int)          # the last round each candidate was scored in (0-based)
     bi = np.arange(b)[:, None, None]
     qi = np.arange(C)[None, None, :]
@@ -205,7 +205,7 @@ def race_batch(plan, n, s1, s2, g, z):
 
 
 class P:
-    __slots__ = ("name", "if_score", "medical_avg")
+    __slots__ = ("if_score", "medical_avg", "name")
 
     def __init__(self, name, x, y):
         self.name, self.if_score, self.medical_avg = name, x, y
@@ -261,7 +261,8 @@ def main() -> None:
         stop_round, used = race_batch(plan, n, s1, s2, g, z)
         full_est, _ = racing.objective_bounds(n[-1], s1[-1], s2[-1], plan, z)   # (b, C, 2): exact full scores
         if not checked:   # the vectorised rule is racing.race's: replay run 0 through it
-            res = racing.race(plan, sweep.names, lambda c, d: vals[[s.name for s in plan.strata].index(d.stratum)][
+            strata = [s.name for s in plan.strata]
+            res = racing.race(plan, sweep.names, lambda c, d, v=vals, st=strata: v[st.index(d.stratum)][
                 0, sweep.names.index(c), list(d.documents)])
             assert [c.stopped_round or 0 for c in res.candidates] == list(stop_round[0]), "vectorised rule differs"
             assert np.allclose([c.documents_used for c in res.candidates], used[0])
