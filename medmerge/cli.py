@@ -193,12 +193,15 @@ def evaluate(model_dir, out, trust_remote_code, suites, data_dir, limit, num_few
 
     check_output_file(out, protect=[model_dir], protect_what="model", replaceable=_is_eval_report,
                       label="report file")
+    samples = out.with_name(f"{out.stem}_samples")
+    if prompt["log_samples"] and samples.exists() and not samples.is_dir():
+        raise MedmergeError(f"--log-samples writes the records to {samples}/, which is a file")
     settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype,
                               **prompt)
     report = evaluate_checkpoint(model_dir, settings, cache=None if no_cache else EvalCache(),
                                  trust_remote_code=trust_remote_code)
     click.echo(report.table())
-    report.write_samples(out.with_name(f"{out.stem}_samples"))
+    report.write_samples(samples)
     report.write(out)
     click.echo(f"wrote {out} ({report.seconds:.1f} s)")
 

@@ -111,3 +111,12 @@ def test_run_config_default_is_off():
     assert EvalOptions().log_samples is False and EvalOptions(log_samples=True).eval_settings().log_samples is True
     with pytest.raises(ValueError, match="log_samples"):
         EvalOptions(log_samples="sometimes")
+
+
+def test_a_file_where_the_records_go_is_refused_before_any_work(demo_models, tmp_path, capsys):
+    (tmp_path / "r_samples").write_text("mine")
+    code = main(["evaluate", str(demo_models["instruct"]), "--suite", "ifeval", "--data-dir", "sample", "--limit", "1",
+                 "--log-samples", "--no-cache", "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert f"--log-samples writes the records to {tmp_path / 'r_samples'}/, which is a file" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists() and (tmp_path / "r_samples").read_text() == "mine"
