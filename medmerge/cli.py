@@ -136,7 +136,7 @@ def methods():
 def _eval_options(f):
     opts = [
         click.option("--suite", "suites", default="clinical,ifeval", show_default=True,
-                     help="Comma-separated suites: clinical, ifeval, medical5."),
+                     help="Comma-separated suites: clinical, ifeval, medical5, mmlu_pro_stock (tasks/suites.yaml)."),
         click.option("--data-dir", default=None, envvar="MEDMERGE_DATA_DIR",
                      help="Local data directory ('sample' = the sample shipped for the demo); default: the Hub."),
         click.option("--limit", type=count(1), default=None, help="First N documents of each task (N >= 1)."),
