@@ -219,3 +219,59 @@ def optuna_search(cfg, cache, workers: int, name: str, on_event: Callable | None
         again = pool.run(_task, [(t.number, ("evaluate", osearch.candidate_of(spec, t))) for t in missing])
         trials.update(again)
     return [done[c.name] for c in fixed] + [trials[t.number] for t in complete]
+
+
+# --- a fan-out over pods (pipelines.merge_search_parallel): shards of the grid, gathered ---------------
+def shard_candidates(spec, shard: int, shards: int) -> list:
+    """The candidates shard ``shard`` of ``shards`` evaluates: every ``shards``-th of the sweep's, from ``shard``."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} of {shards}")
+    return spec.evaluated_candidates()[shard::shards]
+
+
+def evaluate_shard(cfg, shard: int, shards: int, cache) -> list:
+    """``(candidate, report)`` for one shard, in this process on its device (the parents read once)."""
+    from medmerge.evaluation.sweep_eval import SweepEvaluator
+
+    if cfg.sweep.search == "optuna":
+        raise ValueError("search: optuna runs on local workers (workers: N), not in shards")
+    cands = shard_candidates(cfg.sweep, shard, shards)
+    if not cands:
+        return []
+    ev = SweepEvaluator(cfg.sweep, cfg.eval_settings(), cache, representatives=cands)
+    return [(c, ev.evaluate(c)) for c in cands]
+
+
+def gather(spec, shards: list[list]) -> list:
+    """The shards' ``(candidate, report)`` pairs in the sweep's order; every candidate exactly once."""
+    from medmerge.errors import MedmergeError
+
+    by_name: dict = {}
+    for pairs in shards:
+        for cand, report in pairs:
+            if cand.name in by_name:
+                raise MedmergeError(f"candidate {cand.name} was evaluated by two shards")
+            by_name[cand.name] = (cand, report)
+    expected = [c.name for c in spec.evaluated_candidates()]
+    missing = [n for n in expected if n not in by_name]
+    if missing or len(by_name) != len(expected):
+        raise MedmergeError(f"the shards did not evaluate {', '.join(missing) or 'the sweep'}")
+    return [by_name[n] for n in expected]
+
+
+def shard_results(cfg, parents: dict, shard: int, shards: int):
+    """One shard's :class:`~medmerge.search.SearchResults` (the fan-out's evaluation step)."""
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.search import results_of
+
+    return results_of(parents, evaluate_shard(cfg, shard, shards, EvalCache()))
+
+
+def gather_results(cfg, parents: dict, parts: list):
+    """The shards' results as one :class:`~medmerge.search.SearchResults`, in the sweep's order (what
+    ``evaluate_candidates`` returns for the same config)."""
+    from medmerge.search import SearchResults
+
+    by_name = [[(c, c.report) for c in part.candidates] for part in parts]
+    order = gather(cfg.sweep, by_name)
+    return SearchResults(parents=parents, candidates=[c for c, _ in order])

@@ -226,6 +226,11 @@ def evaluate(cfg: SearchConfig, parents: dict[str, dict], workers: int | None = 
         pairs = _optuna_search(cfg, parents, EvalCache())
     else:
         pairs = evaluate_sweep(cfg.sweep, cfg.eval_settings(), EvalCache())
+    return results_of(parents, pairs)
+
+
+def results_of(parents: dict[str, dict], pairs) -> SearchResults:
+    """``SearchResults`` from ``(candidate, report)`` pairs, in their order."""
     results = []
     for cand, report in pairs:
         identity = report.model_fingerprint.removeprefix("candidate:")

@@ -37,6 +37,7 @@ TRACKER = "medmerge_mlflow_remote"
 PIPELINES = [
     ("pipelines.merge_search", "merge_search", "merge_search_remote.yaml"),
     ("pipelines.finetune", "finetune", "finetune_remote.yaml"),
+    ("pipelines.merge_search_parallel", "merge_search_parallel", "merge_search_parallel.yaml"),
 ]
 # Steps that must land on a GPU node, in every pipeline above.
 GPU_STEP = re.compile(r"evaluate_.+|sft_.+|baseline_.+")
@@ -289,6 +290,22 @@ def test_pipeline_compiles_against_remote_stack(remote_stack, module, name, conf
     assert any(s.config.experiment_tracker == TRACKER for s in steps.values())
     if name == "finetune":
         _sft_launch_matches_its_pods(raw, steps, orchestrator)
+    if name == "merge_search_parallel":
+        _shards_run_side_by_side(raw, steps)
+
+
+def _shards_run_side_by_side(raw: dict, steps: dict) -> None:
+    """`workers: N` gives N evaluation steps (pods) that depend only on check_parents, so the orchestrator starts
+    them together, each a different share of the candidates; gather_shards waits for all of them."""
+    n = raw["parameters"]["config"]["workers"]
+    shards = [f"evaluate_shard_{i}" for i in range(n)]
+    assert n > 1 and sorted(s for s in steps if s.startswith("evaluate_shard_")) == sorted(shards)
+    for i, s in enumerate(shards):
+        assert steps[s].spec.upstream_steps == ["check_parents"], s
+        assert (steps[s].config.parameters["shard"], steps[s].config.parameters["shards"]) == (i, n)
+    assert set(shards) <= set(steps["gather_shards"].spec.upstream_steps)
+    # the steps after the fan-in get the config without `workers` (their cache keys do not depend on N)
+    assert steps["select_frontier"].config.parameters["config"]["workers"] == 1
 
 
 def _sft_launch_matches_its_pods(raw: dict, steps: dict, orchestrator) -> None:

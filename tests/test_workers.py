@@ -100,3 +100,25 @@ def test_search_config_workers_domain():
     assert SearchConfig(sweep=sweep).workers == 1
     with pytest.raises(ValidationError, match="workers\n  Input should be greater than or equal to 1"):
         SearchConfig(sweep=sweep, workers=0)
+
+
+def test_shards_partition_the_sweep_and_gather_restores_its_order():
+    from factory import DEMO_SWEEP
+
+    from medmerge.errors import MedmergeError
+    from medmerge.parallel_search import gather, shard_candidates
+    from medmerge.search import SearchConfig
+
+    spec = SearchConfig(sweep={"clinical": "c", "instruct": "i", **DEMO_SWEEP}).sweep
+    names = [c.name for c in spec.evaluated_candidates()]
+    parts = [shard_candidates(spec, i, 4) for i in range(4)]
+    assert sorted(c.name for p in parts for c in p) == sorted(names) and len(names) == 6
+    assert [len(p) for p in parts] == [2, 2, 1, 1]
+    shards = [[(c, f"report of {c.name}") for c in reversed(p)] for p in reversed(parts)]
+    assert [(c.name, r) for c, r in gather(spec, shards)] == [(n, f"report of {n}") for n in names]
+    with pytest.raises(MedmergeError, match=f"did not evaluate {names[2]}"):
+        gather(spec, [s for s in shards if names[2] not in {c.name for c, _ in s}])   # its shard lost
+    with pytest.raises(MedmergeError, match=f"{names[0]} was evaluated by two shards"):
+        gather(spec, shards + [[(parts[0][0], "again")]])
+    with pytest.raises(ValueError, match="shard 4 of 4"):
+        shard_candidates(spec, 4, 4)
