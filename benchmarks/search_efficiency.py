@@ -33,10 +33,14 @@ full evaluation is 59). Side by side, three seeds each:
 * grid raced: :func:`medmerge.racing.race` over the same 22 (paired bounds, 8 then 16, 32, all
   documents per corpus); its near set and knee against the full grid's;
 * Optuna, every trial on every document (no warm start): the study as ``search: optuna`` runs it;
-* Optuna raced and warm-started: the study first evaluates a coarse grid (``study.enqueue_trial``:
-  slerp at 0.2, 0.5, 0.8, linear at 0.5, and in the per-layer space task arithmetic at 0.5, λ 1),
-  then each trial races every earlier one (:class:`medmerge.racing.Racer`); a stopped trial is told
-  its partial estimates; samplers ``--samplers`` (multivariate TPE, TPE with ``group=True``, GP).
+* Optuna raced and warm-started: the study first evaluates the space's coarse grid
+  (:func:`medmerge.optuna_search.coarse_grid`, enqueued with ``study.enqueue_trial``: each range at
+  1/4, 1/2, 3/4 of its span, a gradient constant across layers; 15 points in the per-layer space,
+  6 in the 1-D one), raced as one sweep (the coarse points stop each other); then each trial races
+  every earlier one (:class:`medmerge.racing.Racer`) and also stops when it
+  cannot beat one of them by more than ``--min-gain`` (0.02 nats/token, ~1% of the frontier's span)
+  on either objective; a stopped trial is told its partial estimates; samplers ``--samplers``
+  (multivariate TPE, TPE with ``group=True``, GP).
 
 Each study runs until it has spent the grid's documents; reported per arm: documents (as a share of
 the full grid's), wall time, hypervolume against documents, and the documents at which the median
@@ -164,7 +168,7 @@ CORPORA = ("instruct", "clinical")
 LOSS_CAP = 50.0     # per-document −loss is clipped at −50 nats/token (a chance-level model here: ~log V ≈ 6)
 
 
-def racing_plan(values, parents, first: int, racing: bool = True):
+def racing_plan(values, parents, first: int, racing: bool = True, min_gain: float = 0.0):
     """Strata: the two held-out corpora; x = mean −loss over instruct documents, y over clinical ones. Each
     stratum's sample variance is shrunk towards the parents' per-document difference variance (values are
     losses, not 0/1, so the range's worst case would swamp them). ``racing=False``: one round of every
@@ -181,21 +185,7 @@ def racing_plan(values, parents, first: int, racing: bool = True):
     objectives = (rc.Objective(f"-loss({CORPORA[0]})", {CORPORA[0]: 1.0}),
                   rc.Objective(f"-loss({CORPORA[1]})", {CORPORA[1]: 1.0}))
     first = first if racing else max(values.sizes.values())
-    return rc.RacingPlan(tuple(strata), objectives, first=first)
-
-
-def warm_params(space_kind: str) -> list[dict]:
-    """The coarse grid a raced study starts from (``study.enqueue_trial``), in Optuna's parameter names."""
-    warm = []
-    for r in (0.2, 0.5, 0.8):
-        if space_kind == "past":
-            warm.append({"method": "slerp", **{f"slerp.t[{i}]": r for i in range(3)}})
-        else:
-            warm.append({"method": "slerp", "slerp.ratio": r})
-    warm.append({"method": "linear", "linear.ratio": 0.5})
-    if space_kind == "past":
-        warm.append({"method": "task_arithmetic", "task_arithmetic.ratio": 0.5, "task_arithmetic.lambda": 1.0})
-    return warm
+    return rc.RacingPlan(tuple(strata), objectives, first=first, min_gain=min_gain if racing else 0.0)
 
 
 def hv_of(points, reference) -> float:
@@ -221,24 +211,31 @@ def run_raced_study(space, plan, scorer_of, cands, *, sampler: str, seed: int, w
         study.enqueue_trial(params)
     racer = Racer(plan, scorer_of, capacity=max_trials)
     spent, survivors, curve = 0, [], []
-    while spent < budget_docs and len(racer.names) < max_trials:
-        trial = study.ask()
-        method, params = optuna_search.suggest(trial, space)
-        cand = space.candidate(method, params, name=f"s{seed}-{sampler}-{optuna_search.trial_name(trial.number, method)}")
-        cands[cand.name] = cand
-        [course] = racer.add([cand.name])
-        spent += course.documents_used
-        study.tell(trial, list(course.estimate))
-        if not course.stopped:
-            survivors.append((cand.name, *course.estimate))
-        curve.append((spent, hv_of(survivors, reference)))
+    batch = max(1, len(warm))       # the warm-start grid races as one sweep; then one trial at a time
+    while spent < budget_docs and len(racer.names) + batch <= max_trials:
+        trials = [study.ask() for _ in range(batch)]
+        names = []
+        for trial in trials:
+            method, params = optuna_search.suggest(trial, space)
+            cand = space.candidate(method, params,
+                                   name=f"s{seed}-{sampler}-{optuna_search.trial_name(trial.number, method)}")
+            cands[cand.name] = cand
+            names.append(cand.name)
+        courses = racer.add(names)
+        for trial, course in zip(trials, courses):
+            spent += course.documents_used
+            study.tell(trial, list(course.estimate))
+            if not course.stopped:
+                survivors.append((course.name, *course.estimate))
+            curve.append((spent, hv_of(survivors, reference)))
+        batch = 1
     return curve, racer.result
 
 
 def racing_comparison(args, grid, space, ev, work) -> None:
     import statistics
 
-    from medmerge import pareto
+    from medmerge import optuna_search, pareto
     from medmerge.racing import race
 
     values = doc_values(ev)
@@ -250,6 +247,7 @@ def racing_comparison(args, grid, space, ev, work) -> None:
     t0 = time.perf_counter()
     parents = grid.parent_candidates()
     plan = racing_plan(values, parents, args.first)
+    trial_plan = racing_plan(values, parents, args.first, min_gain=args.min_gain)
     full_plan = racing_plan(values, parents, args.first, racing=False)
     full_docs = full_plan.full_documents(1)
     ref_pts = {p.role: [float(sum(values(p, c, range(values.sizes[c]))) / values.sizes[c]) for c in CORPORA]
@@ -297,13 +295,16 @@ def racing_comparison(args, grid, space, ev, work) -> None:
     for name, (est, half) in first_round.items():
         print(f"  {name:12s} " + "  ".join(f"{o.name} {e:.3f} ± {h:.3f}" for o, e, h in zip(plan.objectives, est, half)))
     arms = [("optuna, every document, no warm start", "tpe", False, [])]
-    arms += [(f"optuna raced + warm start ({s})", s, True, warm_params(args.space)) for s in args.samplers]
+    warm = optuna_search.coarse_grid(space)
+    print(f"warm start: the space's coarse grid, {len(warm)} points raced as one sweep "
+          f"(optuna_search.coarse_grid: each range at 1/4, 1/2, 3/4 of its span)")
+    arms += [(f"optuna raced + warm start ({s})", s, True, warm) for s in args.samplers]
     results = {}
     for label, sampler, raced_arm, warm in arms:
         curves, secs = {}, 0.0
         for seed in args.seeds:
             t1 = time.perf_counter()
-            curve, res = run_raced_study(space.model_copy(update={"seed": seed}), plan if raced_arm else full_plan,
+            curve, res = run_raced_study(space.model_copy(update={"seed": seed}), trial_plan if raced_arm else full_plan,
                                          scorer, cands, sampler=sampler, seed=seed, warm=warm,
                                          budget_docs=grid_docs, max_trials=args.max_trials, reference=reference)
             secs += time.perf_counter() - t1
@@ -356,7 +357,10 @@ def main() -> None:
                     help="count cost in documents: the grid, the grid raced, Optuna raced and warm-started (issue 24)")
     ap.add_argument("--samplers", nargs="+", default=["tpe", "tpe-group", "gp"], help="with --racing")
     ap.add_argument("--first", type=int, default=8, help="with --racing: documents per corpus in round 1")
-    ap.add_argument("--max-trials", type=int, default=60, help="with --racing: most trials per study")
+    ap.add_argument("--max-trials", type=int, default=40, help="with --racing: most trials per study")
+    ap.add_argument("--min-gain", type=float, default=0.02,
+                    help="with --racing: a raced trial also stops when it cannot beat an earlier one by more than "
+                         "this on any objective (nats/token; medmerge.racing.RacingPlan.min_gain)")
     args = ap.parse_args()
 
     import os

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Callable, Iterator
 
 from medmerge.recipe import RATIO, SweepCandidate, Range, SweepSpec
@@ -141,6 +142,35 @@ def run_study(spec: SweepSpec, evaluate: Callable, score: Callable, *, storage: 
         else:
             cand = candidate_of(spec, t)
             yield cand, evaluate(cand)
+
+
+COARSE_LEVELS = (0.25, 0.5, 0.75)
+
+
+def coarse_grid(spec: SweepSpec, levels=COARSE_LEVELS) -> list[dict]:
+    """A coarse grid of the space as Optuna trial parameters (for ``study.enqueue_trial``): every method, each
+    range at ``levels`` of its span (in log space for a log range; a gradient constant across layers at each
+    level), every choice of a list, fixed values as they are; the product over a method's entries."""
+    import itertools
+
+    out = []
+    for method, grid in spec.grids().items():
+        axes = []
+        for key, values in grid.items():
+            name = f"{method}.{key}"
+            if isinstance(values, Range):
+                lo, hi = (math.log(values.low), math.log(values.high)) if values.log else (values.low, values.high)
+                pts = sorted({math.exp(lo + f * (hi - lo)) if values.log else lo + f * (hi - lo) for f in levels})
+                names = [f"{name}[{i}]" for i in range(values.gradient)] if values.gradient else [name]
+                axes.append([{n: v for n in names} for v in pts])
+            elif len(values) > 1:
+                axes.append([{name: json.dumps(v)} for v in values])
+        for combo in itertools.product(*axes):
+            params = {"method": method} if len(spec.grids()) > 1 else {}
+            for part in combo:
+                params.update(part)
+            out.append(params)
+    return out
 
 
 def representatives(spec: SweepSpec) -> list[SweepCandidate]:
