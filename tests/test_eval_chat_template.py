@@ -129,3 +129,26 @@ def test_cli_refuses_multiturn_without_template(demo_models, tmp_path, capsys):
     assert code == 2
     assert "fewshot_as_multiturn needs a chat template" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_fully_cached_checkpoint_is_not_loaded(demo_models, data, tmp_path, monkeypatch):
+    """Every task cached: the report comes from the cache without loading the model, with the settings the
+    evaluating run resolved; one task missing: the model loads and the cache's counters count once."""
+    import medmerge.evaluation.runner as runner
+
+    cache = EvalCache(tmp_path / "cache")
+    settings = EvalSettings(suites=("ifeval",), data_dir=str(data), limit=1, max_gen_toks=4)
+    first = evaluate_checkpoint(demo_models["instruct"], settings, cache)
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(runner, "load_model", no_load)
+    again = evaluate_checkpoint(demo_models["instruct"], settings, EvalCache(tmp_path / "cache"))
+    assert again.cached_tasks == ["mm_ifeval"] and again.tasks == first.tasks and again.if_score == first.if_score
+    assert {k: v for k, v in again.settings.items()} == first.settings
+    missing = EvalCache(tmp_path / "cache")
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        evaluate_checkpoint(demo_models["instruct"], EvalSettings(suites=("ifeval",), data_dir=str(data), limit=2,
+                                                                  max_gen_toks=4), missing)
+    assert (missing.hits, missing.misses) == (0, 0)   # the model-free look-up left no count behind

@@ -237,12 +237,12 @@ def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = 
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
-    """sha256 over the checkpoint's ``{weight file: sha256}`` map."""
-    from medmerge.engine import parent_provenance
+    """sha256 over the checkpoint's ``{weight file: sha256}`` map (:func:`medmerge.io.provenance.checkpoint_sha256`)."""
+    from medmerge.io import provenance
     from medmerge.io.checkpoint import Checkpoint
 
-    weights = parent_provenance({"model": Checkpoint(path)})["model"]["weights"]
-    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()
+    prov = provenance.parent_provenance({"model": Checkpoint(path)})["model"]
+    return provenance.checkpoint_sha256(prov["weights"])
 
 
 def _context_length(model) -> int:
@@ -401,29 +401,7 @@ class ModelEvaluator:
 
         A task's shots: ``num_fewshot`` when set (it overrides every task, as lm-eval's does), else the
         shots its YAML fixes (lm-eval's stock MMLU-Pro is 5-shot), else its suite's default."""
-        suites = load_suites()
-        plan: dict[tuple[str, int], tuple[int, dict, list, dict]] = {}
-        seen: set[str] = set()
-        for suite, tasks in suite_tasks(list(self.settings.suites)).items():
-            for task in tasks:
-                if task in seen:
-                    continue
-                seen.add(task)
-                spec = self.spec(task)
-                shots = self.settings.num_fewshot
-                if shots is None:
-                    own = spec.config.get("num_fewshot")
-                    shots = suites[suite]["num_fewshot"] if own is None else int(own)
-                _, hits, todo, keys = plan.setdefault((suite, shots), (shots, {}, [], {}))
-                part = self.settings.cache_part(shots, self.max_gen_toks, self.dtype, self.prompt_format)
-                key = cache_key(identity, spec.config_hash, part) if identity and cache else None
-                hit = cache.get(key, samples=self.settings.log_samples) if key else None
-                if hit is not None:
-                    hits[task] = hit
-                else:
-                    todo.append(spec)
-                    keys[task] = key
-        return list(plan.values())
+        return plan_tasks(self.settings, self.spec, self.max_gen_toks, self.dtype, self.prompt_format, identity, cache)
 
     def evaluate(self, name: str, fingerprint: str, identity: str | None = None, cache: EvalCache | None = None,
                  model_path: str | None = None, prepare=None) -> EvalReport:
@@ -471,11 +449,73 @@ def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], set
                                                           if k in scores}})
 
 
+def plan_tasks(settings: EvalSettings, spec_of, max_gen_toks: int, dtype: str, prompt_format: dict[str, Any],
+               identity: str | None, cache: EvalCache | None) -> list[tuple[int, dict, list, dict]]:
+    """Per (suite, shots): (shots, cached results, specs still to run, cache keys); see ModelEvaluator.lookup."""
+    suites = load_suites()
+    plan: dict[tuple[str, int], tuple[int, dict, list, dict]] = {}
+    seen: set[str] = set()
+    for suite, tasks in suite_tasks(list(settings.suites)).items():
+        for task in tasks:
+            if task in seen:
+                continue
+            seen.add(task)
+            spec = spec_of(task)
+            shots = settings.num_fewshot
+            if shots is None:
+                own = spec.config.get("num_fewshot")
+                shots = suites[suite]["num_fewshot"] if own is None else int(own)
+            _, hits, todo, keys = plan.setdefault((suite, shots), (shots, {}, [], {}))
+            part = settings.cache_part(shots, max_gen_toks, dtype, prompt_format)
+            key = cache_key(identity, spec.config_hash, part) if identity and cache else None
+            hit = cache.get(key, samples=settings.log_samples) if key else None
+            if hit is not None:
+                hits[task] = hit
+            else:
+                todo.append(spec)
+                keys[task] = key
+    return list(plan.values())
+
+
+def _all_cached(path: str | Path, fingerprint: str, settings: EvalSettings, specs: dict[str, TaskSpec],
+                cache: EvalCache | None) -> EvalReport | None:
+    """The report of a checkpoint every task of which is in the cache, made without loading the model (its
+    cache keys need only config.json and the settings); None when any task is not (the cache's counters are
+    left as they were). Plain prompts only: a chat template's key needs the tokenizer."""
+    from medmerge.io.checkpoint import Checkpoint
+
+    if cache is None or settings.chat_template != "none" or settings.backend != "hf":
+        return None
+    t0 = time.perf_counter()
+    ckpt = Checkpoint(path)
+    try:
+        context = json.loads((Path(ckpt.path) / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(context, int) or context <= 0:   # another name for it: the model's config knows
+        return None
+    max_gen_toks = settings.max_gen_toks or min(DEFAULT_MAX_GEN_TOKS, context // 2)
+    dtype = resolve_dtype(settings.dtype, settings.device, ckpt.path)
+    prompt = {} if settings.system_instruction is None else {"system_instruction": settings.system_instruction}
+    counts = cache.hits, cache.misses
+    plan = plan_tasks(settings, specs.__getitem__, max_gen_toks, dtype, prompt, f"checkpoint:{fingerprint}", cache)
+    if any(todo for _, _, todo, _ in plan):
+        cache.hits, cache.misses = counts
+        return None
+    results = {task: r for _, hits, _, _ in plan for task, r in hits.items()}
+    return make_report(str(path), fingerprint, results, settings, time.perf_counter() - t0, list(results),
+                       max_gen_toks=max_gen_toks, dtype=dtype, prompt_format=prompt)
+
+
 def evaluate_checkpoint(path: str | Path, settings: EvalSettings, cache: EvalCache | None = None,
                         trust_remote_code: bool = False) -> EvalReport:
-    """Evaluate a checkpoint directory; cached by its weight hashes."""
+    """Evaluate a checkpoint directory; cached by its weight hashes (every task cached: the model is not
+    even loaded)."""
     specs = prepare_tasks(settings)
     fingerprint = checkpoint_fingerprint(path)
+    report = _all_cached(path, fingerprint, settings, specs, cache)
+    if report is not None:
+        return report
     model, tokenizer = load_model(path, settings.device, trust_remote_code, settings.dtype)
     ev = ModelEvaluator(model, tokenizer, settings, specs)
     return ev.evaluate(str(path), fingerprint, identity=f"checkpoint:{fingerprint}", cache=cache,
