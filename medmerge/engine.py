@@ -35,8 +35,8 @@ from medmerge import __version__
 from medmerge.compat import assert_finite, check_compatible
 from medmerge.errors import CompatibilityError, NonFiniteOutputError, RecipeError
 from medmerge.io.atomic import atomic_dirs, check_output_dir
+from medmerge.io import provenance as identity
 from medmerge.io.checkpoint import Checkpoint
-from medmerge.io.hashing import sha256_files
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
 from medmerge.recipe import SweepCandidate, Recipe, SweepSpec
 
@@ -328,27 +328,11 @@ def stream_plans(plans: Sequence[MergePlan], emit: Callable[[int, Step, torch.Te
             bar.set_postfix_str(f"{idx + 1}/{len(first)} tensors", refresh=False)
 
 
-def parent_provenance(parents: dict[str, Checkpoint]) -> dict[str, dict]:
-    """``{ref: {path, weights: {file: sha256}}}`` for opened parents (hashes cached across runs)."""
-    files = [f for c in parents.values() for f in c.weight_files]
-    digests = sha256_files(files)
-    return {
-        ref: {"path": str(c.path), "weights": {f.name: digests[str(f.resolve())] for f in c.weight_files}}
-        for ref, c in parents.items()
-    }
-
-
 def _plans_parents(plans: Sequence[MergePlan]) -> dict[str, Checkpoint]:
     parents: dict[str, Checkpoint] = {}
     for p in plans:
         parents.update(p.parents)
     return parents
-
-
-def parent_fingerprint(provenance: dict[str, dict]) -> str:
-    """One digest over every parent's weight-file hashes (stable identity of a merge's inputs)."""
-    canon = json.dumps({r: p["weights"] for r, p in sorted(provenance.items())}, sort_keys=True)
-    return hashlib.sha256(canon.encode()).hexdigest()
 
 
 def _write_metadata(plan: MergePlan, out: Path, provenance: dict[str, dict], name: str) -> None:
@@ -372,7 +356,7 @@ def _write_metadata(plan: MergePlan, out: Path, provenance: dict[str, dict], nam
         "medmerge_version": __version__,
         "recipe": plan.recipe.model_dump(mode="json"),
         "parents": mine,
-        "parents_fingerprint": parent_fingerprint(mine),
+        "parents_fingerprint": identity.fingerprint(identity.weights(mine)),
     }, indent=2) + "\n")
     (out / "README.md").write_text(model_card(plan.recipe, mine, name))
 
@@ -431,7 +415,7 @@ def write_plans(plans: Sequence[MergePlan], out_dirs: Sequence[Path], *, overwri
     plans = align_plans(plans)
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmerge-hash"))
-        provenance_future = pool.submit(parent_provenance, _plans_parents(plans))  # hashes parents while we merge
+        provenance_future = pool.submit(identity.parent_provenance, _plans_parents(plans))  # hashes parents while we merge
         inputs = [c.path for c in _plans_parents(plans).values()]
         tmps = stack.enter_context(atomic_dirs(out_dirs, overwrite=overwrite, protect=inputs))
         writers = [StreamingCheckpointWriter(t, [s.spec for s in p.steps], max_shard_bytes=max_shard_bytes)

@@ -3,8 +3,9 @@
 What counts as a change, by content hash only:
 
 * a parent checkpoint: the sha256 of every weight file of every parent of the merge search
-  (:func:`medmerge.search.check_parents`), compared with the ``parents_sha256`` tag of the version
-  the search's registered model has under the ``staging`` alias;
+  (:func:`medmerge.search.check_parents`), compared with what the tags of the version the search's
+  registered model has under the ``staging`` alias record of its parents (read through
+  :mod:`medmerge.io.provenance`);
 * the training data of each task of the finetune run: ``TrainingData.train_sha256`` (after the configured
   cleaning), compared with the ``train_sha256`` tag of that task's fine-tuned model's ``staging`` version,
   or of its newest version when none is staged (a multi-task run registers one model per task,
@@ -19,12 +20,15 @@ the pipelines directly for those.
 
 from __future__ import annotations
 
-import json
 import socket
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from medmerge.io import provenance
+from medmerge.io.provenance import ParentWeights
 
 RETRAIN_EXPERIMENT = "medmerge-retrain"
 STAGE = "staging"
@@ -38,7 +42,7 @@ class ComparedVersion(BaseModel):
     name: str
     version: str
     chosen_by: Literal["alias staging", "newest version"]
-    sha256: str | None            # the tag compared (parents_sha256 JSON or train_sha256); None: no such tag
+    sha256: str | None            # the tag compared (the parents' fingerprint, or train_sha256); None: none
 
 
 class TaskData(BaseModel):
@@ -59,25 +63,19 @@ class RetrainDecision(BaseModel):
 
     changed: bool
     reasons: list[str]
-    parents_sha256: dict[str, dict[str, str]]      # parent ref -> {weight file: sha256} (the tag's content)
+    parents: ParentWeights                          # parent ref -> {weight file: sha256}, now
     data: list[TaskData]                            # one per task of the finetune run, in its order
     promoted: ComparedVersion | None = None         # the search's registered model @staging
     last_retrain: dict[str, str] | None = None      # the previous run that ran the pipelines: run_id, status
     notes: list[str] = Field(default_factory=list)  # worth saying, not a reason to run
 
     @property
-    def parents_tag(self) -> str:
-        return parents_tag(self.parents_sha256)
-
-    @property
     def parents_fingerprint(self) -> str:
-        import hashlib
-
-        return hashlib.sha256(self.parents_tag.encode()).hexdigest()
+        return provenance.fingerprint(self.parents)
 
     def describe(self) -> str:
         lines = []
-        for ref, files in sorted(self.parents_sha256.items()):
+        for ref, files in sorted(self.parents.items()):
             digests = ", ".join(f"{f} {h[:12]}" for f, h in sorted(files.items()))
             lines.append(f"parent   {ref}: {digests}")
         if self.promoted is not None:
@@ -98,29 +96,31 @@ class RetrainDecision(BaseModel):
         return f"{v.name} v{v.version} ({v.chosen_by})"
 
 
-def parents_tag(parents: dict[str, dict[str, str]]) -> str:
-    """The ``parents_sha256`` tag value of :func:`medmerge.search.register_selected`."""
-    return json.dumps({r: parents[r] for r in sorted(parents)}, sort_keys=True)
-
-
 def _short(h: str | None) -> str:
     return "none" if not h else h[:12] + "…"
 
 
-def compare_parents(current: dict[str, dict[str, str]], stored: str | None, where: str) -> tuple[list[str], list[str]]:
-    """Reasons (and notes) comparing the current parents' weight hashes with a ``parents_sha256`` tag.
+def compare_parents(current: ParentWeights, version_tags: Mapping[str, str],
+                    where: str) -> tuple[list[str], list[str]]:
+    """Reasons (and notes) comparing the current parents' weight hashes with what a registered version's tags
+    record of its parents (:func:`medmerge.io.provenance.read_tags`).
 
     By content: a parent moved to a new path with the same weight files is no change."""
-    if stored is None:
-        return [f"{where} has no parents_sha256 tag"], []
-    try:
-        old = json.loads(stored)
-    except json.JSONDecodeError:
-        if len(stored) >= _TAG_LIMIT and parents_tag(current).startswith(stored):
-            return [], [f"{where}'s parents_sha256 tag was cut at {_TAG_LIMIT} characters; the part kept matches"]
-        return [f"{where}'s parents_sha256 tag is not readable JSON"], []
-    if not isinstance(old, dict):
-        return [f"{where}'s parents_sha256 tag is not a mapping"], []
+    stored = provenance.read_tags(version_tags)
+    if stored.matches(current):
+        return [], []
+    old = stored.weights
+    if old is None:
+        if stored.raw is None:
+            return [f"{where} has no {stored.tag} tag"], []
+        cut = len(stored.raw) >= _TAG_LIMIT
+        if cut and stored.fingerprint is None and provenance.weights_json(current).startswith(stored.raw):
+            return [], [f"{where}'s {stored.tag} tag was cut at {_TAG_LIMIT} characters; the part kept matches"]
+        if stored.fingerprint is not None:
+            why = (f"the parents changed since {where} (its {provenance.FINGERPRINT_TAG} differs; its {stored.tag} "
+                   f"tag {'was cut' if cut else 'is unreadable'}, so which parent is not known)")
+            return [why], []
+        return [f"{where}'s {stored.tag} tag is not a readable mapping of parents to weight files"], []
     reasons, notes = [], []
     gone = {r: w for r, w in old.items() if r not in current}
     for ref, files in sorted(current.items()):
@@ -158,11 +158,11 @@ def _key(search_cfg, ft_cfg) -> str:
 
 # --- fingerprints ---------------------------------------------------------------------------------
 
-def current_parents(search_cfg) -> dict[str, dict[str, str]]:
+def current_parents(search_cfg) -> ParentWeights:
     """``{parent ref: {weight file: sha256}}`` now (hashes are cached by file size and mtime)."""
     from medmerge.search import check_parents
 
-    return {ref: p["weights"] for ref, p in check_parents(search_cfg).items()}
+    return provenance.weights(check_parents(search_cfg))
 
 
 def current_train_sha256(ft_cfg) -> tuple[dict[str | None, str], list[str]]:
@@ -206,9 +206,9 @@ def decide(search_cfg, ft_cfg) -> RetrainDecision:
     if mv is None:
         reasons.append(f"nothing promoted yet: {search_cfg.registered_model} has no {STAGE} version")
     else:
-        tag = mv.tags.get("parents_sha256")
-        promoted = ComparedVersion(name=mv.name, version=str(mv.version), chosen_by="alias staging", sha256=tag)
-        r, n = compare_parents(parents, tag, f"{mv.name} v{mv.version}")
+        promoted = ComparedVersion(name=mv.name, version=str(mv.version), chosen_by="alias staging",
+                                   sha256=provenance.read_tags(mv.tags).fingerprint)
+        r, n = compare_parents(parents, mv.tags, f"{mv.name} v{mv.version}")
         reasons += r
         notes += n
 
@@ -223,7 +223,7 @@ def decide(search_cfg, ft_cfg) -> RetrainDecision:
     if last is not None and last["status"] != "FINISHED":
         reasons.append(f"the last retrain that ran the pipelines (MLflow run {last['run_id']}) ended "
                        f"{last['status']}")
-    return RetrainDecision(changed=bool(reasons), reasons=reasons, parents_sha256=parents, data=data,
+    return RetrainDecision(changed=bool(reasons), reasons=reasons, parents=parents, data=data,
                            promoted=promoted, last_retrain=last, notes=notes)
 
 
@@ -271,7 +271,7 @@ def open_record(decision: RetrainDecision, search_cfg, ft_cfg, tracking_uri: str
     for d in decision.data:
         params[d.key("train_sha256")] = d.train_sha256
         params[d.key("finetuned_version")] = d.finetuned.version if d.finetuned else "none"
-    for i, (ref, files) in enumerate(sorted(decision.parents_sha256.items())):
+    for i, (ref, files) in enumerate(sorted(decision.parents.items())):
         params[f"parent{i}"] = ref[:6000]
         for f, h in sorted(files.items()):
             params[f"parent{i}.sha256.{f}"[:250]] = h

@@ -73,7 +73,8 @@ def test_merge_search_pipeline(demo_search, tmp_path, capsys):
     assert len(mvs) == len(versions)
     for mv in mvs:
         tags = {t["key"]: t["value"] for t in mv["tags"]}
-        assert {"merge_method", "parents_sha256", "medical_avg", "if_score", "run_id", "candidate"} <= set(tags)
+        assert {"merge_method", "parents_weight_hashes", "parents_fingerprint", "medical_avg", "if_score", "run_id",
+                "candidate"} <= set(tags)
         assert versions[tags["candidate"]] == mv["version"]
 
     # promotion: models:/NAME@staging is an MLflow Model of the knee: its weights are the merged candidate's,

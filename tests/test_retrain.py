@@ -238,23 +238,38 @@ def test_systemd_on_calendar(cron, on_calendar):
 
 
 def test_compare_parents_by_content():
-    from medmerge.retrain import compare_parents, parents_tag
+    from medmerge.io import provenance
+    from medmerge.retrain import compare_parents
 
     now = {"/m/clinical": {"model.safetensors": "a" * 64}, "/m/instruct": {"model.safetensors": "b" * 64}}
-    assert compare_parents(now, parents_tag(now), "m v1") == ([], [])
+    tags = provenance.tags(now)
+    assert set(tags) == {"parents_weight_hashes", "parents_fingerprint"}
+    assert json.loads(tags["parents_weight_hashes"]) == now and tags["parents_fingerprint"] == provenance.fingerprint(now)
+    assert compare_parents(now, tags, "m v1") == ([], [])
     moved = {"/new/clinical": now["/m/clinical"], "/m/instruct": now["/m/instruct"]}
-    reasons, notes = compare_parents(moved, parents_tag(now), "m v1")
+    reasons, notes = compare_parents(moved, tags, "m v1")
     assert reasons == [] and "moved, unchanged" in notes[0]
     changed = {**now, "/m/instruct": {"model.safetensors": "c" * 64}}
-    reasons, _ = compare_parents(changed, parents_tag(now), "m v1")
+    reasons, _ = compare_parents(changed, tags, "m v1")
     assert reasons == [f"parent /m/instruct changed since m v1: model.safetensors {'b' * 12}… -> {'c' * 12}…"]
-    assert compare_parents(now, None, "m v1")[0] == ["m v1 has no parents_sha256 tag"]
+    assert compare_parents(now, {}, "m v1")[0] == ["m v1 has no parents_weight_hashes tag"]
+    # a version registered before the tags were named so: the same JSON under parents_sha256, no fingerprint
+    legacy = {"parents_sha256": tags["parents_weight_hashes"]}
+    assert compare_parents(now, legacy, "m v1") == ([], [])
+    assert compare_parents(changed, legacy, "m v1")[0][0].startswith("parent /m/instruct changed since m v1")
+    # a JSON cut at the registry's tag limit: the fingerprint still decides
+    cut = {**tags, "parents_weight_hashes": tags["parents_weight_hashes"][:10] + "x" * 5000}
+    assert compare_parents(now, cut, "m v1") == ([], [])
+    assert compare_parents(changed, cut, "m v1")[0] == [
+        "the parents changed since m v1 (its parents_fingerprint differs; its parents_weight_hashes tag was cut, "
+        "so which parent is not known)"]
 
 
 def test_retrain_compares_each_task_of_a_multi_task_run_with_its_own_model(configs, tmp_path, monkeypatch):
     """A ``tasks:`` finetune config registers one model per task (<registered_model>-<task>): retrain hashes
     each task's training data and compares it with that model's version, so only a changed task is a reason."""
     from medmerge import retrain
+    from medmerge.io import provenance
     from medmerge.tracking import registry
     from pipelines.retrain import load_configs
 
@@ -284,7 +299,7 @@ def test_retrain_compares_each_task_of_a_multi_task_run_with_its_own_model(confi
     def version(name, **tags):
         return SimpleNamespace(name=name, version="1", tags=tags)
 
-    versions["sched-merge"] = version("sched-merge", parents_sha256=retrain.parents_tag(first.parents_sha256))
+    versions["sched-merge"] = version("sched-merge", **provenance.tags(first.parents))
     versions["sched-sft-notes_a"] = version("sched-sft-notes_a", train_sha256=sha["notes_a"])
     versions["sched-sft-notes_b"] = version("sched-sft-notes_b", train_sha256="0" * 64)
     again = retrain.decide(search_cfg, ft_cfg)

@@ -237,12 +237,12 @@ def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = 
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
-    """sha256 over the checkpoint's ``{weight file: sha256}`` map."""
-    from medmerge.engine import parent_provenance
+    """sha256 over the checkpoint's ``{weight file: sha256}`` map (:func:`medmerge.io.provenance.checkpoint_sha256`)."""
+    from medmerge.io import provenance
     from medmerge.io.checkpoint import Checkpoint
 
-    weights = parent_provenance({"model": Checkpoint(path)})["model"]["weights"]
-    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()
+    prov = provenance.parent_provenance({"model": Checkpoint(path)})["model"]
+    return provenance.checkpoint_sha256(prov["weights"])
 
 
 def _context_length(model) -> int:

@@ -15,10 +15,10 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from medmerge.engine import (PreloadedParents, merged_state_dict, open_parents, parent_fingerprint,
-                             parent_provenance, plan_merge)
+from medmerge.engine import PreloadedParents, merged_state_dict, open_parents, plan_merge
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.report import EvalReport
+from medmerge.io import provenance as identity
 from medmerge.evaluation.runner import EvalSettings, ModelEvaluator, load_model, prepare_tasks
 from medmerge.recipe import SweepCandidate, Recipe, SweepSpec
 
@@ -47,8 +47,8 @@ class SweepEvaluator:
                  allow_pickle: bool = False, representatives: list[SweepCandidate] | None = None):
         specs = prepare_tasks(settings)
         self.parents = open_parents(spec.parent_refs, allow_pickle=allow_pickle)
-        provenance = parent_provenance(self.parents)
-        self.parent_hashes = {ref: parent_fingerprint({ref: p}) for ref, p in provenance.items()}
+        parents = identity.weights(identity.parent_provenance(self.parents))
+        self.parent_hashes = {ref: identity.fingerprint({ref: w}) for ref, w in parents.items()}
         self.cache = cache
         self.representatives = [plan_merge(c.recipe, self.parents) for c in representatives or []]
         self.model, tokenizer = load_model(spec.clinical, settings.device, dtype=settings.dtype)

@@ -16,16 +16,16 @@ from medmerge.finetune.artifacts import InitModel, SFTCheckpoint, SFTResult, Tra
 @measured("resolve_initialisations")
 def resolve_initialisations(cfg: FinetuneConfig) -> dict[str, InitModel]:
     """Each initialisation as a local checkpoint with its weight hash (registry versions are downloaded)."""
-    from medmerge.engine import open_parents, parent_provenance
+    from medmerge.engine import open_parents
+    from medmerge.io import provenance
 
     out = {}
     for init in cfg.initialisations:
         path = init.path
         if init.model_uri:
             path = str(_download_registered(cfg, init))
-        prov = parent_provenance(open_parents([path], check=False))[path]
-        digest = hashlib.sha256(json.dumps(prov["weights"], sort_keys=True).encode()).hexdigest()
-        out[init.name] = InitModel(name=init.name, path=prov["path"], sha256=digest,
+        prov = provenance.parent_provenance(open_parents([path], check=False))[path]
+        out[init.name] = InitModel(name=init.name, path=prov["path"], sha256=provenance.checkpoint_sha256(prov["weights"]),
                                    source=init.model_uri or init.path)
     return out
 
