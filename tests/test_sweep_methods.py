@@ -128,11 +128,14 @@ def test_merge_search_config_refuses_bad_grid(tmp_path, capsys, bad, message):
     (["if_score", "mm_hellaswag"], "objective 'mm_hellaswag' needs task mm_hellaswag, which the suites"),
 ])
 def test_merge_search_config_refuses_bad_objectives(tmp_path, capsys, objectives, message):
+    from factory import make_family
     from pipelines.merge_search import main as ms
 
+    fam = make_family(tmp_path / "fam")   # real parents: the preflight names missing ones too
+    parents = {"clinical": str(fam["m0"]), "instruct": str(fam["m1"]), "base": str(fam["base"])}
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"parameters": {"config": {
-        "sweep": {**NOWHERE, "methods": ["linear"]}, "objectives": objectives, "suites": ["clinical", "ifeval"],
+        "sweep": {**parents, "methods": ["linear"]}, "objectives": objectives, "suites": ["clinical", "ifeval"],
         "output_dir": str(tmp_path / "out")}}}))
     assert ms(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
