@@ -35,8 +35,9 @@ full evaluation is 59). Side by side, three seeds each:
 * Optuna, every trial on every document (no warm start): the study as ``search: optuna`` runs it;
 * Optuna raced and warm-started: the study first evaluates the space's coarse grid
   (:func:`medmerge.optuna_search.coarse_grid`, enqueued with ``study.enqueue_trial``: each range at
-  1/4, 1/2, 3/4 of its span, a gradient constant across layers; 15 points in the per-layer space,
-  6 in the 1-D one), raced as one sweep (the coarse points stop each other); then each trial races
+  ``--warm-levels`` of its span, by default its midpoint, a gradient constant across layers: 3 points
+  in the per-layer space; 1/4, 1/2, 3/4 give 15), raced as one sweep (the coarse points stop each
+  other); then each trial races
   every earlier one (:class:`medmerge.racing.Racer`) and also stops when it
   cannot beat one of them by more than ``--min-gain`` (0.02 nats/token, ~1% of the frontier's span)
   on either objective; a stopped trial is told its partial estimates; samplers ``--samplers``
@@ -295,9 +296,9 @@ def racing_comparison(args, grid, space, ev, work) -> None:
     for name, (est, half) in first_round.items():
         print(f"  {name:12s} " + "  ".join(f"{o.name} {e:.3f} ± {h:.3f}" for o, e, h in zip(plan.objectives, est, half)))
     arms = [("optuna, every document, no warm start", "tpe", False, [])]
-    warm = optuna_search.coarse_grid(space)
+    warm = optuna_search.coarse_grid(space, levels=tuple(args.warm_levels))
     print(f"warm start: the space's coarse grid, {len(warm)} points raced as one sweep "
-          f"(optuna_search.coarse_grid: each range at 1/4, 1/2, 3/4 of its span)")
+          f"(optuna_search.coarse_grid: each range at {', '.join(f'{v:g}' for v in args.warm_levels)} of its span)")
     arms += [(f"optuna raced + warm start ({s})", s, True, warm) for s in args.samplers]
     results = {}
     for label, sampler, raced_arm, warm in arms:
@@ -358,6 +359,8 @@ def main() -> None:
     ap.add_argument("--samplers", nargs="+", default=["tpe", "tpe-group", "gp"], help="with --racing")
     ap.add_argument("--first", type=int, default=8, help="with --racing: documents per corpus in round 1")
     ap.add_argument("--max-trials", type=int, default=40, help="with --racing: most trials per study")
+    ap.add_argument("--warm-levels", type=float, nargs="+", default=[0.5],
+                    help="with --racing: the warm-start grid takes each range at these fractions of its span")
     ap.add_argument("--min-gain", type=float, default=0.02,
                     help="with --racing: a raced trial also stops when it cannot beat an earlier one by more than "
                          "this on any objective (nats/token; medmerge.racing.RacingPlan.min_gain)")

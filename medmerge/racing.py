@@ -35,10 +35,12 @@ Confidence bounds, and why these
     variance shrunk towards the largest variance a value in ``[low, high]`` can have,
     ``ṽ = (n·s² + κ·(high − low)²/4) / (n + κ)`` with ``κ = 2`` pseudo-documents (the add-two idea of
     Agresti–Coull): a first batch that is all right or all wrong does not give a zero-width interval.
+    (A stratum of continuous values, such as per-document losses, names its own ``prior_variance``.)
     The level: every bound of every candidate, objective and round must hold at once for the
     guarantee below, so the family-wise error δ = 1 − ``confidence`` (default 0.05) is split by
     Bonferroni over candidates × objectives × rounds × 2 sides: ``z = Φ⁻¹(1 − δ / (2·C·O·R))``
-    (C = 22, O = 2, R = 8: z ≈ 3.8). Bonferroni because it holds whatever the dependence between
+    (C = 22, O = 2 and R = 7 looks, the rounds of 32 … 2,048 documents per task before the last, whose
+    bounds are exact: z ≈ 3.8). Bonferroni because it holds whatever the dependence between
     candidates (merges of one pair of parents answer the same documents alike) and between rounds
     (nested prefixes); the rounds are few and fixed in advance, so the union over them costs only
     ``√(2 ln R)``-ish in z, where an anytime-valid confidence sequence pays for arbitrarily many looks
