@@ -290,3 +290,23 @@ def test_min_gain_stops_a_near_copy_but_never_both():
         "lower bounds at least -0.5, -0.5 on every objective")
     with pytest.raises(RacingError, match="min_gain is -1"):
         RacingPlan(**{**PAIRED.__dict__, "min_gain": -1})
+
+
+def test_survivors_give_full_evaluations_near_set_and_knee():
+    # six candidates on a trade-off plus four clearly dominated ones, 0/1 outcomes on 400 documents a stratum
+    rng = np.random.default_rng(7)
+    true = {f"front{i}": (0.2 + 0.12 * i, 0.85 - 0.12 * i) for i in range(6)}
+    true |= {f"poor{i}": (0.15 + 0.1 * i, 0.2) for i in range(4)}
+    plan = RacingPlan(strata=(Stratum("x", 400), Stratum("y", 400)),
+                      objectives=(Objective("X", {"x": 1.0}), Objective("Y", {"y": 1.0})), first=25, eps=0.01)
+    table = {c: {"x": (rng.random(400) < px).astype(float), "y": (rng.random(400) < py).astype(float)}
+             for c, (px, py) in true.items()}
+    res = race(plan, list(true), streams(table)[0])
+    full = [pareto.ScoredPoint(name=c, if_score=t["x"].mean(), medical_avg=t["y"].mean()) for c, t in table.items()]
+    kept = [p for p in full if p.name in res.scores()]
+    assert {c.name for c in res.candidates if c.stopped} == {f"poor{i}" for i in range(4)}
+    # the nearer a poor one is to the frontier, the later it stops (of 800 documents each)
+    assert [c.documents_used for c in res.candidates if c.stopped] == [100, 200, 200, 400]
+    for a, b in ((pareto.select(full, eps=0.01), pareto.select(kept, eps=0.01)),):
+        assert [p.name for p in a.near] == [p.name for p in b.near] and a.knee.name == b.knee.name
+    assert res.scores()["front0"] == {"X": table["front0"]["x"].mean(), "Y": table["front0"]["y"].mean()}
