@@ -70,13 +70,24 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def plan_slots(n: int, device: str, cores: int | None = None) -> list[Slot]:
+def plan_slots(n: int, device: str, cores: int | None = None, gpus_per_worker: int = 1) -> list[Slot]:
     """One slot per worker for ``device`` (``cpu``, ``cuda``, ``cuda:K``, ``mps``).
 
-    ``cuda``: the visible GPUs round robin; ``cuda:K``: every worker on GPU K (the user named one).
-    Each worker gets ``cores // n`` threads (at least one)."""
+    ``cuda``: the visible GPUs round robin; ``cuda:K``: every worker on GPU K (the user named one);
+    ``gpus_per_worker`` > 1 (an SFT sharded over several GPUs): worker i gets the i-th group of that many,
+    and there must be enough for every worker. Each worker gets ``cores // n`` threads (at least one)."""
     if n < 1:
         raise WorkerError(f"workers must be at least 1, got {n}")
+    if gpus_per_worker > 1 and device.startswith("cuda"):
+        gpus = visible_gpus()
+        if n * gpus_per_worker > len(gpus):
+            raise WorkerError(f"{n} workers with {gpus_per_worker} GPUs each need {n * gpus_per_worker} GPUs; "
+                              f"{len(gpus)} visible")
+        threads = max(1, (cores or cpu_count()) // n)
+        return [Slot(i, "cuda", threads, {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+                                          "CUDA_VISIBLE_DEVICES": ",".join(gpus[i * gpus_per_worker:
+                                                                               (i + 1) * gpus_per_worker])})
+                for i in range(n)]
     threads = max(1, (cores or cpu_count()) // n)
     base = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     if device.startswith("cuda"):
@@ -132,8 +143,8 @@ class WorkerPool:
     ``done`` (it returned) and ``broken`` (the pool broke; ``pid`` is None): progress and tests."""
 
     def __init__(self, n: int, device: str, init: Callable, init_args: tuple = (), *,
-                 on_event: Callable | None = None, cores: int | None = None):
-        self.slots = plan_slots(n, device, cores)
+                 on_event: Callable | None = None, cores: int | None = None, gpus_per_worker: int = 1):
+        self.slots = plan_slots(n, device, cores, gpus_per_worker)
         self.init, self.init_args = init, init_args
         self.on_event = on_event
         self.breaks = 0

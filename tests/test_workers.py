@@ -48,10 +48,8 @@ def _state(slot, tag):
 
 def _work(state, x, seconds):
     time.sleep(seconds)
-    import torch
-
     return {"x": x * x, "pid": state["pid"], "built": state["built"], "slot": current_slot().index,
-            "torch_threads": torch.get_num_threads(), "tag": state["tag"]}
+            "threads": os.environ["OMP_NUM_THREADS"], "tag": state["tag"]}
 
 
 def test_pool_state_built_once_per_worker_and_dead_worker_task_rerun():
@@ -72,8 +70,8 @@ def test_pool_state_built_once_per_worker_and_dead_worker_task_rerun():
     assert out[2]["pid"] != killed[0]                      # run again by another worker
     assert [k for kind, _, k in events if kind == "done"].count(2) == 1
     assert sorted(k for kind, _, k in events if kind == "done") == list(range(6))
-    for r in out.values():                                  # pinned: one thread each, slot 0 or 1
-        assert r["torch_threads"] == 1 and r["slot"] in (0, 1) and r["tag"] == "t"
+    for r in out.values():   # pinned: one thread each (torch reads OMP_NUM_THREADS when imported), slot 0 or 1
+        assert r["threads"] == "1" and r["slot"] in (0, 1) and r["tag"] == "t"
     by_pid = {}
     for r in out.values():
         by_pid.setdefault(r["pid"], set()).add(r["built"])
@@ -122,3 +120,11 @@ def test_shards_partition_the_sweep_and_gather_restores_its_order():
         gather(spec, shards + [[(parts[0][0], "again")]])
     with pytest.raises(ValueError, match="shard 4 of 4"):
         shard_candidates(spec, 4, 4)
+
+
+def test_cuda_slots_with_several_gpus_per_worker(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4")
+    slots = plan_slots(2, "cuda", cores=8, gpus_per_worker=2)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0,1", "2,3"]
+    with pytest.raises(WorkerError, match="3 workers with 2 GPUs each need 6 GPUs; 5 visible"):
+        plan_slots(3, "cuda", gpus_per_worker=2)
