@@ -12,9 +12,11 @@ planning time, never a traceback mid-merge or a silent unaligned merge.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
+from typing import Any
 
 import yaml
 
@@ -205,3 +207,29 @@ def attention_layout(config: dict, shapes: dict[str, tuple[int, ...]], method: s
         if t.is_heads and t.layer not in layout.weights:
             raise CompatibilityError(f"architecture {arch}: tensor {t.name} has no projection weights in its layer")
     return layout
+
+
+# --- the context length ------------------------------------------------------------------------------
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+_UNKNOWN_MAX_LENGTH = 10**9   # transformers reports int(1e30) when a tokenizer does not know its context
+
+
+def context_length(config: Any = None, tokenizer: Any = None) -> int | None:
+    """The longest sequence a model takes, in tokens: the smaller of its config's ``max_position_embeddings``
+    (or the first alias of :data:`POSITION_KEYS` it has) and the tokenizer's ``model_max_length`` (unless it is
+    transformers' 'unknown' sentinel); None when neither is known.
+
+    ``config`` is a transformers config, a model's ``config.json`` as a mapping, or None; without a tokenizer
+    only the config counts. ``medmerge validate-data --tokenizer``, the finetune pipeline's data check and its
+    generation cap, and the evaluation (config only: its cache keys need no tokenizer) all ask this."""
+    known = []
+    mml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(mml, int) and 0 < mml < _UNKNOWN_MAX_LENGTH:
+        known.append(mml)
+    for key in POSITION_KEYS:
+        v = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 < v < _UNKNOWN_MAX_LENGTH:
+            known.append(v)
+            break
+    return min(known) if known else None

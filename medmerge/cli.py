@@ -259,7 +259,6 @@ def _is_validation_report(p: Path) -> bool:
 # --- validate-data -----------------------------------------------------------------------------
 
 _REPORT_FORMATS = {".md": "markdown", ".markdown": "markdown", ".json": "json"}
-_UNKNOWN_MAX_LENGTH = 10**9  # transformers reports int(1e30) when a tokenizer does not know its context
 
 
 def _load_tokenizer(ref: str, trust_remote_code: bool):
@@ -272,26 +271,14 @@ def _load_tokenizer(ref: str, trust_remote_code: bool):
             from exc
 
 
-def _context_length(tokenizer, ref: str, trust_remote_code: bool) -> int | None:
-    """The smaller of the tokenizer's model_max_length (unless it is transformers' 'unknown' sentinel)
-    and the model config's max_position_embeddings (or its aliases); None when neither is known."""
-    known = []
-    mml = getattr(tokenizer, "model_max_length", None)
-    if isinstance(mml, int) and 0 < mml < _UNKNOWN_MAX_LENGTH:
-        known.append(mml)
+def _model_config(ref: str, trust_remote_code: bool):
+    """``ref``'s model config, or None (a tokenizer-only directory has no config.json)."""
     try:
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
-    except Exception:  # a tokenizer-only directory has no config.json
-        cfg = None
-    if cfg is not None:
-        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            v = getattr(cfg, attr, None)
-            if isinstance(v, int) and 0 < v < _UNKNOWN_MAX_LENGTH:
-                known.append(v)
-                break
-    return min(known) if known else None
+        return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001  (any failure means: no config to read the context from)
+        return None
 
 
 @cli.command("sft-memory")
@@ -378,7 +365,9 @@ def validate_data(source, split, data_dir, fmt, id_field, input_field, target_fi
     if tokenizer_ref is not None:
         tokenizer = _load_tokenizer(tokenizer_ref, trust_remote_code)
         if max_input_tokens is None:
-            max_input_tokens = _context_length(tokenizer, tokenizer_ref, trust_remote_code)
+            from medmerge.arch import context_length   # the finetune pipeline's data check counts the same
+
+            max_input_tokens = context_length(_model_config(tokenizer_ref, trust_remote_code), tokenizer)
             if max_input_tokens is None:
                 raise MedmergeError(f"cannot tell the context length of {tokenizer_ref!r} (no model_max_length, "
                                     f"no max_position_embeddings); pass --max-input-tokens")

@@ -122,6 +122,42 @@ def test_context_length_sources(capsys, tmp_path, tok_dir):
     assert code == 2 and "cannot load tokenizer" in err and "no_such_tokenizer" in err
 
 
+def test_context_length_is_one_rule_wherever_it_is_asked():
+    """medmerge.arch.context_length: the config's positions (or an alias), the tokenizer's model_max_length
+    unless it is transformers' 'unknown' sentinel, the smaller of the two."""
+    from types import SimpleNamespace
+
+    from medmerge.arch import context_length
+
+    assert context_length({"max_position_embeddings": 64}) == 64
+    assert context_length({"n_positions": 1024, "hidden_size": 8}) == 1024          # GPT-2's name for it
+    assert context_length(SimpleNamespace(seq_length=2048)) == 2048
+    assert context_length({"max_position_embeddings": 64}, SimpleNamespace(model_max_length=16)) == 16
+    assert context_length({"max_position_embeddings": 64}, SimpleNamespace(model_max_length=int(1e30))) == 64
+    assert context_length(None, SimpleNamespace(model_max_length=int(1e30))) is None
+    assert context_length({"max_position_embeddings": True}) is None and context_length({}) is None
+
+
+def test_validate_data_and_the_finetune_pipeline_count_the_same_context(capsys, tmp_path, tok_dir):
+    """The pipeline's data check (input_token_limit) allows what ``medmerge validate-data --tokenizer`` allows:
+    here the tokenizer's model_max_length 16, below the config's 64 positions."""
+    import shutil
+
+    from medmerge.finetune import FinetuneConfig, input_token_limit
+
+    model = tmp_path / "model"
+    shutil.copytree(tok_dir, model)
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 16}))
+    ft = FinetuneConfig.model_validate({"initialisations": [{"name": "m", "path": str(model)}],
+                                        "output_dir": str(tmp_path / "out")})
+    assert input_token_limit(ft, str(model))[1] == 16
+    recs = rows()
+    recs[0]["input"] = " ".join(["w1"] * 20)
+    code, _, err = run_cli(capsys, write_jsonl(tmp_path / "d.jsonl", recs), "--tokenizer", model)
+    assert code == 2 and "input <= 16 tokens" in err
+
+
 def test_wrong_columns(capsys, tmp_path):
     recs = [{"id": r["id"], "text": r["input"], "summary": r["target"]} for r in rows()]
     src = write_jsonl(tmp_path / "d.jsonl", recs)

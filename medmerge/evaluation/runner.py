@@ -245,9 +245,12 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     return provenance.checkpoint_sha256(prov["weights"])
 
 
-def _context_length(model) -> int:
-    cfg = model.config
-    return int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
+def _context_length(config) -> int:
+    """The model's context for lm-eval (:func:`medmerge.arch.context_length` of its config; 2048 when the config
+    does not say): from the loaded model and from config.json alike, so both give the same cache keys."""
+    from medmerge.arch import context_length
+
+    return context_length(config) or 2048
 
 
 def prepare_tasks(settings: EvalSettings) -> dict[str, TaskSpec]:
@@ -294,8 +297,8 @@ class ModelEvaluator:
 
         datasets.disable_progress_bars()  # one bar per candidate is ours; per-split bars are noise
         self.hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
-                         max_length=_context_length(model))
-        self.max_gen_toks = settings.max_gen_toks or min(DEFAULT_MAX_GEN_TOKS, _context_length(model) // 2)
+                         max_length=_context_length(model.config))
+        self.max_gen_toks = settings.max_gen_toks or min(DEFAULT_MAX_GEN_TOKS, _context_length(model.config) // 2)
         self.dtype = model_dtype(model)
         self._vllm = None
         from lm_eval.tasks import TaskManager
@@ -482,6 +485,7 @@ def _all_cached(path: str | Path, fingerprint: str, settings: EvalSettings, spec
     """The report of a checkpoint every task of which is in the cache, made without loading the model (its
     cache keys need only config.json and the settings); None when any task is not (the cache's counters are
     left as they were). Plain prompts only: a chat template's key needs the tokenizer."""
+    from medmerge.arch import context_length
     from medmerge.io.checkpoint import Checkpoint
 
     if cache is None or settings.chat_template != "none" or settings.backend != "hf":
@@ -489,10 +493,10 @@ def _all_cached(path: str | Path, fingerprint: str, settings: EvalSettings, spec
     t0 = time.perf_counter()
     ckpt = Checkpoint(path)
     try:
-        context = json.loads((Path(ckpt.path) / "config.json").read_text()).get("max_position_embeddings")
+        context = context_length(json.loads((Path(ckpt.path) / "config.json").read_text()))
     except (OSError, ValueError):
         return None
-    if not isinstance(context, int) or context <= 0:   # another name for it: the model's config knows
+    if context is None:   # another name for it, which only the model's config class knows
         return None
     max_gen_toks = settings.max_gen_toks or min(DEFAULT_MAX_GEN_TOKS, context // 2)
     dtype = resolve_dtype(settings.dtype, settings.device, ckpt.path)

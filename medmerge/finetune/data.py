@@ -27,8 +27,10 @@ def input_token_limit(cfg: FinetuneConfig, tokenizer_dir: str) -> tuple[object, 
     """The tokenizer and the longest input allowed: SFT's max length, the generation cap and the context."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from medmerge.arch import context_length
+
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ctx = getattr(AutoConfig.from_pretrained(tokenizer_dir), "max_position_embeddings", None)
+    ctx = context_length(AutoConfig.from_pretrained(tokenizer_dir), tok)   # as medmerge validate-data counts it
     return tok, min(cfg.sft.max_length, cfg.generation.max_input_tokens, ctx or cfg.sft.max_length)
 
 

@@ -59,11 +59,6 @@ class Generations(BaseModel):
     steps: int = 0                # decoding steps run, summed over batches (the work done)
 
 
-def _context_length(model) -> int | None:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "max_position_embeddings", None)
-
-
 def eos_token_ids(model, tokenizer) -> list[int]:
     """The tokenizer's EOS and the model's generation-config EOS ids (chat models end turns with their own)."""
     ids: list[int] = []
@@ -81,12 +76,13 @@ def generate(model, tokenizer, examples: Sequence[GenerationExample], settings: 
     import torch
     from tqdm.auto import tqdm
 
+    from medmerge.arch import context_length
     from medmerge.sft import DEFAULT_INSTRUCTION, prompt_for
 
     t0 = time.perf_counter()
     instruction = instruction or DEFAULT_INSTRUCTION
     cap = settings.max_input_tokens
-    ctx = _context_length(model)
+    ctx = context_length(getattr(model, "config", None), tokenizer)   # as the data check counted it
     if ctx:
         # room for the prompt template (instruction and markers) and the answer
         template = len(tokenizer(prompt_for(GenerationExample(id="", input="", target=""), tokenizer, instruction),
