@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from medmerge.io.tables import markdown_table
 from medmerge.objectives import primary_metric
 
 
@@ -81,7 +82,7 @@ def to_markdown(cmp: dict) -> str:
     tasks = cmp["tasks"]
     head = ["rank", "candidate", "method", "parameters", *(t.removeprefix("mm_") for t in tasks), "mean",
             "Δ better parent"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    rows = []
     for r in sorted(cmp["rows"], key=lambda r: (r["rank"] is None, r["rank"] or 0, r["name"])):
         as_parent = r["role"] is not None and r["name"] == r["role"]   # the parent itself, not a merge of it
         cells = [str(r["rank"] or ""), r["name"] + (f" (parent: {r['role']})" if r["role"] else ""),
@@ -94,7 +95,8 @@ def to_markdown(cmp: dict) -> str:
         cells.append(f"**{mean}**" if r["mean_best"] else mean)
         d = r["delta_better_parent"]
         cells.append("" if d is None else f"{d:+.4f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = [markdown_table(head, rows)]
     metrics = sorted({c["metric"] for r in cmp["rows"] for c in r["tasks"].values() if c is not None})
     lines.append("")
     lines.append(f"Scores: {', '.join(metrics)} ± stderr; **bold** = best in its column; mean = unweighted mean of "

@@ -223,18 +223,21 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 def cost_table(sweep: CostRow | None, sft: list[CostRow]) -> str:
     """The finetune run's ``cost.md``: the merge search (merge + evaluation of every candidate) against
     each SFT run, with each SFT run's time as a multiple of the whole sweep's."""
+    from medmerge.io.tables import markdown_table
+
     rows = ([sweep] if sweep else []) + list(sft)
     lines = ["# Cost: merge vs SFT", ""]
     if sweep is None:
         lines += ["No merge-search run is linked to this finetune run (no initialisation came from the "
                   "registry), so only the SFT runs are listed.", ""]
-    lines += ["| what | detail | wall time (s) | x sweep | peak RSS (MiB) | peak GPU (MiB) |",
-              "|---|---|---:|---:|---:|---:|"]
     base = sweep.wall_seconds if sweep and sweep.wall_seconds else None
+    cells = []
     for r in rows:
         ratio = None if base is None or r.wall_seconds is None else r.wall_seconds / base
-        lines.append(f"| {r.what} | {r.detail} | {_fmt(r.wall_seconds)} | {_fmt(ratio, 2)} | "
-                     f"{_fmt(r.peak_rss_mib, 0)} | {_fmt(r.peak_gpu_mib, 0)} |")
+        cells.append([r.what, r.detail, _fmt(r.wall_seconds), _fmt(ratio, 2), _fmt(r.peak_rss_mib, 0),
+                      _fmt(r.peak_gpu_mib, 0)])
+    lines.append(markdown_table(["what", "detail", "wall time (s)", "x sweep", "peak RSS (MiB)", "peak GPU (MiB)"],
+                                cells, right=(2, 3, 4, 5)))
     if base and sft:
         total = sum(r.wall_seconds or 0.0 for r in sft)
         lines += ["", f"All {len(sft)} SFT runs: {total:.1f} s, {total / base:.2f} x the merge search."]

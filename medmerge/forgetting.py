@@ -26,6 +26,7 @@ import math
 from pydantic import BaseModel
 
 from medmerge.evaluation.report import EvalReport
+from medmerge.io.tables import text_table
 
 
 class ScoreChange(BaseModel):
@@ -52,8 +53,7 @@ class ForgettingReport(BaseModel):
             rows.append((c.score, f"{c.before:.4f}", f"{c.after:.4f}", f"{c.drop:+.4f}",
                          "n/a" if c.allowed is None else f"{c.allowed:.4f}",
                          "FORGOT" if c.failed else ("not gated (no stderr)" if c.allowed is None else "ok")))
-        widths = [max(len(r[i]) for r in rows) for i in range(6)]
-        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+        return text_table(rows, rule=False)
 
 
 def _scores(report: EvalReport) -> dict[str, tuple[float, float | None]]:

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from medmerge.errors import MedmergeError
+from medmerge.io.tables import text_table
 
 # Two floats closer than this count as tied (knee selection): hand-equal values computed along
 # different paths differ by an ulp or so, and the tie rule must still apply to them.
@@ -378,9 +379,7 @@ class Selection:
                          _fmt(p.if_score, getattr(p, "if_stderr", None)),
                          "yes" if f["on_frontier"] else "", "yes" if f["near"] else "",
                          "yes" if f["knee"] else ""))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = [text_table(rows)]
         near = f"near: eps={self.eps:g}" + (" + combined stderr" if self.use_stderr else "")
         if self.hypervolume is None:
             lines.append(f"{near}; hypervolume: n/a (no reference)")

@@ -38,10 +38,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from medmerge.errors import MedmergeError
 from medmerge.evaluation.report import MetricValue
+from medmerge.tracking.registry import STAGE
 
 PICK_KEYWORDS = ("best_per_method", "knee", "near_frontier")
 POLICY_KEYWORDS = ("knee", "best_medical", "none")
-STAGE = "staging"
 
 Names = Union[str, tuple[str, ...]]
 

@@ -336,6 +336,13 @@ def load_preset(name: str) -> dict:
     return load_yaml(path)
 
 
+def _known_methods(names) -> None:
+    if not names:
+        raise ValueError("methods: at least one method is required")
+    for m in names:
+        get_method(m)   # an unknown name is named with the known ones
+
+
 class _RatioForm(BaseModel):
     """The input sugar ``methods: [linear, slerp]`` with ``ratios: [...]``, checked before it becomes the methods
     mapping ``{linear: {ratio: [...]}, slerp: {ratio: [...]}}``."""
@@ -347,10 +354,8 @@ class _RatioForm(BaseModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
-        if not v:
-            raise ValueError("methods: at least one method is required")
+        _known_methods(v)
         for m in v:
-            get_method(m)
             if m not in SWEEP_METHODS:
                 raise ValueError(f"method {m!r} cannot be swept over a ratio; use one of "
                                  f"{', '.join(SWEEP_METHODS)} (or the methods mapping: {{{m}: {{...}}}})")
@@ -463,10 +468,7 @@ class SweepSpec(BaseModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
-        if not v:
-            raise ValueError("methods: at least one method is required")
-        for m in v:
-            get_method(m)
+        _known_methods(v)
         return v
 
     @model_validator(mode="after")

@@ -29,9 +29,9 @@ from pydantic import BaseModel, Field
 
 from medmerge.io import provenance
 from medmerge.io.provenance import ParentWeights
+from medmerge.tracking.registry import STAGE
 
 RETRAIN_EXPERIMENT = "medmerge-retrain"
-STAGE = "staging"
 _TAG_LIMIT = 5000        # medmerge.tracking.registry.register_checkpoint cuts tag values to this length
 _TAG_NOOP, _TAG_RAN = "noop", "ran"
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from medmerge.io.tables import markdown_table
+
 
 def _shot_key(s: str):
     return (s == "full", int(s) if s != "full" else 0)
@@ -40,10 +42,9 @@ def build(results_by_task: dict[str, Iterable], metric: str = "composite") -> di
 
 def to_markdown(table: dict) -> str:
     tasks = table["tasks"]
-    lines = [f"| initialisation | shots | " + " | ".join(tasks) + " |",
-             "|---|---|" + "---|" * len(tasks)]
+    rows = []
     for row in table["rows"]:
-        out = []
+        out = [row["init"], row["shots"]]
         for t in tasks:
             c = row["cells"].get(t)
             if c is None:
@@ -51,6 +52,6 @@ def to_markdown(table: dict) -> str:
                 continue
             v = f"{c['value']:.4f}"
             out.append((f"**{v}**" if c["best"] else v) + (" (forgot)" if c["forgot"] else ""))
-        lines.append(f"| {row['init']} | {row['shots']} | " + " | ".join(out) + " |")
-    return "\n".join(lines) + f"\n\nCells: {table['metric']} on each task's held-out split; bold: best of its column; " \
-                              f"shots 0: no SFT.\n"
+        rows.append(out)
+    return (markdown_table(["initialisation", "shots", *tasks], rows) + f"\n\nCells: {table['metric']} on each "
+            f"task's held-out split; bold: best of its column; shots 0: no SFT.\n")

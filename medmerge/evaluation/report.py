@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from medmerge.io.tables import text_table
+
 
 class MetricValue(BaseModel):
     value: float
@@ -65,10 +67,7 @@ class EvalReport(BaseModel):
             if value is not None:
                 se = self.scores[name].stderr if name in self.scores else None
                 rows.append((label, how, f"{value:.4f}", "" if se is None else f"{se:.4f}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return text_table(rows)
 
     def write(self, path: str | os.PathLike) -> Path:
         from medmerge.io.atomic import write_text_atomic

@@ -8,6 +8,7 @@ from medmerge import cost
 from medmerge.cost import measured
 from medmerge.finetune.config import FinetuneConfig, ZERO_SHOT
 from medmerge.finetune.artifacts import FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun, TrainingData
+from medmerge.io.tables import text_table
 
 
 def learning_curves(results: list[SFTResult], metric: str = "composite") -> dict[str, dict[int, float]]:
@@ -33,10 +34,7 @@ def curve_table(results: list[SFTResult], metric: str = "composite") -> str:
             r = cell.get((i, s))
             row.append("" if r is None else f"{r.scores[metric]:.4f}" + ("" if r.forgetting.passed else " (forgot)"))
         rows.append(row)
-    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def forgetting_table(results: list[SFTResult]) -> str:

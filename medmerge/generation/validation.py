@@ -47,6 +47,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from medmerge.generation.data import DataError, GenerationExample
+from medmerge.io.tables import markdown_table
 
 __all__ = [
     "DataValidationError",
@@ -143,9 +144,8 @@ class ValidationReport(BaseModel):
             f"{len(self.expectations)} expectations met; great_expectations {self.gx_version}; "
             f"{self.seconds:.2f} s.",
             "",
-            "| expectation | GX type | ok | expected | observed | offending ids |",
-            "|---|---|---|---|---|---|",
         ]
+        rows = []
         for e in self.expectations:
             if e.unexpected_count is not None:
                 observed = f"{e.unexpected_count} offending"
@@ -156,8 +156,9 @@ class ValidationReport(BaseModel):
             if e.details:
                 observed += f" ({e.details})"
             ids = ", ".join(f"`{i}`" for i in e.offending_ids)
-            out.append(f"| {e.name} | `{e.expectation}` | {'✅' if e.success else '❌'} | "
-                       f"{_md(e.expected)} | {_md(observed)} | {_md(ids)} |")
+            rows.append([e.name, f"`{e.expectation}`", "✅" if e.success else "❌", _md(e.expected), _md(observed),
+                         _md(ids)])
+        out.append(markdown_table(["expectation", "GX type", "ok", "expected", "observed", "offending ids"], rows))
         if self.skipped:
             out += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items())]
         return "\n".join(out) + "\n"

@@ -223,7 +223,7 @@ def model_version(tracking_uri: str, model_uri: str):
     return c.get_model_version(name, version)
 
 
-STAGE = "staging"
+STAGE = "staging"   # the alias (and MLflow stage) promotion moves; promotion and retrain read this one
 
 
 def _not_found(exc: Exception) -> bool:
@@ -346,7 +346,7 @@ def _short(tag: str | None) -> str | None:
         return tag
 
 
-def promote(name: str, version: str, tracking_uri: str, stage: str = "staging", force: bool = False) -> str:
+def promote(name: str, version: str, tracking_uri: str, stage: str = STAGE, force: bool = False) -> str:
     """Point alias ``stage`` at ``version``, move it to that stage, archive the previous; return why.
 
     Refused: a missing version, a version whose run did not finish, and a version tagged
