@@ -12,6 +12,7 @@ from medmerge.finetune import FinetuneConfig, shot_label
 from medmerge.search import SearchConfig
 from pipelines._launch import build_time_tracking_uri
 from pipelines.finetune import step_id
+from steps.fanout_steps import train_in_parallel
 from steps.finetune_steps import (baseline, compare_tasks, evaluate_sft, load_data, resolve_initialisations, sft,
                                   subsample, summarise, validate_data)
 from steps.merge_search_steps import (check_parents, evaluate_candidates, log_search, register_selected,
@@ -42,6 +43,8 @@ def merge_search(config: SearchConfig):
 def finetune(config: FinetuneConfig):
     """validate data -> few-shot subsets -> per initialisation and shot size: SFT -> generate -> score ->
     forgetting check -> learning curves, registration and promotion."""
+    # as in merge_search: `workers` reaches only the step that trains in parallel, as its `extra`
+    workers, config = config.workers, config.model_copy(update={"workers": 1})
     inits = resolve_initialisations(config)
     all_results = []
     # one task: the step names of old (sft_<init>_<shots>); several: each task's steps carry its name
@@ -50,12 +53,16 @@ def finetune(config: FinetuneConfig):
         run = validate_data(cfg, data, inits, build_time_tracking_uri(cfg.tracking_uri),  # the server: a parameter
                             id=step_id("validate_data", task))
         subsets = subsample(cfg, data, id=step_id("subsample", task))
+        # workers > 1: the SFT runs trained side by side first; each sft step then finds its checkpoint finished
+        trained = [train_in_parallel.with_options(extra={"workers": workers})(
+            cfg, data, subsets, inits, id=step_id("train_in_parallel", task))] if workers > 1 else None
         checkpoints, results = [], []
         for init in cfg.initialisations:
             before = baseline(cfg, inits, init.name, id=step_id("baseline", task, init.name), after=[run])
             for s in cfg.shots:
                 label = shot_label(s)
-                ck = sft(cfg, data, subsets, inits, run, init.name, label, id=step_id("sft", task, init.name, label))
+                ck = sft(cfg, data, subsets, inits, run, init.name, label, id=step_id("sft", task, init.name, label),
+                         after=trained)
                 res = evaluate_sft(cfg, data, ck, before, run, id=step_id("evaluate", task, init.name, label))
                 checkpoints.append(ck)
                 results.append(res)

@@ -1,5 +1,6 @@
-"""The fan-out steps of ``merge_search_parallel``: one evaluation step per shard (each a pod with its GPU on the
-Kubernetes stack), gathered by one step (ZenML's static fan-out / fan-in)."""
+"""Steps that spread work: ``merge_search_parallel``'s evaluation shards (each a pod with its GPU on the Kubernetes
+stack) and the step that gathers them (ZenML's static fan-out / fan-in); finetune's SFT runs trained side by side
+on local workers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
 from medmerge import parallel_search
+from medmerge.finetune import FinetuneConfig, TrainingData
 from medmerge.search import SearchConfig, SearchResults
+from steps.finetune_steps import Initialisations
 from steps.failure import claim_registrations, fail_tracked_runs
 
 SHARD_STEP = "evaluate_shard_{}"
@@ -32,3 +35,16 @@ def gather_shards(config: SearchConfig, parents: dict, shards: int) -> Annotated
     run = get_step_context().pipeline_run
     parts = [run.steps[SHARD_STEP.format(i)].outputs[SHARD_OUTPUT][0].load() for i in range(shards)]
     return parallel_search.gather_results(config, parents, parts)
+
+
+@step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)
+def train_in_parallel(config: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str]],
+                      inits: Initialisations) -> Annotated[dict, "sft_trained"]:
+    """In: the data, the few-shot subsets, the initialisations; the number of local workers in the step's
+    ``extra``. Out: ``{<init>-<shots>: summary}`` of the SFT runs trained now, side by side (each with its
+    memory check), each with its forgetting benchmarks cached; the ``sft`` steps after it find them finished.
+    Never cached: it looks at what is on disk, and trains only what is missing."""
+    from medmerge.finetune.parallel import train_all
+
+    workers = get_step_context().step_run.config.extra.get("workers", 1)
+    return train_all(config, data, subsets, inits.models, workers)

@@ -45,6 +45,9 @@ def test_two_workers_give_the_one_worker_record(demo_search, demo_models, mlflow
               "picks": "best_per_method", "promote": "knee", "workers": 2}
     cfg.write_text(yaml.safe_dump({"parameters": {"config": config}}))
     out = run(str(cfg))
+    first = Client().get_pipeline("merge_search").last_run
+    assert first.steps["evaluate_candidates"].config.extra == {"workers": 2}   # handed to the step, apart
+    assert first.steps["select_frontier"].config.parameters["config"]["workers"] == 1   # from what it hashes
 
     one = demo_search["out"]
     scores = lambda res: {c.name: (c.report.medical_avg, c.report.if_score) for c in res.candidates}
@@ -173,3 +176,44 @@ def test_optuna_two_workers_share_one_study_and_requeue_a_dead_workers_trial(dem
     assert names[2:] == [optuna_search.trial_name(t.number, "linear") for t in complete]   # all trials, once
     assert len(set(names)) == len(names)
     assert json.loads(complete[0].user_attrs["candidate"])[0] == "linear"
+
+
+def test_finetune_sft_runs_trained_side_by_side(demo_models, mlflow_server, tmp_path):
+    """finetune with workers: 2: the two SFT runs are trained at once by the train_in_parallel step (each in its
+    own worker process, with its memory check); the sft steps find them finished and log them; the MLflow
+    record is one nested run per (initialisation, shots), as with one worker."""
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+
+    from pipelines.finetune import run
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"parameters": {"config": {
+        "initialisations": [{"name": "clinical", "path": str(demo_models["clinical"])},
+                            {"name": "instruct", "path": str(demo_models["instruct"])}],
+        "tasks": ["mts_dialog"], "data_dir": "sample", "eval_limit": 2, "shots": [8], "max_steps": 2,
+        "sft": {"per_device_batch": 4, "grad_accum": 1, "max_length": 512, "gradient_checkpointing": False},
+        "generation": {"max_new_tokens": 8},
+        "forgetting": {"suites": ["clinical"], "data_dir": "sample", "limit": 2, "max_gen_toks": 16},
+        "output_dir": str(tmp_path / "out"), "registered_model": "scale-out-sft", "experiment": "scale-out-sft",
+        "tracking_uri": mlflow_server.uri, "workers": 2}}}))
+    run(str(cfg))
+    last = Client().get_pipeline("finetune").last_run
+    trained = last.steps["train_in_parallel"].outputs["sft_trained"][0].load()
+    assert sorted(trained) == ["clinical-8", "instruct-8"] and all(t["steps"] == 2 for t in trained.values())
+    for name in trained:
+        record = json.loads((tmp_path / "out" / "sft" / name / "medmerge_sft.json").read_text())
+        assert record["steps"] == 2
+    exp = api(mlflow_server.uri, "experiments/get-by-name", experiment_name="scale-out-sft")["experiment"]
+    runs = api_post(mlflow_server.uri, "runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                                       "max_results": 100})["runs"]
+    tags = lambda r: {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+    nested = sorted(r["info"]["run_name"] for r in runs if "mlflow.parentRunId" in tags(r)
+                    and tags(r).get("shots") == "8")
+    assert nested == ["clinical-8", "instruct-8"]
+    for r in runs:
+        if r["info"]["run_name"] in trained:
+            loss = {m["key"]: m["value"] for m in r["data"]["metrics"]}["train_loss"]
+            assert loss == pytest.approx(trained[r["info"]["run_name"]]["train_loss"])   # the worker's training
+    assert all(r["info"]["status"] == "FINISHED" for r in runs)
+    assert last.steps["sft_clinical_8"].status == ExecutionStatus.COMPLETED

@@ -144,6 +144,9 @@ class FinetuneConfig(BaseModel):
     log_samples: int = Field(0, ge=0, le=MAX_LOGGED_SAMPLES)  # clinical text to MLflow: off unless asked
     # the promote step (medmerge.promotion): best_composite, names "<initialisation>-<shots>", or none
     promote: Union[str, tuple[str, ...]] = "none"
+    # local worker processes training the (initialisation, shots) SFT runs at once, each on sft.num_gpus GPUs
+    # or a share of the cores (medmerge.finetune.parallel); 1: one after another. Not part of any cache key
+    workers: int = Field(1, ge=1)
 
     @field_validator("promote")
     @classmethod
