@@ -455,11 +455,10 @@ def server_status(state_dir):
 
 def _tracking_uri(uri: str | None, state_dir: Path) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the local server started by `medmerge server start`."""
-    import os
-
+    from medmerge.tracking.names import configured_tracking_uri
     from medmerge.tracking.server import status
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = uri or configured_tracking_uri()
     if uri:
         return uri
     info = status(state_dir)

@@ -266,21 +266,19 @@ def sweep_row(tracking_uri: str, model_uris: list[str]) -> CostRow | None:
     for uri in model_uris:
         try:
             mv = model_version(tracking_uri, uri)
-            cand = runs.get(tracking_uri, mv.run_id)
-            parent_id = cand.data.tags.get("mlflow.parentRunId")
+            parent_id = runs.get(tracking_uri, mv.run_id).parent_run_id
             if not parent_id:
                 continue
             parent = runs.get(tracking_uri, parent_id)
-            n = len(runs.search(tracking_uri, [parent.info.experiment_id],
-                                f"tags.mlflow.parentRunId = '{parent_id}'"))
+            n = len(runs.search(tracking_uri, [parent.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"))
         except Exception as exc:
             log.warning("no merge-search cost for %s: %s", uri, exc)
             continue
-        wall, rss, gpu = _metrics_row(parent.data.metrics, SWEEP_STEPS)
+        wall, rss, gpu = _metrics_row(parent.metrics, SWEEP_STEPS)
         if wall is None:
             continue
         return CostRow(what="merge search", detail=f"{n} candidates merged + evaluated in memory, picks written "
-                       f"(run {parent.info.run_name or parent_id})", wall_seconds=wall, peak_rss_mib=rss,
+                       f"(run {parent.name or parent_id})", wall_seconds=wall, peak_rss_mib=rss,
                        peak_gpu_mib=gpu)
     return None
 
@@ -292,7 +290,7 @@ def sft_rows(tracking_uri: str, sft_runs: list[tuple[str, str, int]]) -> list[Co
     out = []
     for label, rid, steps in sft_runs:
         try:
-            metrics = runs.get(tracking_uri, rid).data.metrics
+            metrics = runs.get(tracking_uri, rid).metrics
         except Exception:
             metrics = {}
         wall, rss, gpu = _metrics_row(metrics, ("sft",))

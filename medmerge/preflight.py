@@ -622,8 +622,10 @@ def _common_checks(v: _View, problems: _Problems, parents: list[str], local: boo
             problems.add("output_dir", why)
     uri = v("tracking_uri")
     if uri is not _SKIP:
-        if uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
-            why = tracking_uri_problem(os.environ["MLFLOW_TRACKING_URI"])
+        from medmerge.tracking.names import configured_tracking_uri
+
+        if uri is None and configured_tracking_uri():
+            why = tracking_uri_problem(configured_tracking_uri())
             if why:
                 problems.add("tracking_uri", f"(from MLFLOW_TRACKING_URI) {why}")
         elif uri is not None:

@@ -215,6 +215,7 @@ def staged_scores(mv, objectives, tracking_uri: str) -> dict[str, Score]:
     """The staged version ``mv``'s scores on ``objectives`` (objectives, or score names), each with its stderr,
     read from the run it was registered from: a merge candidate's ``report.json``, else that run's metrics
     (``<name>`` or, for a fine-tuned model's benchmark re-check, ``after.<name>``, with ``<name>_stderr``).
+    ``mv`` is the registry's record of the version (:class:`medmerge.tracking.registry.Version`).
 
     Raises :class:`PromotionError` naming the version and the reason when they cannot be read (no run, the run
     or its report unreadable, an objective it has no score for): the promotion is never decided on a guess."""
@@ -289,7 +290,7 @@ def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str
     """Compare the policy's candidate with ``@staging`` (:func:`against_staged`); then point each pick's alias at
     its version and promote the candidate unless dominated; log the decision, both versions' scores and the
     reason to the parent run. Everything that can fail reading comes before anything moves."""
-    from medmerge.tracking import registry, runs
+    from medmerge.tracking import registry
 
     uri = results.tracking_uri
     name = cfg.registered_model
@@ -311,7 +312,7 @@ def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str
     if decision.promoted:
         decision.reason += "; " + registry.promote(name, decision.version, uri, stage=STAGE)
     # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead
-    run = runs.Run(uri, results.parent_run_id, results.experiment_id).open_or_nested("promotion")
+    run = results.parent_run().open_or_nested("promotion")
     if results.candidates:   # what the search was scored on (digests, never rows)
         from medmerge.tracking import datasets
 
@@ -378,7 +379,7 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
     version's from its run; :func:`against_staged`); promoted unless dominated. A model whose forgetting gate
     failed is never chosen by ``best_composite`` and is refused by name (``medmerge promote --force`` is for
     people)."""
-    from medmerge.tracking import registry, runs
+    from medmerge.tracking import registry
 
     policy = cfg.promote
     by = {f"{r.init}-{r.shots}": r for r in results if f"{r.init}-{r.shots}" in versions}
@@ -411,7 +412,7 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
         decision.reason += "; " + registry.promote(cfg.registered_model, decision.version, run.tracking_uri,
                                                    stage=STAGE)
     # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead
-    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id).open_or_nested("promotion")
+    parent = run.parent_run().open_or_nested("promotion")
     log_decision(parent, decision)
     parent.finish()
     return decision

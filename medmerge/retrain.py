@@ -149,7 +149,7 @@ def _last_retrain(uri: str, key: str) -> dict[str, str] | None:
 
     run = runs.latest(uri, RETRAIN_EXPERIMENT,
                       f"tags.`medmerge.retrain` = '{_TAG_RAN}' and tags.`medmerge.retrain.key` = '{key}'")
-    return {"run_id": run.info.run_id, "status": run.info.status} if run else None
+    return {"run_id": run.run_id, "status": run.status} if run else None
 
 
 def _key(search_cfg, ft_cfg) -> str:
@@ -253,11 +253,8 @@ def compare_data(task: TaskData, uri: str) -> tuple[TaskData, list[str]]:
 
 def open_record(decision: RetrainDecision, search_cfg, ft_cfg, tracking_uri: str) -> str:
     """An MLflow run in ``medmerge-retrain`` for this decision; a no-op run is closed at once. Returns its id."""
-    import os
-
     from medmerge.tracking import runs
 
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     outcome = _TAG_RAN if decision.changed else _TAG_NOOP
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     tags = {"medmerge.phase": "retrain", "medmerge.retrain": outcome, "medmerge.retrain.key": _key(search_cfg, ft_cfg),

@@ -160,9 +160,9 @@ def scheduled_env(environ=None) -> dict[str, str]:
     out = {}
     if environ.get("ZENML_CONFIG_PATH"):
         out["ZENML_CONFIG_PATH"] = str(Path(environ["ZENML_CONFIG_PATH"]).resolve())
-    uri = environ.get("MLFLOW_TRACKING_URI")
-    if uri and "@" not in uri.split("://", 1)[-1].split("/", 1)[0]:
-        out["MLFLOW_TRACKING_URI"] = uri
+    from medmerge.tracking.names import tracking_env
+
+    out.update(tracking_env(environ))
     return out
 
 

@@ -9,7 +9,6 @@ last two touch MLflow, so pointing the pipeline at another tracking server re-ru
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Union
 
@@ -22,6 +21,7 @@ from medmerge.evaluation.runner import PROMPT_FORMAT, EvalOptions
 from medmerge.objectives import DEFAULT_OBJECTIVES
 from medmerge.pareto import SelectionSummary
 from medmerge.recipe import Recipe, SweepSpec, load_sweep, parse_sweep
+from medmerge.tracking.runs import HasParentRun
 
 
 class SearchConfig(EvalOptions):
@@ -125,9 +125,10 @@ class SearchConfig(EvalOptions):
     def resolved_study_storage(self) -> str:
         if self.study_storage:
             return self.study_storage
+        from medmerge.tracking.names import configured_tracking_uri
         from medmerge.tracking.server import DEFAULT_STATE_DIR, status
 
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = self.tracking_uri or configured_tracking_uri()
         info = status()
         if info is not None and (uri is None or uri == info.uri):
             return f"sqlite:///{Path(DEFAULT_STATE_DIR).resolve() / 'optuna.db'}"
@@ -154,8 +155,9 @@ class CandidateResult(BaseModel):
     report: EvalReport
 
 
-class SearchResults(BaseModel):
-    """Every candidate's report; once logged (:func:`log_search`), also where: server, experiment, runs."""
+class SearchResults(BaseModel, HasParentRun):
+    """Every candidate's report; once logged (:func:`log_search`), also where: server, experiment, runs
+    (``parent_run()``: the handle on the search's parent run)."""
 
     tracking_uri: str = ""
     experiment_id: str = ""
@@ -279,8 +281,6 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
 
     uri = tracking_uri or cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
-    # one "View run" line per candidate would bury the frontier table; the pipeline prints the parent's URL
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     parent, logged = _open_parent_run(uri, cfg, results.parents, run_name or "merge_search")
     pid, exp_id = parent.run_id, parent.experiment_id
     cost.attach(uri, pid)   # the earlier steps' costs (evaluation included) are logged to it too
@@ -326,10 +326,10 @@ def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_
     logged = {}
     if resumed:
         for n in parent.children():
-            if n.info.status == "FINISHED" and "candidate" in n.data.tags:
-                logged[n.data.tags["candidate"]] = n.info.run_id
+            if n.status == "FINISHED" and "candidate" in n.tags:
+                logged[n.tags["candidate"]] = n.run_id
             else:
-                runs.delete(runs.Run(uri, n.info.run_id))
+                runs.delete(parent.child(n.run_id))
     return parent, logged
 
 
@@ -434,8 +434,6 @@ def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Front
         reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), cand.run_id, ck.identity, tags,
                                            results.tracking_uri)
         versions[ck.name] = reg.version
-    from medmerge.tracking import runs
-
-    parent = runs.Run(results.tracking_uri, results.parent_run_id, results.experiment_id)
+    parent = results.parent_run()
     parent.open_or_nested("registered_versions").json(versions, "registered_versions.json")
     return versions   # the promote step, the last, closes the parent run

@@ -67,10 +67,9 @@ def run(search_config: str, finetune_config: str, promote_knee: bool = False, dr
 
 def _experiment_id(uri: str) -> str:
     from medmerge.retrain import RETRAIN_EXPERIMENT
-    from medmerge.tracking import registry
+    from medmerge.tracking import runs
 
-    exp = registry.client(uri).get_experiment_by_name(RETRAIN_EXPERIMENT)
-    return exp.experiment_id if exp else "0"
+    return runs.find_experiment(uri, RETRAIN_EXPERIMENT) or "0"
 
 
 def _run_pipelines(decision, search_config: str, finetune_config: str, promote_knee: bool, uri: str, rid: str) -> dict:

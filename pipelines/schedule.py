@@ -81,7 +81,9 @@ def schedule(cron_expr: str, search_config: Path, finetune_config: Path, promote
         print(f"wrote {sd}/medmerge-retrain.service and .timer (OnCalendar={systemd_on_calendar(cron)}). "
               f"Not installed. To install them: cp {sd}/medmerge-retrain.* ~/.config/systemd/user/ && "
               f"systemctl --user daemon-reload && systemctl --user enable --now medmerge-retrain.timer")
-    if os.environ.get("MLFLOW_TRACKING_URI") and "MLFLOW_TRACKING_URI" not in env:
+    from medmerge.tracking.names import TRACKING_URI_ENV, configured_tracking_uri
+
+    if configured_tracking_uri() and TRACKING_URI_ENV not in env:
         print("note: MLFLOW_TRACKING_URI carries credentials, so it was left out of the line; give the "
               "scheduled run the URI (the configs' tracking_uri) and the credentials another way")
 

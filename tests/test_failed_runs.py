@@ -45,9 +45,9 @@ def test_a_failed_merge_search_registers_nothing_and_its_rerun_completes(tmp_pat
     searched = runs.search(uri, [exp], "tags.`medmerge.phase` = 'merge_search'")
     assert len(searched) == 1
     parent = searched[0]
-    assert parent.info.status == "FAILED"
-    assert parent.data.tags["medmerge.failure"].startswith("step promote failed: cannot read the scores")
-    assert [r.info.run_name for r in runs.search(uri, [exp], "attributes.status = 'RUNNING'")] == []
+    assert parent.status == "FAILED"
+    assert parent.tags["medmerge.failure"].startswith("step promote failed: cannot read the scores")
+    assert [r.name for r in runs.search(uri, [exp], "attributes.status = 'RUNNING'")] == []
     # the versions register_selected made were deleted: the failed run registered nothing; @staging untouched
     assert [str(v.version) for v in c.search_model_versions("name='failing-model'")] == ["1"]
     assert {a: str(v) for a, v in c.get_registered_model("failing-model").aliases.items()} == {"staging": "1"}
@@ -61,8 +61,8 @@ def test_a_failed_merge_search_registers_nothing_and_its_rerun_completes(tmp_pat
     assert {str(v.version) for v in c.search_model_versions("name='failing-model'")} == \
         {"1", *out["versions"].values()}
     assert str(c.get_model_version_by_alias("failing-model", "staging").version) == decision.version
-    assert out["results"].parent_run_id == parent.info.run_id          # the same parent, resumed
-    assert runs.get(uri, parent.info.run_id).info.status == "FINISHED"
+    assert out["results"].parent_run_id == parent.run_id          # the same parent, resumed
+    assert runs.get(uri, parent.run_id).status == "FINISHED"
     # the failed run's cached registration was expired: register_selected ran again, it was not replayed
     steps = Client().get_pipeline("merge_search").last_run.steps
     assert steps["register_selected"].status == ExecutionStatus.COMPLETED

@@ -160,7 +160,7 @@ def _search(uri: str, model: str, name: str, report, log_report=True):
     cand.finish()
     c = SimpleNamespace(name=name, report=report)
     results = SimpleNamespace(tracking_uri=uri, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
-                              candidates=[c], by_name=lambda: {name: c})
+                              candidates=[c], by_name=lambda: {name: c}, parent_run=lambda: parent)
     return parent, results, {name: _register(uri, model, cand)}
 
 
@@ -209,9 +209,9 @@ def test_promote_search_against_the_staged_version(uri, candidate, promoted, say
     assert str(c.get_model_version_by_alias(model, "pick-linear").version) == new
     assert c.get_model_version(model, old).current_stage == ("Archived" if promoted else "Staging")
     got = runs.get(uri, parent.run_id)
-    assert got.info.status == "FINISHED"                                       # the last step closes the parent
-    assert got.data.tags["promotion.decision"] == ("promoted" if promoted else "not promoted")
-    assert got.data.metrics["promotion.staged.mm_pubmedqa_stderr"] == 0.03
+    assert got.status == "FINISHED"                                            # the last step closes the parent
+    assert got.tags["promotion.decision"] == ("promoted" if promoted else "not promoted")
+    assert got.metrics["promotion.staged.mm_pubmedqa_stderr"] == 0.03
     logged = runs.load_text(uri, parent.run_id, "promotion.json")
     assert f'"staged_version": "{old}"' in logged.replace(" ", "").replace('":"', '": "')
 
@@ -281,4 +281,4 @@ def test_promote_finetuned_weighs_the_staged_versions_stderr(uri):
         assert says in decision.reason
         staged_now = str(MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(model, "staging").version)
         assert staged_now == (version if promoted else "1")
-        assert runs.get(uri, parent.run_id).info.status == "FINISHED"
+        assert runs.get(uri, parent.run_id).status == "FINISHED"

@@ -77,6 +77,16 @@ def test_schedule_on_local_stack_writes_crontab_line(tmp_path, configs, capsys):
     assert "OnCalendar=Mon *-*-* 03:00:00" in timer
 
 
+def test_a_scheduled_run_gets_the_tracking_uri_unless_it_carries_credentials(tmp_path):
+    from medmerge.schedule import scheduled_env
+
+    env = {"ZENML_CONFIG_PATH": str(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "HOME": "/root"}
+    assert scheduled_env(env) == {"ZENML_CONFIG_PATH": str(tmp_path.resolve()),
+                                  "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    assert scheduled_env({"MLFLOW_TRACKING_URI": "https://user:secret@mlflow.example/"}) == {}
+    assert scheduled_env({"MLFLOW_TRACKING_URI": ""}) == {}
+
+
 @pytest.mark.parametrize("cron, problem", [
     ("0 3 * *", "expected 5 fields"),
     ("61 3 * * 1", "minute field '61': 61 is outside 0-59"),
@@ -431,6 +441,11 @@ class _Registry:
         if self.error or name not in self.versions:
             self._fail(name)
         return SimpleNamespace(version=self.versions[name][0], alias=alias)
+
+    def get_model_version(self, name, version):
+        if self.error or version not in self.versions.get(name, ()):
+            self._fail(name)
+        return SimpleNamespace(version=version)
 
     def search_model_versions(self, filter_string):
         name = filter_string.split("'")[1]

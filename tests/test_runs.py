@@ -26,7 +26,7 @@ def test_a_parent_is_resumed_by_key_until_it_finishes(uri):
     again.finish()
     fresh, resumed = runs.open_parent(uri, "runs", "key-1", "search", phase="merge_search")
     assert not resumed and fresh.run_id != first.run_id            # a finished parent is never reopened
-    tags = runs.get(uri, fresh.run_id).data.tags
+    tags = runs.get(uri, fresh.run_id).tags
     assert tags["medmerge.run_key"] == "key-1" and tags["medmerge.phase"] == "merge_search"
 
 
@@ -37,15 +37,14 @@ def test_nested_runs_resume_by_key_and_a_closed_parent_gets_a_nested_run(uri):
     a.finish()
     b = parent.nested_by_key("clinical-8", "medmerge.identity", "abc")
     assert b.run_id != a.run_id                                    # finished: a new one
-    assert runs.get(uri, a.run_id).data.tags["shots"] == "8"
+    assert runs.get(uri, a.run_id).tags["shots"] == "8"
     assert parent.open_or_nested("promotion") is parent            # open: itself
     parent.finish()
     later = parent.open_or_nested("promotion")
-    assert later.run_id != parent.run_id and runs.get(uri, later.run_id).data.tags["mlflow.parentRunId"] == \
-        parent.run_id
+    assert later.run_id != parent.run_id and runs.get(uri, later.run_id).parent_run_id == parent.run_id
     later.param("decision", "x" * 7000)                            # cut to MLflow's 6000 characters
-    assert runs.get(uri, later.run_id).data.params["decision"] == "x" * runs.PARAM_CHARS
-    assert {r.info.run_id for r in parent.children()} == {a.run_id, b.run_id, later.run_id}
+    assert runs.get(uri, later.run_id).params["decision"] == "x" * runs.PARAM_CHARS
+    assert {r.run_id for r in parent.children()} == {a.run_id, b.run_id, later.run_id}
 
 
 def test_failing_on_error_marks_the_run_failed(uri):
@@ -54,8 +53,9 @@ def test_failing_on_error_marks_the_run_failed(uri):
         run.metrics({"loss": 1.5, "steps": 3})
         raise RuntimeError("boom")
     got = runs.get(uri, run.run_id)
-    assert got.info.status == "FAILED" and got.data.metrics == {"loss": 1.5, "steps": 3.0}
-    assert runs.latest(uri, "runs", "attributes.run_name = 'work'").info.run_id == run.run_id
+    assert isinstance(got, runs.RunRecord)                          # a record, never MLflow's Run entity
+    assert got.status == "FAILED" and got.metrics == {"loss": 1.5, "steps": 3.0}
+    assert runs.latest(uri, "runs", "attributes.run_name = 'work'").run_id == run.run_id
     assert runs.latest(uri, "no-such-experiment", "") is None
 
 
@@ -76,7 +76,7 @@ def test_values_are_logged_in_batches_within_mlflows_limits(uri, monkeypatch):
     run.metric("one", 1.0)
     assert len(requests) == 3 + 3 + 2 + 1 + 1                      # not 2903 round trips
     assert all(m <= 1000 and p <= 100 and t <= 100 for m, p, t in requests)
-    data = runs.get(uri, run.run_id).data
+    data = runs.get(uri, run.run_id)
     assert len([k for k in data.params if k.startswith("p")]) == 250 and data.params["p249"] == "249"
     assert len([k for k in data.metrics if k.startswith("m")]) == 2500 and data.metrics["m2499"] == 249.9
     assert data.tags["t149"] == "149" and data.metrics["loss"] == 1.5 and data.metrics["one"] == 1.0
@@ -124,10 +124,10 @@ def test_a_failed_run_ends_failed_and_registers_nothing(uri):
 
     report = runs.fail_touched("step register_selected failed: disk full")
 
-    status = {r: runs.get(uri, r).info.status for r in (parent.run_id, done.run_id, busy.run_id, other_pod)}
+    status = {r: runs.get(uri, r).status for r in (parent.run_id, done.run_id, busy.run_id, other_pod)}
     assert status == {parent.run_id: "FAILED", done.run_id: "FINISHED", busy.run_id: "FAILED", other_pod: "FAILED"}
-    assert runs.get(uri, parent.run_id).data.tags["medmerge.failure"] == "step register_selected failed: disk full"
-    assert runs.get(uri, earlier.run_id).info.status == "FINISHED"   # not this run's: untouched
+    assert runs.get(uri, parent.run_id).tags["medmerge.failure"] == "step register_selected failed: disk full"
+    assert runs.get(uri, earlier.run_id).status == "FINISHED"   # not this run's: untouched
     assert sorted(v.version for v in c.search_model_versions("name='failing'")) == sorted([reused, staged])
     assert report.deleted_versions == [f"failing v{fresh}"] and report.problems == []
     assert sorted(report.failed) == sorted([parent.run_id, busy.run_id, other_pod])
@@ -157,3 +157,20 @@ def test_a_failed_run_deletes_the_registered_model_it_created_and_never_raises(u
     assert MlflowClient(uri, registry_uri=uri).search_registered_models("name='only-this-run'") == []
     second = runs.fail_touched("again")                             # twice (the step's hook, then the launcher)
     assert second.failed == [] and second.deleted_versions == []
+
+
+def test_the_registry_hands_out_version_records(uri):
+    """A registered version is read as a ``registry.Version`` record (never MLflow's ``ModelVersion``)."""
+    from medmerge.tracking import registry
+
+    run = runs.create(uri, "runs", "registered")
+    run.finish()
+    v = str(_version(uri, "records", run))
+    registry.promote("records", v, uri)
+    staged = registry.staged_version(uri, "records")
+    assert isinstance(staged, registry.Version)
+    assert (staged.name, staged.version, staged.run_id, staged.stage, staged.aliases) == \
+        ("records", v, run.run_id, "Staging", ("staging",))
+    assert staged.tags["promotion_reason"].startswith(f"records v{v}")
+    assert registry.model_version(uri, f"models:/records/{v}") == staged == registry.newest_version(uri, "records")
+    assert registry.staged_version(uri, "no-such-model") is None

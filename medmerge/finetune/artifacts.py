@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from medmerge.evaluation.report import EvalReport
 from medmerge.forgetting import ForgettingReport
 from medmerge.generation.data import GenerationExample
+from medmerge.tracking.runs import HasParentRun
 
 
 class TrainingData(BaseModel):
@@ -21,7 +22,9 @@ class TrainingData(BaseModel):
     dropped: dict[str, list[str]] = Field(default_factory=dict)   # "<split>: <reason>" -> ids (opt-in cleaning)
 
 
-class TrackingRun(BaseModel):
+class TrackingRun(BaseModel, HasParentRun):
+    """Where a finetune run logs (``parent_run()``: the handle on its parent run)."""
+
     tracking_uri: str
     experiment_id: str
     parent_run_id: str

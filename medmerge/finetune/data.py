@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 
 from medmerge import cost
@@ -96,7 +95,7 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     ``tracking_uri`` (else the configured server) and log the reports to it. A failing dataset marks the run
     FAILED and raises, naming every failed expectation."""
     from medmerge.generation.validation import DataValidationError, validate_dataset
-    from medmerge.tracking import registry, runs
+    from medmerge.tracking import registry
 
     # the longest input must fit SFT's max length, the generation cap and the first model's context
     tokenizer, limit = input_token_limit(cfg, next(iter(inits.values())).path)
@@ -108,11 +107,10 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     ]
     uri = tracking_uri or cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     name = run_name or "finetune"
     run = open_parent_run(uri, cfg.experiment, run_key(cfg, data), f"{name}-{cfg.task_label}")
     cost.attach(uri, run.parent_run_id)
-    parent = runs.Run(uri, run.parent_run_id, run.experiment_id)
+    parent = run.parent_run()
     for rep in reports:
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", rep.dataset)
         parent.text(rep.to_markdown(), f"validation/{stem}.md")

@@ -82,9 +82,9 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
     model tagged with its gate. The promote step after it closes the parent run (a rerun of this step after
     that logs to a nested run: a closed parent run is never written again)."""
     from medmerge import table2
-    from medmerge.tracking import registry, runs
+    from medmerge.tracking import registry
 
-    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id).open_or_nested("summary")
+    parent = run.parent_run().open_or_nested("summary")
     curves = learning_curves(results)
     fig = plot_curves(results, Path(figures_dir) / "learning_curves.png", cfg.task_label)
     table, ftable = curve_table(results), forgetting_table(results)

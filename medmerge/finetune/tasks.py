@@ -51,7 +51,7 @@ def log_cross_task(cfg: FinetuneConfig, results: list[SFTResult], tracking_uri: 
                    figures_dir: str | Path | None = None) -> CrossTaskSummary:
     """Open (or resume) the cross-task run, log Table 2 and the per-task learning curves, close it."""
     from medmerge import table2
-    from medmerge.tracking import registry, runs
+    from medmerge.tracking import registry
 
     by_task = group_by_task(cfg, results)
     t2 = table2.build(by_task)
@@ -61,7 +61,7 @@ def log_cross_task(cfg: FinetuneConfig, results: list[SFTResult], tracking_uri: 
                          ).hexdigest()[:32]
     registry.check_reachable(tracking_uri)
     run = open_parent_run(tracking_uri, cfg.experiment, key, f"{run_name}-tasks")
-    logged = runs.Run(tracking_uri, run.parent_run_id, run.experiment_id)
+    logged = run.parent_run()
     logged.tag("medmerge.kind", "tasks")
     logged.params({"tasks": ",".join(by_task), "task_runs": ",".join(sorted({r.run_id for r in results}))})
     out = Path(figures_dir or tempfile.mkdtemp(prefix="medmerge-tasks-"))

@@ -99,7 +99,6 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
     A checkpoint there recorded with the same identity (init weights, examples, settings) is reused, not
     retrained: a run against another tracking server logs it there without training again."""
     from medmerge.sft import finetune, optimisation_steps
-    from medmerge.tracking import runs
 
     if shots not in subsets:
         raise FinetuneError(f"{shots} shots: the training split has only {len(data.train)} examples")
@@ -111,7 +110,7 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
     steps = 0 if zero else cfg.max_steps or optimisation_steps(len(examples), cfg.sft, few_shot=few)
     identity = sft_identity(cfg, init, ids, data)
     name = f"{init.name}-{shots}"
-    parent = runs.Run(run.tracking_uri, run.parent_run_id, run.experiment_id)
+    parent = run.parent_run()
     # a killed run left this (init, shots) run unfinished under the same parent: resume it, as the parent is
     nested = parent.nested_by_key(name, "medmerge.identity", identity, {"initialisation": init.name, "shots": shots})
     rid = nested.run_id

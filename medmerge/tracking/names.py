@@ -3,7 +3,27 @@ MLflow stays reached only from ``medmerge/tracking/``)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 UNITY_CATALOG = ("databricks-uc", "uc")   # MLflow's client refuses to track to these
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: where a run logs when nothing else says
+
+
+def configured_tracking_uri(environ: Mapping[str, str] | None = None) -> str | None:
+    """The tracking URI the environment names (``MLFLOW_TRACKING_URI``), or None."""
+    env = os.environ if environ is None else environ
+    return env.get(TRACKING_URI_ENV) or None
+
+
+def tracking_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a process started elsewhere (cron, systemd) needs to log where this one does:
+    ``{"MLFLOW_TRACKING_URI": uri}``; empty when the environment names none, or when the URI carries
+    credentials (``user:password@host``), which never go into a command line or a unit file."""
+    uri = configured_tracking_uri(environ)
+    if uri is None or "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
+        return {}
+    return {TRACKING_URI_ENV: uri}
 
 
 def model_name_problem(name: str) -> str | None:

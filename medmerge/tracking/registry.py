@@ -20,7 +20,7 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,15 @@ class RegistryError(MedmergeError):
 REPORT_ARTIFACT = "report.json"   # a candidate run's evaluation report
 
 
-# MLflow retries a refused connection 7 times with exponential backoff (about 4 minutes) and waits
-# 120 s for an answer: a dead server would look like a hung step. These bound it to seconds; a value
-# the user set in the environment wins.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+# MLflow's settings as medmerge wants them (every MLFLOW_* variable is set here, in tracking/); a value the
+# user set in the environment wins. MLflow retries a refused connection 7 times with exponential backoff
+# (about 4 minutes) and waits 120 s for an answer: a dead server would look like a hung step. These bound
+# it to seconds.
+ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+                 # MLflow prints a "View run" line each time a run ends: one per candidate would bury the frontier
+                 # table; the pipelines print the parent run's URL themselves
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def client(tracking_uri: str):
@@ -47,7 +51,7 @@ def client(tracking_uri: str):
     import mlflow
     from mlflow import MlflowClient
 
-    for k, v in HTTP_DEFAULTS.items():
+    for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
@@ -211,16 +215,39 @@ def register_checkpoint(name: str, checkpoint: Path, run_id: str, identity: str,
     return Registered(name, str(mv.version), run_id, reused=False, model_id=logged.model_id)   # int on a sqlite store
 
 
-def model_version(tracking_uri: str, model_uri: str):
+@dataclass(frozen=True)
+class Version:
+    """A registered model version as the phases read it (MLflow's ``ModelVersion`` stays in ``tracking/``)."""
+
+    name: str
+    version: str                    # a string, whatever the store returns (a sqlite store gives an int)
+    run_id: str | None              # the run it was registered from (None: registered without one)
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    stage: str = "None"             # MLflow's (deprecated) stage: None, Staging, Production or Archived
+    source: str = ""                # models:/<model_id>, or runs:/<run id>/<path> for an older version
+    model_id: str | None = None     # the MLflow logged model it points at (MLflow 3)
+
+
+def _version(mv, name: str | None = None) -> Version:
+    """The :class:`Version` record of an MLflow ``ModelVersion`` (``name`` when the entity lacks one)."""
+    return Version(name=getattr(mv, "name", None) or name or "", version=str(mv.version),
+                   run_id=getattr(mv, "run_id", None) or None, tags=dict(getattr(mv, "tags", None) or {}),
+                   aliases=tuple(getattr(mv, "aliases", None) or ()),
+                   stage=str(getattr(mv, "current_stage", None) or "None"), source=getattr(mv, "source", None) or "",
+                   model_id=getattr(mv, "model_id", None))
+
+
+def model_version(tracking_uri: str, model_uri: str) -> Version:
     """The registered version a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI names on the server
     ``tracking_uri`` (MLflow's own error when there is none)."""
     c = client(tracking_uri)
     ref = model_uri.removeprefix("models:/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        return c.get_model_version_by_alias(name, alias)
+        return _version(c.get_model_version_by_alias(name, alias), name)
     name, version = ref.rsplit("/", 1)
-    return c.get_model_version(name, version)
+    return _version(c.get_model_version(name, version), name)
 
 
 STAGE = "staging"   # the alias (and MLflow stage) promotion moves; promotion and retrain read this one
@@ -245,10 +272,11 @@ def _read_registry(read, what: str):
         raise RegistryError(f"cannot {what}: {exc}") from exc
 
 
-def staged_version(tracking_uri: str, name: str, alias: str = STAGE):
+def staged_version(tracking_uri: str, name: str, alias: str = STAGE) -> Version | None:
     """The version of ``name`` under ``alias`` (``staging``), or None (no such model, or no such alias)."""
     c = client(tracking_uri)
-    return _read_registry(lambda: c.get_model_version_by_alias(name, alias), f"read {name}@{alias} from the registry")
+    mv = _read_registry(lambda: c.get_model_version_by_alias(name, alias), f"read {name}@{alias} from the registry")
+    return None if mv is None else _version(mv, name)
 
 
 @dataclass(frozen=True)
@@ -291,11 +319,16 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def newest_version(tracking_uri: str, name: str):
+def newest_version(tracking_uri: str, name: str) -> Version | None:
     """The highest version of ``name``, or None."""
     c = client(tracking_uri)
     versions = _read_registry(lambda: c.search_model_versions(f"name='{name}'"), f"list the versions of {name}")
-    return max(versions, key=lambda v: int(v.version)) if versions else None
+    if not versions:
+        return None
+    newest = str(max(int(v.version) for v in versions))
+    # read whole: a search lists the versions without their aliases
+    mv = _read_registry(lambda: c.get_model_version(name, newest), f"read {name} v{newest} from the registry")
+    return None if mv is None else _version(mv, name)
 
 
 def delete_version_unless_staged(tracking_uri: str, name: str, version: str, stage: str = STAGE) -> bool:
@@ -370,7 +403,7 @@ def promote(name: str, version: str, tracking_uri: str, stage: str = STAGE, forc
                             f"pass --force to promote it anyway")
     previous = staged_version(tracking_uri, name, stage)   # None: nothing there yet; other failures say so
     reason = f"{name} v{version}: medical_avg={_short(mv.tags.get('medical_avg'))}, if_score={_short(mv.tags.get('if_score'))}"
-    if previous is not None and previous.version != mv.version:
+    if previous is not None and previous.version != str(mv.version):
         reason += (f"; replaces v{previous.version} (medical_avg={_short(previous.tags.get('medical_avg'))}, "
                    f"if_score={_short(previous.tags.get('if_score'))}), now archived")
     if gate_failed:

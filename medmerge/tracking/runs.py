@@ -35,6 +35,31 @@ def _client(uri: str):
     return registry.client(uri)
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the phases read it (MLflow's ``Run`` entity stays in ``tracking/``): its ids, name and status,
+    its tags and params, and each metric's latest value."""
+
+    run_id: str
+    experiment_id: str
+    name: str | None
+    status: str                         # RUNNING, SCHEDULED, FINISHED, FAILED or KILLED
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        """The run it is nested in (``mlflow.parentRunId``), or None."""
+        return self.tags.get("mlflow.parentRunId")
+
+
+def _record(run) -> RunRecord:
+    info, data = run.info, run.data
+    return RunRecord(run_id=info.run_id, experiment_id=info.experiment_id, name=info.run_name, status=info.status,
+                     tags=dict(data.tags), params=dict(data.params), metrics=dict(data.metrics))
+
+
 @dataclass
 class Run:
     """A handle on one MLflow run on ``uri``."""
@@ -164,14 +189,26 @@ class Run:
         else a new one with that tag."""
         for r in search(self.uri, [self.experiment_id], max_results=5, filter_string=(
                 f"tags.mlflow.parentRunId = '{self.run_id}' and tags.`{key_tag}` = '{key}'")):
-            if r.info.status != "FINISHED":
-                self.client.update_run(r.info.run_id, status="RUNNING")
-                return Run(self.uri, r.info.run_id, self.experiment_id, self._c)
+            if r.status != "FINISHED":
+                self.client.update_run(r.run_id, status="RUNNING")
+                return self.child(r.run_id)
         return self.nested(name, {**(tags or {}), key_tag: key})
 
-    def children(self) -> list:
-        """The nested runs (MLflow ``Run`` entities)."""
+    def children(self) -> list[RunRecord]:
+        """The nested runs, as records (a handle on one: :meth:`child`)."""
         return search(self.uri, [self.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'")
+
+    def child(self, run_id: str) -> Run:
+        """A handle on run ``run_id`` of this run's experiment (one of :meth:`children`), sharing its client."""
+        return Run(self.uri, run_id, self.experiment_id, self._c)
+
+
+class HasParentRun:
+    """For a phase's record of where it logs (fields ``tracking_uri``, ``experiment_id``, ``parent_run_id``; the
+    record travels between pipeline steps, a handle does not): :meth:`parent_run`, the handle on that run."""
+
+    def parent_run(self) -> Run:
+        return Run(self.tracking_uri, self.parent_run_id, self.experiment_id or None)
 
 
 def experiment(uri: str, name: str, client=None) -> str:
@@ -181,13 +218,21 @@ def experiment(uri: str, name: str, client=None) -> str:
     return exp.experiment_id if exp else c.create_experiment(name)
 
 
-def get(uri: str, run_id: str):
-    """The MLflow ``Run`` entity (info, data: params, metrics, tags)."""
-    return _client(uri).get_run(run_id)
+def get(uri: str, run_id: str) -> RunRecord:
+    """Run ``run_id`` (ids, status, tags, params, metrics)."""
+    return _record(_client(uri).get_run(run_id))
 
 
-def search(uri: str, experiment_ids: list[str], filter_string: str = "", max_results: int = 5000) -> list:
-    return list(_client(uri).search_runs(experiment_ids, filter_string=filter_string, max_results=max_results))
+def search(uri: str, experiment_ids: list[str], filter_string: str = "", max_results: int = 5000) -> list[RunRecord]:
+    """The runs of ``experiment_ids`` matching MLflow's ``filter_string``."""
+    return [_record(r) for r in _client(uri).search_runs(experiment_ids, filter_string=filter_string,
+                                                         max_results=max_results)]
+
+
+def find_experiment(uri: str, name: str) -> str | None:
+    """The id of experiment ``name``, or None when there is none (nothing is created)."""
+    exp = _client(uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp else None
 
 
 def create(uri: str, experiment_name: str, run_name: str, tags: Mapping[str, Any] | None = None) -> Run:
@@ -198,7 +243,7 @@ def create(uri: str, experiment_name: str, run_name: str, tags: Mapping[str, Any
     return Run(uri, run.info.run_id, exp_id, c)
 
 
-def latest(uri: str, experiment_name: str, filter_string: str):
+def latest(uri: str, experiment_name: str, filter_string: str) -> RunRecord | None:
     """The newest run of ``experiment_name`` matching ``filter_string``, or None (no such experiment or run)."""
     c = _client(uri)
     exp = c.get_experiment_by_name(experiment_name)
@@ -206,7 +251,7 @@ def latest(uri: str, experiment_name: str, filter_string: str):
         return None
     found = c.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"],
                           max_results=1)
-    return found[0] if found else None
+    return _record(found[0]) if found else None
 
 
 def load_text(uri: str, run_id: str, artifact_path: str) -> str:
@@ -232,9 +277,9 @@ def open_parent(uri: str, experiment_name: str, key: str, name: str, phase: str,
     c = _client(uri)
     exp_id = experiment(uri, experiment_name, c)
     for r in search(uri, [exp_id], f"tags.`medmerge.run_key` = '{key}'", max_results=5):
-        if r.info.status != "FINISHED":
-            c.update_run(r.info.run_id, status="RUNNING")
-            return Run(uri, r.info.run_id, exp_id, c), True
+        if r.status != "FINISHED":
+            c.update_run(r.run_id, status="RUNNING")
+            return Run(uri, r.run_id, exp_id, c), True
     run = c.create_run(exp_id, run_name=name, tags={"medmerge.phase": phase, "medmerge.run_key": key,
                                                      **{k: str(v) for k, v in (tags or {}).items()}})
     return Run(uri, run.info.run_id, exp_id, c), False
@@ -353,15 +398,15 @@ def fail_touched(reason: str) -> FailedRunReport:
         exp = parent.experiment_id or parent.client.get_run(parent.run_id).info.experiment_id
         for child in search(parent.uri, [exp], f"tags.mlflow.parentRunId = '{parent.run_id}' and "
                                                 "attributes.status = 'RUNNING'"):
-            Run(parent.uri, child.info.run_id, exp, parent._c).fail(reason[:NOTE_CHARS])
-            report.failed.append(child.info.run_id)
+            Run(parent.uri, child.run_id, exp, parent._c).fail(reason[:NOTE_CHARS])
+            report.failed.append(child.run_id)
 
     for (uri, run_id), parent in list(failed.items()):
         attempt(uri, f"nested runs of {run_id}", close_nested, parent)
     failed_ids = {rid for _, rid in failed}
 
     def discard(uri: str, name: str, version: str, run_id: str) -> None:
-        if run_id in failed_ids or get(uri, run_id).data.tags.get("mlflow.parentRunId") in failed_ids:
+        if run_id in failed_ids or get(uri, run_id).parent_run_id in failed_ids:
             if registry.delete_version_unless_staged(uri, name, version):
                 report.deleted.append((uri, name, version))
             del _versions[(uri, name, version)]
