@@ -1,11 +1,18 @@
 """The core never reaches up: no module of ``medmerge/`` imports ZenML or the pipeline layer
 (``pipelines``, ``steps``, ``materializers``), in source or at run time. ``medmerge schedule`` starts
-``python -m pipelines.schedule`` as a separate process instead (tests/test_retrain.py)."""
+``python -m pipelines.schedule`` as a separate process instead (tests/test_retrain.py).
+
+MLflow is reached only through ``medmerge/tracking/``, in meaning as well as in imports: outside it no module
+imports MLflow, reads an MLflow entity's attributes (``.info.run_id``, ``.data.metrics``, ``current_stage``, ...:
+tracking/ hands out records such as ``runs.RunRecord`` and ``registry.Version``), names an ``MLFLOW_*``
+environment variable, or rebuilds a run handle by hand from a record's ``parent_run_id`` (the record's
+``parent_run()`` gives it)."""
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +22,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "medmerge"
 UPPER = {"zenml", "pipelines", "steps", "materializers"}
+TRACKING = CORE / "tracking"
+
+
+def outside_tracking() -> list[Path]:
+    """Every module of ``medmerge/`` but ``medmerge/tracking/``, and of the pipeline layer."""
+    files = [f for f in sorted(CORE.rglob("*.py")) if not f.is_relative_to(TRACKING)]
+    return files + [f for d in sorted(UPPER - {"zenml"}) for f in sorted((ROOT / d).rglob("*.py"))]
 
 
 def imported_modules(path: Path):
@@ -66,6 +80,53 @@ def mlflow_uses(path: Path, root: Path = ROOT) -> list[str]:
     return [f"{path.relative_to(root)}:{line}: {n}" for line, n in sorted(hits)]
 
 
+# Attribute names only MLflow's entities have: Run.info / Run.data, ModelVersion, RegisteredModel, Experiment.
+RUN_INFO = {"run_id", "run_name", "status", "experiment_id", "artifact_uri", "start_time", "end_time", "user_id",
+            "lifecycle_stage", "run_uuid"}
+RUN_DATA = {"metrics", "params", "tags"}
+ENTITY_ONLY = {"current_stage", "latest_versions", "to_dictionary", "lifecycle_stage", "last_updated_timestamp",
+               "creation_timestamp", "artifact_location", "run_link"}
+MLFLOW_VARIABLE = re.compile(r"MLFLOW_[A-Z0-9_]+")
+
+
+def entity_reads(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line: what`` for every read of an MLflow entity's attribute in ``path``: ``X.info.<field>`` for a
+    field of MLflow's ``RunInfo``, ``X.data.metrics|params|tags``, and the names only entities have."""
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Attribute):
+            continue
+        inner = node.value.attr if isinstance(node.value, ast.Attribute) else None
+        if (inner == "info" and node.attr in RUN_INFO) or (inner == "data" and node.attr in RUN_DATA):
+            hits.append((node.lineno, f".{inner}.{node.attr}"))
+        elif node.attr in ENTITY_ONLY:
+            hits.append((node.lineno, f".{node.attr}"))
+    return [f"{path.relative_to(root)}:{line}: {what}" for line, what in sorted(hits)]
+
+
+def mlflow_variables(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line: NAME`` for every string that is the name of an ``MLFLOW_*`` environment variable (a message
+    or docstring that mentions one is no hit)."""
+    return [f"{path.relative_to(root)}:{node.lineno}: {node.value}"
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and MLFLOW_VARIABLE.fullmatch(node.value)]
+
+
+def rebuilt_handles(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line: Run(...)`` for every ``Run(...)``/``runs.Run(...)`` built from some record's
+    ``.parent_run_id`` (the record's ``parent_run()`` is the one place that does it)."""
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+        if name == "Run" and any(isinstance(a, ast.Attribute) and a.attr == "parent_run_id"
+                                 for a in [*node.args, *(k.value for k in node.keywords)]):
+            hits.append(node.lineno)
+    return [f"{path.relative_to(root)}:{line}: Run(...)" for line in hits]
+
+
 @pytest.mark.parametrize("check, source, hits", [
     (upward_imports, "import os\nfrom zenml.client import Client\n\ndef f():\n    import pipelines.retrain\n"
                      "    from steps import x\n    from .io import atomic\n    import stepsize\n",
@@ -73,6 +134,18 @@ def mlflow_uses(path: Path, root: Path = ROOT) -> list[str]:
     (mlflow_uses, "import mlflow\n\ndef f(uri):\n    from mlflow.tracking import MlflowClient\n"
                   "    c = registry.client(uri)\n    return runs.Run(uri, 'x')\n",
      ["probe.py:1: mlflow", "probe.py:4: mlflow.tracking", "probe.py:5: registry.client()"]),
+    (entity_reads, "def f(run, mv, rec, cfg):\n    a = run.info.run_id, run.data.metrics['x'], run.data.tags\n"
+                   "    b = mv.current_stage, c.get_registered_model('m').latest_versions\n"
+                   "    ok = rec.run_id, rec.status, rec.metrics, rec.tags, cfg.data.path, run.info.size\n",
+     ["probe.py:2: .data.metrics", "probe.py:2: .data.tags", "probe.py:2: .info.run_id", "probe.py:3: .current_stage",
+      "probe.py:3: .latest_versions"]),
+    (mlflow_variables, "import os\nos.environ.setdefault('MLFLOW_HTTP_REQUEST_TIMEOUT', '60')\n"
+                       "uri = os.environ.get(\"MLFLOW_TRACKING_URI\")\n"
+                       "raise SystemExit('set MLFLOW_TRACKING_URI, or pass --tracking-uri')\n",
+     ["probe.py:2: MLFLOW_HTTP_REQUEST_TIMEOUT", "probe.py:3: MLFLOW_TRACKING_URI"]),
+    (rebuilt_handles, "def f(results, uri, rid):\n    a = runs.Run(results.tracking_uri, results.parent_run_id)\n"
+                      "    b = Run(uri, run_id=results.parent_run_id)\n    return runs.Run(uri, rid), results.parent_run()\n",
+     ["probe.py:2: Run(...)", "probe.py:3: Run(...)"]),
 ])
 def test_the_checks_see_what_they_look_for(tmp_path, check, source, hits):
     (tmp_path / "probe.py").write_text(source)
@@ -80,8 +153,15 @@ def test_the_checks_see_what_they_look_for(tmp_path, check, source, hits):
 
 
 def test_only_medmerge_tracking_talks_to_mlflow():
-    """The phases hold runs.Run handles and registry functions; MLflow itself is reached only from
-    medmerge/tracking/ (one owner for a run's life)."""
-    files = [f for f in sorted(CORE.rglob("*.py")) if "tracking" not in f.relative_to(CORE).parts]
-    assert len(files) > 40
+    """The phases (and the steps and pipelines above them) hold runs.Run handles and registry functions; MLflow
+    itself is reached only from medmerge/tracking/ (one owner for a run's life)."""
+    files = outside_tracking()
+    assert len(files) > 60 and any(f.is_relative_to(ROOT / "steps") for f in files)
     assert [hit for f in files for hit in mlflow_uses(f)] == []
+
+
+@pytest.mark.parametrize("check", [entity_reads, mlflow_variables, rebuilt_handles])
+def test_the_tracking_boundary_holds_in_meaning(check):
+    """Outside medmerge/tracking/: no MLflow entity's attributes are read (tracking/ returns records), no
+    MLFLOW_* variable is named (tracking/ sets and reads them), and no run handle is rebuilt from a record."""
+    assert [hit for f in outside_tracking() for hit in check(f)] == []
