@@ -180,7 +180,7 @@ def evaluate_grid(cfg, cache, workers: int, on_event: Callable | None = None):
     """``(candidate, report)`` for every candidate of the sweep (as :func:`evaluate_sweep` yields them), on
     ``workers`` local processes."""
     cands = cfg.sweep.evaluated_candidates()
-    pool = WorkerPool(workers, cfg.eval_settings().device, _make_worker,
+    pool = WorkerPool(min(workers, len(cands)), cfg.eval_settings().device, _make_worker,
                       (cfg, str(cache.root), cands, None), on_event=on_event)
     done = pool.run(_task, [(c.name, ("evaluate", c)) for c in cands])
     return [done[c.name] for c in cands]

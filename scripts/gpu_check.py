@@ -38,6 +38,9 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=20, help="SFT optimisation steps")
     p.add_argument("--generations", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None,
+                   help="also evaluate the sweep on this many local workers (medmerge.workers), one GPU each; "
+                        "default: 2 when 2 or more GPUs are visible, else none")
     return p.parse_args(argv)
 
 
@@ -118,6 +121,28 @@ def phase(name: str, fn, device: str):
     return result, c.wall_seconds, None if c.peak_gpu_bytes is None else c.peak_gpu_bytes / 2 ** 20
 
 
+def scale_out(spec, args, workers: int, out: Path, one_worker_seconds: float) -> dict:
+    """The same sweep on ``workers`` local worker processes (each its own GPU, medmerge.workers), with a fresh
+    evaluation cache: wall time, the ratio to one worker and the per-candidate time each worker saw."""
+    import tempfile
+
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.parallel_search import evaluate_grid
+    from medmerge.search import SearchConfig
+
+    cfg = SearchConfig(sweep=spec.model_dump(mode="json"), suites=("clinical",), data_dir="sample", limit=args.limit,
+                       objectives=("mm_pubmedqa", "medical_avg"),   # the clinical suite's (no IFEval here)
+                       batch_size=16, device=args.device, dtype="auto", output_dir=str(out / "scale_out"),
+                       workers=workers)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-cache-") as tmp:
+        t0 = time.perf_counter()
+        pairs = evaluate_grid(cfg, EvalCache(tmp), workers)
+        secs = time.perf_counter() - t0
+    per = sum(r.seconds for _, r in pairs) / len(pairs)
+    return {"workers": workers, "candidates": len(pairs), "seconds": secs, "ratio": secs / one_worker_seconds,
+            "seconds_per_candidate": per, "one_worker_seconds": one_worker_seconds}
+
+
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     msg = refuse_without_cuda(args.device)
@@ -161,6 +186,10 @@ def main(argv=None) -> int:
                           "tokens_per_second": counter.tokens / secs, "peak_gpu_mib": peak,
                           "dtype": reports[0][1].settings["dtype"]}
     counter.close()
+    workers = args.workers if args.workers is not None else \
+        (2 if args.device == "cuda" and torch.cuda.device_count() >= 2 else 1)
+    if workers > 1:
+        report["evaluate_workers"] = scale_out(spec, args, workers, out, secs)
 
     train = load_task("mts_dialog", "train", data_dir=resolve_data_dir("sample"))
     held = load_task("mts_dialog", "test", data_dir=resolve_data_dir("sample"))[:args.generations]
@@ -192,6 +221,10 @@ def main(argv=None) -> int:
           f"{s['dtype']}, estimate {s['memory_estimate_gib']:.2f} GiB), peak GPU {mib(s['peak_gpu_mib'])}")
     print(f"generation  {g['tokens_per_second']:10,.0f} tokens/s   ({g['new_tokens']:,} new tokens, "
           f"{g['sequences']} sequences, {g['seconds']:.1f} s, {g['dtype']}), peak GPU {mib(g['peak_gpu_mib'])}")
+    if "evaluate_workers" in report:
+        w = report["evaluate_workers"]
+        print(f"evaluation on {w['workers']} workers: {w['seconds']:.1f} s for {w['candidates']} candidates "
+              f"({w['ratio']:.2f}x the one-worker time; {w['seconds_per_candidate']:.1f} s per candidate per worker)")
     print(f"peak GPU memory (whole check): {mib(report['peak_gpu_mib'])}")
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out / 'gpu_check.json'}")

@@ -39,7 +39,7 @@ def test_dry_run_builds_the_pair_on_a_cpu(tmp_path):
 @pytest.mark.integration
 def test_tiny_cpu_run_prints_every_figure(tmp_path):
     out = run("--device", "cpu", "--tiny", "--out", str(tmp_path), "--ratios", "2", "--limit", "1", "--steps", "1",
-              "--generations", "2", "--max-new-tokens", "4")
+              "--generations", "2", "--max-new-tokens", "4", "--workers", "2")
     assert out.returncode == 0, out.stderr[-3000:]
     for line in ("evaluation ", "SFT ", "generation ", "peak GPU memory"):
         assert any(x.startswith(line) for x in out.stdout.splitlines()), line
@@ -47,3 +47,7 @@ def test_tiny_cpu_run_prints_every_figure(tmp_path):
     assert report["evaluate"]["candidates"] == 2 and report["evaluate"]["tokens_per_second"] > 0
     assert report["sft"]["steps"] == 1 and report["sft"]["samples_per_second"] > 0
     assert report["generate"]["sequences"] == 2 and report["evaluate"]["dtype"] == "float32"  # auto on a CPU
+    # the sweep again on 2 local workers (what 2 GPUs get by default)
+    w = report["evaluate_workers"]
+    assert (w["workers"], w["candidates"]) == (2, 2) and w["seconds"] > 0 and w["seconds_per_candidate"] > 0
+    assert any(x.startswith("evaluation on 2 workers: ") for x in out.stdout.splitlines())
