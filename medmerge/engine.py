@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from medmerge import __version__
 from medmerge.compat import assert_finite, check_compatible
 from medmerge.errors import CompatibilityError, NonFiniteOutputError, RecipeError
-from medmerge.io.atomic import atomic_dirs, check_output_dir
 from medmerge.io import provenance as identity
+from medmerge.io.atomic import atomic_dirs, check_output_dir
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
 from medmerge.recipe import SweepCandidate, Recipe, SweepSpec
@@ -100,51 +100,25 @@ def open_parents(refs: Sequence[str], *, allow_pickle: bool = False, check: bool
 # planning
 # ------------------------------------------------------------------------------------------------
 def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote_code: bool) -> list[Step]:
-    """Plan with mergekit's MergePlanner; each step runs mergekit's per-tensor task."""
-    from mergekit.architecture import get_architecture_info
-    from mergekit.common import dtype_from_name
-    from mergekit.config import MergeConfiguration
-    from mergekit.io.tasks import LoaderCache
-    from mergekit.options import MergeOptions
-    from mergekit.plan import MergePlanner
-    from mergekit.tokenizer import PermutedVocabulary
+    """Plan with mergekit's planner (:mod:`medmerge.mergekit_planner`); each step runs mergekit's per-tensor task."""
+    from medmerge import mergekit_planner
 
     local = recipe.with_resolved_paths(lambda r: str(parents[r].path))
     by_path = {str(parents[r].path): r for r in parents}
-    config = MergeConfiguration.model_validate(local.to_mergekit_dict())
-    options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
-    cache = LoaderCache()
-    cache.loaders.clear()  # a class-level cache: drop indexes of checkpoints rewritten since
-    cache.setup(options)
-    try:
-        arch = get_architecture_info(config, options)
-        donor_ref = config.base_model or config.referenced_models()[0]
-        planner = MergePlanner(config, arch, options=options,
-                               out_model_config=donor_ref.config(trust_remote_code=trust_remote_code))
-        # plan_in_memory() fails pydantic validation in mergekit 0.1.5, so do what plan_to_disk()
-        # does: _plan(), then each (weight, task) with output dtype weight.force_dtype or out_dtype.
-        planner._plan()
-        returns = [(w, t, w.force_dtype or config.out_dtype) for w, t in planner._tensors]
-    except (RuntimeError, ValueError) as exc:
-        raise RecipeError(f"mergekit cannot plan this recipe: {exc}") from exc
+    tasks = mergekit_planner.plan(local.to_mergekit_dict(), trust_remote_code=trust_remote_code)
     stochastic_seed = recipe.random_seed if recipe.method.stochastic else None
 
     steps = []
-    for weight, task, ret_dtype in returns:
-        gather = task.gather_tensors
-        if isinstance(gather, PermutedVocabulary):
-            gather = gather.gather_tensors  # parents share one tokenizer (checked): the permutation is identity
+    for task in tasks:
         inputs = []  # (ModelReference, parent ref, tensor name, cast dtype)
-        for model_ref, wi in gather.weight_info.items():
-            ckpt_ref = by_path[str(model_ref.model.path)]
-            ckpt = parents[ckpt_ref]
-            candidates = [wi.name, *(wi.aliases or ()), *(wi.tied_names or ())]
-            found = next((n for n in candidates if n in ckpt), None)
+        for tin in task.inputs:
+            ckpt_ref = by_path[tin.path]
+            found = next((n for n in tin.names if n in parents[ckpt_ref]), None)
             if found is None:
-                if wi.optional:
+                if tin.optional:
                     continue
-                raise CompatibilityError(f"tensor {wi.name} is missing from {ckpt_ref}")
-            inputs.append((model_ref, ckpt_ref, found, dtype_from_name(wi.force_dtype or gather.dtype)))
+                raise CompatibilityError(f"tensor {tin.names[0]} is missing from {ckpt_ref}")
+            inputs.append((tin.model, ckpt_ref, found, tin.cast))
         if not inputs:
             continue
         in_dtypes = []
@@ -153,7 +127,7 @@ def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote
             dt, shp = parents[ckpt_ref].info(name)
             in_dtypes.append(cast or dt)
             shape = shape or shp
-        out_dtype = dtype_from_name(ret_dtype)
+        out_dtype = task.out_dtype
         if out_dtype is None:
             out_dtype = in_dtypes[0]
             for dt in in_dtypes[1:]:
@@ -161,18 +135,19 @@ def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote
 
         upcast = recipe.method.float32_math
 
-        def compute(load: Loader, task=task, inputs=inputs, out_dtype=out_dtype, upcast=upcast) -> torch.Tensor:
+        def compute(load: Loader, execute=task.execute, inputs=inputs, out_dtype=out_dtype,
+                    upcast=upcast) -> torch.Tensor:
             tensors = {model_ref: load(ckpt_ref, name, cast, upcast) for model_ref, ckpt_ref, name, cast in inputs}
-            result = task.execute(tensors=tensors)
+            result = execute(tensors)
             return result.to(out_dtype) if result.dtype != out_dtype else result
 
         steps.append(Step(
-            name=weight.name,
-            spec=TensorSpec(weight.name, out_dtype, tuple(shape)),
+            name=task.name,
+            spec=TensorSpec(task.name, out_dtype, tuple(shape)),
             reads=tuple((r, n) for _, r, n, _ in inputs),
             compute=compute,
             row_separable=recipe.method.row_separable,
-            seed=_tensor_seed(stochastic_seed, weight.name) if stochastic_seed is not None else None,
+            seed=_tensor_seed(stochastic_seed, task.name) if stochastic_seed is not None else None,
         ))
     return steps
 
