@@ -326,14 +326,17 @@ def dead_uri() -> str:
 def test_server_down_at_start_names_the_uri(tmp_path, capsys, pipeline):
     import importlib
 
+    from factory import make_family
+
     uri, out = dead_uri(), tmp_path / "out"
+    fam = make_family(tmp_path / "fam", n_children=2)   # real parents: the preflight opens them before the server
     if pipeline == "merge_search":
         sweep = tmp_path / "sweep.yml"
-        sweep.write_text(yaml.safe_dump({"clinical": str(tmp_path / "c"), "instruct": str(tmp_path / "i")}))
+        sweep.write_text(yaml.safe_dump({"clinical": str(fam["m0"]), "instruct": str(fam["m1"])}))
         config = write_config(tmp_path / "run.yaml", sweep=str(sweep), output_dir=str(out), tracking_uri=uri)
     else:
-        config = write_config(tmp_path / "run.yaml", initialisations=[{"name": "c", "path": str(tmp_path / "c")}],
-                              output_dir=str(out), tracking_uri=uri)
+        config = write_config(tmp_path / "run.yaml", initialisations=[{"name": "c", "path": str(fam["m0"])}],
+                              data_dir="sample", shots=[8], output_dir=str(out), tracking_uri=uri)
     t0 = time.monotonic()
     assert importlib.import_module(f"pipelines.{pipeline}").main(["--config", config]) == 2
     assert time.monotonic() - t0 < 30
