@@ -55,7 +55,7 @@ stack: $(STAMP)
 # runs the tests marked `integration`. Each ends with its wall time against its budget and its slowest tests
 # (.ci/budget.py); under CI (CI=true) `make test` fails past TEST_FAIL_AFTER_S even when every test passed.
 # PYTEST_ARGS passes more options (-k, -x, a file ...).
-PYTEST               := $(BIN)/python -m pytest -q -rs --durations=25
+PYTEST               := $(BIN)/python -m pytest -q -rfEs --durations=25
 PYTEST_ARGS          ?=
 TEST_BUDGET_S        ?= 720
 TEST_FAIL_AFTER_S    ?= 1080

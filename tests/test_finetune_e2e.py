@@ -7,8 +7,9 @@ is asked what a user would look for.
 2. With the opt-in cleaning, one merge and one parent are fine-tuned at 8 and 16 shots (the forgetting
    study's learning rate: nothing is forgotten): nested runs, metrics, the learning-curve figure, the forgetting
    tables, gated registered versions; a rerun is cached and registers nothing new.
-3. A forced drop (a learning rate that makes the model's IFEval fall) fails the gate; promotion refuses.
-   This run asks for ``log_samples: 2``: exactly two rows of clinical text reach MLflow.
+3. (second tier, ``integration``) A forced drop (a learning rate that makes the model's IFEval fall) fails
+   the gate; promotion refuses. This run asks for ``log_samples: 2``: exactly two rows of clinical text reach
+   MLflow.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def write_config(path: Path, **config) -> str:
     return str(path)
 
 
+def base_config(demo_models, tmp_path: Path, uri: str, **overrides) -> dict:
+    """The finetune run config both tests start from: MTS-Dialog as shipped, 8 and 16 shots, the forgetting
+    check on the clinical suite and IFEval."""
+    return {**dict(
+        task="mts_dialog", data_dir=str(DATA), eval_split="test1", eval_limit=8, shots=[8, 16],
+        sft={"per_device_batch": 8, "grad_accum": 2, "max_length": 512, "min_steps_few_shot": 8,
+             "gradient_checkpointing": False},
+        generation={"max_new_tokens": 32},
+        forgetting={"suites": ["clinical", "ifeval"], "data_dir": "sample", "limit": 8, "max_gen_toks": 48},
+        output_dir=str(tmp_path / "out"), registered_model="e2e-sft", experiment="e2e-finetune",
+        tracking_uri=uri), **overrides}
+
+
 @pytest.mark.shared_data("mts_dialog")
 def test_finetune_pipeline(demo_models, mlflow_server, tmp_path, capsys):
     from zenml.enums import ExecutionStatus
@@ -52,16 +66,8 @@ def test_finetune_pipeline(demo_models, mlflow_server, tmp_path, capsys):
         {"model": str(demo_models["clinical"]), "parameters": {"weight": 0.5}},
         {"model": str(demo_models["instruct"]), "parameters": {"weight": 0.5}}]}), tmp_path / "merge-0.5", quiet=True)
     uri = mlflow_server.uri
-    base = dict(
-        initialisations=[{"name": "linear-0.5", "path": str(merged)},
-                         {"name": "clinical", "path": str(demo_models["clinical"])}],
-        task="mts_dialog", data_dir=str(DATA), eval_split="test1", eval_limit=8, shots=[8, 16],
-        sft={"per_device_batch": 8, "grad_accum": 2, "max_length": 512, "min_steps_few_shot": 8,
-             "gradient_checkpointing": False},
-        generation={"max_new_tokens": 32},
-        forgetting={"suites": ["clinical", "ifeval"], "data_dir": "sample", "limit": 8, "max_gen_toks": 48},
-        output_dir=str(tmp_path / "out"), registered_model="e2e-sft", experiment="e2e-finetune",
-        tracking_uri=uri)
+    base = base_config(demo_models, tmp_path, uri, initialisations=[
+        {"name": "linear-0.5", "path": str(merged)}, {"name": "clinical", "path": str(demo_models["clinical"])}])
 
     # 1. the real train split as shipped: validation stops the run and says why
     assert main(["--config", write_config(tmp_path / "raw.yaml", **base)]) == 2
@@ -152,10 +158,22 @@ def test_finetune_pipeline(demo_models, mlflow_server, tmp_path, capsys):
     assert "already @staging" in again["promotion"].reason and not again["promotion"].promoted
     assert len(api(uri, "model-versions/search", filter="name='e2e-sft'")["model_versions"]) == 4
 
-    # 3. a forced drop: a learning rate that wrecks instruction following
-    forced = {**cleaned, "initialisations": [{"name": "clinical", "path": str(demo_models["clinical"])}],
-              "shots": [16], "sft": {**cleaned["sft"], "learning_rate": 3e-3, "min_steps_few_shot": 60},
-              "forgetting": {**cleaned["forgetting"], "suites": ["ifeval"]}, "log_samples": 2}
+
+@pytest.mark.integration
+@pytest.mark.shared_data("mts_dialog")
+def test_a_forced_drop_fails_the_gate_and_nothing_is_promoted(demo_models, mlflow_server, tmp_path, capsys):
+    """A learning rate that wrecks instruction following: the forgetting gate fails, the promote step stages
+    nothing, the CLI refuses to promote the version; ``log_samples: 2`` sends exactly two rows of clinical text
+    to MLflow. (The second tier: 60 SFT steps; the fast tier's test above covers the pipeline.)"""
+    from medmerge.cli import main as cli
+    from pipelines.finetune import run
+
+    uri = mlflow_server.uri
+    forced = base_config(demo_models, tmp_path, uri, initialisations=[
+        {"name": "clinical", "path": str(demo_models["clinical"])}], drop_duplicate_pairs=True, drop_overlong=True,
+        promote="best_composite", log_samples=2, registered_model="e2e-sft-forced", experiment="e2e-finetune-forced")
+    forced.update(shots=[16], sft={**forced["sft"], "learning_rate": 3e-3, "min_steps_few_shot": 60},
+                  forgetting={**forced["forgetting"], "suites": ["ifeval"]})
     out = run(write_config(tmp_path / "forced.yaml", **forced))
     s = out["summary"]
     assert s.gate == {"clinical-16": False}
@@ -163,13 +181,14 @@ def test_finetune_pipeline(demo_models, mlflow_server, tmp_path, capsys):
     assert "if_score" in s.forgetting_table and "FORGOT" in s.forgetting_table
     bad = s.versions["clinical-16"]
     # log_samples asked for two rows of clinical text: exactly two, with the generation
+    exp_id = api(uri, "experiments/get-by-name", experiment_name="e2e-finetune-forced")["experiment"]["experiment_id"]
     forced_run = api_post(uri, "runs/search", {"experiment_ids": [exp_id], "filter":
                           f"tags.mlflow.parentRunId = '{out['tracking'].parent_run_id}'"})["runs"][0]
     samples = json.loads(urllib.request.urlopen(
         f"{uri}/get-artifact?path=samples.json&run_uuid={forced_run['info']['run_id']}", timeout=30).read())
     assert len(samples) == 2 and set(samples[0]) == {"id", "input", "target", "prediction"}
-    assert cli(["promote", "e2e-sft", bad, "--tracking-uri", uri]) == 2
+    assert cli(["promote", "e2e-sft-forced", bad, "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
-    assert f"refusing to promote e2e-sft version {bad}: its forgetting gate failed" in err and "if_score" in err
-    alias = api(uri, "registered-models/alias", name="e2e-sft", alias="staging")["model_version"]
-    assert alias["version"] == passed_version  # the staged version is untouched
+    assert f"refusing to promote e2e-sft-forced version {bad}: its forgetting gate failed" in err and "if_score" in err
+    with pytest.raises(urllib.error.HTTPError, match="HTTP Error 404"):   # nothing was staged
+        api(uri, "registered-models/alias", name="e2e-sft-forced", alias="staging")
