@@ -25,6 +25,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -184,8 +185,35 @@ def accelerate_command(settings: SFTSettings, job: str | Path, mixed_bf16: bool 
     return cmd + ["--module", "medmerge.sft", str(job)]
 
 
+@dataclass(frozen=True)
+class SFTRun:
+    """What one fine-tuning did: its steps and losses, where the checkpoint is, its dtype, memory and speed
+    (None where not measured: a run recorded earlier, or a shot size of 0 that trains nothing)."""
+
+    steps: int
+    train_loss: float | None
+    out_dir: str
+    first_loss: float | None = None
+    last_loss: float | None = None
+    losses: list[float] = field(default_factory=list)
+    dtype: str | None = None                    # the dtype it trained in (auto resolved)
+    memory_estimate_gib: float | None = None    # per device, as check_memory estimated it
+    seconds: float | None = None                # wall time, model load included
+    train_seconds: float | None = None          # the Trainer's own runtime
+    samples_per_second: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SFTRun:
+        """An SFTRun from :meth:`to_json`'s mapping (keys it does not know are left out)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 def _launch(model_path, examples, out_dir, settings: SFTSettings, few_shot: bool, max_steps, overwrite,
-            mixed_bf16: bool) -> dict:
+            mixed_bf16: bool) -> SFTRun:
     """Run :func:`finetune` under ``accelerate launch`` (one process per GPU); returns rank 0's result."""
     import tempfile
 
@@ -204,17 +232,16 @@ def _launch(model_path, examples, out_dir, settings: SFTSettings, few_shot: bool
         if done.returncode != 0:
             raise SFTLaunchError(f"accelerate launch ({settings.num_gpus} processes, {settings.distributed}) "
                                  f"exited {done.returncode}; its output is above")
-        return json.loads((Path(work) / "result.json").read_text())
+        return SFTRun.from_json(json.loads((Path(work) / "result.json").read_text()))
 
 
 def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_dir: str | Path,
              settings: SFTSettings = SFTSettings(), few_shot: bool = True, max_steps: int | None = None,
-             overwrite: bool = False) -> dict:
-    """Fine-tune ``model_path`` on ``examples``; write the full checkpoint to ``out_dir``.
+             overwrite: bool = False) -> SFTRun:
+    """Fine-tune ``model_path`` on ``examples``; write the full checkpoint to ``out_dir``; say what it did.
 
-    Returns ``{"steps", "train_loss", "first_loss", "last_loss", "losses", "out_dir", "dtype",
-    "memory_estimate_gib", "seconds", "samples_per_second"}``. ``max_steps`` overrides the computed
-    step count (tests and smoke runs). Refuses (exit 2) a setting whose memory estimate exceeds the device.
+    ``max_steps`` overrides the computed step count (tests and smoke runs). Refuses (exit 2) a setting whose
+    memory estimate exceeds the device.
     """
     import tempfile
     import time
@@ -281,11 +308,11 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
                 trained.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
     seconds = time.perf_counter() - t0
-    return {"steps": steps, "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "losses": losses, "out_dir": str(out_dir),
-            "dtype": dtype, "memory_estimate_gib": None if est is None else est.per_device / 2 ** 30,
-            "seconds": seconds, "train_seconds": result.metrics.get("train_runtime"),
-            "samples_per_second": result.metrics.get("train_samples_per_second")}
+    return SFTRun(steps=steps, train_loss=result.training_loss, out_dir=str(out_dir),
+                  first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, losses=losses,
+                  dtype=dtype, memory_estimate_gib=None if est is None else est.per_device / 2 ** 30,
+                  seconds=seconds, train_seconds=result.metrics.get("train_runtime"),
+                  samples_per_second=result.metrics.get("train_samples_per_second"))
 
 
 def _save_distributed(trainer, model_path, tokenizer, out_dir, settings: SFTSettings, dtype: str,
@@ -320,7 +347,7 @@ def _main(argv: list[str]) -> int:
                    SFTSettings(**job["settings"]), few_shot=job["few_shot"], max_steps=job["max_steps"],
                    overwrite=job["overwrite"])
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(job["result"]).write_text(json.dumps(res))
+        Path(job["result"]).write_text(json.dumps(res.to_json()))
     return 0
 
 

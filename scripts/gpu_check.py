@@ -197,8 +197,8 @@ def main(argv=None) -> int:
                       learning_rate=1e-5, gradient_checkpointing=True)
     res, secs, peak = phase("sft", lambda: finetune(a, train, out / "sft", sft, max_steps=args.steps,
                                                      overwrite=True), args.device)
-    report["sft"] = {"steps": res["steps"], "seconds": secs, "samples_per_second": res["samples_per_second"],
-                     "peak_gpu_mib": peak, "dtype": res["dtype"], "memory_estimate_gib": res["memory_estimate_gib"]}
+    report["sft"] = {"steps": res.steps, "seconds": secs, "samples_per_second": res.samples_per_second,
+                     "peak_gpu_mib": peak, "dtype": res.dtype, "memory_estimate_gib": res.memory_estimate_gib}
 
     from medmerge.evaluation.runner import load_model
 

@@ -214,7 +214,7 @@ def test_evaluate_sft_and_generate_run(fams, tmp_path, family):
     out = finetune(path, examples, tmp_path / "sft", SFTSettings(learning_rate=1e-3, max_length=256,
                                                                  per_device_batch=2, grad_accum=1,
                                                                  gradient_checkpointing=False), max_steps=3)
-    assert out["steps"] == 3 and all(torch.isfinite(torch.tensor(out["losses"])))
+    assert out.steps == 3 and all(torch.isfinite(torch.tensor(out.losses)))
     before, after = read(path), read(tmp_path / "sft")
     assert sorted(before) == sorted(after) and any(not torch.equal(before[k], after[k]) for k in before)
 

@@ -79,7 +79,7 @@ def test_sft_whose_loss_becomes_non_finite_stops_and_writes_nothing(tmp_path):
     assert not out.exists() and list((tmp_path / "sft").glob(".medmerge-tmp-*")) == []
     # finite weights train and are written
     res = finetune(_tiny(tmp_path, "finite", None), _examples(), out, settings, max_steps=2)
-    assert res["steps"] == 2 and all(map(torch.isfinite, map(torch.tensor, res["losses"])))
+    assert res.steps == 2 and all(map(torch.isfinite, map(torch.tensor, res.losses)))
     assert (out / "config.json").exists()
 
 

@@ -100,8 +100,8 @@ def test_sft_trains_in_the_resolved_dtype(bf16_declared, tmp_path):
     small = dict(per_device_batch=2, grad_accum=1, max_length=32, gradient_checkpointing=False)
     auto = finetune(bf16_declared, ex, tmp_path / "auto", SFTSettings(**small), max_steps=1)
     bf16 = finetune(bf16_declared, ex, tmp_path / "bf16", SFTSettings(**small, dtype="bfloat16"), max_steps=1)
-    assert (auto["dtype"], bf16["dtype"]) == ("float32", "bfloat16")   # auto on a CPU: float32
-    assert 0 < bf16["memory_estimate_gib"] < auto["memory_estimate_gib"]
+    assert (auto.dtype, bf16.dtype) == ("float32", "bfloat16")   # auto on a CPU: float32
+    assert 0 < bf16.memory_estimate_gib < auto.memory_estimate_gib
     for name, want in (("auto", torch.float32), ("bf16", torch.bfloat16)):
         with safe_open(str(tmp_path / name / "model.safetensors"), "pt") as f:
             assert f.get_tensor("model.embed_tokens.weight").dtype == want, name

@@ -23,6 +23,19 @@ def test_optimisation_steps_follow_the_forgetting_study():
         optimisation_steps(0, s, few_shot=True)
 
 
+def test_an_sft_run_crosses_the_multi_gpu_launcher_as_json():
+    """Rank 0 of ``accelerate launch`` writes its SFTRun as JSON; the launcher reads back the same run."""
+    import json
+
+    from medmerge.sft import SFTRun
+
+    run = SFTRun(steps=3, train_loss=1.5, out_dir="/out", first_loss=2.0, last_loss=1.0, losses=[2.0, 1.5, 1.0],
+                 dtype="bfloat16", memory_estimate_gib=0.5)
+    assert SFTRun.from_json(json.loads(json.dumps(run.to_json()))) == run
+    assert SFTRun.from_json({**run.to_json(), "written_by": "a later medmerge"}) == run
+    assert SFTRun(steps=0, train_loss=None, out_dir="/init").losses == []
+
+
 def examples() -> list[GenerationExample]:
     if DATA.is_dir():
         return load_task("mts_dialog", "train", data_dir=DATA)[:8]
@@ -36,7 +49,7 @@ def test_finetune_lowers_loss_and_writes_a_full_checkpoint(demo_models, tmp_path
 
     settings = SFTSettings(learning_rate=1e-3, max_length=512, lora=lora)
     out = finetune(demo_models["clinical"], examples(), tmp_path / "sft", settings, max_steps=6)
-    assert out["steps"] == 6 and out["last_loss"] < out["first_loss"]
+    assert out.steps == 6 and out.last_loss < out.first_loss and out.out_dir == str(tmp_path / "sft")
     assert (tmp_path / "sft" / "model.safetensors").exists() and not (tmp_path / "sft" / "adapter_config.json").exists()
     AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     before, after = read(demo_models["clinical"]), read(tmp_path / "sft")

@@ -11,6 +11,7 @@ from medmerge.cost import measured
 from medmerge.evaluation.report import EvalReport
 from medmerge.finetune.config import FinetuneConfig, FinetuneError, Initialisation, MAX_LOGGED_SAMPLES, ZERO_SHOT
 from medmerge.finetune.artifacts import InitModel, SFTCheckpoint, SFTResult, TrackingRun, TrainingData, TrainingLoss
+from medmerge.sft import SFTRun
 
 
 @measured("resolve_initialisations")
@@ -76,20 +77,22 @@ def sft_identity(cfg: FinetuneConfig, init: InitModel, ids: list[str], data: Tra
 SFT_RECORD = "medmerge_sft.json"   # in a finished SFT checkpoint: its identity and losses
 
 
-def _record_sft(out: Path, identity: str, res: dict) -> None:
+def _record_sft(out: Path, identity: str, res: SFTRun) -> None:
     from medmerge.io.atomic import write_text_atomic
 
-    keep = {k: res.get(k) for k in ("steps", "train_loss", "first_loss", "last_loss", "losses")}
+    keep = {k: getattr(res, k) for k in ("steps", "train_loss", "first_loss", "last_loss", "losses")}
     write_text_atomic(out / SFT_RECORD, json.dumps({"identity": identity, **keep}))
 
 
-def _finished_sft(out: Path, identity: str) -> dict | None:
+def _finished_sft(out: Path, identity: str) -> SFTRun | None:
     """The recorded result of the SFT with this identity if ``out`` holds it, else None."""
     try:
         rec = json.loads((out / SFT_RECORD).read_text())
     except (OSError, ValueError):
         return None
-    return rec if rec.get("identity") == identity and (out / "config.json").exists() else None
+    if rec.get("identity") != identity or not (out / "config.json").exists():
+        return None
+    return SFTRun.from_json({**rec, "out_dir": str(out)})
 
 
 @measured("sft")
@@ -123,20 +126,20 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
         out = Path(cfg.output_dir) / "sft" / name
         res = _finished_sft(out, identity)  # the same SFT finished before (logged to another server, say)
         if zero:  # no SFT: the initialisation itself is generated from and scored
-            out, res = Path(init.path), {"train_loss": None, "first_loss": None, "last_loss": None}
+            out, res = Path(init.path), SFTRun(steps=0, train_loss=None, out_dir=init.path)
         elif res is None:
             res = finetune(init.path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
             _record_sft(out, identity, res)
-        nested.series("train_loss_step", res.get("losses") or [])
-        if res["train_loss"] is not None:
-            nested.metric("train_loss", res["train_loss"])
-        if res.get("dtype"):  # the dtype SFT trained in (auto resolved)
-            nested.param("dtype", res["dtype"])
-        nested.metrics({f"sft_{k}": res[k] for k in ("memory_estimate_gib", "samples_per_second")
-                        if res.get(k) is not None})
+        nested.series("train_loss_step", res.losses)
+        if res.train_loss is not None:
+            nested.metric("train_loss", res.train_loss)
+        if res.dtype:  # the dtype SFT trained in (auto resolved)
+            nested.param("dtype", res.dtype)
+        nested.metrics({f"sft_{k}": getattr(res, k) for k in ("memory_estimate_gib", "samples_per_second")
+                        if getattr(res, k) is not None})
     return SFTCheckpoint(init=init.name, shots=shots, n_examples=len(examples), path=str(out.resolve()),
                          identity=identity, run_id=rid, steps=steps,
-                         loss=TrainingLoss(mean=res["train_loss"], first=res["first_loss"], last=res["last_loss"]))
+                         loss=TrainingLoss(mean=res.train_loss, first=res.first_loss, last=res.last_loss))
 
 
 @measured("evaluate_sft", run=lambda a: (a["run"].tracking_uri, a["ckpt"].run_id, a["run"].parent_run_id))
