@@ -82,7 +82,10 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int = N_STARTUP_TRIALS)
     with warnings.catch_warnings():   # multivariate TPE, group and GP are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
+            # GP models only the parameters every trial has: with several methods, each method's own
+            # parameters are drawn at random (Optuna's documented fallback for a dynamic space)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials,
+                                             warn_independent_sampling=False)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=kind == "tpe-group",
                                           n_startup_trials=n_startup_trials)
 
