@@ -121,5 +121,12 @@ def plan(config: dict, *, trust_remote_code: bool = False) -> list[TensorTask]:
                         cast=torch_dtype(wi.force_dtype or gather.dtype))
             for ref, wi in gather.weight_info.items())
         out.append(TensorTask(name=weight.name, out_dtype=torch_dtype(weight.force_dtype or merge_config.out_dtype),
-                              inputs=inputs, execute=lambda tensors, task=task: task.execute(tensors=tensors)))
+                              inputs=inputs, execute=_executor(task)))
     return out
+
+
+def _executor(task: Any) -> Callable[[dict[Any, torch.Tensor]], torch.Tensor]:
+    def execute(tensors: dict[Any, torch.Tensor]) -> torch.Tensor:
+        return task.execute(tensors=tensors)
+
+    return execute

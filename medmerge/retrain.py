@@ -233,7 +233,8 @@ def compare_data(task: TaskData, uri: str) -> tuple[TaskData, list[str]]:
     from medmerge.tracking import registry
 
     name = task.registered_model
-    fv, chosen = registry.staged_version(uri, name), "alias staging"
+    chosen: Literal["alias staging", "newest version"] = "alias staging"
+    fv = registry.staged_version(uri, name)
     if fv is None:
         fv, chosen = registry.newest_version(uri, name), "newest version"
     if fv is None:

@@ -10,14 +10,27 @@ module and one entry here; the engine knows no method by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from medmerge.errors import RecipeError
 from medmerge.methods import domain as _domain
 from medmerge.methods import hierarchical_ot
 from medmerge.methods.domain import BOOLEAN, FINITE, Domain, ParameterError, choice, real, show
 
+if TYPE_CHECKING:   # the engine and the recipe import this registry: only the type checker follows these
+    from medmerge.engine import Step
+    from medmerge.io.checkpoint import Checkpoint
+    from medmerge.recipe import Recipe
+
 MISSING = object()
+
+
+class PlanSteps(Protocol):
+    """How a native method plans itself: one engine Step per output tensor of ``recipe``, each with its reads
+    and ``compute(load)``, over the opened and checked ``parents`` (keyed by the recipe's model refs).
+    Anything wrong with the recipe or the parents' layout is raised here, before a tensor is read."""
+
+    def __call__(self, recipe: Recipe, parents: Mapping[str, Checkpoint]) -> list[Step]: ...
 
 
 @dataclass(frozen=True)
@@ -102,9 +115,8 @@ class MethodDef:
     row_separable: bool = False
     float32_math: bool = False        # computes in float32 from any half-precision input (exact upcast)
     formula: str = ""                 # what the method computes, in the notation of FORMULAS
-    # a native method plans itself: plan_steps(recipe, parents) -> list[engine.Step], one per output
-    # tensor, each with its reads and compute(load); None means mergekit's planner does it
-    plan_steps: Callable[..., list] | None = None
+    # a native method plans itself (PlanSteps); None means mergekit's planner does it
+    plan_steps: PlanSteps | None = None
     # rules joining a model's parameters: f(values at one point) -> why they are wrong, or None
     rules: tuple[Callable[[Mapping[str, Any]], str | None], ...] = ()
 

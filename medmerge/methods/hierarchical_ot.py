@@ -31,9 +31,17 @@ the whole flattened tensor); alignment changes what B contributes, not how much.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+
+if TYPE_CHECKING:   # imported by the engine at run time (plan_steps): no cycle through these
+    from medmerge.engine import Step
+    from medmerge.io.checkpoint import Checkpoint
+    from medmerge.recipe import Recipe
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -169,7 +177,7 @@ def merge_structured(t, ta: torch.Tensor, tb: torch.Tensor, t0: torch.Tensor, he
     return torch.cat(outs) if t.fused else outs[0]
 
 
-def plan_steps(recipe, parents) -> list:
+def plan_steps(recipe: Recipe, parents: Mapping[str, Checkpoint]) -> list[Step]:
     """The engine's steps for ``recipe``: one per tensor of A, attention tensors head-aligned.
 
     The head layout is checked for every tensor here, before anything is read.
@@ -179,6 +187,7 @@ def plan_steps(recipe, parents) -> list:
     from medmerge.io.writer import TensorSpec
 
     base_ref = recipe.base_model
+    assert base_ref is not None   # the registry entry needs a base: a recipe without one is refused when parsed
     a_ref, b_ref = [m.model for m in recipe.models if m.model != base_ref]
     a = parents[a_ref]
     shapes = {name: tuple(a.info(name)[1]) for name in a.keys()}
@@ -187,7 +196,7 @@ def plan_steps(recipe, parents) -> list:
     align = recipe.parameters.get("align", "per_projection")
     cast = getattr(torch, recipe.dtype) if recipe.dtype else None
     out_cast = getattr(torch, recipe.out_dtype) if recipe.out_dtype else None
-    perms: dict[tuple, np.ndarray] = {}
+    perms: dict[tuple, np.ndarray | dict[str, np.ndarray]] = {}
 
     def role_weight(load, ref: str, layer: str, role: str) -> torch.Tensor:
         name, part = layout.weights[layer][role]
