@@ -32,7 +32,7 @@ def _train(slot, cfg, init_path: str, examples: list, out: str, identity: str, f
     res = finetune(init_path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
     train._record_sft(Path(out), identity, res)
     evaluate_checkpoint(out, cfg.forgetting.eval_settings(), EvalCache())   # the forgetting check's "after"
-    return {k: res.get(k) for k in ("steps", "train_loss", "seconds", "memory_estimate_gib")}
+    return {k: getattr(res, k) for k in ("steps", "train_loss", "seconds", "memory_estimate_gib")}
 
 
 def jobs(cfg, data, subsets: dict[str, list[str]], inits: dict) -> list[tuple[str, tuple]]:
