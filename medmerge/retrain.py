@@ -23,13 +23,17 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from medmerge.io import provenance
 from medmerge.io.provenance import ParentWeights
 from medmerge.tracking.registry import STAGE
+
+if TYPE_CHECKING:   # the configs import the tracking and evaluation layers: only the type checker needs them here
+    from medmerge.finetune import FinetuneConfig
+    from medmerge.search import SearchConfig
 
 RETRAIN_EXPERIMENT = "medmerge-retrain"
 _TAG_LIMIT = 5000        # medmerge.tracking.registry.register_checkpoint cuts tag values to this length
@@ -152,20 +156,20 @@ def _last_retrain(uri: str, key: str) -> dict[str, str] | None:
     return {"run_id": run.run_id, "status": run.status} if run else None
 
 
-def _key(search_cfg, ft_cfg) -> str:
+def _key(search_cfg: SearchConfig, ft_cfg: FinetuneConfig) -> str:
     return f"{search_cfg.registered_model}->{ft_cfg.registered_model}"
 
 
 # --- fingerprints ---------------------------------------------------------------------------------
 
-def current_parents(search_cfg) -> ParentWeights:
+def current_parents(search_cfg: SearchConfig) -> ParentWeights:
     """``{parent ref: {weight file: sha256}}`` now (hashes are cached by file size and mtime)."""
     from medmerge.search import check_parents
 
     return provenance.weights(check_parents(search_cfg))
 
 
-def current_train_sha256(ft_cfg) -> tuple[dict[str | None, str], list[str]]:
+def current_train_sha256(ft_cfg: FinetuneConfig) -> tuple[dict[str | None, str], list[str]]:
     """``{task label: TrainingData.train_sha256}`` as the finetune pipeline computes it (label None: the run's
     one task), and notes.
 
@@ -192,7 +196,7 @@ def current_train_sha256(ft_cfg) -> tuple[dict[str | None, str], list[str]]:
 
 # --- the decision ---------------------------------------------------------------------------------
 
-def decide(search_cfg, ft_cfg) -> RetrainDecision:
+def decide(search_cfg: SearchConfig, ft_cfg: FinetuneConfig) -> RetrainDecision:
     """Compare the current parents and training data with the promoted versions' tags."""
     from medmerge.tracking import registry
 
@@ -252,7 +256,7 @@ def compare_data(task: TaskData, uri: str) -> tuple[TaskData, list[str]]:
 
 # --- the record -----------------------------------------------------------------------------------
 
-def open_record(decision: RetrainDecision, search_cfg, ft_cfg, tracking_uri: str) -> str:
+def open_record(decision: RetrainDecision, search_cfg: SearchConfig, ft_cfg: FinetuneConfig, tracking_uri: str) -> str:
     """An MLflow run in ``medmerge-retrain`` for this decision; a no-op run is closed at once. Returns its id."""
     from medmerge.tracking import runs
 
