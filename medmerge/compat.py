@@ -39,16 +39,23 @@ def _tokenizer_fingerprint(ckpt: Checkpoint) -> dict[str, str]:
     return out
 
 
-def assert_finite(t: torch.Tensor, name: str, ref: str) -> None:
-    """Refuse NaN/Inf. ``aminmax`` propagates NaN into both results and shows ±Inf as an extreme,
-    so one fast reduction decides; the element-wise pass runs only to name the kind."""
+def non_finite_kind(t: torch.Tensor) -> str | None:
+    """None when every value of ``t`` is finite (or it holds no floating-point values), else "NaN" or "Inf".
+    ``aminmax`` propagates NaN into both results and shows ±Inf as an extreme, so one fast reduction decides;
+    the element-wise pass runs only to name the kind."""
     if not t.is_floating_point() or t.numel() == 0:
-        return
+        return None
     lo, hi = torch.aminmax(t)
     if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-        return
-    kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-    raise CompatibilityError(f"tensor {name} of {ref} contains {kind} values")
+        return None
+    return "NaN" if bool(torch.isnan(t).any()) else "Inf"
+
+
+def assert_finite(t: torch.Tensor, name: str, ref: str) -> None:
+    """Refuse a parent tensor holding NaN or Inf."""
+    kind = non_finite_kind(t)
+    if kind is not None:
+        raise CompatibilityError(f"tensor {name} of {ref} contains {kind} values")
 
 
 def check_config(ckpt: Checkpoint) -> None:

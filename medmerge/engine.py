@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medmerge import __version__
-from medmerge.compat import assert_finite, check_compatible
+from medmerge.compat import assert_finite, check_compatible, non_finite_kind
 from medmerge.errors import CompatibilityError, NonFiniteOutputError, RecipeError
 from medmerge.io import provenance as identity
 from medmerge.io.atomic import atomic_dirs, check_output_dir
@@ -367,12 +367,9 @@ def check_output_finite(t: torch.Tensor, step: Step, plan: MergePlan, what: str,
     """Refuse an output tensor holding NaN or Inf (every parent value was checked finite as it was read, so
     the recipe made them: e.g. weights that sum to zero with ``normalize``). One reduction per tensor.
     ``what`` names the output (its directory's name)."""
-    if not t.is_floating_point() or t.numel() == 0:
+    kind = non_finite_kind(t)
+    if kind is None:
         return
-    lo, hi = torch.aminmax(t)
-    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-        return
-    kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
     where = f"{source}: " if source else ""
     raise NonFiniteOutputError(
         f"{where}the {plan.recipe.merge_method} merge for {what} gives {kind} values in tensor {step.name} "

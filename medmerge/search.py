@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from medmerge import cost
 from medmerge.cost import measured
 from medmerge.evaluation.report import EvalReport
+from medmerge.errors import as_value_error, not_blank
 from medmerge.evaluation.runner import PROMPT_FORMAT, EvalOptions
 from medmerge.objectives import DEFAULT_OBJECTIVES
 from medmerge.pareto import SelectionSummary
@@ -56,58 +57,42 @@ class SearchConfig(EvalOptions):
     @field_validator("sweep", mode="before")
     @classmethod
     def _sweep_path(cls, v):
-        from medmerge.errors import RecipeError
-
-        try:
+        with as_value_error():
             if isinstance(v, (str, Path)):
                 return load_sweep(v)
             return parse_sweep(v, "sweep") if isinstance(v, dict) else v
-        except RecipeError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("picks")
     @classmethod
     def _picks(cls, v):
-        from medmerge.promotion import PromotionError, check_picks
+        from medmerge.promotion import check_picks
 
-        try:
+        with as_value_error():
             return check_picks(v)
-        except PromotionError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("promote")
     @classmethod
     def _promote(cls, v):
-        from medmerge.promotion import PromotionError, check_policy
+        from medmerge.promotion import check_policy
 
-        try:
+        with as_value_error():
             return check_policy(v)
-        except PromotionError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v, info: ValidationInfo):
-        from medmerge.errors import MedmergeError
         from medmerge.objectives import resolve, resolve_pair
 
         suites = info.data.get("suites")   # absent when the suites are wrong themselves: check the names only
-        try:
+        with as_value_error():
             if suites is None:
                 for name in v:
                     resolve(name)
             else:
                 resolve_pair(v, suites)
-        except MedmergeError as exc:
-            raise ValueError(str(exc)) from None
         return v
 
-    @field_validator("registered_model", "experiment")
-    @classmethod
-    def _name(cls, v, info: ValidationInfo):
-        if not v.strip():
-            raise ValueError(f"{info.field_name} is empty")
-        return v
+    _name = field_validator("registered_model", "experiment")(not_blank)
 
     @model_validator(mode="after")
     def _output_apart_from_parents(self, info: ValidationInfo):

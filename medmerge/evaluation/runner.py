@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medmerge import __version__
+from medmerge.errors import as_value_error
 from medmerge.evaluation.cache import EvalCache, cache_key
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
 from medmerge.evaluation.tasks import EvalError, TaskSpec, load_suites, suite_tasks, task_spec
@@ -147,17 +148,13 @@ class EvalOptions(BaseModel):
     @field_validator("chat_template", mode="before")
     @classmethod
     def _chat_template(cls, v):
-        try:
+        with as_value_error():
             return normalise_chat_template(v)
-        except EvalError as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _prompt_format(self):
-        try:
+        with as_value_error():
             check_prompt_format(self.chat_template, self.fewshot_as_multiturn)
-        except EvalError as exc:
-            raise ValueError(str(exc)) from None
         return self
 
     def eval_settings(self) -> EvalSettings:

@@ -8,7 +8,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from medmerge.errors import MedmergeError
+from medmerge.errors import MedmergeError, as_value_error, not_blank
 from medmerge.evaluation.runner import EvalOptions
 from medmerge.generation.generate import GenerationSettings
 from medmerge.sft import SFTSettings
@@ -151,19 +151,12 @@ class FinetuneConfig(BaseModel):
     @field_validator("promote")
     @classmethod
     def _promote(cls, v):
-        from medmerge.promotion import PromotionError, check_finetune_policy
+        from medmerge.promotion import check_finetune_policy
 
-        try:
+        with as_value_error():
             return check_finetune_policy(v)
-        except PromotionError as exc:   # a ValueError: pydantic reports it with every other bad key
-            raise ValueError(str(exc)) from None
 
-    @field_validator("registered_model", "experiment")
-    @classmethod
-    def _name(cls, v, info: ValidationInfo):
-        if not v.strip():
-            raise ValueError(f"{info.field_name} is empty")
-        return v
+    _name = field_validator("registered_model", "experiment")(not_blank)
 
     @model_validator(mode="after")
     def _promote_names(self):
