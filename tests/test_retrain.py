@@ -322,6 +322,30 @@ def test_retrain_compares_each_task_of_a_multi_task_run_with_its_own_model(confi
     assert not retrain.decide(search_cfg, ft_cfg).changed
 
 
+def test_a_multi_task_retrain_records_each_tasks_run_and_versions(monkeypatch, capsys):
+    """After both pipelines ran, the retrain record names each task's finetune run and versions."""
+    from medmerge import retrain
+    from pipelines import finetune, merge_search
+    from pipelines.retrain import _run_pipelines
+
+    def task(run_id, versions):
+        return {"tracking": SimpleNamespace(parent_run_id=run_id), "summary": SimpleNamespace(versions=versions)}
+
+    monkeypatch.setattr(merge_search, "run", lambda cfg, knee: {
+        "results": SimpleNamespace(parent_run_id="search-run"), "versions": {"linear-0.5": "3"}, "promotion": None})
+    monkeypatch.setattr(finetune, "run", lambda cfg: {"tasks": {"notes_a": task("run-a", {"m-8": "1"}),
+                                                                "notes_b": task("run-b", {"m-8": "2"})}})
+    closed = {}
+    monkeypatch.setattr(retrain, "close_record", lambda uri, rid, ok, outputs=None, error=None:
+                        closed.update(ok=ok, outputs=outputs))
+    out = _run_pipelines(None, "search.yaml", "finetune.yaml", False, "http://mlflow", "rid")
+    assert out["outcome"] == "ran" and closed["ok"]
+    assert closed["outputs"] == {"merge_search_run": "search-run", "merge_versions": {"linear-0.5": "3"},
+                                 "finetune_run": {"notes_a": "run-a", "notes_b": "run-b"},
+                                 "finetune_versions": {"notes_a": {"m-8": "1"}, "notes_b": {"m-8": "2"}}}
+    assert "fine-tuned versions {'notes_a': {'m-8': '1'}, 'notes_b': {'m-8': '2'}}" in capsys.readouterr().out
+
+
 # --- the entry point, end to end ------------------------------------------------------------------------
 
 def _versions(uri, name):
