@@ -338,9 +338,9 @@ def validate_data(source, split, data_dir, fmt, id_field, input_field, target_fi
     (input, target) pairs, the row count and (with --tokenizer) that every input fits the
     context. Exit 0 when every expectation holds, 2 with the failures and offending ids otherwise."""
     # load_task's DataErrors (missing file, bad line, missing columns) reach main() and exit 2
-    from medmerge.io.atomic import write_text_atomic
     from medmerge.generation.data import TASKS, load_task
     from medmerge.generation.validation import DataValidationError, validate_dataset
+    from medmerge.io.atomic import write_text_atomic
 
     report_kind = None
     if report is not None:
@@ -365,7 +365,7 @@ def validate_data(source, split, data_dir, fmt, id_field, input_field, target_fi
     if tokenizer_ref is not None:
         tokenizer = _load_tokenizer(tokenizer_ref, trust_remote_code)
         if max_input_tokens is None:
-            from medmerge.arch import context_length   # the finetune pipeline's data check counts the same
+            from medmerge.arch import context_length  # the finetune pipeline's data check counts the same
 
             max_input_tokens = context_length(_model_config(tokenizer_ref, trust_remote_code), tokenizer)
             if max_input_tokens is None:
@@ -479,7 +479,8 @@ def promote(name, version, stage, tracking_uri, force, state_dir):
 
     Refuses a missing version, one whose run did not finish, and a fine-tuned version whose
     forgetting gate failed (unless --force)."""
-    from medmerge.tracking.registry import check_reachable, promote as do_promote
+    from medmerge.tracking.registry import check_reachable
+    from medmerge.tracking.registry import promote as do_promote
 
     uri = _tracking_uri(tracking_uri, state_dir)
     check_reachable(uri)
@@ -509,7 +510,6 @@ def demo_models(out_dir, seed, quiet, no_cache):
 
     from medmerge.demo import build_demo_models
     from medmerge.demo.cache import copy_demo_models
-
     from medmerge.io.atomic import check_output_dir, check_output_file, output_container, write_text_atomic
 
     # the three models are always rebuilt: each may replace only a demo model medmerge wrote there before

@@ -15,8 +15,9 @@ The figure draws grouped bars, one group per task and one bar per row, with stde
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from medmerge.io.tables import markdown_table
 from medmerge.objectives import primary_metric

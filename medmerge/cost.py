@@ -31,8 +31,9 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("medmerge.cost")
 _HWM = re.compile(r"VmHWM:\s+(\d+)\s+kB")

@@ -22,11 +22,11 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -38,7 +38,7 @@ from medmerge.io import provenance as identity
 from medmerge.io.atomic import atomic_dirs, check_output_dir
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
-from medmerge.recipe import SweepCandidate, Recipe, SweepSpec
+from medmerge.recipe import Recipe, SweepCandidate, SweepSpec
 
 # Row blocks of 8 MiB keep each float32 temporary (16 MiB) under glibc's mmap ceiling, so
 # freed blocks are reused instead of faulted in again (measured: 12.6 s -> 9.9 s, RSS 1.19 -> 0.61 GB).
@@ -453,7 +453,7 @@ def sweep(spec: SweepSpec, out_dir: str | Path, *, allow_pickle: bool = False, t
     return {c.name: t for c, t in zip(candidates, targets)}
 
 
-def merged_state_dict(plan: MergePlan, load: "_TensorReader | None" = None, name: str = "candidate"
+def merged_state_dict(plan: MergePlan, load: _TensorReader | None = None, name: str = "candidate"
                       ) -> dict[str, torch.Tensor]:
     """Compute one plan's tensors in memory; a NaN or Inf in any of them is an error (as when writing)."""
     load = load or _TensorReader(plan.parents)

@@ -16,7 +16,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medmerge.pareto import ParetoError, Selection, validate_points, parent_points, select
+from medmerge.pareto import ParetoError, Selection, parent_points, select, validate_points
 
 DPI = 120
 FRONTIER_SIZE = (7.0, 5.0)  # inches: 840 × 600 px at DPI

@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-from medmerge.recipe import RATIO, SweepCandidate, Range, SweepSpec
+from medmerge.recipe import RATIO, Range, SweepCandidate, SweepSpec
 
 N_STARTUP_TRIALS = 5
 

@@ -36,8 +36,9 @@ import math
 import os
 import re
 import types
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Iterable, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from medmerge.errors import MedmergeError
 
@@ -353,7 +354,7 @@ def tracking_uri_problem(uri: object) -> str | None:
         return f"tracking URI {uri!r} has no host"
     if scheme in ("http", "https"):
         try:
-            parsed.port
+            _ = parsed.port   # raises ValueError for a port out of range
         except ValueError:
             return f"tracking URI {uri!r} has a port that is not a number in 0-65535"
     if scheme.startswith(("sqlite", "postgresql", "mysql", "mssql")):

@@ -17,10 +17,19 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Optional, Union
+from typing import Annotated, Any, ClassVar, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medmerge.errors import RecipeError
 from medmerge.io.yaml_file import Int, Real
@@ -43,7 +52,7 @@ def _check_dtype(v: str | None) -> str | None:
     return v
 
 
-DType = Annotated[Optional[str], AfterValidator(_check_dtype)]
+DType = Annotated[str | None, AfterValidator(_check_dtype)]
 
 
 class ModelEntry(BaseModel):
@@ -63,7 +72,7 @@ class Recipe(BaseModel):
     dtype: DType = None
     out_dtype: DType = None
     tokenizer_source: str | None = None
-    random_seed: Optional[Int] = None
+    random_seed: Int | None = None
 
     @model_validator(mode="after")
     def _check_against_method(self):
@@ -81,7 +90,7 @@ class Recipe(BaseModel):
                 f"{method.max_models} model(s) besides the base; got {len(non_base)}"
             )
         declared = ", ".join(p.name for p in method.params) or "none"
-        for key, value in self.parameters.items():
+        for key, _value in self.parameters.items():
             p = method.param(key)
             if p is None:
                 raise ValueError(f"parameter {key!r} is not declared by {method.name} (it takes: {declared})")
@@ -136,7 +145,7 @@ class Recipe(BaseModel):
         """The parent whose config (and default tokenizer) the output takes, as mergekit does."""
         return self.base_model or self.models[0].model
 
-    def with_resolved_paths(self, resolve) -> "Recipe":
+    def with_resolved_paths(self, resolve) -> Recipe:
         """A copy whose model references are mapped through ``resolve(ref) -> str``."""
         data = self.model_dump()
         if data["base_model"]:
@@ -261,7 +270,7 @@ class Range(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     low: Real
     high: Real
-    gradient: Optional[Int] = None
+    gradient: Int | None = None
     log: bool = False
 
     @model_validator(mode="after")
@@ -409,7 +418,7 @@ class SweepSpec(BaseModel):
     methods: dict[str, dict[str, Any]]   # no methods: the ratio form's default, linear and slerp
     ratio_sweep: bool = False            # set at parse: True for the ratio form
     search: str = "grid"
-    budget: Optional[Int] = None
+    budget: Int | None = None
     seed: Int = 0
     dtype: DType = None
     out_dtype: DType = None

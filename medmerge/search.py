@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from medmerge import cost
 from medmerge.cost import measured
-from medmerge.evaluation.report import EvalReport
 from medmerge.errors import as_value_error, not_blank
+from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import PROMPT_FORMAT, EvalOptions
 from medmerge.objectives import DEFAULT_OBJECTIVES
 from medmerge.pareto import SelectionSummary
@@ -44,9 +43,9 @@ class SearchConfig(EvalOptions):
     study_storage: str | None = None
     # phase two's initialisations, each under an alias pick-<method> (medmerge.promotion):
     # best_per_method, knee, near_frontier, or a list of candidate names
-    picks: Union[str, tuple[str, ...]] = "best_per_method"
+    picks: str | tuple[str, ...] = "best_per_method"
     # what the promote step may move to @staging after comparing: knee, best_medical, names, or none
-    promote: Union[str, tuple[str, ...]] = "none"
+    promote: str | tuple[str, ...] = "none"
     # local worker processes evaluating candidates (or running trials) at once, each on its own GPU or share
     # of the cores (medmerge.parallel_search); 1: one process. Not part of any cache key: the pipeline hands
     # it to the evaluation step apart from the config (pipelines.definitions)
@@ -380,7 +379,6 @@ def select_frontier(results: SearchResults, cfg: SearchConfig, figures_dir: str 
 def write_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier) -> list[CheckpointDir]:
     """Write only the selected (near-frontier) candidates, each atomically, reading parents once."""
     from medmerge.engine import open_parents, plan_merge, write_plans
-
     from medmerge.promotion import choose
 
     by = results.by_name()

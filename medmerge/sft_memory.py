@@ -53,7 +53,7 @@ class ModelShape:
     vocab: int
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, trust_remote_code: bool = False) -> "ModelShape":
+    def from_checkpoint(cls, path: str | Path, trust_remote_code: bool = False) -> ModelShape:
         """Count the parameters of ``path``'s ``config.json`` on the meta device: nothing is allocated
         or downloaded for the weights, so an 8B config is counted in a second."""
         from transformers import AutoConfig
@@ -72,7 +72,7 @@ class ModelShape:
         return cls.from_config(config, trust_remote_code=trust_remote_code)
 
     @classmethod
-    def from_config(cls, config, trust_remote_code: bool = False) -> "ModelShape":
+    def from_config(cls, config, trust_remote_code: bool = False) -> ModelShape:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -168,7 +168,7 @@ class Device:
     name: str
 
     @classmethod
-    def detect(cls, memory_gib: float | None = None) -> "Device":
+    def detect(cls, memory_gib: float | None = None) -> Device:
         """The first CUDA GPU (its total memory), else the CPU (RAM available now); ``memory_gib``
         overrides the size (a GPU shared with something else, or a test)."""
         import torch

@@ -9,7 +9,7 @@ the task's held-out split. The best cell of each column is marked (``**bold**`` 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from medmerge.io.tables import markdown_table
 

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 from medmerge.errors import MedmergeError
 from medmerge.preflight import PreflightError, RunConfigError, one_line  # noqa: F401  (RunConfigError: re-exported)
@@ -110,12 +111,11 @@ def build_time_tracking_uri(explicit: str | None) -> str | None:
         return None
 
 
-def run_lock_path(pipeline_name: str, config: dict, tracking_uri: str | None) -> "Path":
+def run_lock_path(pipeline_name: str, config: dict, tracking_uri: str | None) -> Path:
     """The lock file of one (pipeline, run configuration, tracking server): two runs with the same key would
     resume the same MLflow parent run (it is found again by a key of the config) and mix their nested runs."""
     import hashlib
     import json
-    from pathlib import Path
 
     from medmerge.io.hashing import cache_dir
 

@@ -13,10 +13,25 @@ from medmerge.search import SearchConfig
 from pipelines._launch import build_time_tracking_uri
 from pipelines.finetune import step_id
 from steps.fanout_steps import train_in_parallel
-from steps.finetune_steps import (baseline, compare_tasks, evaluate_sft, load_data, resolve_initialisations, sft,
-                                  subsample, summarise, validate_data)
-from steps.merge_search_steps import (check_parents, evaluate_candidates, log_search, register_selected,
-                                      select_frontier, write_selected)
+from steps.finetune_steps import (
+    baseline,
+    compare_tasks,
+    evaluate_sft,
+    load_data,
+    resolve_initialisations,
+    sft,
+    subsample,
+    summarise,
+    validate_data,
+)
+from steps.merge_search_steps import (
+    check_parents,
+    evaluate_candidates,
+    log_search,
+    register_selected,
+    select_frontier,
+    write_selected,
+)
 from steps.promotion_steps import choose_picks, promote, promote_finetuned
 
 

@@ -45,7 +45,7 @@ def run(config_path: str) -> dict:
     check_reachable(config.resolved_tracking_uri())
     from pipelines._launch import launch
 
-    pipeline_run = launch(getattr(sys.modules[__name__], "finetune"), config_path)
+    pipeline_run = launch(sys.modules[__name__].finetune, config_path)
     out = {"config": config, "run": pipeline_run, "tasks": {}}
     for task, cfg in config.task_configs():
         summary = pipeline_run.steps[step_id("summarise", task)].output.load()

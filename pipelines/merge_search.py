@@ -44,7 +44,7 @@ def run(config_path: str, promote_knee: bool = False) -> dict:
     try:
         from pipelines._launch import launch
 
-        pipeline_run = launch(getattr(sys.modules[__name__], "merge_search"), config_path)
+        pipeline_run = launch(sys.modules[__name__].merge_search, config_path)
     finally:
         if temp is not None:
             os.unlink(temp)

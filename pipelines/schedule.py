@@ -31,8 +31,14 @@ def schedule(cron_expr: str, search_config: Path, finetune_config: Path, promote
     """Attach ZenML schedules where the active orchestrator can schedule, else write the crontab line
     (and the systemd units); relative output paths are under the repository."""
     from medmerge.io.atomic import write_text_atomic
-    from medmerge.schedule import (crontab_line, retrain_argv, scheduled_env, systemd_on_calendar, systemd_units,
-                                   validate_cron)
+    from medmerge.schedule import (
+        crontab_line,
+        retrain_argv,
+        scheduled_env,
+        systemd_on_calendar,
+        systemd_units,
+        validate_cron,
+    )
     from pipelines import retrain as entry
 
     cron = validate_cron(cron_expr)                     # CronError: exit 2, nothing written

@@ -12,8 +12,8 @@ import materializers  # noqa: F401  (registers the medmerge materializers)
 from medmerge import parallel_search
 from medmerge.finetune import FinetuneConfig, TrainingData
 from medmerge.search import SearchConfig, SearchResults
-from steps.finetune_steps import Initialisations
 from steps.failure import claim_registrations, fail_tracked_runs
+from steps.finetune_steps import Initialisations
 
 SHARD_STEP = "evaluate_shard_{}"
 SHARD_OUTPUT = "shard_reports"

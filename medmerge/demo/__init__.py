@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -68,9 +68,8 @@ def ensure_punkt() -> Path:
 def ifeval_utils():
     """lm-eval's IFEval scoring module, imported with the local Punkt model in place."""
     ensure_punkt()
-    from nltk.tokenize import PunktTokenizer
-
     from lm_eval.tasks.ifeval import instructions_util, utils
+    from nltk.tokenize import PunktTokenizer
 
     tokenizer = PunktTokenizer("english")
     # lm-eval loads the legacy pickle ("punkt/english.pickle"); serve the punkt_tab model instead

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from medmerge.engine import PreloadedParents, merged_state_dict, open_parents, plan_merge
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.report import EvalReport
-from medmerge.io import provenance as identity
 from medmerge.evaluation.runner import EvalSettings, ModelEvaluator, load_model, prepare_tasks
-from medmerge.recipe import SweepCandidate, Recipe, SweepSpec
+from medmerge.io import provenance as identity
+from medmerge.recipe import Recipe, SweepCandidate, SweepSpec
 
 
 def candidate_identity(recipe: Recipe, parent_hashes: dict[str, str]) -> str:

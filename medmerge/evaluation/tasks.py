@@ -73,7 +73,7 @@ def _read_jsonl(path: Path, task: str) -> list[dict]:
     rows = []
     try:
         with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
+            for i, line in enumerate(f, 1):   # noqa: B007 (i names the bad line below)
                 if line.strip():
                     rows.append(json.loads(line))
     except ValueError as exc:

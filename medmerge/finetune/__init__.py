@@ -18,17 +18,52 @@ shots) SFT, generation, scores, gate), :mod:`.summary` (curves, tables, registra
 
 from __future__ import annotations
 
-from medmerge.finetune.config import (DEFAULT_SHOTS, FinetuneConfig, FinetuneError, ForgettingSettings,
-                                      Initialisation, MAX_LOGGED_SAMPLES, Shot, TaskSpec, ZERO_SHOT, shot_label)
-from medmerge.finetune.artifacts import (FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun,
-                                         TrainingData, TrainingLoss)
-from medmerge.finetune.data import (input_token_limit, load_data, open_parent_run, run_key, subsample,
-                                    validate_and_open_run)
-from medmerge.finetune.train import (SFT_RECORD, evaluate_initialisation, evaluate_sft, resolve_initialisations,
-                                     run_sft, sft_identity)
-from medmerge.finetune.summary import (cost_table, curve_table, forgetting_table, learning_curves, plot_curves,
-                                       summarise_and_register)
-from medmerge.finetune.tasks import (CrossTaskSummary, group_by_task, log_cross_task)
+from medmerge.finetune.artifacts import (
+                                      FinetuneSummary,
+                                      InitModel,
+                                      SFTCheckpoint,
+                                      SFTResult,
+                                      TrackingRun,
+                                      TrainingData,
+                                      TrainingLoss,
+)
+from medmerge.finetune.config import (
+                                      DEFAULT_SHOTS,
+                                      MAX_LOGGED_SAMPLES,
+                                      ZERO_SHOT,
+                                      FinetuneConfig,
+                                      FinetuneError,
+                                      ForgettingSettings,
+                                      Initialisation,
+                                      Shot,
+                                      TaskSpec,
+                                      shot_label,
+)
+from medmerge.finetune.data import (
+                                      input_token_limit,
+                                      load_data,
+                                      open_parent_run,
+                                      run_key,
+                                      subsample,
+                                      validate_and_open_run,
+)
+from medmerge.finetune.summary import (
+                                      cost_table,
+                                      curve_table,
+                                      forgetting_table,
+                                      learning_curves,
+                                      plot_curves,
+                                      summarise_and_register,
+)
+from medmerge.finetune.tasks import CrossTaskSummary, group_by_task, log_cross_task
+from medmerge.finetune.train import (
+                                      SFT_RECORD,
+                                      evaluate_initialisation,
+                                      evaluate_sft,
+                                      resolve_initialisations,
+                                      run_sft,
+                                      sft_identity,
+)
 
 __all__ = [
     "DEFAULT_SHOTS", "FinetuneConfig", "FinetuneError", "ForgettingSettings", "Initialisation",

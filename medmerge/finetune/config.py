@@ -13,7 +13,6 @@ from medmerge.evaluation.runner import EvalOptions
 from medmerge.generation.generate import GenerationSettings
 from medmerge.sft import SFTSettings
 
-
 MAX_LOGGED_SAMPLES = 20
 DEFAULT_TASK = "mts_dialog"
 DEFAULT_SHOTS = (8, 16, 32, 64, 128, 256, 512, "full")
@@ -143,7 +142,7 @@ class FinetuneConfig(BaseModel):
     tracking_uri: str | None = None
     log_samples: int = Field(0, ge=0, le=MAX_LOGGED_SAMPLES)  # clinical text to MLflow: off unless asked
     # the promote step (medmerge.promotion): best_composite, names "<initialisation>-<shots>", or none
-    promote: Union[str, tuple[str, ...]] = "none"
+    promote: str | tuple[str, ...] = "none"
     # local worker processes training the (initialisation, shots) SFT runs at once, each on sft.num_gpus GPUs
     # or a share of the cores (medmerge.finetune.parallel); 1: one after another. Not part of any cache key
     workers: int = Field(1, ge=1)
@@ -216,7 +215,7 @@ class FinetuneConfig(BaseModel):
                                 f"task_configs()")
         return self.tasks[0]
 
-    def task_configs(self) -> list[tuple[str | None, "FinetuneConfig"]]:
+    def task_configs(self) -> list[tuple[str | None, FinetuneConfig]]:
         """``[(label, config)]``: this config itself (label ``None``) for a one-task run, else one one-task config
         per task with its own data settings, output folder ``output_dir/<label>`` and registered model
         ``<registered_model>-<label>``."""

@@ -9,9 +9,9 @@ import re
 
 from medmerge import cost
 from medmerge.cost import measured
-from medmerge.generation.data import GenerationExample
-from medmerge.finetune.config import FinetuneConfig, FinetuneError, ZERO_SHOT, shot_label
 from medmerge.finetune.artifacts import InitModel, TrackingRun, TrainingData
+from medmerge.finetune.config import ZERO_SHOT, FinetuneConfig, FinetuneError, shot_label
+from medmerge.generation.data import GenerationExample
 
 
 def _examples_sha(examples: list[GenerationExample]) -> str:
@@ -123,7 +123,7 @@ def validate_and_open_run(cfg: FinetuneConfig, data: TrainingData, inits: dict[s
     parent.params({"task": cfg.task, "shots": ",".join(shot_label(s) for s in cfg.shots),
                    "initialisations": ",".join(inits), "train_rows": len(data.train), "eval_rows": len(data.eval),
                    "train_sha256": data.train_sha256})
-    from medmerge.tracking import datasets   # the splits as MLflow datasets: digests, never rows
+    from medmerge.tracking import datasets  # the splits as MLflow datasets: digests, never rows
 
     parent.datasets([
         (datasets.entity(f"{cfg.task}:{cfg.train_split}", data.train_sha256, f"{cfg.task} [{cfg.train_split}]",

@@ -13,8 +13,8 @@ step, one (initialisation, shots) at a time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from medmerge.workers import WorkerPool
 

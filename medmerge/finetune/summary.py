@@ -6,8 +6,8 @@ from pathlib import Path
 
 from medmerge import cost
 from medmerge.cost import measured
-from medmerge.finetune.config import FinetuneConfig, ZERO_SHOT
 from medmerge.finetune.artifacts import FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun, TrainingData
+from medmerge.finetune.config import ZERO_SHOT, FinetuneConfig
 from medmerge.io.tables import text_table
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from medmerge import cost
 from medmerge.cost import measured
 from medmerge.evaluation.report import EvalReport
-from medmerge.finetune.config import FinetuneConfig, FinetuneError, Initialisation, MAX_LOGGED_SAMPLES, ZERO_SHOT
 from medmerge.finetune.artifacts import InitModel, SFTCheckpoint, SFTResult, TrackingRun, TrainingData, TrainingLoss
+from medmerge.finetune.config import MAX_LOGGED_SAMPLES, ZERO_SHOT, FinetuneConfig, FinetuneError, Initialisation
 from medmerge.sft import SFTRun
 
 
@@ -149,8 +149,14 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
     log everything to the (init, shots) run and close it."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.report import samples_jsonl
-    from medmerge.evaluation.runner import (PROMPT_FORMAT, default_device, evaluate_checkpoint, guard_finite_logits,
-                                            load_model, model_dtype)
+    from medmerge.evaluation.runner import (
+        PROMPT_FORMAT,
+        default_device,
+        evaluate_checkpoint,
+        guard_finite_logits,
+        load_model,
+        model_dtype,
+    )
     from medmerge.forgetting import forgetting_gate
     from medmerge.generation.generate import generate
     from medmerge.generation.metrics import composite

@@ -9,8 +9,9 @@ module and one entry here; the engine knows no method by name.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from medmerge.errors import RecipeError
 from medmerge.methods import domain as _domain

@@ -11,8 +11,9 @@ sum of normalised weights) can be checked at every point that matters before any
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from medmerge.errors import RecipeError
 

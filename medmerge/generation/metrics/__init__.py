@@ -31,12 +31,21 @@ local encoder) and :mod:`.composite_score` (the composite and its ``evaluate`` m
 name is importable from here.
 """
 
-from medmerge.generation.metrics.composite_score import (COMPOSITE_METRICS, composite, composite_metric_dir,
-                                                         load_composite_metric)
+from medmerge.generation.metrics.composite_score import (
+                                                         COMPOSITE_METRICS,
+                                                         composite,
+                                                         composite_metric_dir,
+                                                         load_composite_metric,
+)
 from medmerge.generation.metrics.embedding import DEFAULT_BERTSCORE_MODEL, bertscore, default_bertscore_model_path
 from medmerge.generation.metrics.lexical import bleu, meteor, meteor_tokenize, rouge
-from medmerge.generation.metrics.wordnet_data import (DEBIAN_WORDNET_DIR, ensure_wordnet, nltk_data_dir, wordnet,
-                                                      wordnet_source_dir)
+from medmerge.generation.metrics.wordnet_data import (
+                                                         DEBIAN_WORDNET_DIR,
+                                                         ensure_wordnet,
+                                                         nltk_data_dir,
+                                                         wordnet,
+                                                         wordnet_source_dir,
+)
 
 __all__ = [
     "COMPOSITE_METRICS", "DEBIAN_WORDNET_DIR", "DEFAULT_BERTSCORE_MODEL", "bertscore", "bleu", "composite",
