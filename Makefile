@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.medmerge-installed
 DEMO    ?= demo_out
 
-.PHONY: demo test test-integration test-fast bench install clean
+.PHONY: demo test test-integration test-fast lint bench install clean
 
 install: $(STAMP)
 
@@ -72,6 +72,10 @@ test-integration: $(STAMP)
 	$(PYTEST) -m integration --junitxml=.pytest_cache/medmerge-integration.xml $(PYTEST_ARGS) || rc=$$?; \
 	$(BIN)/python .ci/budget.py --label "make test-integration" --start $$start \
 	  --budget $(INTEGRATION_BUDGET_S) --junit .pytest_cache/medmerge-integration.xml --pytest-rc $$rc
+
+# ruff over the production code (rules and their reasons: pyproject.toml, [tool.ruff])
+lint: $(STAMP)
+	$(BIN)/ruff check medmerge steps pipelines materializers
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
