@@ -126,6 +126,7 @@ def test_children_win_on_their_own_heldout_domain(losses):
     assert losses["general"]["base"] == min(losses["general"].values()), losses["general"]
 
 
+@pytest.mark.timeout(1800)   # a fresh build: about 30 s on a quiet 2-core machine, 15 min at load 10
 def test_same_seed_gives_bit_identical_models(demo_models, tmp_path):
     threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
     again = build_demo_models(tmp_path / "again", seed=0, quiet=True)

@@ -190,5 +190,6 @@ def test_a_forced_drop_fails_the_gate_and_nothing_is_promoted(demo_models, mlflo
     assert cli(["promote", "e2e-sft-forced", bad, "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
     assert f"refusing to promote e2e-sft-forced version {bad}: its forgetting gate failed" in err and "if_score" in err
-    with pytest.raises(urllib.error.HTTPError, match="HTTP Error 404"):   # nothing was staged
+    with pytest.raises(urllib.error.HTTPError, match="HTTP Error 400") as missing:   # nothing was staged
         api(uri, "registered-models/alias", name="e2e-sft-forced", alias="staging")
+    assert "alias staging not found" in missing.value.read().decode()   # MLflow 3: INVALID_PARAMETER_VALUE
