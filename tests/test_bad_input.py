@@ -184,8 +184,9 @@ def test_check_command_accepts_compatible(capsys, fam):
     assert "compatible" in capsys.readouterr().out
 
 
-def test_killed_merge_leaves_no_checkpoint(tmp_path, fam, monkeypatch):
-    """An exception mid-write (as a kill would) leaves neither the output nor its temp dir."""
+def test_interrupted_merge_leaves_no_checkpoint(tmp_path, fam, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) mid-write leaves neither the output nor its temp dir. A real SIGKILL of
+    `medmerge merge` and `medmerge sweep` is tests/test_kill.py."""
     from medmerge.engine import merge
     from medmerge.io import writer
     from medmerge.recipe import parse_recipe
@@ -196,11 +197,11 @@ def test_killed_merge_leaves_no_checkpoint(tmp_path, fam, monkeypatch):
     def dying_write(self, name, t):
         calls["n"] += 1
         if calls["n"] == 5:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("ctrl-c during the fifth tensor")
         return real(self, name, t)
 
     monkeypatch.setattr(writer.StreamingCheckpointWriter, "write", dying_write)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="fifth tensor"):
         merge(parse_recipe(linear_of(fam["m0"], fam["m1"])), tmp_path / "out", quiet=True)
     assert_nothing_written(tmp_path)
 

@@ -182,7 +182,7 @@ def test_a_directory_that_is_no_checkpoint_is_named(models, work, tmp_path):
 
 def test_a_sweep_file_that_does_not_exist_is_named(models, work, tmp_path):
     cfg = search_cfg(models, tmp_path / "out", sweep=str(tmp_path / "nope.yml"))
-    with pytest.raises(PreflightError) as e:
+    with pytest.raises(PreflightError, match="nope.yml does not exist") as e:
         check_run_configs(search=write(tmp_path / "run.yaml", cfg))
     assert e.value.problems == [f"{tmp_path / 'run.yaml'}: parameters.config.sweep: sweep file "
                                 f"{tmp_path / 'nope.yml'} does not exist"]
