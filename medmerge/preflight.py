@@ -688,18 +688,24 @@ def _eval_data_problems(opts, local: bool) -> list[tuple[tuple, str]]:
     return out
 
 
+def _open_run_config(path: str | os.PathLike) -> tuple[_Problems, dict, bool]:
+    """The problems collector, the checked document of the run config at ``path``, and whether its steps
+    run on this machine (file-system checks apply); RunConfigError when the file cannot be read."""
+    problems = _Problems(str(path))
+    doc = _read_doc(path)
+    _check_document(doc, problems)
+    return problems, doc, not _runs_in_containers(doc)
+
+
 def check_search(path: str | os.PathLike, overrides: dict | None = None):
     """``(SearchConfig or None, problem lines)`` for the merge_search run config at ``path``."""
     from medmerge.search import SearchConfig
 
-    problems = _Problems(str(path))
     try:
-        doc = _read_doc(path)
+        problems, doc, local = _open_run_config(path)
     except RunConfigError as exc:
         return None, [str(exc)]
-    _check_document(doc, problems)
     raw = {**doc["parameters"]["config"], **(overrides or {})}
-    local = not _runs_in_containers(doc)
     sweep_raw = _sweep_document(raw.get("sweep"), problems, local)
     cfg, partial = _validate(SearchConfig, raw, problems)
     v = _View(SearchConfig, raw, partial, problems)
@@ -803,14 +809,11 @@ def check_finetune(path: str | os.PathLike):
     """``(FinetuneConfig or None, problem lines)`` for the finetune run config at ``path``."""
     from medmerge.finetune import FinetuneConfig
 
-    problems = _Problems(str(path))
     try:
-        doc = _read_doc(path)
+        problems, doc, local = _open_run_config(path)
     except RunConfigError as exc:
         return None, [str(exc)]
-    _check_document(doc, problems)
     raw = doc["parameters"]["config"]
-    local = not _runs_in_containers(doc)
     cfg, partial = _validate(FinetuneConfig, raw, problems)
     v = _View(FinetuneConfig, raw, partial, problems)
     inits = v("initialisations")
