@@ -168,3 +168,20 @@ def binomial_stderr(p: float, n: int) -> float:
     import math
 
     return math.sqrt(p * (1 - p) / (n - 1))
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: files by content (sha256), links by target, directories by name; two
+    snapshots compare a tree before and after a command."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -17,7 +17,6 @@ write nothing). Examples are bounded so the file runs in the fast tier.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -32,7 +31,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from factory import make_family, read
+from factory import make_family, read, snapshot
 from medmerge.cli import main
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -43,19 +42,6 @@ PARSER = settings(max_examples=150, deadline=None)
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
     return make_family(tmp_path_factory.mktemp("fam"), n_children=2)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = "link:" + os.readlink(p)
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def outside(snap: dict[str, str], rel: str | None) -> dict[str, str]:

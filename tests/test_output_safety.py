@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from factory import make_family, read
+from factory import make_family, read, snapshot
 from medmerge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,20 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
     return make_family(tmp_path_factory.mktemp("fam"), n_children=2)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: files by content, links by target, directories by name."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = "link:" + os.readlink(p)
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def one_error_line(err: str) -> str:
