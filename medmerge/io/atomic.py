@@ -126,7 +126,7 @@ def _disk_full(exc: BaseException) -> bool:
 # ------------------------------------------------------------------------------------------------
 def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str = "input model",
                           *, may_contain: bool = False, label: str = "output directory",
-                          shown: object = None) -> None:
+                          shown: object = None, remedy: str = "choose another destination") -> None:
     """Raise :class:`OutputError` when the output ``out`` is, contains or lies inside one of ``inputs``
     (local paths; Hub ids that are not paths here are ignored). Writing there, with ``--overwrite``
     above all, would replace or bury the user's own model, so no flag allows it. ``may_contain``: ``out``
@@ -140,11 +140,11 @@ def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[str | os.Path
             continue
         src = Path(os.path.realpath(src_path))
         if dest == src:
-            raise OutputError(f"{label} {out} is the {what} {ref}; choose another destination")
+            raise OutputError(f"{label} {out} is the {what} {ref}; {remedy}")
         if src.is_relative_to(dest) and not may_contain:
-            raise OutputError(f"{label} {out} contains the {what} {ref}; choose another destination")
+            raise OutputError(f"{label} {out} contains the {what} {ref}; {remedy}")
         if dest.is_relative_to(src) and src.is_dir():
-            raise OutputError(f"{label} {out} lies inside the {what} {ref}; choose another destination")
+            raise OutputError(f"{label} {out} lies inside the {what} {ref}; {remedy}")
 
 
 def _normal(path: str | os.PathLike) -> Path:
@@ -303,16 +303,8 @@ def check_output_file(path: str | os.PathLike, *, protect: Iterable[str | os.Pat
     _check_path_shape(p, label, shown)
     if p.is_dir():
         raise OutputError(f"{label} {shown} is a directory, not a file")
-    dest = Path(os.path.realpath(p))
-    for ref in protect:
-        src_path = Path(str(ref)).expanduser()
-        if not src_path.exists():
-            continue
-        src = Path(os.path.realpath(src_path))
-        if dest == src:
-            raise OutputError(f"{label} {shown} is the {protect_what} {ref}; choose another file name")
-        if src.is_dir() and dest.is_relative_to(src):
-            raise OutputError(f"{label} {shown} lies inside the {protect_what} {ref}; choose another file name")
+    # a file contains nothing (a directory was refused above), so only 'is' and 'lies inside' can apply
+    refuse_aliased_output(p, protect, protect_what, label=label, shown=shown, remedy="choose another file name")
     if os.path.lexists(p):
         if p.is_symlink():
             raise OutputError(f"{label} {shown} is a symbolic link; choose another file name")
