@@ -186,3 +186,28 @@ def test_bad_input(preds, refs, match):
     for fn in (M.composite, M.bleu, M.rouge, M.meteor, M.bertscore):
         with pytest.raises(ValueError, match=match):
             fn(preds, refs)
+
+
+def test_bertscore_scorer_loaded_once_and_equal_to_stock_score(no_network, monkeypatch):
+    """The encoder is loaded once per (model, layer, device) in a process, and the cached scorer gives
+    exactly what ``bert_score.score`` (which loads it on every call) gives."""
+    import bert_score
+    import bert_score.scorer as scorer_module
+
+    from medmerge.generation.metrics import embedding
+
+    path = str(M.default_bertscore_model_path())
+    P, R, F = bert_score.score(PREDS, REFS, model_type=path, num_layers=6, idf=False,
+                               rescale_with_baseline=False, device="cpu", verbose=False)
+    embedding._scorer.cache_clear()
+    loads = []
+    real = scorer_module.get_model
+    monkeypatch.setattr(scorer_module, "get_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    first = M.bertscore(PREDS, REFS, device="cpu")
+    second = M.bertscore(PREDS[:2], REFS[:2], device="cpu")
+    assert len(loads) == 1
+    assert first["f1"] == pytest.approx(float(F.mean()), abs=1e-7)
+    assert first["precision"] == pytest.approx(float(P.mean()), abs=1e-7)
+    assert second["recall"] == pytest.approx(float(R[:2].mean()), abs=1e-7)
+    M.bertscore(PREDS[:1], REFS[:1], device="cpu", num_layers=3)
+    assert len(loads) == 2   # another layer is another scorer

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -93,6 +94,18 @@ def _hub_offline():
             hf_logging.enable_progress_bar()
 
 
+@functools.lru_cache(maxsize=2)
+def _scorer(model_dir: str, layer: int, device: str | None):
+    """One ``bert_score.BERTScorer`` per (encoder, layer, device) in a process. ``bert_score.score`` loads the
+    encoder again on every call (about a second each on 2 cores, once per evaluated model in a finetune run);
+    the scorer computes the same thing (no idf: [CLS]/[SEP] weigh 0, every other token 1; no rescaling)."""
+    import bert_score
+
+    with _hub_offline():
+        return bert_score.BERTScorer(model_type=model_dir, num_layers=layer, idf=False,
+                                     rescale_with_baseline=False, device=device)
+
+
 def bertscore(
     predictions: Sequence[str],
     references: Sequence[str],
@@ -137,20 +150,10 @@ def bertscore(
     precision, recall, f1 = [0.0] * n, [0.0] * n, [0.0] * n
     scored = [i for i in range(n) if predictions[i].strip() and references[i].strip()]
     if scored:
-        import bert_score
-
+        scorer = _scorer(str(model_dir), layer, device)
         with _hub_offline():
-            P, R, F = bert_score.score(
-                [predictions[i] for i in scored],
-                [references[i] for i in scored],
-                model_type=str(model_dir),
-                num_layers=layer,
-                idf=False,
-                rescale_with_baseline=False,
-                device=device,
-                batch_size=batch_size,
-                verbose=False,
-            )
+            P, R, F = scorer.score([predictions[i] for i in scored], [references[i] for i in scored],
+                                   verbose=False, batch_size=batch_size)
         for k, i in enumerate(scored):
             precision[i], recall[i], f1[i] = float(P[k]), float(R[k]), float(F[k])
     return {
