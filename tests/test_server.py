@@ -12,6 +12,53 @@ from medmerge.io.atomic import pid_alive
 from medmerge.tracking.server import ServerError, healthy, start, status, stop
 
 
+def _descendants(pid: int) -> list[str]:
+    """The command lines of ``pid``'s descendant processes (from /proc)."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    cmdlines: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdlines[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(cmdlines.get(p, ""))
+        todo += children.get(p, [])
+    return out
+
+
+def test_job_execution_is_off_unless_the_user_turns_it_on(tmp_path, monkeypatch):
+    """The server's environment turns MLflow's job execution off by default and keeps a user's own value."""
+    import subprocess
+
+    seen = []
+
+    class Exited:
+        pid, returncode = 999999, 1
+
+        def __init__(self, cmd, env, **kwargs):
+            seen.append(env)
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", Exited)
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    with pytest.raises(ServerError, match="mlflow server exited with code 1"):
+        start(tmp_path, port=0)
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    with pytest.raises(ServerError, match="mlflow server exited with code 1"):
+        start(tmp_path, port=0)
+    assert [env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] for env in seen] == ["false", "true"]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_start_status_stop(tmp_path, capsys):
@@ -19,6 +66,8 @@ def test_start_status_stop(tmp_path, capsys):
     info = status(tmp_path)
     assert info is not None and healthy(info.uri)
     assert (tmp_path / "mlflow.db").exists()
+    # MLflow's job execution is off: no huey consumer beside the server (eight of them, 2 GB, when it is on)
+    assert not [cmd for cmd in _descendants(info.pid) if "huey" in cmd]
     # starting again reuses the running server
     assert start(tmp_path, port=0).pid == info.pid
     # a client logs a run to it

@@ -136,6 +136,10 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, host: str = "127.0.0
     if app_name:
         cmd += ["--app-name", app_name]
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    # MLflow 3's job execution (GenAI online scoring, trace archival) starts eight huey consumer processes
+    # beside the server: about 250 MB and 4 s of CPU each at start, then a poll a minute. medmerge uses none
+    # of those jobs; a user who does sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if app_name == "basic-auth" and not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _csrf_key(state_dir)
     with open(log, "ab") as out:
