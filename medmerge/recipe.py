@@ -375,11 +375,10 @@ class _RatioForm(BaseModel):
     @field_validator("ratios")
     @classmethod
     def _ratios(cls, v):
-        if not v:
-            raise ValueError("ratios: at least one ratio is required")
-        for r in v:
-            if not (0.0 <= r <= 1.0) or math.isnan(r):
-                raise ValueError(f"ratio {r} is outside [0, 1]")
+        outside = [r for r in v if math.isnan(r) or not 0.0 <= r <= 1.0]
+        if outside or not v:
+            raise ValueError(f"ratio {outside[0]} is outside [0, 1]" if outside
+                             else "ratios: at least one ratio is required")
         if len({ratio_label(r) for r in v}) != len(v):
             raise ValueError("ratios: duplicates")
         return v

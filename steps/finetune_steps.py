@@ -16,15 +16,7 @@ from zenml import get_step_context, step
 import materializers  # noqa: F401  (registers the medmerge materializers)
 from medmerge import finetune as core
 from medmerge.evaluation.report import EvalReport
-from medmerge.finetune import (
-    FinetuneConfig,
-    FinetuneSummary,
-    InitModel,
-    SFTCheckpoint,
-    SFTResult,
-    TrackingRun,
-    TrainingData,
-)
+from medmerge.finetune import FinetuneConfig, FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun
 from medmerge.finetune import tasks as finetune_tasks
 from steps.failure import claim_registrations, fail_tracked_runs
 
@@ -34,7 +26,7 @@ class Initialisations(BaseModel):
 
 
 @step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)
-def load_data(config: FinetuneConfig, inits: Initialisations) -> Annotated[TrainingData, "training_data"]:
+def load_data(config: FinetuneConfig, inits: Initialisations) -> Annotated[core.TrainingData, "training_data"]:
     """In: the run config. Out: train and held-out examples with their hashes. Fails naming the file or task."""
     return core.load_data(config, inits.models)
 
@@ -46,7 +38,7 @@ def resolve_initialisations(config: FinetuneConfig) -> Annotated[Initialisations
 
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)
-def validate_data(config: FinetuneConfig, data: TrainingData, inits: Initialisations,
+def validate_data(config: FinetuneConfig, data: core.TrainingData, inits: Initialisations,
                   tracking_uri: str | None = None) -> Annotated[TrackingRun, "mlflow_run"]:
     """In: the data, the tracking server resolved when the pipeline was built (a parameter, so part of the cache
     key: another server re-runs this step and the MLflow steps that take its run). Out: the MLflow parent run,
@@ -56,7 +48,7 @@ def validate_data(config: FinetuneConfig, data: TrainingData, inits: Initialisat
 
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)
-def subsample(config: FinetuneConfig, data: TrainingData) -> Annotated[dict[str, list[str]], "few_shot_subsets"]:
+def subsample(config: FinetuneConfig, data: core.TrainingData) -> Annotated[dict[str, list[str]], "few_shot_subsets"]:
     """In: the train split. Out: {shots: example ids}, nested and seeded."""
     return core.subsample(config, data)
 
@@ -68,21 +60,21 @@ def baseline(config: FinetuneConfig, inits: Initialisations, init: str) -> Annot
 
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)
-def sft(config: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str]], inits: Initialisations,
+def sft(config: FinetuneConfig, data: core.TrainingData, subsets: dict[str, list[str]], inits: Initialisations,
         run: TrackingRun, init: str, shots: str) -> Annotated[SFTCheckpoint, "sft_checkpoint"]:
     """In: one initialisation and shot size. Out: the fine-tuned checkpoint (its nested MLflow run opened)."""
     return core.run_sft(config, data, subsets, inits.models[init], shots, run)
 
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)
-def evaluate_sft(config: FinetuneConfig, data: TrainingData, checkpoint: SFTCheckpoint, before: EvalReport,
+def evaluate_sft(config: FinetuneConfig, data: core.TrainingData, checkpoint: SFTCheckpoint, before: EvalReport,
                  run: TrackingRun) -> Annotated[SFTResult, "sft_result"]:
     """In: a fine-tuned checkpoint and its initialisation's scores. Out: composite scores and the forgetting gate."""
     return core.evaluate_sft(config, data, checkpoint, before, run)
 
 
 @step(on_failure=fail_tracked_runs, on_success=claim_registrations)
-def summarise(config: FinetuneConfig, run: TrackingRun, data: TrainingData, inits: Initialisations,
+def summarise(config: FinetuneConfig, run: TrackingRun, data: core.TrainingData, inits: Initialisations,
               checkpoints: list[SFTCheckpoint],
               results: list[SFTResult]) -> Annotated[FinetuneSummary, "finetune_summary"]:
     """In: every result. Out: learning curves, the forgetting table, registered versions (tagged with the gate)."""
