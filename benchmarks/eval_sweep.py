@@ -64,9 +64,9 @@ def main() -> None:
 import sys, time
 from pathlib import Path
 from importlib.resources import files
-from medmerge.engine import sweep
+from medmerge.merge.engine import sweep
 from medmerge.evaluation.runner import EvalSettings, evaluate_checkpoint
-from medmerge.recipe import load_sweep
+from medmerge.merge.recipe import load_sweep
 t0 = time.perf_counter()
 settings = EvalSettings(suites=tuple({args.suites!r}.split(',')), limit={args.limit},
                         data_dir=str(files('medmerge') / 'resources' / 'eval_sample'))

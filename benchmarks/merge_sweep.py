@@ -138,7 +138,7 @@ for i in range(k):
 """
 
 
-STARTUP_SWEEP = ("import medmerge.cli, medmerge.engine, medmerge.recipe; "
+STARTUP_SWEEP = ("import medmerge.cli, medmerge.merge.engine, medmerge.merge.recipe; "
                  "from mergekit.architecture import get_architecture_info; from mergekit.plan import MergePlanner")
 STARTUP_FLOOR = "from safetensors.torch import load_file, save_file"
 

@@ -17,9 +17,9 @@ Per document, each candidate answers right with its task accuracy (IFEval: each 
 followed with a probability that gives the candidate's IF score). ``--rho`` couples candidates'
 outcomes on a document (a Gaussian copula with correlation ρ: merges of one pair of parents answer
 the same documents alike); the default 0 draws them independently. Full evaluation of every draw is
-compared with racing (:func:`medmerge.racing.race`'s rule, vectorised over the runs here and checked
+compared with racing (:func:`medmerge.selection.racing.race`'s rule, vectorised over the runs here and checked
 against ``race`` itself on the first run) of the same draws: the near set and the knee
-(:func:`medmerge.pareto.select`) of all 22 candidates against those of racing's survivors, scored on
+(:func:`medmerge.selection.pareto.select`) of all 22 candidates against those of racing's survivors, scored on
 every document.
 
     python benchmarks/racing_simulation.py [--runs 1000] [--rho 0] [--eps 0] [--confidence 0.95]
@@ -36,7 +36,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from medmerge import pareto, racing
+from medmerge.selection import pareto, racing
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RATIOS = [round(i / 10, 1) for i in range(11)]
@@ -168,7 +168,7 @@ def prefix_stats(values: list[np.ndarray], orders: list[np.ndarray], sched: np.n
 
 
 def race_batch(plan, n, s1, s2, g, z):
-    """The stopping rule of :func:`medmerge.racing.race` over b runs at once: (b, C) stopped round (0: none)
+    """The stopping rule of :func:`medmerge.selection.racing.race` over b runs at once: (b, C) stopped round (0: none)
     and documents used."""
     R, b, C, _ = n.shape
     last = np.zeros((b, C), dtype=int)          # the last round each candidate was scored in (0-based)

@@ -5,7 +5,7 @@ fewer) evaluated on the shipped sample, each configuration in a fresh Python pro
 evaluation cache (nothing served from a cache):
 
 A. ``workers: 1`` with every core (``torch.set_num_threads(cores)``): today's one-process search;
-B. ``workers: N`` with ``cores // N`` threads each (:mod:`medmerge.workers`): each worker spawns, imports
+B. ``workers: N`` with ``cores // N`` threads each (:mod:`medmerge.runtime.workers`): each worker spawns, imports
    torch and lm-eval, loads the resident model and reads the parents once, then takes candidates.
 
 For B it reports where the time goes, per worker: start-up (spawn to its first candidate's end, less that
@@ -36,7 +36,7 @@ def one(args) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from medmerge.search import SearchConfig, check_parents, evaluate
+    from medmerge.selection.search import SearchConfig, check_parents, evaluate
 
     sweep = json.loads(args.sweep)
     cfg = SearchConfig(sweep=sweep, suites=args.suites.split(","), data_dir="sample", limit=args.limit,
@@ -105,7 +105,7 @@ def main() -> None:
         args.json.write_text(json.dumps(one(args)))
         return
 
-    from medmerge.workers import cpu_count
+    from medmerge.runtime.workers import cpu_count
 
     cores = args.cores or cpu_count()
     models = args.models.resolve()

@@ -30,15 +30,15 @@ document, scored alone as ``<s> text </s>``), y the same over the clinical ones 
 full evaluation is 59). Side by side, three seeds each:
 
 * grid: the 22 candidates, every document (the 1-D grid's hypervolume is the target);
-* grid raced: :func:`medmerge.racing.race` over the same 22 (paired bounds, 8 then 16, 32, all
+* grid raced: :func:`medmerge.selection.racing.race` over the same 22 (paired bounds, 8 then 16, 32, all
   documents per corpus); its near set and knee against the full grid's;
 * Optuna, every trial on every document (no warm start): the study as ``search: optuna`` runs it;
 * Optuna raced and warm-started: the study first evaluates the space's coarse grid
-  (:func:`medmerge.optuna_search.coarse_grid`, enqueued with ``study.enqueue_trial``: each range at
+  (:func:`medmerge.selection.optuna_search.coarse_grid`, enqueued with ``study.enqueue_trial``: each range at
   ``--warm-levels`` of its span, by default its midpoint, a gradient constant across layers: 3 points
   in the per-layer space; 1/4, 1/2, 3/4 give 15), raced as one sweep (the coarse points stop each
   other); then each trial races
-  every earlier one (:class:`medmerge.racing.Racer`) and also stops when it
+  every earlier one (:class:`medmerge.selection.racing.Racer`) and also stops when it
   cannot beat one of them by more than ``--min-gain`` (0.02 nats/token, ~1% of the frontier's span)
   on either objective; a stopped trial is told its partial estimates; samplers ``--samplers``
   (multivariate TPE, TPE with ``group=True``, GP).
@@ -70,7 +70,7 @@ CHECKPOINTS = (4, 6, 8, 11, 16, 22)
 
 def hv_curve(points: list[tuple[str, float, float]], reference) -> list[float]:
     """Hypervolume of the first k points, k = 1..len(points)."""
-    from medmerge.pareto import ScoredPoint, hypervolume
+    from medmerge.selection.pareto import ScoredPoint, hypervolume
 
     pts = [ScoredPoint(name=n, if_score=x, medical_avg=y) for n, x, y in points]
     return [hypervolume(pts[:k], reference=reference) for k in range(1, len(pts) + 1)]
@@ -79,14 +79,13 @@ def hv_curve(points: list[tuple[str, float, float]], reference) -> list[float]:
 def heldout_evaluator(ev):
     """``evaluate(candidate) -> (-loss on instruct held-out, -loss on clinical held-out)``, memoised by name
     (a grid candidate is scored once, whatever its position in each seed's order)."""
+    import json as _json
     import os
 
     import torch
 
     from medmerge.demo import domain_texts, heldout_loss
-    from medmerge.engine import PreloadedParents, merged_state_dict
-
-    import json as _json
+    from medmerge.merge.engine import PreloadedParents, merged_state_dict
 
     texts = {c: domain_texts(ev.evaluator.tokenizer, c, "heldout") for c in ("instruct", "clinical")}
     store = Path(os.environ["MEDMERGE_CACHE_DIR"]) / "heldout.json"
@@ -119,7 +118,7 @@ def doc_values(ev):
 
     from medmerge.demo import domain_texts
     from medmerge.demo.training import encode_docs
-    from medmerge.engine import PreloadedParents, merged_state_dict
+    from medmerge.merge.engine import PreloadedParents, merged_state_dict
 
     tok = ev.evaluator.tokenizer
     ctx = ev.model.config.max_position_embeddings
@@ -176,7 +175,7 @@ def racing_plan(values, parents, first: int, racing: bool = True, min_gain: floa
     document (a plain full evaluation, counted the same way)."""
     import numpy as np
 
-    from medmerge import racing as rc
+    from medmerge.selection import racing as rc
 
     strata = []
     for c in CORPORA:
@@ -190,7 +189,7 @@ def racing_plan(values, parents, first: int, racing: bool = True, min_gain: floa
 
 
 def hv_of(points, reference) -> float:
-    from medmerge.pareto import ScoredPoint, hypervolume
+    from medmerge.selection.pareto import ScoredPoint, hypervolume
 
     if not points:
         return 0.0
@@ -203,8 +202,8 @@ def run_raced_study(space, plan, scorer_of, cands, *, sampler: str, seed: int, w
     ``[(documents so far, hypervolume of the trials scored on every document)]`` and the trials' courses."""
     import optuna
 
-    from medmerge import optuna_search
-    from medmerge.racing import Racer
+    from medmerge.selection import optuna_search
+    from medmerge.selection.racing import Racer
 
     study = optuna.create_study(directions=["maximize", "maximize"],
                                 sampler=optuna_search.make_sampler(sampler, seed))
@@ -236,8 +235,8 @@ def run_raced_study(space, plan, scorer_of, cands, *, sampler: str, seed: int, w
 def racing_comparison(args, grid, space, ev, work) -> None:
     import statistics
 
-    from medmerge import optuna_search, pareto
-    from medmerge.racing import race
+    from medmerge.selection import optuna_search, pareto
+    from medmerge.selection.racing import race
 
     values = doc_values(ev)
     cands = {}
@@ -348,7 +347,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=22)
     ap.add_argument("--suites", default="medical5")
     ap.add_argument("--objectives", nargs="+", default=["heldout"], metavar="X Y",
-                    help="'heldout' (default) or two suite scores (medmerge.objectives)")
+                    help="'heldout' (default) or two suite scores (medmerge.evaluation.objectives)")
     ap.add_argument("--limit", type=int, default=8, help="documents per task")
     ap.add_argument("--num-fewshot", type=int, default=0)
     ap.add_argument("--space", choices=["same", "past"], default="same",
@@ -363,7 +362,7 @@ def main() -> None:
                     help="with --racing: the warm-start grid takes each range at these fractions of its span")
     ap.add_argument("--min-gain", type=float, default=0.02,
                     help="with --racing: a raced trial also stops when it cannot beat an earlier one by more than "
-                         "this on any objective (nats/token; medmerge.racing.RacingPlan.min_gain)")
+                         "this on any objective (nats/token; medmerge.selection.racing.RacingPlan.min_gain)")
     args = ap.parse_args()
 
     import os
@@ -374,12 +373,13 @@ def main() -> None:
     if not (models / "instruct" / "config.json").exists():
         subprocess.run([BIN / "medmerge", "demo-models", models, "-q"], check=True, stdout=subprocess.DEVNULL)
 
-    from medmerge import objectives, optuna_search
+    from medmerge.evaluation import objectives
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.runner import EvalSettings
     from medmerge.evaluation.sweep_eval import SweepEvaluator
     from medmerge.evaluation.tasks import resolve_data_dir
-    from medmerge.recipe import SweepSpec
+    from medmerge.merge.recipe import SweepSpec
+    from medmerge.selection import optuna_search
 
     suites = tuple(args.suites.split(","))
     heldout = args.objectives == ["heldout"]

@@ -19,7 +19,7 @@ from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from medmerge.finetune import FinetuneSummary, SFTCheckpoint
-from medmerge.search import CheckpointDir, Frontier, SearchResults
+from medmerge.selection.search import CheckpointDir, Frontier, SearchResults
 
 
 def _write(path: str, text: str) -> None:

@@ -71,8 +71,8 @@ def cli(debug):
 def merge(config, out_dir, random_seed, allow_pickle, trust_remote_code, overwrite, max_shard_size, chunk_size,
           quiet):
     """Merge the models of a mergekit YAML CONFIG into a checkpoint at OUT_DIR."""
-    from medmerge.engine import merge as run_merge
-    from medmerge.recipe import load_recipe
+    from medmerge.merge.engine import merge as run_merge
+    from medmerge.merge.recipe import load_recipe
 
     recipe = load_recipe(config)
     if random_seed is not None:
@@ -93,8 +93,8 @@ def sweep(sweep_config, out_dir, allow_pickle, trust_remote_code, overwrite, max
     SWEEP_CONFIG is a ratio grid (methods: [linear, slerp], ratios: [...]) or a methods grid
     (methods: {dare_ties: {density: [0.6, 0.8]}, hierarchical_ot: {}}, or preset: hierarchical-study-methods)."""
     _prefetch_hashes(sweep_config, ("clinical", "instruct", "base"))
-    from medmerge.engine import sweep as run_sweep
-    from medmerge.recipe import load_sweep
+    from medmerge.merge.engine import sweep as run_sweep
+    from medmerge.merge.recipe import load_sweep
 
     spec = load_sweep(sweep_config)
     outs = run_sweep(spec, out_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
@@ -111,8 +111,8 @@ def sweep(sweep_config, out_dir, allow_pickle, trust_remote_code, overwrite, max
 @click.option("--allow-pickle", is_flag=True)
 def check(models, scan_values, allow_pickle):
     """Check that MODELS can be merged with each other."""
-    from medmerge.compat import check_compatible
-    from medmerge.engine import open_parents
+    from medmerge.merge.compat import check_compatible
+    from medmerge.merge.engine import open_parents
 
     parents = open_parents(list(models), allow_pickle=allow_pickle, check=False)
     check_compatible(list(parents.values()), scan_values=scan_values)
@@ -122,7 +122,7 @@ def check(models, scan_values, allow_pickle):
 @cli.command()
 def methods():
     """List merge methods with their declared parameters."""
-    from medmerge.methods import METHODS
+    from medmerge.merge.methods import METHODS
 
     for m in METHODS.values():
         params = ", ".join(
@@ -217,7 +217,7 @@ def evaluate_sweep_cmd(sweep_config, out, suites, data_dir, limit, num_fewshot, 
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
     from medmerge.io.atomic import check_output_file, output_container
-    from medmerge.recipe import load_sweep
+    from medmerge.merge.recipe import load_sweep
 
     spec = load_sweep(sweep_config)
     settings = _eval_settings(suites, data_dir, limit, num_fewshot, batch_size, backend, device, max_gen_toks, dtype,
@@ -299,8 +299,8 @@ def _model_config(ref: str, trust_remote_code: bool):
 def sft_memory(model, dtype, lora, lora_r, optim, no_gradient_checkpointing, per_device_batch, max_length, num_gpus,
                device_memory_gib):
     """Estimate the memory SFT of MODEL needs (from its config.json; no weights read); exit 2 if it cannot fit."""
-    from medmerge.sft import SFTSettings, check_memory
-    from medmerge.sft_memory import gib
+    from medmerge.finetune.sft import SFTSettings, check_memory
+    from medmerge.finetune.sft_memory import gib
 
     settings = SFTSettings(dtype=dtype, lora=lora, lora_r=lora_r, optim=optim,
                            gradient_checkpointing=not no_gradient_checkpointing, per_device_batch=per_device_batch,
@@ -365,7 +365,7 @@ def validate_data(source, split, data_dir, fmt, id_field, input_field, target_fi
     if tokenizer_ref is not None:
         tokenizer = _load_tokenizer(tokenizer_ref, trust_remote_code)
         if max_input_tokens is None:
-            from medmerge.arch import context_length  # the finetune pipeline's data check counts the same
+            from medmerge.merge.arch import context_length  # the finetune pipeline's data check counts the same
 
             max_input_tokens = context_length(_model_config(tokenizer_ref, trust_remote_code), tokenizer)
             if max_input_tokens is None:
@@ -543,12 +543,12 @@ def demo_models(out_dir, seed, quiet, no_cache):
               default=Path("zenml_config/finetune_demo.yaml"), show_default=True)
 @click.option("--promote-knee", is_flag=True, help="The scheduled retrain promotes the new knee (crontab/systemd).")
 @click.option("--crontab-out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path(".medmerge/retrain.crontab"), show_default=True,
+              default=Path(".medmerge/ops/retrain.crontab"), show_default=True,
               help="Where the crontab line goes when the orchestrator cannot schedule (never installed).")
 @click.option("--systemd-out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write medmerge-retrain.service and .timer into this directory (never installed).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path(".medmerge/retrain.log"), show_default=True, help="The scheduled run's output.")
+              default=Path(".medmerge/ops/retrain.log"), show_default=True, help="The scheduled run's output.")
 def schedule(cron_expr, search_config, finetune_config, promote_knee, crontab_out, systemd_out, log_path):
     """Run retraining on a schedule: a ZenML Schedule on orchestrators that support one, else a crontab line.
 
@@ -560,7 +560,7 @@ def schedule(cron_expr, search_config, finetune_config, promote_knee, crontab_ou
     The work is done by `python -m pipelines.schedule`, started here as a separate process."""
     import subprocess
 
-    from medmerge.schedule import systemd_on_calendar, validate_cron
+    from medmerge.ops.schedule import systemd_on_calendar, validate_cron
 
     cron = validate_cron(cron_expr)                     # CronError: exit 2, nothing written
     if systemd_out is not None:
@@ -599,7 +599,7 @@ def _check_schedule_outputs(crontab_out: Path, systemd_out: Path | None, inputs:
     if systemd_out is not None:
         check_output_dir(systemd_out, protect=inputs, protect_what="run configuration", container=True,
                          label="systemd directory")
-        from medmerge.schedule import UNIT_NAME
+        from medmerge.ops.schedule import UNIT_NAME
 
         for suffix in ("service", "timer"):
             check_output_file(systemd_out / f"{UNIT_NAME}.{suffix}", label="systemd unit",

@@ -78,9 +78,9 @@ def entry_point(prog: str, doc: str, argv, arguments, call) -> int:
     except MedmergeError as exc:
         return fail([one_line(exc)], 2)
     except ValidationError as exc:   # a configuration built after the preflight (none should fail here)
-        from medmerge.preflight import _Problems, pydantic_problems
+        from medmerge.preflight import Problems, pydantic_problems
 
-        problems = _Problems("configuration")
+        problems = Problems("configuration")
         pydantic_problems(exc, None, problems)
         return fail(problems.lines or [one_line(exc)], 2)
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from zenml import pipeline
 
 from medmerge.finetune import FinetuneConfig, shot_label
-from medmerge.search import SearchConfig
+from medmerge.selection.search import SearchConfig
 from pipelines._launch import build_time_tracking_uri
 from pipelines.finetune import step_id
 from steps.fanout_steps import train_in_parallel

@@ -13,7 +13,7 @@ import sys
 
 from zenml import pipeline
 
-from medmerge.search import SearchConfig
+from medmerge.selection.search import SearchConfig
 from pipelines._launch import build_time_tracking_uri
 from steps.fanout_steps import SHARD_STEP, evaluate_shard, gather_shards
 from steps.merge_search_steps import check_parents, log_search, register_selected, select_frontier, write_selected

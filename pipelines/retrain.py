@@ -4,9 +4,9 @@
     python -m pipelines.retrain --search-config zenml_config/merge_search_demo.yaml \\
         --finetune-config zenml_config/finetune_demo.yaml [--promote-knee] [--dry-run] [--debug]
 
-Every decision is an MLflow run in the experiment ``medmerge-retrain`` (tag ``medmerge.retrain``:
+Every decision is an MLflow run in the experiment ``medmerge-retrain`` (tag ``medmerge.ops.retrain``:
 ``noop`` or ``ran``, the reasons, the hashes as parameters, ``decision.json``). What is compared is in
-:mod:`medmerge.retrain`. ``medmerge schedule`` runs this from cron or a systemd timer, or attaches a ZenML
+:mod:`medmerge.ops.retrain`. ``medmerge schedule`` runs this from cron or a systemd timer, or attaches a ZenML
 schedule to the two pipelines where the orchestrator can schedule (:func:`attach_schedules`).
 Both run configurations pass the preflight first (:mod:`medmerge.preflight`): bad input exits 2, one line per
 problem, before anything runs; ``--debug`` (or ``MEDMERGE_DEBUG=1``) adds the traceback of an error.
@@ -35,9 +35,9 @@ def load_configs(search_config: str, finetune_config: str, promote_knee: bool = 
 
 
 def run(search_config: str, finetune_config: str, promote_knee: bool = False, dry_run: bool = False,
-        lock_file: str | Path = ".medmerge/retrain.lock") -> dict:
+        lock_file: str | Path = ".medmerge/ops/retrain.lock") -> dict:
     """Decide; when something changed run merge_search (promoting the knee if asked) and finetune; record it."""
-    from medmerge import retrain
+    from medmerge.ops import retrain
     from medmerge.tracking.registry import check_reachable
 
     search_cfg, ft_cfg = load_configs(search_config, finetune_config, promote_knee)
@@ -66,14 +66,14 @@ def run(search_config: str, finetune_config: str, promote_knee: bool = False, dr
 
 
 def _experiment_id(uri: str) -> str:
-    from medmerge.retrain import RETRAIN_EXPERIMENT
+    from medmerge.ops.retrain import RETRAIN_EXPERIMENT
     from medmerge.tracking import runs
 
     return runs.find_experiment(uri, RETRAIN_EXPERIMENT) or "0"
 
 
 def _run_pipelines(decision, search_config: str, finetune_config: str, promote_knee: bool, uri: str, rid: str) -> dict:
-    from medmerge import retrain
+    from medmerge.ops import retrain
     from pipelines import finetune, merge_search
 
     try:
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
         ap.add_argument("--finetune-config", required=True, help="finetune run config (ZenML YAML)")
         ap.add_argument("--promote-knee", action="store_true", help="promote the new knee to staging (as merge_search)")
         ap.add_argument("--dry-run", action="store_true", help="say what changed; run and record nothing")
-        ap.add_argument("--lock-file", default=".medmerge/retrain.lock", help="held while deciding and running")
+        ap.add_argument("--lock-file", default=".medmerge/ops/retrain.lock", help="held while deciding and running")
 
     return entry_point("retrain", __doc__, argv, arguments, lambda args: run(
         args.search_config, args.finetune_config, args.promote_knee, args.dry_run, args.lock_file))

@@ -9,7 +9,7 @@ SageMaker ...) merge_search and finetune get a ZenML schedule each (:func:`pipel
 their hashing steps always run and every later step is cached on content, so a scheduled run with nothing
 changed is all cached and registers nothing. Otherwise (the local orchestrator) it says so and writes the
 crontab line (and with ``--systemd-out`` a systemd timer) running ``python -m pipelines.retrain``; it
-installs neither. The cron expression, crontab line and units are built by :mod:`medmerge.schedule`.
+installs neither. The cron expression, crontab line and units are built by :mod:`medmerge.ops.schedule`.
 Both run configurations pass the preflight (:mod:`medmerge.preflight`) first: bad input exits 2 with one
 line per problem, before ZenML is asked anything; ``--debug`` (or ``MEDMERGE_DEBUG=1``) adds the traceback.
 """
@@ -26,12 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def schedule(cron_expr: str, search_config: Path, finetune_config: Path, promote_knee: bool = False,
-             crontab_out: Path = Path(".medmerge/retrain.crontab"), systemd_out: Path | None = None,
-             log_path: Path = Path(".medmerge/retrain.log")) -> None:
+             crontab_out: Path = Path(".medmerge/ops/retrain.crontab"), systemd_out: Path | None = None,
+             log_path: Path = Path(".medmerge/ops/retrain.log")) -> None:
     """Attach ZenML schedules where the active orchestrator can schedule, else write the crontab line
     (and the systemd units); relative output paths are under the repository."""
     from medmerge.io.atomic import write_text_atomic
-    from medmerge.schedule import (
+    from medmerge.ops.schedule import (
         crontab_line,
         retrain_argv,
         scheduled_env,
@@ -102,9 +102,9 @@ def main(argv=None) -> int:
         ap.add_argument("--search-config", type=Path, default=Path("zenml_config/merge_search_demo.yaml"))
         ap.add_argument("--finetune-config", type=Path, default=Path("zenml_config/finetune_demo.yaml"))
         ap.add_argument("--promote-knee", action="store_true", help="the scheduled retrain promotes the new knee")
-        ap.add_argument("--crontab-out", type=Path, default=Path(".medmerge/retrain.crontab"))
+        ap.add_argument("--crontab-out", type=Path, default=Path(".medmerge/ops/retrain.crontab"))
         ap.add_argument("--systemd-out", type=Path, default=None)
-        ap.add_argument("--log", dest="log_path", type=Path, default=Path(".medmerge/retrain.log"))
+        ap.add_argument("--log", dest="log_path", type=Path, default=Path(".medmerge/ops/retrain.log"))
 
     # prog "medmerge": `medmerge schedule` forwards this line as its own
     return entry_point("medmerge", __doc__, argv, arguments, lambda a: schedule(

@@ -39,7 +39,7 @@ def parse(argv):
     p.add_argument("--generations", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--workers", type=int, default=None,
-                   help="also evaluate the sweep on this many local workers (medmerge.workers), one GPU each; "
+                   help="also evaluate the sweep on this many local workers (medmerge.runtime.workers), one GPU each; "
                         "default: 2 when 2 or more GPUs are visible, else none")
     return p.parse_args(argv)
 
@@ -109,7 +109,7 @@ def phase(name: str, fn, device: str):
     """Run ``fn``; return (its result, seconds, peak GPU MiB or None)."""
     import torch
 
-    from medmerge import cost
+    from medmerge.runtime import cost
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -122,13 +122,13 @@ def phase(name: str, fn, device: str):
 
 
 def scale_out(spec, args, workers: int, out: Path, one_worker_seconds: float) -> dict:
-    """The same sweep on ``workers`` local worker processes (each its own GPU, medmerge.workers), with a fresh
+    """The same sweep on ``workers`` local worker processes (each its own GPU, medmerge.runtime.workers), with a fresh
     evaluation cache: wall time, the ratio to one worker and the per-candidate time each worker saw."""
     import tempfile
 
     from medmerge.evaluation.cache import EvalCache
-    from medmerge.parallel_search import evaluate_grid
-    from medmerge.search import SearchConfig
+    from medmerge.selection.parallel_search import evaluate_grid
+    from medmerge.selection.search import SearchConfig
 
     cfg = SearchConfig(sweep=spec.model_dump(mode="json"), suites=("clinical",), data_dir="sample", limit=args.limit,
                        objectives=("mm_pubmedqa", "medical_avg"),   # the clinical suite's (no IFEval here)
@@ -156,8 +156,8 @@ def main(argv=None) -> int:
     from medmerge.evaluation.tasks import resolve_data_dir
     from medmerge.generation.data import load_task
     from medmerge.generation.generate import GenerationSettings, generate
-    from medmerge.recipe import SweepSpec
-    from medmerge.sft import SFTSettings, finetune
+    from medmerge.merge.recipe import SweepSpec
+    from medmerge.finetune.sft import SFTSettings, finetune
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
   since the last step (:func:`medmerge.tracking.runs.claim_versions`).
 * ``on_failure`` (:func:`fail_tracked_runs`): every MLflow run this process opened or logged to that is still
   open ends FAILED (tag ``medmerge.failure`` says which step and why), every version registered from a failed
-  run is deleted (:func:`medmerge.tracking.runs.fail_touched`), and the cached result of the step that
+  run is deleted (:func:`medmerge.tracking.failure.fail_touched`), and the cached result of the step that
   registered it is expired, so the rerun registers it again instead of handing on a deleted version. It never
   raises: the step's own error is what the user reads.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from medmerge.tracking import runs
+from medmerge.tracking import failure, runs
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ def claim_registrations() -> None:
         _registered_by.update(dict.fromkeys(keys, step_run))
 
 
-def close_failed_run(reason: str) -> runs.FailedRunReport:
-    """:func:`medmerge.tracking.runs.fail_touched`, then expire the cached results of the steps that registered
+def close_failed_run(reason: str) -> failure.FailedRunReport:
+    """:func:`medmerge.tracking.failure.fail_touched`, then expire the cached results of the steps that registered
     the deleted versions. Never raises (problems are logged)."""
-    report = runs.fail_touched(reason)
+    report = failure.fail_touched(reason)
     expire = {_registered_by.pop(k) for k in report.deleted if k in _registered_by}
     if expire:
         try:

@@ -9,9 +9,9 @@ from typing import Annotated
 from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from medmerge import parallel_search
 from medmerge.finetune import FinetuneConfig, TrainingData
-from medmerge.search import SearchConfig, SearchResults
+from medmerge.selection import search
+from medmerge.selection.search import SearchConfig, SearchResults
 from steps.failure import claim_registrations, fail_tracked_runs
 from steps.finetune_steps import Initialisations
 
@@ -24,7 +24,7 @@ def evaluate_shard(config: SearchConfig, parents: dict, shard: int,
                    shards: int) -> Annotated[SearchResults, "shard_reports"]:
     """In: config, parent hashes, the shard's index and count. Out: the reports of every ``shards``-th candidate
     from ``shard``, evaluated in memory on this step's device (no MLflow)."""
-    return parallel_search.shard_results(config, parents, shard, shards)
+    return search.shard_results(config, parents, shard, shards)
 
 
 @step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)
@@ -34,7 +34,7 @@ def gather_shards(config: SearchConfig, parents: dict, shards: int) -> Annotated
     its inputs are the shard steps of this run, which ZenML does not hash."""
     run = get_step_context().pipeline_run
     parts = [run.steps[SHARD_STEP.format(i)].outputs[SHARD_OUTPUT][0].load() for i in range(shards)]
-    return parallel_search.gather_results(config, parents, parts)
+    return search.gather_results(config, parents, parts)
 
 
 @step(enable_cache=False, on_failure=fail_tracked_runs, on_success=claim_registrations)

@@ -1,4 +1,4 @@
-"""The merge_search steps. Each is a few lines around one ``medmerge.search`` function."""
+"""The merge_search steps. Each is a few lines around one ``medmerge.selection.search`` function."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 from zenml import get_step_context, step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from medmerge import search
-from medmerge.search import CheckpointDir, Frontier, SearchConfig, SearchResults
+from medmerge.selection import search
+from medmerge.selection.search import CheckpointDir, Frontier, SearchConfig, SearchResults
 from steps.failure import claim_registrations, fail_tracked_runs
 
 

@@ -1,5 +1,5 @@
 """The steps that choose phase two's picks and decide promotions, at the end of both pipelines
-(``medmerge.promotion``)."""
+(``medmerge.selection.promotion``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Annotated
 from zenml import step
 
 import materializers  # noqa: F401  (registers the medmerge materializers)
-from medmerge import promotion
 from medmerge.finetune import FinetuneConfig, FinetuneSummary, SFTResult, TrackingRun
-from medmerge.promotion import Picks, PromotionDecision
-from medmerge.search import Frontier, SearchConfig, SearchResults
+from medmerge.selection import promotion
+from medmerge.selection.promotion import Picks, PromotionDecision
+from medmerge.selection.search import Frontier, SearchConfig, SearchResults
 from steps.failure import claim_registrations, fail_tracked_runs
 
 

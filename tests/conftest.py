@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from factory import DEMO_EVAL, DEMO_SWEEP
 
 # Hermetic runs: nothing reaches a hub, and nothing is read from or written to the user's ~/.cache/medmerge

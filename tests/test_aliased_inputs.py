@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from factory import make_family
+
 from medmerge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_config_that_is_not_text(tmp_path, capsys, content, command):
 
 def test_config_that_is_a_directory(tmp_path, capsys):
     from medmerge.errors import RecipeError
-    from medmerge.recipe import load_recipe
+    from medmerge.merge.recipe import load_recipe
 
     assert main(["merge", str(tmp_path), str(tmp_path / "out")]) == 2   # click's usage error names it
     err = capsys.readouterr().err
@@ -130,7 +130,7 @@ def test_run_config_that_is_not_text(tmp_path):
 def test_pipeline_configs_refuse_output_dirs_aliasing_inputs(fam, tmp_path):
     from medmerge.errors import OutputError
     from medmerge.finetune import FinetuneConfig
-    from medmerge.search import SearchConfig
+    from medmerge.selection.search import SearchConfig
 
     sweep = {"clinical": str(fam["m0"]), "instruct": str(fam["m1"]), "methods": ["linear"], "ratios": [0.5]}
     with pytest.raises(OutputError, match="is the parent model"):
@@ -145,8 +145,8 @@ def test_pipeline_configs_refuse_output_dirs_aliasing_inputs(fam, tmp_path):
 
 def test_sft_refuses_to_write_over_the_model_it_trains(fam, tmp_path):
     from medmerge.errors import OutputError
+    from medmerge.finetune.sft import SFTSettings, finetune
     from medmerge.generation.data import GenerationExample
-    from medmerge.sft import SFTSettings, finetune
 
     before = digest_tree(fam["m0"])
     ex = [GenerationExample(id="a", input="w1 w2", target="w3")]

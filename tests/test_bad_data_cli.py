@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from factory import SHARED_DATA as REAL
 from factory import llama_config, write_tokenizer
+
 from medmerge.cli import main
 
 
@@ -123,11 +123,11 @@ def test_context_length_sources(capsys, tmp_path, tok_dir):
 
 
 def test_context_length_is_one_rule_wherever_it_is_asked():
-    """medmerge.arch.context_length: the config's positions (or an alias), the tokenizer's model_max_length
+    """medmerge.merge.arch.context_length: the config's positions (or an alias), the tokenizer's model_max_length
     unless it is transformers' 'unknown' sentinel, the smaller of the two."""
     from types import SimpleNamespace
 
-    from medmerge.arch import context_length
+    from medmerge.merge.arch import context_length
 
     assert context_length({"max_position_embeddings": 64}) == 64
     assert context_length({"n_positions": 1024, "hidden_size": 8}) == 1024          # GPT-2's name for it

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from factory import WORDS, llama_config, llama_state_dict, make_family, read, write_checkpoint, write_tokenizer
 from safetensors.torch import save_file
 
-from factory import WORDS, llama_config, llama_state_dict, make_family, read, write_checkpoint, write_tokenizer
 from medmerge.cli import main
 
 
@@ -187,9 +187,9 @@ def test_check_command_accepts_compatible(capsys, fam):
 def test_interrupted_merge_leaves_no_checkpoint(tmp_path, fam, monkeypatch):
     """Ctrl-C (KeyboardInterrupt) mid-write leaves neither the output nor its temp dir. A real SIGKILL of
     `medmerge merge` and `medmerge sweep` is tests/test_kill.py."""
-    from medmerge.engine import merge
     from medmerge.io import writer
-    from medmerge.recipe import parse_recipe
+    from medmerge.merge.engine import merge
+    from medmerge.merge.recipe import parse_recipe
 
     calls = {"n": 0}
     real = writer.StreamingCheckpointWriter.write
@@ -209,10 +209,10 @@ def test_interrupted_merge_leaves_no_checkpoint(tmp_path, fam, monkeypatch):
 def test_disk_full_removes_temp_dir_and_says_so(tmp_path, fam, monkeypatch):
     import errno
 
-    from medmerge.engine import merge
     from medmerge.errors import OutputError
     from medmerge.io import writer
-    from medmerge.recipe import parse_recipe
+    from medmerge.merge.engine import merge
+    from medmerge.merge.recipe import parse_recipe
 
     def full(self, name, t):
         raise OSError(errno.ENOSPC, "No space left on device")

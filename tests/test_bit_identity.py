@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from factory import make_family, read
-from medmerge.cli import main
-from medmerge.methods import METHODS
 from mk import mergekit_merge, ratio_recipe
+
+from medmerge.cli import main
+from medmerge.merge.methods import METHODS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Deterministic and computed by mergekit: the registry decides, so a method added there is tested here.

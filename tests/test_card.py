@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from factory import make_family
-from medmerge.card import card_body
-from medmerge.engine import merge, sweep
-from medmerge.methods import FORMULAS, METHODS
-from medmerge.recipe import SweepSpec, parse_recipe
+
+from medmerge.merge.card import card_body
+from medmerge.merge.engine import merge, sweep
+from medmerge.merge.methods import FORMULAS, METHODS
+from medmerge.merge.recipe import SweepSpec, parse_recipe
 
 
 @pytest.fixture(scope="module")

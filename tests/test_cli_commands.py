@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from factory import assert_read_once, binomial_stderr, make_family, read
+from mk import mergekit_merge
 from safetensors.torch import save_file
 
-from factory import assert_read_once, binomial_stderr, make_family, read
 from medmerge.cli import main
-from medmerge.methods import METHODS
-from mk import mergekit_merge
+from medmerge.merge.methods import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_demo_models_writes_the_three_checkpoints_and_a_sweep_that_uses_them(dem
     import hashlib
 
     from medmerge.demo.cache import build_key, cache_root
-    from medmerge.recipe import SweepSpec
+    from medmerge.merge.recipe import SweepSpec
 
     out = tmp_path / "demo"
     code, stdout, _ = cli(capsys, "demo-models", str(out), "-q")

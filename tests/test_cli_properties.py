@@ -28,10 +28,10 @@ import click
 import pytest
 import torch
 import yaml
+from factory import make_family, read, snapshot
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from factory import make_family, read, snapshot
 from medmerge.cli import main
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from medmerge import cost
-from medmerge.cost import CostRow, cost_table, measured
+from medmerge.runtime import cost
+from medmerge.runtime.cost import CostRow, cost_table, measured
 
 
 @pytest.fixture(scope="module")

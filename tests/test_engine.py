@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from factory import make_family, read
-from medmerge.cli import main
-from medmerge.engine import merge, merged_state_dict, open_parents, plan_merge
-from medmerge.recipe import parse_recipe
 from mk import mergekit_merge
+
+from medmerge.cli import main
+from medmerge.merge.engine import merge, merged_state_dict, open_parents, plan_merge
+from medmerge.merge.recipe import parse_recipe
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_refuses_existing_output(fam, tmp_path, capsys):
 
 
 def test_compute_threads_leaves_cores_to_writers_and_restores(monkeypatch):
-    from medmerge import engine
+    from medmerge.merge import engine
 
     before = torch.get_num_threads()
     monkeypatch.setattr(engine, "_available_cores", lambda: 8)
@@ -197,7 +197,7 @@ def test_compute_threads_leaves_cores_to_writers_and_restores(monkeypatch):
 def test_thread_count_changes_only_around_elementwise_math(fam, tmp_path, monkeypatch, name, elementwise):
     """A reduction's rounding depends on torch's thread count, so only elementwise methods may give
     cores to the writers; the result equals the in-memory merge at the default thread count."""
-    from medmerge import engine
+    from medmerge.merge import engine
 
     calls = []
     real = engine.compute_threads

@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
-
 from factory import shared_or_sample
+from stock_lm_eval import prompts, run_cli, stock_task
+
 from medmerge.cli import main
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.runner import EvalOptions, EvalSettings, ModelEvaluator, evaluate_checkpoint, load_model
 from medmerge.evaluation.tasks import EvalError
-from stock_lm_eval import prompts, run_cli, stock_task
 
 
 def _head(src: Path, dst: Path, n: int, where: dict | None = None) -> Path:

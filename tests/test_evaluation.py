@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from factory import shared_or_sample
 from safetensors.torch import load_file, save_file
 
-from factory import shared_or_sample
 from medmerge.cli import main
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.runner import EvalSettings, evaluate_checkpoint
 from medmerge.evaluation.scores import if_score, medical_avg
 from medmerge.evaluation.sweep_eval import evaluate_sweep
 from medmerge.evaluation.tasks import EvalError, task_spec
-from medmerge.recipe import SweepSpec
+from medmerge.merge.recipe import SweepSpec
 
 CLINICAL_DATA = ("mmlu", "mmlu_pro_health", "medmcqa", "medqa", "pubmedqa")
 
@@ -89,7 +89,7 @@ def _settings():
 
 
 def test_in_memory_sweep_equals_disk_and_writes_nothing(sweep_spec, tmp_path, monkeypatch):
-    from medmerge.engine import sweep
+    from medmerge.merge.engine import sweep
 
     monkeypatch.chdir(tmp_path)
     before = set(Path(sweep_spec.clinical).parent.iterdir())
@@ -108,7 +108,7 @@ def test_ifeval_in_memory_equals_disk(demo_models, tmp_path, monkeypatch):
     token, as its checkpoint on disk, so every IFEval metric is equal."""
     from lm_eval.models.huggingface import HFLM
 
-    from medmerge.engine import sweep
+    from medmerge.merge.engine import sweep
 
     generations: list[list[str]] = []
     real = HFLM.generate_until

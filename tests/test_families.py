@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 
+import families as F
 import pytest
 import torch
 import yaml
+from factory import PACKAGED_SAMPLE, read
+from mk import mergekit_merge
 from safetensors.torch import save_file
 
-import families as F
-from factory import PACKAGED_SAMPLE, read
 from medmerge.cli import main
-from mk import mergekit_merge
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +199,9 @@ def test_unknown_layout_exits_2_naming_architecture_and_tensor(tok, tmp_path, ca
 def test_evaluate_sft_and_generate_run(fams, tmp_path, family):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from medmerge.finetune.sft import SFTSettings, finetune
     from medmerge.generation.data import load_task
     from medmerge.generation.generate import GenerationSettings, generate
-    from medmerge.sft import SFTSettings, finetune
 
     path = fams[family]["a"]
     report = tmp_path / "r.json"

@@ -240,7 +240,7 @@ def test_merge_search_survives_kill_during_evaluation_and_server_loss(demo_model
     from zenml.client import Client
     from zenml.enums import ExecutionStatus as S
 
-    from medmerge import search
+    from medmerge.selection import search
     from medmerge.tracking.server import start
     from pipelines.merge_search import main, run
 
@@ -376,8 +376,8 @@ def test_disk_full_during_sft_write_removes_the_temp_dir_and_says_so(demo_models
 
     from medmerge.errors import OutputError
     from medmerge.evaluation.tasks import resolve_data_dir
+    from medmerge.finetune.sft import SFTSettings, finetune
     from medmerge.generation.data import load_task
-    from medmerge.sft import SFTSettings, finetune
 
     def full(state_dict, filename, metadata=None):
         Path(filename).write_bytes(b"half a tensor")  # some bytes land before the device fills

@@ -4,13 +4,22 @@ split, subsets, batched generation, the learning-curve table and figure."""
 from __future__ import annotations
 
 import pytest
+from factory import SHARED_DATA, llama_config, llama_state_dict, write_checkpoint
 from pydantic import ValidationError
 
-from factory import SHARED_DATA, llama_config, llama_state_dict, write_checkpoint
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
-from medmerge.finetune import (FinetuneConfig, FinetuneError, InitModel, SFTResult, curve_table, forgetting_table,
-                               learning_curves, load_data, subsample)
-from medmerge.forgetting import forgetting_gate
+from medmerge.finetune import (
+    FinetuneConfig,
+    FinetuneError,
+    InitModel,
+    SFTResult,
+    curve_table,
+    forgetting_table,
+    learning_curves,
+    load_data,
+    subsample,
+)
+from medmerge.finetune.forgetting import forgetting_gate
 from medmerge.generation.data import GenerationExample
 
 DATA = SHARED_DATA
@@ -85,6 +94,7 @@ def tiny_model(tmp_path):
 
 def test_generation_is_batched_seeded_and_caps_long_inputs(tmp_path):
     from factory import WORDS
+
     from medmerge.generation.generate import GenerationSettings, generate
 
     model, tok = tiny_model(tmp_path)
@@ -121,7 +131,7 @@ def result(init, shots, n, comp, before=0.5, after=0.5) -> SFTResult:
 def test_learning_curve_table_and_figure(tmp_path):
     from PIL import Image
 
-    from medmerge.figures import plot_learning_curves
+    from medmerge.selection.figures import plot_learning_curves
 
     rs = [result("clinical", "16", 16, 0.30), result("clinical", "8", 8, 0.20), result("clinical", "full", 64, 0.40),
           result("merge", "8", 8, 0.25, before=0.5, after=0.1), result("merge", "16", 16, 0.35)]
@@ -146,7 +156,7 @@ def test_learning_curve_table_and_figure(tmp_path):
 
 
 def test_learning_curves_figure_draws_one_line_per_initialisation():
-    from medmerge.figures import learning_curves_figure
+    from medmerge.selection.figures import learning_curves_figure
 
     curves = {"clinical": {16: 0.30, 8: 0.20, 64: 0.40}, "merge": {8: 0.25, 16: 0.35}}
     (ax,) = learning_curves_figure(curves, full_sizes={"clinical": 64}, forgot={"merge": {8}}).axes

@@ -58,8 +58,8 @@ def test_finetune_pipeline(demo_models, mlflow_server, tmp_path, capsys):
     from zenml.enums import ExecutionStatus
 
     from medmerge.cli import main as cli
-    from medmerge.engine import merge
-    from medmerge.recipe import parse_recipe
+    from medmerge.merge.engine import merge
+    from medmerge.merge.recipe import parse_recipe
     from pipelines.finetune import main, run
 
     merged = merge(parse_recipe({"merge_method": "linear", "dtype": "float32", "models": [

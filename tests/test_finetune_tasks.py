@@ -8,9 +8,9 @@ holding Table 2 (rows initialisation x shots, columns the three tasks) and one l
 
 from __future__ import annotations
 
-import re
 import csv
 import json
+import re
 import urllib.request
 
 import pytest
@@ -107,8 +107,7 @@ def test_a_task_with_no_held_out_split_is_named(tmp_path):
 
 
 def test_results_are_grouped_by_task_in_config_order():
-    from medmerge.finetune import SFTResult
-    from medmerge.finetune import group_by_task
+    from medmerge.finetune import SFTResult, group_by_task
 
     cfg = FinetuneConfig.model_validate({"initialisations": INIT, "tasks": ["b_task", "a_task"]})
     res = [SFTResult.model_construct(task=t, init="c", shots="8", n_examples=8, run_id=f"r{i}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
-from medmerge.forgetting import forgetting_gate
+from medmerge.finetune.forgetting import forgetting_gate
 
 
 def report(ifeval: float, pubmed: float, pubmed_se: float | None, med: float) -> EvalReport:
@@ -59,7 +59,7 @@ def test_bad_margin():
 
 def test_means_get_their_stderr_from_their_parts():
     """A report without ``scores`` (made before they were stored) gets them from the same definition
-    (medmerge.objectives.suite_scores): Medical Avg over the ten clinical tasks, IF score from IFEval."""
+    (medmerge.evaluation.objectives.suite_scores): Medical Avg over the ten clinical tasks, IF score from IFEval."""
     from medmerge.evaluation.tasks import load_suites
 
     clinical = load_suites()["clinical"]["tasks"]

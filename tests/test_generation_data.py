@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pydantic
 import pytest
-
 from factory import SHARED_DATA
+
 from medmerge.errors import MedmergeError
 from medmerge.generation.data import TASKS, DataError, GenerationExample, load_task, task_splits
 from medmerge.generation.subsets import few_shot_subsets, seeded_order

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 
 import torch
-
 from factory import WORDS, llama_config, llama_state_dict, write_checkpoint
+
+from medmerge.finetune.sft import DEFAULT_INSTRUCTION, prompt_for
 from medmerge.generation.data import GenerationExample
 from medmerge.generation.generate import GenerationSettings, eos_token_ids, generate
-from medmerge.sft import DEFAULT_INSTRUCTION, prompt_for
 
 GREEDY = GenerationSettings(temperature=0.0, batch_size=4)
 

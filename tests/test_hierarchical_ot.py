@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from factory import llama_config, llama_state_dict, read, write_checkpoint
-from medmerge.engine import merge
-from medmerge.methods import hierarchical_ot as hot
-from medmerge.recipe import parse_recipe
+
+from medmerge.merge.engine import merge
+from medmerge.merge.methods import hierarchical_ot as hot
+from medmerge.merge.recipe import parse_recipe
 
 HD, NH, NKV = 8, 4, 2
 
@@ -175,9 +175,10 @@ def test_a_native_method_is_one_registry_entry(tmp_path, monkeypatch):
     """The engine plans a native method through its registry entry's ``plan_steps`` alone: a new
     method needs no engine change (here a toy ``negate``: every tensor of the one model, negated)."""
     from factory import make_family
-    from medmerge.engine import Step
+
     from medmerge.io.writer import TensorSpec
-    from medmerge.methods import METHODS, MethodDef
+    from medmerge.merge.plan import Step
+    from medmerge.merge.methods import METHODS, MethodDef
 
     def plan_steps(recipe, parents):
         ref = recipe.models[0].model
@@ -202,7 +203,8 @@ def test_a_native_method_is_one_registry_entry(tmp_path, monkeypatch):
     ("phi3", 8, True)])
 def test_attention_layout_is_read_from_the_table_and_config(family, head_dim, fused):
     import families as F
-    from medmerge.arch import attention_layout
+
+    from medmerge.merge.arch import attention_layout
 
     model = F.new_model(family, seed=0)
     cfg = model.config.to_dict()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from factory import assert_read_once, binomial_stderr
 from mlflow_api import api, api_post
 
@@ -144,7 +143,7 @@ def test_optuna_search_killed_inside_trial_5_requeues_it_and_evaluates_it_once(d
     written when a candidate's evaluation returns, so on a quiet machine trial 5 finished first.)"""
     from zenml.client import Client
 
-    from medmerge import optuna_search
+    from medmerge.selection import optuna_search
 
     study = tmp_path / "study.db"
     sweep = sweep_yaml(tmp_path, demo_models, search="optuna", budget=8, seed=1, methods={

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from factory import make_family, read
-from medmerge.io.atomic import MARKER, TMP_PREFIX
 from mk import mergekit_merge
+
+from medmerge.io.atomic import MARKER, TMP_PREFIX
 
 pytestmark = pytest.mark.integration   # faults: the second tier
 

@@ -165,3 +165,123 @@ def test_the_tracking_boundary_holds_in_meaning(check):
     """Outside medmerge/tracking/: no MLflow entity's attributes are read (tracking/ returns records), no
     MLFLOW_* variable is named (tracking/ sets and reads them), and no run handle is rebuilt from a record."""
     assert [hit for f in outside_tracking() for hit in check(f)] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# the layout by phase: merge -> evaluation -> selection -> finetune -> ops, no import cycle
+# ------------------------------------------------------------------------------------------------
+# A phase imports itself and earlier phases only. generation/ is the fine-tuned models' generation and
+# scoring (finetune's phase). The support packages (io/, runtime/ and errors) import no phase; tracking/
+# reads the merge's model card and the evaluation's report formats, nothing later.
+PHASES = {"merge": 1, "evaluation": 2, "selection": 3, "finetune": 4, "generation": 4, "ops": 5}
+SUPPORT_MAY_IMPORT = {"io": set(), "runtime": set(), "errors": set(), "tracking": {"merge", "evaluation"}}
+
+
+def module_graph(core: Path = CORE) -> dict[str, set[str]]:
+    """``module -> the medmerge modules it imports when it runs`` (any depth, functions too; an import under
+    ``if TYPE_CHECKING:`` is the type checker's, not a run's, and does not count). A submodule importing its
+    own package is not an edge."""
+    mods = {}
+    for f in sorted(core.rglob("*.py")):
+        parts = list(f.relative_to(core.parent).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        typing_only = {id(x) for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+                       for b in n.body for x in ast.walk(b)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                r = resolve(t) if t.split(".")[0] == core.name else None
+                if r and r != m and not m.startswith(r + "."):
+                    graph[m].add(r)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while (w := stack.pop()) != v:
+                comp.append(w)
+            if comp:
+                out.append(sorted([v, *comp]))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def phase_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import of a later phase by an earlier one, or of a phase a support package may not read."""
+    def top(m: str) -> str | None:
+        return m.split(".")[1] if "." in m else None
+
+    bad = []
+    for a, deps in sorted(graph.items()):
+        for b in sorted(deps):
+            pa, pb = top(a), top(b)
+            if pb not in PHASES:
+                continue
+            if (pa in PHASES and PHASES[pb] > PHASES[pa]) or (pa in SUPPORT_MAY_IMPORT and pb not in SUPPORT_MAY_IMPORT[pa]):
+                bad.append(f"{a} -> {b}")
+    return bad
+
+
+def test_the_graph_checks_see_cycles_and_upward_imports(tmp_path):
+    pkg = tmp_path / "medmerge"
+    for rel, text in {"__init__.py": "", "merge/__init__.py": "", "selection/__init__.py": "", "io/__init__.py": "",
+                      "merge/engine.py": "def f():\n    from medmerge.merge.methods import x\n",
+                      "merge/methods.py": "from medmerge.merge import engine\nfrom typing import TYPE_CHECKING\n"
+                                          "if TYPE_CHECKING:\n    from medmerge.selection.search import S\n",
+                      "merge/card.py": "from medmerge.selection import search\n",
+                      "selection/search.py": "from medmerge.merge.engine import f\n",
+                      "io/atomic.py": "import medmerge.merge.card\n"}.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    graph = module_graph(pkg)
+    assert cycles(graph) == [["medmerge.merge.engine", "medmerge.merge.methods"]]   # card -> search -> engine: no cycle
+    assert "medmerge.selection.search" not in graph["medmerge.merge.methods"]    # TYPE_CHECKING only
+    assert phase_violations(graph) == ["medmerge.io.atomic -> medmerge.merge.card",
+                                       "medmerge.merge.card -> medmerge.selection.search"]
+
+
+def test_medmerge_has_no_import_cycle():
+    """Function-level imports included: a cycle hidden in a function is still two modules that need each other."""
+    graph = module_graph()
+    assert len(graph) > 50
+    assert cycles(graph) == []
+
+
+def test_phases_import_only_earlier_phases():
+    assert {p for p in PHASES if (CORE / p / "__init__.py").is_file()} == set(PHASES)
+    assert phase_violations(module_graph()) == []

@@ -9,10 +9,10 @@ import os
 import time
 
 import pytest
+from mlflow_api import api
 
 from medmerge.cli import main
 from medmerge.tracking.server import healthy, status
-from mlflow_api import api
 
 
 def test_live_server_logs_registers_and_stops_by_pid(tmp_path, capsys):

@@ -67,7 +67,7 @@ def test_cached_records_come_back_only_when_asked(demo_models, tmp_path):
 def test_mlflow_gets_records_only_when_asked(demo_models, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from medmerge.recipe import parse_recipe
+    from medmerge.merge.recipe import parse_recipe
     from medmerge.tracking import registry
 
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from factory import greedy_continuation, read
 from mlflow_api import api, api_post
 

@@ -1,19 +1,19 @@
-"""mergekit's planner through medmerge/mergekit_planner.py: the pinned range is the tested one and holds the
+"""mergekit's planner through medmerge/merge/mergekit_planner.py: the pinned range is the tested one and holds the
 installed mergekit, the private parts it uses are there, and a mergekit without them fails loudly, naming them."""
 
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from packaging.requirements import Requirement
 
-from medmerge import mergekit_planner
 from medmerge.io.checkpoint import Checkpoint
+from medmerge.merge import mergekit_planner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from factory import shared_or_sample
+from stock_lm_eval import prompts, run_cli, stock_task
+
 from medmerge.cli import main
 from medmerge.evaluation.runner import EvalSettings, evaluate_checkpoint
 from medmerge.evaluation.tasks import EvalError, load_suites, task_spec
-from stock_lm_eval import prompts, run_cli, stock_task
 
 LETTERS = "ABCDEFGHIJ"
 

@@ -68,7 +68,7 @@ def _examples():
 
 
 def test_sft_whose_loss_becomes_non_finite_stops_and_writes_nothing(tmp_path):
-    from medmerge.sft import NonFiniteTrainingError, SFTSettings, finetune
+    from medmerge.finetune.sft import NonFiniteTrainingError, SFTSettings, finetune
 
     settings = SFTSettings(per_device_batch=2, grad_accum=1, max_length=32, gradient_checkpointing=False,
                            learning_rate=1e-3)
@@ -86,7 +86,7 @@ def test_sft_whose_loss_becomes_non_finite_stops_and_writes_nothing(tmp_path):
 def test_trained_weights_are_checked_before_they_are_written(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from medmerge.sft import NonFiniteTrainingError, check_finite_weights
+    from medmerge.finetune.sft import NonFiniteTrainingError, check_finite_weights
 
     model = AutoModelForCausalLM.from_pretrained(_tiny(tmp_path, "finite", None))
     check_finite_weights(model, "clinical-8")                     # finite: nothing raised

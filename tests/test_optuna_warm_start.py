@@ -7,8 +7,8 @@ import math
 import optuna
 import pytest
 
-from medmerge import optuna_search
-from medmerge.recipe import SweepSpec
+from medmerge.merge.recipe import SweepSpec
+from medmerge.selection import optuna_search
 
 NOWHERE = {"clinical": "/nonexistent/clinical", "instruct": "/nonexistent/instruct", "base": "/nonexistent/base"}
 

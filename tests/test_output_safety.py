@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from factory import make_family, read, snapshot
 from safetensors.torch import save_file
 
-from factory import make_family, read, snapshot
 from medmerge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,12 +202,12 @@ def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(work, fam, cap
 
 
 def test_an_internal_error_is_one_line_with_exit_1_and_debug_shows_the_traceback(work, capsys, monkeypatch):
-    import medmerge.engine
+    import medmerge.merge.engine
 
     def bug(*a, **kw):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(medmerge.engine, "merge", bug)
+    monkeypatch.setattr(medmerge.merge.engine, "merge", bug)
     assert main(["merge", "recipe.yml", "out", "-q"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "ZeroDivisionError: division by zero" in line and "--debug" in line
@@ -490,9 +490,9 @@ def _race(fam, out: Path, monkeypatch, *, lock: bool = True, renameat2: bool = T
     Returns the two results (None, or the error) in thread order."""
     from contextlib import nullcontext
 
-    from medmerge.engine import merge
     from medmerge.io import atomic
-    from medmerge.recipe import parse_recipe
+    from medmerge.merge.engine import merge
+    from medmerge.merge.recipe import parse_recipe
 
     barrier = threading.Barrier(2, timeout=60)
     real_commit = atomic._commit
@@ -545,10 +545,10 @@ def test_two_writers_to_one_new_directory(tmp_path, fam, monkeypatch, lock, rena
 
 def test_a_directory_appearing_before_the_rename_is_kept(tmp_path, fam, monkeypatch):
     """Someone else's directory created while the merge ran (after its check) is never replaced."""
-    from medmerge.engine import merge
     from medmerge.errors import OutputError
     from medmerge.io import atomic
-    from medmerge.recipe import parse_recipe
+    from medmerge.merge.engine import merge
+    from medmerge.merge.recipe import parse_recipe
 
     out = tmp_path / "out"
     real_commit = atomic._commit
@@ -566,9 +566,9 @@ def test_a_directory_appearing_before_the_rename_is_kept(tmp_path, fam, monkeypa
 
 def test_a_candidate_computed_in_memory_is_checked_too(fam):
     """evaluate-sweep merges in memory: a non-finite candidate is an error there as well, never scored."""
-    from medmerge.engine import merged_state_dict, open_parents, plan_merge
     from medmerge.errors import NonFiniteOutputError
-    from medmerge.recipe import parse_recipe
+    from medmerge.merge.engine import merged_state_dict, open_parents, plan_merge
+    from medmerge.merge.recipe import parse_recipe
 
     recipe = parse_recipe({"merge_method": "linear", "out_dtype": "float16", "parameters": {"normalize": False},
                            "models": [{"model": str(fam["m0"]), "parameters": {"weight": 1e6}},

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from medmerge.cli import main
 from medmerge.errors import RecipeError
-from medmerge.methods import METHODS, ParameterError, get_method
-from medmerge.recipe import PRESETS_DIR, Recipe, parse_recipe, parse_sweep
+from medmerge.merge.methods import METHODS, ParameterError, get_method
+from medmerge.merge.recipe import PRESETS_DIR, Recipe, parse_recipe, parse_sweep
 
 A, B, BASE = "/nonexistent/a", "/nonexistent/b", "/nonexistent/base"
 PARENTS = {"clinical": A, "instruct": B, "base": BASE}

@@ -11,9 +11,9 @@ import math
 
 import pytest
 
-from medmerge.pareto import (
-    ScoredPoint,
+from medmerge.selection.pareto import (
     ParetoError,
+    ScoredPoint,
     Selection,
     default_reference,
     dominates,
@@ -290,7 +290,7 @@ def _read_png(path):
 
 
 def test_plot_frontier_writes_a_png_atomically(tmp_path):
-    from medmerge.figures import plot_frontier
+    from medmerge.selection.figures import plot_frontier
 
     parents = {"clinical": (0.30, 0.70), "instruct": (0.80, 0.50)}
     sel = select(SWEEP, eps=0.03, parents=parents)
@@ -311,7 +311,7 @@ def _offsets(ax, label) -> list[tuple[float, float]]:
 
 
 def test_frontier_figure_shows_the_points_the_frontier_the_near_set_the_knee_and_the_parents():
-    from medmerge.figures import frontier_figure
+    from medmerge.selection.figures import frontier_figure
 
     parents = {"clinical": (0.30, 0.70), "instruct": (0.80, 0.50)}
     sel = select(SWEEP, eps=0.03, parents=parents)
@@ -336,7 +336,7 @@ def test_frontier_figure_shows_the_points_the_frontier_the_near_set_the_knee_and
 
 
 def test_plot_trajectories_writes_a_png_and_skips_ratioless_points(tmp_path):
-    from medmerge.figures import plot_trajectories
+    from medmerge.selection.figures import plot_trajectories
 
     out = plot_trajectories(SWEEP, tmp_path / "traj.png")
     assert _read_png(out).shape == (540, 1200, 4)  # 10 × 4.5 in at 120 dpi
@@ -349,7 +349,7 @@ def test_plot_trajectories_writes_a_png_and_skips_ratioless_points(tmp_path):
 def test_failed_render_leaves_nothing_behind(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from medmerge.figures import plot_frontier
+    from medmerge.selection.figures import plot_frontier
 
     def boom(self, *a, **k):
         raise RuntimeError("disk on fire")

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from medmerge.cli import main
-from medmerge.tracking.server import free_port, status, stop
 from factory import DEMO_EVAL, require
 from mlflow_api import api, api_post
 
+from medmerge.cli import main
+from medmerge.tracking.server import free_port, status, stop
 
 # ---------------------------------------------------------------------------------------------
 # the driver

@@ -8,12 +8,12 @@ from importlib.resources import files
 
 import pytest
 import torch
-
 from factory import llama_config, llama_state_dict, write_checkpoint
+
 from medmerge.cli import main
 from medmerge.evaluation.runner import EvalOptions, EvalSettings, evaluate_checkpoint, load_model
-from medmerge.precision import PrecisionError, checkpoint_dtype, resolve_dtype
-from medmerge.sft import SFTSettings
+from medmerge.finetune.sft import SFTSettings
+from medmerge.merge.precision import PrecisionError, checkpoint_dtype, resolve_dtype
 
 
 def fake_cuda(monkeypatch, bf16: bool) -> None:
@@ -93,8 +93,8 @@ def test_cli_dtype_is_recorded_in_the_report(bf16_declared, tmp_path):
 def test_sft_trains_in_the_resolved_dtype(bf16_declared, tmp_path):
     from safetensors import safe_open
 
+    from medmerge.finetune.sft import finetune
     from medmerge.generation.data import GenerationExample
-    from medmerge.sft import finetune
 
     ex = [GenerationExample(id=str(i), input=f"w{i} w{i + 1}", target=f"w{i + 2}") for i in range(4)]
     small = dict(per_device_batch=2, grad_accum=1, max_length=32, gradient_checkpointing=False)

@@ -1,4 +1,4 @@
-"""The pipelines' preflight (medmerge/preflight.py): a run config with a mistake exits 2 before any step runs
+"""The pipelines' preflight (medmerge/preflight/): a run config with a mistake exits 2 before any step runs
 (before ZenML is even imported), with exactly one line naming the mistake, and writes nothing. No pipeline runs
 here: the entry points stop at the preflight, and good configs are checked by the preflight alone."""
 
@@ -414,7 +414,7 @@ def test_a_failing_step_is_one_line_with_its_traceback_under_debug(models, work,
     """The preflight passes; the first step then fails. A medmerge error reaches the user as
     ``step X failed: <message>``, any other exception as ``step X failed: <ExcType>: <message>``: one line,
     exit 2, no traceback unless --debug."""
-    import medmerge.engine
+    import medmerge.merge.engine
     from medmerge.errors import CompatibilityError
     from pipelines.merge_search import main
 
@@ -425,7 +425,7 @@ def test_a_failing_step_is_one_line_with_its_traceback_under_debug(models, work,
     def parents_that_break(*args, **kwargs):
         raise KeyError("model.layers.7.mlp")   # a bug, say: not a medmerge error
 
-    monkeypatch.setattr(medmerge.engine, "open_parents", parents_that_break)   # steps run in this process
+    monkeypatch.setattr(medmerge.merge.engine, "open_parents", parents_that_break)   # steps run in this process
     assert main(["--config", str(cfg)]) == 2
     out = capfd.readouterr()
     err = [line for line in out.err.splitlines() if "error:" in line]
@@ -436,7 +436,7 @@ def test_a_failing_step_is_one_line_with_its_traceback_under_debug(models, work,
     def parents_incompatible(*args, **kwargs):
         raise CompatibilityError("tensor model.norm.weight: shapes (32,) and (64,) differ")
 
-    monkeypatch.setattr(medmerge.engine, "open_parents", parents_incompatible)
+    monkeypatch.setattr(medmerge.merge.engine, "open_parents", parents_incompatible)
     assert main(["--config", str(cfg), "--debug"]) == 2
     out = capfd.readouterr()
     assert out.err.strip().splitlines()[-1] == ("merge_search: error: step check_parents failed: tensor "

@@ -1,4 +1,4 @@
-"""Picks and the promotion rule (medmerge.promotion): pure functions, no server."""
+"""Picks and the promotion rule (medmerge.selection.promotion): pure functions, no server."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from medmerge.promotion import (
+from medmerge.selection.promotion import (
     PromotionError,
     Score,
     alias_for,
@@ -168,8 +168,8 @@ OBJECTIVES = ("mm_pubmedqa", "mm_medqa_4options")
 
 
 def _promote_search(uri, model, name, report, **kw):
-    from medmerge.objectives import resolve
-    from medmerge.promotion import Picks, promote_search
+    from medmerge.evaluation.objectives import resolve
+    from medmerge.selection.promotion import Picks, promote_search
 
     parent, results, versions = _search(uri, model, name, report, **kw)
     cfg = SimpleNamespace(registered_model=model, objective_pair=lambda: tuple(resolve(o) for o in OBJECTIVES))
@@ -224,7 +224,7 @@ def test_promote_search_against_the_staged_version(uri, candidate, promoted, say
 def test_unreadable_staged_scores_are_an_error_naming_the_version(uri, breakage, says):
     from mlflow import MlflowClient
 
-    from medmerge.promotion import PromotionError
+    from medmerge.selection.promotion import PromotionError
     from medmerge.tracking import registry, runs
 
     model = f"unreadable-{breakage.replace(' ', '-')}"
@@ -246,9 +246,9 @@ def test_promote_finetuned_weighs_the_staged_versions_stderr(uri):
     within the combined stderr, so it is promoted; against a staged stderr of 0.005 it is refused."""
     from mlflow import MlflowClient
 
+    from medmerge.evaluation.objectives import resolve
     from medmerge.finetune import TrackingRun
-    from medmerge.objectives import resolve
-    from medmerge.promotion import promote_finetuned
+    from medmerge.selection.promotion import promote_finetuned
     from medmerge.tracking import registry, runs
 
     clinical = resolve("medical_avg").tasks

@@ -36,9 +36,9 @@ SCORES = {"linear-0.3": (0.50, 0.40),    # the first search's: staged
 @pytest.fixture
 def scored_by_table(monkeypatch):
     """lm-eval's scoring replaced by :data:`SCORES` (the candidate being evaluated names the row)."""
+    from medmerge.evaluation.objectives import IF_METRICS
     from medmerge.evaluation.report import MetricValue, TaskResult
     from medmerge.evaluation.runner import ModelEvaluator
-    from medmerge.objectives import IF_METRICS
 
     def run(self, specs, num_fewshot, model_path=None):
         medical, follow = SCORES[self._evaluating]

@@ -1,4 +1,4 @@
-"""Racing (medmerge.racing): the stopping rule on hand-made score streams, the cache, a kill and a resume."""
+"""Racing (medmerge.selection.racing): the stopping rule on hand-made score streams, the cache, a kill and a resume."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from medmerge import pareto
-from medmerge.racing import (
+from medmerge.selection import pareto
+from medmerge.selection.racing import (
     DirRangeCache,
     MemoryRangeCache,
     Objective,
@@ -182,7 +182,7 @@ def test_cache_is_reused_across_rounds_and_reruns(tmp_path):
 
 
 def _range(plan, stratum, start, stop):
-    from medmerge.racing import DocRange
+    from medmerge.selection.racing import DocRange
 
     order = plan.order(stratum)
     return DocRange(stratum, start, stop, plan.seed, tuple(int(d) for d in order[start:stop]))
@@ -249,7 +249,7 @@ def test_a_scorer_giving_the_wrong_values_is_named():
 
 
 def test_a_search_adds_trials_one_by_one_and_each_races_the_earlier_ones():
-    from medmerge.racing import Racer
+    from medmerge.selection.racing import Racer
 
     scorer, calls = streams(TABLE)
     racer = Racer(PAIRED, scorer, capacity=3)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from factory import greedy_continuation, make_family, read
+
 from medmerge.cli import main
-from medmerge.engine import merge
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
-from medmerge.recipe import parse_recipe
+from medmerge.merge.engine import merge
+from medmerge.merge.recipe import parse_recipe
 from medmerge.tracking import registry
 
 pytestmark = pytest.mark.slow

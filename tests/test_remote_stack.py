@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from factory import require
 
 # the remote flavors' implementations import these (pyproject.toml, extra `dev`): a failure under CI
@@ -310,16 +309,16 @@ def _shards_run_side_by_side(raw: dict, steps: dict) -> None:
 
 def _sft_launch_matches_its_pods(raw: dict, steps: dict, orchestrator) -> None:
     """Each SFT pod asks for the GPUs `sft.num_gpus` names, and the step's `accelerate launch` (built by
-    medmerge.sft, parsed by accelerate's own parser) starts one process per GPU with the sharding asked for."""
+    medmerge.finetune.sft, parsed by accelerate's own parser) starts one process per GPU with the sharding asked for."""
     from accelerate.commands.launch import launch_command_parser
 
     from medmerge.finetune import FinetuneConfig
-    from medmerge.sft import accelerate_command
+    from medmerge.finetune.sft import accelerate_command
 
     sft = FinetuneConfig.model_validate(raw["parameters"]["config"]).sft
     assert sft.num_gpus > 1
     launch = launch_command_parser().parse_args(accelerate_command(sft, "/scratch/job.json", mixed_bf16=True)[3:])
-    assert launch.num_processes == sft.num_gpus and launch.training_script == "medmerge.sft" and launch.module
+    assert launch.num_processes == sft.num_gpus and launch.training_script == "medmerge.finetune.sft" and launch.module
     assert launch.use_fsdp if sft.distributed == "fsdp" else launch.use_deepspeed and launch.zero_stage == 3
     sft_steps = [n for n in steps if n.startswith("sft_")]
     assert sft_steps

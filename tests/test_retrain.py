@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from zenml.enums import StackComponentType
-
 from factory import DEMO_EVAL
+from zenml.enums import StackComponentType
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "medmerge" / "resources" / "eval_sample" / "mts_dialog"
@@ -78,7 +77,7 @@ def test_schedule_on_local_stack_writes_crontab_line(tmp_path, configs, capsys):
 
 
 def test_a_scheduled_run_gets_the_tracking_uri_unless_it_carries_credentials(tmp_path):
-    from medmerge.schedule import scheduled_env
+    from medmerge.ops.schedule import scheduled_env
 
     env = {"ZENML_CONFIG_PATH": str(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "HOME": "/root"}
     assert scheduled_env(env) == {"ZENML_CONFIG_PATH": str(tmp_path.resolve()),
@@ -237,7 +236,7 @@ def test_retrain_without_a_tracking_server_is_one_line_exit_2(configs, tmp_path,
     ("0 0 * * 0,6", "Sat,Sun *-*-* 00:00:00"),
 ])
 def test_systemd_on_calendar(cron, on_calendar):
-    from medmerge.schedule import CronError, systemd_on_calendar
+    from medmerge.ops.schedule import CronError, systemd_on_calendar
 
     assert systemd_on_calendar(cron) == on_calendar
     if shutil.which("systemd-analyze"):
@@ -249,7 +248,7 @@ def test_systemd_on_calendar(cron, on_calendar):
 
 def test_compare_parents_by_content():
     from medmerge.io import provenance
-    from medmerge.retrain import compare_parents
+    from medmerge.ops.retrain import compare_parents
 
     now = {"/m/clinical": {"model.safetensors": "a" * 64}, "/m/instruct": {"model.safetensors": "b" * 64}}
     tags = provenance.tags(now)
@@ -278,8 +277,8 @@ def test_compare_parents_by_content():
 def test_retrain_compares_each_task_of_a_multi_task_run_with_its_own_model(configs, tmp_path, monkeypatch):
     """A ``tasks:`` finetune config registers one model per task (<registered_model>-<task>): retrain hashes
     each task's training data and compares it with that model's version, so only a changed task is a reason."""
-    from medmerge import retrain
     from medmerge.io import provenance
+    from medmerge.ops import retrain
     from medmerge.tracking import registry
     from pipelines.retrain import load_configs
 
@@ -324,7 +323,7 @@ def test_retrain_compares_each_task_of_a_multi_task_run_with_its_own_model(confi
 
 def test_a_multi_task_retrain_records_each_tasks_run_and_versions(monkeypatch, capsys):
     """After both pipelines ran, the retrain record names each task's finetune run and versions."""
-    from medmerge import retrain
+    from medmerge.ops import retrain
     from pipelines import finetune, merge_search
     from pipelines.retrain import _run_pipelines
 
@@ -407,9 +406,9 @@ def test_retrain_runs_only_when_something_changed(demo_models, mlflow_server, de
     merge_v, sft_v = _versions(uri, "rt-merge"), _versions(uri, "rt-sft")
     assert merge_v and sft_v == [1]
     runs = _runs(uri, "medmerge-retrain")
-    assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED")]
+    assert [(r.data.tags["medmerge.ops.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED")]
     assert runs[0].data.params["train_sha256"] and "nothing promoted yet" in runs[0].data.tags[
-        "medmerge.retrain.reasons"]
+        "medmerge.ops.retrain.reasons"]
 
     # 2. nothing changed: a recorded no-op, no pipeline run, no new version
     before = {"zenml": (_zenml_runs("merge_search"), _zenml_runs("finetune")),
@@ -421,7 +420,7 @@ def test_retrain_runs_only_when_something_changed(demo_models, mlflow_server, de
     assert (_zenml_runs("merge_search"), _zenml_runs("finetune")) == before["zenml"]
     assert (len(_runs(uri, "rt-search")), len(_runs(uri, "rt-finetune"))) == before["mlflow"]
     runs = _runs(uri, "medmerge-retrain")
-    assert [(r.data.tags["medmerge.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED"),
+    assert [(r.data.tags["medmerge.ops.retrain"], r.info.status) for r in runs] == [("ran", "FINISHED"),
                                                                                   ("noop", "FINISHED")]
     noop = runs[1]
     assert noop.data.params["train_sha256"] == runs[0].data.params["train_sha256"]
@@ -447,9 +446,9 @@ def test_retrain_runs_only_when_something_changed(demo_models, mlflow_server, de
     assert _versions(uri, "rt-merge") == merge_v  # the parents did not change: merge search all cached
     assert _versions(uri, "rt-sft") == [1, 2]
     runs = _runs(uri, "medmerge-retrain")
-    assert [r.data.tags["medmerge.retrain"] for r in runs] == ["ran", "noop", "ran"]
+    assert [r.data.tags["medmerge.ops.retrain"] for r in runs] == ["ran", "noop", "ran"]
     assert runs[2].info.status == "FINISHED" and "training data changed" in runs[2].data.tags[
-        "medmerge.retrain.reasons"]
+        "medmerge.ops.retrain.reasons"]
 class _Registry:
     """A registry client answering from a dict of versions; a missing name fails as MLflow's does."""
 

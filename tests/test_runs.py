@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medmerge.tracking import runs
+from medmerge.tracking import failure, runs
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_a_failed_run_ends_failed_and_registers_nothing(uri):
     staged = _version(uri, "failing", done)
     registry.promote("failing", staged, uri)                       # at @staging: never deleted
 
-    report = runs.fail_touched("step register_selected failed: disk full")
+    report = failure.fail_touched("step register_selected failed: disk full")
 
     status = {r: runs.get(uri, r).status for r in (parent.run_id, done.run_id, busy.run_id, other_pod)}
     assert status == {parent.run_id: "FAILED", done.run_id: "FINISHED", busy.run_id: "FAILED", other_pod: "FAILED"}
@@ -150,12 +150,12 @@ def test_a_failed_run_deletes_the_registered_model_it_created_and_never_raises(u
     with pytest.raises(RuntimeError, match="boom"), parent.failing_on_error():
         raise RuntimeError("boom")                                 # the step's own handling came first
 
-    report = runs.fail_touched("step summarise failed: boom")
+    report = failure.fail_touched("step summarise failed: boom")
 
     assert report.deleted_versions == ["only-this-run v1"] and report.failed == []
     assert [p for p in report.problems if p.startswith(f"run {'0' * 32}:")], report.problems
     assert MlflowClient(uri, registry_uri=uri).search_registered_models("name='only-this-run'") == []
-    second = runs.fail_touched("again")                             # twice (the step's hook, then the launcher)
+    second = failure.fail_touched("again")                             # twice (the step's hook, then the launcher)
     assert second.failed == [] and second.deleted_versions == []
 
 

@@ -92,7 +92,7 @@ def test_two_workers_give_the_one_worker_record(demo_search, demo_models, mlflow
 def test_worker_killed_mid_candidate_is_rerun_and_counted_once(demo_search, demo_models, tmp_path):
     """The second candidate's worker is SIGKILLed once it started: a fresh pool re-runs it, the search finishes
     with the one-worker scores, and every candidate is in the results once."""
-    from medmerge.search import SearchConfig, check_parents, evaluate
+    from medmerge.selection.search import SearchConfig, check_parents, evaluate
 
     cfg = SearchConfig(sweep=_sweep(tmp_path, demo_models, **DEMO_SWEEP), **DEMO_EVAL,
                        output_dir=str(tmp_path / "out"))
@@ -124,8 +124,8 @@ def test_optuna_two_workers_share_one_study_and_requeue_a_dead_workers_trial(dem
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    from medmerge import optuna_search, parallel_search
-    from medmerge.search import SearchConfig, _study_name, check_parents, evaluate
+    from medmerge.selection import optuna_search, parallel_search
+    from medmerge.selection.search import SearchConfig, _study_name, check_parents, evaluate
 
     budget = 4
     sweep = _sweep(tmp_path, demo_models, search="optuna", budget=budget, seed=0,

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from medmerge import comparison, objectives
+from medmerge.evaluation import objectives
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
-from medmerge.recipe import SweepSpec
-from medmerge.search import CandidateResult, SearchConfig, SearchResults, _selection
+from medmerge.merge.recipe import SweepSpec
+from medmerge.selection import comparison
+from medmerge.selection.search import CandidateResult, SearchConfig, SearchResults, _selection
 
 NOWHERE = {"clinical": "/nonexistent/clinical", "instruct": "/nonexistent/instruct", "base": "/nonexistent/base"}
 MEDICAL5 = ["mm_medqa_4options", "mm_pubmedqa", "mm_mmlu_professional_medicine", "mm_medmcqa", "mm_hellaswag"]
@@ -138,7 +139,7 @@ def optuna_spec(budget=8):
 def test_optuna_study_resumes_after_a_kill_in_trial_5(tmp_path):
     from optuna.trial import TrialState
 
-    from medmerge import optuna_search
+    from medmerge.selection import optuna_search
 
     spec = optuna_spec()
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -176,7 +177,7 @@ def test_optuna_study_resumes_after_a_kill_in_trial_5(tmp_path):
 
 
 def test_optuna_proposes_gradients_and_stays_in_range(tmp_path):
-    from medmerge import optuna_search
+    from medmerge.selection import optuna_search
 
     spec = optuna_spec(budget=10)
     out = list(optuna_search.run_study(spec, fake_score, lambda r: (r.tasks["mm_hellaswag"].metrics["acc"].value,

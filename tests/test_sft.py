@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from factory import SHARED_DATA, read
+
 from medmerge.errors import OutputError
+from medmerge.finetune.sft import SFTSettings, finetune, optimisation_steps
 from medmerge.generation.data import GenerationExample, load_task
-from medmerge.sft import SFTSettings, finetune, optimisation_steps
 
 DATA = SHARED_DATA
 
@@ -27,7 +27,7 @@ def test_an_sft_run_crosses_the_multi_gpu_launcher_as_json():
     """Rank 0 of ``accelerate launch`` writes its SFTRun as JSON; the launcher reads back the same run."""
     import json
 
-    from medmerge.sft import SFTRun
+    from medmerge.finetune.sft import SFTRun
 
     run = SFTRun(steps=3, train_loss=1.5, out_dir="/out", first_loss=2.0, last_loss=1.0, losses=[2.0, 1.5, 1.0],
                  dtype="bfloat16", memory_estimate_gib=0.5)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from factory import llama_config
+
 from medmerge.cli import main
+from medmerge.finetune.sft import SFTSettings, accelerate_command, finetune
+from medmerge.finetune.sft_memory import GIB, Device, MemorySetting, ModelShape, SFTMemoryError, check_fits, estimate
 from medmerge.generation.data import GenerationExample
-from medmerge.sft import SFTSettings, accelerate_command, finetune
-from medmerge.sft_memory import GIB, Device, MemorySetting, ModelShape, SFTMemoryError, check_fits, estimate
 
 # hidden 64, MLP 128, 2 layers, vocabulary 100, untied head
 TINY = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -105,7 +105,7 @@ def test_multi_gpu_launch_is_accelerate_with_fsdp_or_zero3(tmp_path):
     args = parser.parse_args(fsdp[3:])  # accelerate's own parser takes every flag we pass
     assert (args.num_processes, args.use_fsdp, args.fsdp_sharding_strategy, args.mixed_precision) == \
         (4, True, "FULL_SHARD", "bf16")
-    assert args.module and args.training_script == "medmerge.sft" and args.training_script_args == [
+    assert args.module and args.training_script == "medmerge.finetune.sft" and args.training_script_args == [
         str(tmp_path / "job.json")]
     ds = parser.parse_args(accelerate_command(SFTSettings(num_gpus=8, distributed="deepspeed"), "j.json")[3:])
     assert (ds.num_processes, ds.use_deepspeed, ds.zero_stage) == (8, True, 3)

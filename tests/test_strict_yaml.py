@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from medmerge.cli import main
 from medmerge.errors import RecipeError
 from medmerge.io.yaml_file import load_strict, read_yaml
-from medmerge.recipe import load_recipe, load_sweep
+from medmerge.merge.recipe import load_recipe, load_sweep
 
 RECIPE = """\
 merge_method: ties

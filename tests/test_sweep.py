@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from factory import assert_read_once, make_family, read
-from medmerge.cli import main
-from medmerge.engine import iter_sweep, sweep
-from medmerge.io.checkpoint import Checkpoint
-from medmerge.recipe import SweepSpec
 from mk import mergekit_merge, ratio_recipe
+
+from medmerge.cli import main
+from medmerge.io.checkpoint import Checkpoint
+from medmerge.merge.engine import iter_sweep, sweep
+from medmerge.merge.recipe import SweepSpec
 
 
 @pytest.fixture(scope="module")

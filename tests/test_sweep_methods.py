@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from medmerge.cli import main
-from medmerge.recipe import Range, SweepSpec, load_preset
+from medmerge.merge.recipe import Range, SweepSpec, load_preset
 
 NOWHERE = {"clinical": "/nonexistent/clinical", "instruct": "/nonexistent/instruct", "base": "/nonexistent/base"}
 
@@ -129,6 +129,7 @@ def test_merge_search_config_refuses_bad_grid(tmp_path, capsys, bad, message):
 ])
 def test_merge_search_config_refuses_bad_objectives(tmp_path, capsys, objectives, message):
     from factory import make_family
+
     from pipelines.merge_search import main as ms
 
     fam = make_family(tmp_path / "fam")   # real parents: the preflight names missing ones too
@@ -145,7 +146,8 @@ def test_merge_search_config_refuses_bad_objectives(tmp_path, capsys, objectives
 def test_hierarchical_study_preset_sweep_reads_each_parent_once(tmp_path, parent_reads):
     """Six methods, mergekit's and the native one (which plans in another tensor order), one pass."""
     from factory import assert_read_once, make_family
-    from medmerge.engine import sweep
+
+    from medmerge.merge.engine import sweep
 
     fam = make_family(tmp_path / "fam", n_children=2)
     spec = SweepSpec(clinical=str(fam["m0"]), instruct=str(fam["m1"]), base=str(fam["base"]), preset="hierarchical-study-methods")
@@ -170,7 +172,6 @@ def test_a_methods_mapping_sweep_is_what_mergekit_makes_of_recipes_written_apart
     per-model parameter goes to both models; ``t`` and ``lambda`` are the method's own; slerp's base is the
     clinical model; the base-model methods take ``base``), never from what medmerge emitted: tensor for tensor."""
     import torch
-
     from factory import make_family, read
     from mk import mergekit_merge
 

@@ -1,11 +1,10 @@
-"""Table 2 (medmerge.table2) and shots: 0 in the finetune config: pure, no ZenML or MLflow."""
+"""Table 2 (medmerge.finetune.table2) and shots: 0 in the finetune config: pure, no ZenML or MLflow."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from medmerge import table2
-from medmerge.finetune import ZERO_SHOT, FinetuneConfig, load_data, subsample
+from medmerge.finetune import ZERO_SHOT, FinetuneConfig, load_data, subsample, table2
 
 
 def r(init, shots, comp, passed=True):

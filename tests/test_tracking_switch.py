@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from mlflow_api import api, api_post
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -1,4 +1,4 @@
-"""medmerge.workers: slots pinned to devices, and a pool whose dead worker's task another worker runs."""
+"""medmerge.runtime.workers: slots pinned to devices, and a pool whose dead worker's task another worker runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from medmerge.workers import (
+from medmerge.runtime.workers import (
     MAX_ATTEMPTS,
     WorkerError,
     WorkerPool,
@@ -92,7 +92,7 @@ def test_search_config_workers_domain():
     from factory import DEMO_SWEEP
     from pydantic import ValidationError
 
-    from medmerge.search import SearchConfig
+    from medmerge.selection.search import SearchConfig
 
     sweep = {"clinical": "c", "instruct": "i", **DEMO_SWEEP}
     assert SearchConfig(sweep=sweep).workers == 1
@@ -104,8 +104,8 @@ def test_shards_partition_the_sweep_and_gather_restores_its_order():
     from factory import DEMO_SWEEP
 
     from medmerge.errors import MedmergeError
-    from medmerge.parallel_search import gather, shard_candidates
-    from medmerge.search import SearchConfig
+    from medmerge.selection.parallel_search import gather, shard_candidates
+    from medmerge.selection.search import SearchConfig
 
     spec = SearchConfig(sweep={"clinical": "c", "instruct": "i", **DEMO_SWEEP}).sweep
     names = [c.name for c in spec.evaluated_candidates()]

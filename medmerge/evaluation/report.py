@@ -47,7 +47,7 @@ class EvalReport(BaseModel):
     tasks: dict[str, TaskResult]
     medical_avg: float | None = None
     if_score: float | None = None
-    # the suites' scores with their stderrs (medmerge.objectives.suite_scores), computed once in make_report;
+    # the suites' scores with their stderrs (medmerge.evaluation.objectives.suite_scores), computed once in make_report;
     # medical_avg and if_score above are their values
     scores: dict[str, MetricValue] = Field(default_factory=dict)
     lm_eval_version: str

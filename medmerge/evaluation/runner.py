@@ -24,7 +24,7 @@ from medmerge.errors import as_value_error
 from medmerge.evaluation.cache import EvalCache, cache_key
 from medmerge.evaluation.report import EvalReport, MetricValue, TaskResult
 from medmerge.evaluation.tasks import EvalError, TaskSpec, load_suites, suite_tasks, task_spec
-from medmerge.precision import DType, normalise, resolve_dtype, torch_dtype
+from medmerge.merge.precision import DType, normalise, resolve_dtype, torch_dtype
 
 DEFAULT_MAX_GEN_TOKS = 1280  # IFEval's own setting; capped at half the model's context
 
@@ -219,7 +219,7 @@ def lm_eval_version() -> str:
 
 def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = False, dtype: str = "auto"):
     """A checkpoint directory (or Hub id) as (model, tokenizer) on ``device``, in ``dtype``
-    (``auto``: the checkpoint's dtype on CUDA, float32 on a CPU; :mod:`medmerge.precision`)."""
+    (``auto``: the checkpoint's dtype on CUDA, float32 on a CPU; :mod:`medmerge.merge.precision`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from medmerge.io.checkpoint import Checkpoint
@@ -243,9 +243,9 @@ def checkpoint_fingerprint(path: str | Path) -> str:
 
 
 def _context_length(config) -> int:
-    """The model's context for lm-eval (:func:`medmerge.arch.context_length` of its config; 2048 when the config
+    """The model's context for lm-eval (:func:`medmerge.merge.arch.context_length` of its config; 2048 when the config
     does not say): from the loaded model and from config.json alike, so both give the same cache keys."""
-    from medmerge.arch import context_length
+    from medmerge.merge.arch import context_length
 
     return context_length(config) or 2048
 
@@ -433,7 +433,7 @@ def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], set
                 prompt_format: dict[str, Any] | None = None) -> EvalReport:
     """The report; its ``settings`` hold the settings as given and as resolved (``max_gen_toks``, ``dtype``,
     ``chat_template_applied`` and the prompt format lm-eval received)."""
-    from medmerge.objectives import suite_scores
+    from medmerge.evaluation.objectives import suite_scores
 
     prompt_format = prompt_format or {}
     resolved = {"max_gen_toks": max_gen_toks, "dtype": dtype or settings.dtype,
@@ -482,8 +482,8 @@ def _all_cached(path: str | Path, fingerprint: str, settings: EvalSettings, spec
     """The report of a checkpoint every task of which is in the cache, made without loading the model (its
     cache keys need only config.json and the settings); None when any task is not (the cache's counters are
     left as they were). Plain prompts only: a chat template's key needs the tokenizer."""
-    from medmerge.arch import context_length
     from medmerge.io.checkpoint import Checkpoint
+    from medmerge.merge.arch import context_length
 
     if cache is None or settings.chat_template != "none" or settings.backend != "hf":
         return None

@@ -7,7 +7,7 @@ stderr contributes 0; none with one: None). IF score is the mean of IFEval's pro
 strict accuracy; both come from the same prompts and are strongly correlated, so its stderr is the mean of
 their stderrs (one missing: the other), not the independent formula.
 
-:mod:`medmerge.objectives` names the scores; reports, Pareto, the forgetting gate and MLflow read them
+:mod:`medmerge.evaluation.objectives` names the scores; reports, Pareto, the forgetting gate and MLflow read them
 from there (``EvalReport.scores``), computed once.
 """
 

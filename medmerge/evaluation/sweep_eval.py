@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from medmerge.engine import PreloadedParents, merged_state_dict, open_parents, plan_merge
 from medmerge.evaluation.cache import EvalCache
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import EvalSettings, ModelEvaluator, load_model, prepare_tasks
 from medmerge.io import provenance as identity
-from medmerge.recipe import Recipe, SweepCandidate, SweepSpec
+from medmerge.merge.engine import PreloadedParents, merged_state_dict, open_parents, plan_merge
+from medmerge.merge.recipe import Recipe, SweepCandidate, SweepSpec
 
 
 def candidate_identity(recipe: Recipe, parent_hashes: dict[str, str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from medmerge.evaluation.report import EvalReport
-from medmerge.forgetting import ForgettingReport
+from medmerge.finetune.forgetting import ForgettingReport
 from medmerge.generation.data import GenerationExample
 from medmerge.tracking.runs import HasParentRun
 
@@ -80,5 +80,5 @@ class FinetuneSummary(BaseModel):
     curves: dict[str, dict[int, float]]
     versions: dict[str, str]                 # "<init>-<shots>" -> registered version
     gate: dict[str, bool]                    # "<init>-<shots>" -> forgetting gate passed
-    table2: str = ""                         # Markdown: rows init x shots, columns tasks (medmerge.table2)
+    table2: str = ""                         # Markdown: rows init x shots, columns tasks (medmerge.finetune.table2)
     figures: dict[str, str] = Field(default_factory=dict)

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from medmerge.errors import MedmergeError, as_value_error, not_blank
 from medmerge.evaluation.runner import EvalOptions
+from medmerge.finetune.sft import SFTSettings
 from medmerge.generation.generate import GenerationSettings
-from medmerge.sft import SFTSettings
 
 MAX_LOGGED_SAMPLES = 20
 DEFAULT_TASK = "mts_dialog"
@@ -141,7 +141,7 @@ class FinetuneConfig(BaseModel):
     experiment: str = "medmerge-finetune"
     tracking_uri: str | None = None
     log_samples: int = Field(0, ge=0, le=MAX_LOGGED_SAMPLES)  # clinical text to MLflow: off unless asked
-    # the promote step (medmerge.promotion): best_composite, names "<initialisation>-<shots>", or none
+    # the promote step (medmerge.selection.promotion): best_composite, names "<initialisation>-<shots>", or none
     promote: str | tuple[str, ...] = "none"
     # local worker processes training the (initialisation, shots) SFT runs at once, each on sft.num_gpus GPUs
     # or a share of the cores (medmerge.finetune.parallel); 1: one after another. Not part of any cache key
@@ -150,7 +150,7 @@ class FinetuneConfig(BaseModel):
     @field_validator("promote")
     @classmethod
     def _promote(cls, v):
-        from medmerge.promotion import check_finetune_policy
+        from medmerge.selection.promotion import check_finetune_policy
 
         with as_value_error():
             return check_finetune_policy(v)
@@ -159,7 +159,7 @@ class FinetuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _promote_names(self):
-        from medmerge.promotion import PromotionError, named
+        from medmerge.selection.promotion import PromotionError, named
 
         known = [f"{i.name}-{shot_label(s)}" for i in self.initialisations for s in self.shots if s != 0]
         for n in named(self.promote):

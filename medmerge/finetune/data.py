@@ -7,11 +7,11 @@ import hashlib
 import json
 import re
 
-from medmerge import cost
-from medmerge.cost import measured
 from medmerge.finetune.artifacts import InitModel, TrackingRun, TrainingData
 from medmerge.finetune.config import ZERO_SHOT, FinetuneConfig, FinetuneError, shot_label
 from medmerge.generation.data import GenerationExample
+from medmerge.runtime import cost
+from medmerge.runtime.cost import measured
 
 
 def _examples_sha(examples: list[GenerationExample]) -> str:
@@ -26,7 +26,7 @@ def input_token_limit(cfg: FinetuneConfig, tokenizer_dir: str) -> tuple[object, 
     """The tokenizer and the longest input allowed: SFT's max length, the generation cap and the context."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from medmerge.arch import context_length
+    from medmerge.merge.arch import context_length
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     ctx = context_length(AutoConfig.from_pretrained(tokenizer_dir), tok)   # as medmerge validate-data counts it

@@ -1,6 +1,6 @@
 """Phase two on N local workers (``workers: N`` in the finetune run config): the (initialisation, shots) SFT
 runs trained side by side, each in a worker process pinned to its GPU(s) (``sft.num_gpus`` each) or a share of
-the cores, each with the memory check :func:`medmerge.sft.finetune` makes before it loads a weight.
+the cores, each with the memory check :func:`medmerge.finetune.sft.finetune` makes before it loads a weight.
 
 Each finished SFT lands where :func:`medmerge.finetune.train.run_sft` looks for it (``output_dir/sft/<init>-
 <shots>``, recorded with its identity: initialisation weights, examples, settings), and the worker then runs
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from medmerge.workers import WorkerPool
+from medmerge.runtime.workers import WorkerPool
 
 
 def _no_state(slot):
@@ -27,7 +27,7 @@ def _train(slot, cfg, init_path: str, examples: list, out: str, identity: str, f
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.runner import evaluate_checkpoint
     from medmerge.finetune import train
-    from medmerge.sft import finetune
+    from medmerge.finetune.sft import finetune
 
     res = finetune(init_path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
     train._record_sft(Path(out), identity, res)
@@ -39,8 +39,8 @@ def jobs(cfg, data, subsets: dict[str, list[str]], inits: dict) -> list[tuple[st
     """The SFT runs still to train: ``(name, (init path, examples, out dir, identity, few_shot, steps))`` for each
     (initialisation, shots) whose checkpoint is not already in ``output_dir/sft`` with the same identity."""
     from medmerge.finetune.config import ZERO_SHOT, shot_label
+    from medmerge.finetune.sft import optimisation_steps
     from medmerge.finetune.train import _finished_sft, sft_identity
-    from medmerge.sft import optimisation_steps
 
     by_id = {e.id: e for e in data.train}
     out = []

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medmerge import cost
-from medmerge.cost import measured
 from medmerge.finetune.artifacts import FinetuneSummary, InitModel, SFTCheckpoint, SFTResult, TrackingRun, TrainingData
 from medmerge.finetune.config import ZERO_SHOT, FinetuneConfig
 from medmerge.io.tables import text_table
+from medmerge.runtime import cost
+from medmerge.runtime.cost import measured
 
 
 def learning_curves(results: list[SFTResult], metric: str = "composite") -> dict[str, dict[int, float]]:
@@ -61,7 +61,7 @@ def cost_table(cfg: FinetuneConfig, run: TrackingRun, checkpoints: list[SFTCheck
 def plot_curves(results: list[SFTResult], path: Path, task: str) -> Path:
     """One task's learning-curve figure (x: training examples, shots 0 left out: it is no SFT; points that
     failed the forgetting gate marked)."""
-    from medmerge import figures
+    from medmerge.selection import figures
 
     full = {r.init: r.n_examples for r in results if r.shots == "full"}
     forgot: dict[str, set[int]] = {}
@@ -81,7 +81,7 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
     """Learning curves (figure + table), the forgetting table, one registered version per fine-tuned
     model tagged with its gate. The promote step after it closes the parent run (a rerun of this step after
     that logs to a nested run: a closed parent run is never written again)."""
-    from medmerge import table2
+    from medmerge.finetune import table2
     from medmerge.tracking import registry
 
     parent = run.parent_run().open_or_nested("summary")

@@ -50,7 +50,7 @@ def group_by_task(cfg: FinetuneConfig, results: list[SFTResult]) -> dict[str, li
 def log_cross_task(cfg: FinetuneConfig, results: list[SFTResult], tracking_uri: str, run_name: str,
                    figures_dir: str | Path | None = None) -> CrossTaskSummary:
     """Open (or resume) the cross-task run, log Table 2 and the per-task learning curves, close it."""
-    from medmerge import table2
+    from medmerge.finetune import table2
     from medmerge.tracking import registry
 
     by_task = group_by_task(cfg, results)

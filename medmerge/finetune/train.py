@@ -6,19 +6,19 @@ import hashlib
 import json
 from pathlib import Path
 
-from medmerge import cost
-from medmerge.cost import measured
 from medmerge.evaluation.report import EvalReport
 from medmerge.finetune.artifacts import InitModel, SFTCheckpoint, SFTResult, TrackingRun, TrainingData, TrainingLoss
 from medmerge.finetune.config import MAX_LOGGED_SAMPLES, ZERO_SHOT, FinetuneConfig, FinetuneError, Initialisation
-from medmerge.sft import SFTRun
+from medmerge.finetune.sft import SFTRun
+from medmerge.runtime import cost
+from medmerge.runtime.cost import measured
 
 
 @measured("resolve_initialisations")
 def resolve_initialisations(cfg: FinetuneConfig) -> dict[str, InitModel]:
     """Each initialisation as a local checkpoint with its weight hash (registry versions are downloaded)."""
-    from medmerge.engine import open_parents
     from medmerge.io import provenance
+    from medmerge.merge.engine import open_parents
 
     out = {}
     for init in cfg.initialisations:
@@ -101,7 +101,7 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
     """Fine-tune ``init`` on the ``shots`` subset into ``output_dir/sft/<init>-<shots>``; open its nested run.
     A checkpoint there recorded with the same identity (init weights, examples, settings) is reused, not
     retrained: a run against another tracking server logs it there without training again."""
-    from medmerge.sft import finetune, optimisation_steps
+    from medmerge.finetune.sft import finetune, optimisation_steps
 
     if shots not in subsets:
         raise FinetuneError(f"{shots} shots: the training split has only {len(data.train)} examples")
@@ -157,7 +157,7 @@ def evaluate_sft(cfg: FinetuneConfig, data: TrainingData, ckpt: SFTCheckpoint, b
         load_model,
         model_dtype,
     )
-    from medmerge.forgetting import forgetting_gate
+    from medmerge.finetune.forgetting import forgetting_gate
     from medmerge.generation.generate import generate
     from medmerge.generation.metrics import composite
     from medmerge.tracking import registry, runs

@@ -1,7 +1,7 @@
 """Batched sampling from a causal LM, with the forgetting study's decoding defaults.
 
 Defaults: batch 16, temperature 0.3, top-p 0.9, repetition penalty 1.2, inputs capped at 8192
-tokens, up to 8192 new tokens. Prompts are built exactly as in SFT (:func:`medmerge.sft.prompt_for`:
+tokens, up to 8192 new tokens. Prompts are built exactly as in SFT (:func:`medmerge.finetune.sft.prompt_for`:
 the chat template when the tokenizer has one), so a fine-tuned model is asked the way it was taught.
 
 Lengths, for a model with a context of ``C`` tokens:
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medmerge.generation.data import GenerationExample
-from medmerge.precision import DType, normalise
+from medmerge.merge.precision import DType, normalise
 
 log = logging.getLogger("medmerge.generation")
 
@@ -76,8 +76,8 @@ def generate(model, tokenizer, examples: Sequence[GenerationExample], settings: 
     import torch
     from tqdm.auto import tqdm
 
-    from medmerge.arch import context_length
-    from medmerge.sft import DEFAULT_INSTRUCTION, prompt_for
+    from medmerge.finetune.sft import DEFAULT_INSTRUCTION, prompt_for
+    from medmerge.merge.arch import context_length
 
     t0 = time.perf_counter()
     instruction = instruction or DEFAULT_INSTRUCTION

@@ -99,7 +99,7 @@ def log_checkpoint(checkpoint: Path, run_id: str, tracking_uri: str, identity: s
     import mlflow
     from huggingface_hub import ModelCard
 
-    from medmerge.tracking.registry import client, unreachable_as_error
+    from medmerge.tracking.connection import client, unreachable_as_error
 
     c = client(tracking_uri)
     run = c.get_run(run_id)
@@ -125,7 +125,7 @@ def download_checkpoint(mv, tracking_uri: str, dst: Path) -> Path:
     a version registered before medmerge logged MLflow Models (source ``runs:/<id>/checkpoint``): that folder."""
     import mlflow
 
-    from medmerge.tracking.registry import client
+    from medmerge.tracking.connection import client
 
     model_id = getattr(mv, "model_id", None) or (mv.source.removeprefix("models:/")
                                                  if (mv.source or "").startswith("models:/m-") else None)

@@ -5,10 +5,10 @@ make no MLflow calls of their own.
 * A parent run is found again by its ``medmerge.run_key`` tag (:func:`open_parent`): a rerun of a run that
   did not finish (killed, the server went down) resumes it; a finished one is never reopened: the rerun
   gets a new run.
-* Every call goes through :func:`medmerge.tracking.registry.client`, so a server that stops answering is one
+* Every call goes through :func:`medmerge.tracking.connection.client`, so a server that stops answering is one
   error naming its URI, not minutes of retries.
 * A failed run leaves nothing RUNNING and registers nothing: every :class:`Run` handle and every version
-  registered from one is recorded; :func:`fail_touched` (called by the pipeline steps' failure hook) marks
+  registered from one is recorded; :func:`medmerge.tracking.failure.fail_touched` (the steps' failure hook) marks
   the open runs FAILED and deletes those versions. A rerun resumes a FAILED parent as it does a killed one.
 * Params are cut to MLflow's 6000 characters here, once. Clinical text is never logged by this module on its
   own: what reaches a run is what the phase passes.
@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medmerge.tracking import connection
+
 PARAM_CHARS = 6000     # MLflow's limit on a param value (MAX_PARAM_VAL_LENGTH)
 NOTE_CHARS = 7900      # a tag value holds 8000; the run description is the tag mlflow.note.content
 BATCH = 100            # params or tags per log_batch request (MLflow's limit)
@@ -30,9 +32,7 @@ METRIC_BATCH = 1000    # metrics per log_batch request (MLflow's limit)
 
 
 def _client(uri: str):
-    from medmerge.tracking import registry
-
-    return registry.client(uri)
+    return connection.client(uri)
 
 
 @dataclass(frozen=True)
@@ -259,9 +259,7 @@ def load_text(uri: str, run_id: str, artifact_path: str) -> str:
     import mlflow
 
     _client(uri)   # points mlflow's fluent API at uri, keeping the user's MLFLOW_TRACKING_URI
-    from medmerge.tracking.registry import unreachable_as_error
-
-    with unreachable_as_error(uri, f"reading {artifact_path} of run {run_id}"):
+    with connection.unreachable_as_error(uri, f"reading {artifact_path} of run {run_id}"):
         return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_path}")
 
 
@@ -344,75 +342,3 @@ def forget_touched() -> None:
     _versions.clear()
     _unreachable.clear()
     _unclaimed.clear()
-
-
-@dataclass
-class FailedRunReport:
-    """What :func:`fail_touched` did: the runs it marked FAILED, the versions it deleted, and what it could not
-    reach (best effort: a server that is down cannot be told)."""
-
-    failed: list[str] = field(default_factory=list)
-    deleted: list[tuple[str, str, str]] = field(default_factory=list)    # (uri, model name, version)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def deleted_versions(self) -> list[str]:
-        return [f"{name} v{version}" for _, name, version in self.deleted]
-
-
-def fail_touched(reason: str) -> FailedRunReport:
-    """Close what a failed run touched: every run recorded here that is still open (RUNNING or SCHEDULED), and
-    every open run nested in one of those, is marked FAILED with the tag ``medmerge.failure`` = ``reason``;
-    nested runs that finished their own work stay FINISHED (a rerun reuses them). Every version registered
-    here from a failed run, or from a run nested in one, is deleted: a failed run registers nothing (a
-    version that was moved to ``@staging`` meanwhile is left alone). Never raises; a tracking server that
-    does not answer is tried once (its runs stay as they are: the rerun resumes them)."""
-    from medmerge.tracking import registry
-
-    report = FailedRunReport()
-    failed: dict[tuple[str, str], Run] = {}
-
-    def attempt(uri: str, what: str, action, *args) -> None:
-        if uri in _unreachable:
-            return
-        try:
-            action(*args)
-        except Exception as exc:  # noqa: BLE001 - a deleted run, a server that is down: say so, close the rest
-            report.problems.append(f"{what}: {type(exc).__name__}: {exc}")
-            if isinstance(exc, registry.RegistryError) and "not reachable" in str(exc):
-                _unreachable.add(uri)
-
-    def close(run: Run) -> None:
-        status = run.status()
-        if status in ("RUNNING", "SCHEDULED"):
-            run.fail(reason[:NOTE_CHARS])
-            report.failed.append(run.run_id)
-            status = "FAILED"
-        if status == "FAILED":
-            failed[(run.uri, run.run_id)] = run
-
-    for (uri, run_id), run in list(_touched.items()):
-        attempt(uri, f"run {run_id}", close, run)
-
-    def close_nested(parent: Run) -> None:   # nested runs this process never held a handle on (another pod's)
-        exp = parent.experiment_id or parent.client.get_run(parent.run_id).info.experiment_id
-        for child in search(parent.uri, [exp], f"tags.mlflow.parentRunId = '{parent.run_id}' and "
-                                                "attributes.status = 'RUNNING'"):
-            Run(parent.uri, child.run_id, exp, parent._c).fail(reason[:NOTE_CHARS])
-            report.failed.append(child.run_id)
-
-    for (uri, run_id), parent in list(failed.items()):
-        attempt(uri, f"nested runs of {run_id}", close_nested, parent)
-    failed_ids = {rid for _, rid in failed}
-
-    def discard(uri: str, name: str, version: str, run_id: str) -> None:
-        if run_id in failed_ids or get(uri, run_id).parent_run_id in failed_ids:
-            if registry.delete_version_unless_staged(uri, name, version):
-                report.deleted.append((uri, name, version))
-            del _versions[(uri, name, version)]
-
-    for (uri, name, version), run_id in list(_versions.items()):
-        attempt(uri, f"{name} v{version}", discard, uri, name, version, run_id)
-    for key in failed:
-        _touched.pop(key, None)
-    return report

@@ -13,7 +13,7 @@ For two fine-tunes A (the reference) and B of one base:
   ``B_aligned head i = B head π(i)``; then ``merged = (1 − w)·A + w·B_aligned``;
 * every other tensor: ``merged = (1 − w)·A + w·B``.
 
-Head layout comes from data (:mod:`medmerge.arch`, ``resources/architectures.yaml``) and
+Head layout comes from data (:mod:`medmerge.merge.arch`, ``resources/architectures.yaml``) and
 the checkpoint's ``config.json``: q/k/v weights are ``[heads·head_dim, hidden]`` and split by
 rows in blocks of ``head_dim`` (k and v use ``num_key_value_heads``); o_proj is
 ``[hidden, n_heads·head_dim]`` and splits by columns; q/k/v biases split like their weights
@@ -39,9 +39,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 if TYPE_CHECKING:   # imported by the engine at run time (plan_steps): no cycle through these
-    from medmerge.engine import Step
     from medmerge.io.checkpoint import Checkpoint
-    from medmerge.recipe import Recipe
+    from medmerge.merge.plan import Step
+    from medmerge.merge.recipe import Recipe
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -161,7 +161,7 @@ _ROLE_KEY = dict(zip("qkvo", ATTENTION_PROJECTIONS))   # layer_permutation's nam
 
 
 def merge_structured(t, ta: torch.Tensor, tb: torch.Tensor, t0: torch.Tensor, head_dim: int, perm_for) -> torch.Tensor:
-    """One tensor of a :class:`medmerge.arch.TensorLayout`: each part (q, k, v of a fused qkv_proj,
+    """One tensor of a :class:`medmerge.merge.arch.TensorLayout`: each part (q, k, v of a fused qkv_proj,
     or the whole tensor) merged as the unfused tensor would be, parts rejoined along rows.
 
     ``perm_for(role)`` gives the head permutation for q/k/v/o parts; parts without a role
@@ -182,9 +182,9 @@ def plan_steps(recipe: Recipe, parents: Mapping[str, Checkpoint]) -> list[Step]:
 
     The head layout is checked for every tensor here, before anything is read.
     """
-    from medmerge.arch import attention_layout
-    from medmerge.engine import Step
     from medmerge.io.writer import TensorSpec
+    from medmerge.merge.arch import attention_layout
+    from medmerge.merge.plan import Step
 
     base_ref = recipe.base_model
     assert base_ref is not None   # the registry entry needs a base: a recipe without one is refused when parsed

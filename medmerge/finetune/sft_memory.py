@@ -91,7 +91,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class MemorySetting:
-    """The SFT choices the estimate depends on (a view of :class:`medmerge.sft.SFTSettings`)."""
+    """The SFT choices the estimate depends on (a view of :class:`medmerge.finetune.sft.SFTSettings`)."""
 
     dtype: str = "float32"                 # resolved: float32, bfloat16 or float16
     mixed_bf16: bool = False               # bf16 autocast over float32 weights (activations in 16 bits)

@@ -32,13 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from medmerge import __version__
-from medmerge.compat import assert_finite, check_compatible, non_finite_kind
 from medmerge.errors import CompatibilityError, NonFiniteOutputError, RecipeError
 from medmerge.io import provenance as identity
 from medmerge.io.atomic import atomic_dirs, check_output_dir
 from medmerge.io.checkpoint import Checkpoint
 from medmerge.io.writer import DEFAULT_MAX_SHARD_BYTES, BackgroundWriter, StreamingCheckpointWriter, TensorSpec
-from medmerge.recipe import Recipe, SweepCandidate, SweepSpec
+from medmerge.merge.compat import assert_finite, check_compatible, non_finite_kind
+from medmerge.merge.plan import Loader, Step
+from medmerge.merge.recipe import Recipe, SweepCandidate, SweepSpec
 
 # Row blocks of 8 MiB keep each float32 temporary (16 MiB) under glibc's mmap ceiling, so
 # freed blocks are reused instead of faulted in again (measured: 12.6 s -> 9.9 s, RSS 1.19 -> 0.61 GB).
@@ -51,22 +52,7 @@ TOKENIZER_FILES = (
 # Files that define a vocabulary: a parent with none of them has no tokenizer to give a merge.
 VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
-# load(parent ref, tensor name, cast=None, upcast=False) -> tensor, cast to ``cast`` and then,
-# with ``upcast``, half precision widened to float32; results are shared within one output tensor
-Loader = Callable[..., torch.Tensor]
 HALF = (torch.bfloat16, torch.float16)
-
-
-@dataclass
-class Step:
-    """One output tensor of one merge."""
-
-    name: str
-    spec: TensorSpec
-    reads: tuple[tuple[str, str], ...]           # (parent ref, tensor name) this step reads
-    compute: Callable[[Loader], torch.Tensor]
-    row_separable: bool = False
-    seed: int | None = None                      # reseed torch before compute (stochastic methods)
 
 
 @dataclass
@@ -100,8 +86,8 @@ def open_parents(refs: Sequence[str], *, allow_pickle: bool = False, check: bool
 # planning
 # ------------------------------------------------------------------------------------------------
 def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote_code: bool) -> list[Step]:
-    """Plan with mergekit's planner (:mod:`medmerge.mergekit_planner`); each step runs mergekit's per-tensor task."""
-    from medmerge import mergekit_planner
+    """Plan with mergekit's planner (:mod:`medmerge.merge.mergekit_planner`); each step runs mergekit's per-tensor task."""
+    from medmerge.merge import mergekit_planner
 
     local = recipe.with_resolved_paths(lambda r: str(parents[r].path))
     by_path = {str(parents[r].path): r for r in parents}
@@ -313,7 +299,7 @@ def _plans_parents(plans: Sequence[MergePlan]) -> dict[str, Checkpoint]:
 def _write_metadata(plan: MergePlan, out: Path, provenance: dict[str, dict], name: str) -> None:
     """config.json, tokenizer files, the recipe, provenance and the model card into ``out`` (a temporary
     directory until the write completes); ``name`` is the final directory's, the card's title."""
-    from medmerge.card import model_card
+    from medmerge.merge.card import model_card
 
     cfg = dict(plan.donor.config)
     dtype = plan.recipe.out_dtype or plan.recipe.dtype

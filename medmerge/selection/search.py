@@ -13,14 +13,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from medmerge import cost
-from medmerge.cost import measured
 from medmerge.errors import as_value_error, not_blank
+from medmerge.evaluation.objectives import DEFAULT_OBJECTIVES
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import PROMPT_FORMAT, EvalOptions
-from medmerge.objectives import DEFAULT_OBJECTIVES
-from medmerge.pareto import SelectionSummary
-from medmerge.recipe import Recipe, SweepSpec, load_sweep, parse_sweep
+from medmerge.merge.recipe import Recipe, SweepSpec, load_sweep, parse_sweep
+from medmerge.runtime import cost
+from medmerge.runtime.cost import measured
+from medmerge.selection.pareto import SelectionSummary
 from medmerge.tracking.runs import HasParentRun
 
 
@@ -36,18 +36,18 @@ class SearchConfig(EvalOptions):
     registered_model: str = "medmerge-clinical"
     experiment: str = "medmerge-merge-search"
     tracking_uri: str | None = None
-    # the Pareto selection's two objectives (x, y), any two suite scores (medmerge.objectives)
+    # the Pareto selection's two objectives (x, y), any two suite scores (medmerge.evaluation.objectives)
     objectives: tuple[str, str] = Field(DEFAULT_OBJECTIVES, validate_default=True)   # the default needs suites
     # where search: optuna keeps its study (a SQLAlchemy URL); None: a sqlite file beside the local
     # MLflow store when the tracking server is the one `medmerge server start` runs, else in output_dir
     study_storage: str | None = None
-    # phase two's initialisations, each under an alias pick-<method> (medmerge.promotion):
+    # phase two's initialisations, each under an alias pick-<method> (medmerge.selection.promotion):
     # best_per_method, knee, near_frontier, or a list of candidate names
     picks: str | tuple[str, ...] = "best_per_method"
     # what the promote step may move to @staging after comparing: knee, best_medical, names, or none
     promote: str | tuple[str, ...] = "none"
     # local worker processes evaluating candidates (or running trials) at once, each on its own GPU or share
-    # of the cores (medmerge.parallel_search); 1: one process. Not part of any cache key: the pipeline hands
+    # of the cores (medmerge.selection.parallel_search); 1: one process. Not part of any cache key: the pipeline hands
     # it to the evaluation step apart from the config (pipelines.definitions)
     workers: int = Field(1, ge=1)
 
@@ -64,7 +64,7 @@ class SearchConfig(EvalOptions):
     @field_validator("picks")
     @classmethod
     def _picks(cls, v):
-        from medmerge.promotion import check_picks
+        from medmerge.selection.promotion import check_picks
 
         with as_value_error():
             return check_picks(v)
@@ -72,7 +72,7 @@ class SearchConfig(EvalOptions):
     @field_validator("promote")
     @classmethod
     def _promote(cls, v):
-        from medmerge.promotion import check_policy
+        from medmerge.selection.promotion import check_policy
 
         with as_value_error():
             return check_policy(v)
@@ -80,7 +80,7 @@ class SearchConfig(EvalOptions):
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v, info: ValidationInfo):
-        from medmerge.objectives import resolve, resolve_pair
+        from medmerge.evaluation.objectives import resolve, resolve_pair
 
         suites = info.data.get("suites")   # absent when the suites are wrong themselves: check the names only
         with as_value_error():
@@ -102,7 +102,7 @@ class SearchConfig(EvalOptions):
         return self
 
     def objective_pair(self):
-        from medmerge.objectives import resolve_pair
+        from medmerge.evaluation.objectives import resolve_pair
 
         return resolve_pair(self.objectives, self.suites)
 
@@ -183,8 +183,8 @@ def _logged_run(a: dict):
 @measured("check_parents")
 def check_parents(cfg: SearchConfig) -> dict[str, dict]:
     """Open and check the parents (errors name the first offending thing); return their weight hashes."""
-    from medmerge.engine import open_parents
     from medmerge.io.provenance import parent_provenance
+    from medmerge.merge.engine import open_parents
 
     spec = cfg.sweep
     refs = [spec.clinical, spec.instruct] + ([spec.base] if spec.base else [])
@@ -196,13 +196,13 @@ def evaluate(cfg: SearchConfig, parents: dict[str, dict], workers: int | None = 
              on_event=None) -> SearchResults:
     """Evaluate every candidate in memory (no MLflow; each (candidate, task) score is cached on disk, so a
     killed run's rerun evaluates only what is missing), on ``workers`` local processes (default
-    ``cfg.workers``; :mod:`medmerge.parallel_search`; ``on_event`` sees their progress)."""
+    ``cfg.workers``; :mod:`medmerge.selection.parallel_search`; ``on_event`` sees their progress)."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.evaluation.sweep_eval import evaluate_sweep
 
     workers = workers or cfg.workers
     if workers > 1:
-        from medmerge import parallel_search
+        from medmerge.selection import parallel_search
 
         if cfg.sweep.search == "optuna":
             pairs = parallel_search.optuna_search(cfg, EvalCache(), workers, _study_name(cfg, parents), on_event)
@@ -227,8 +227,8 @@ def results_of(parents: dict[str, dict], pairs) -> SearchResults:
 
 def _optuna_search(cfg: SearchConfig, parents: dict[str, dict], cache, on_trial=None):
     """The parents, then every complete trial of the study (resumed from its storage if it exists)."""
-    from medmerge import optuna_search
     from medmerge.evaluation.sweep_eval import SweepEvaluator
+    from medmerge.selection import optuna_search
 
     spec = cfg.sweep
     ox, oy = cfg.objective_pair()
@@ -243,7 +243,7 @@ def _optuna_search(cfg: SearchConfig, parents: dict[str, dict], cache, on_trial=
 
 def _study_name(cfg: SearchConfig, parents: dict[str, dict]) -> str:
     """The Optuna study of this space, objectives, evaluation and parents (not of the number of workers)."""
-    from medmerge import optuna_search
+    from medmerge.selection import optuna_search
 
     settings = cfg.model_dump(mode="json", include={"suites", "data_dir", "limit", "num_fewshot", "max_gen_toks",
                                                     "dtype", *(k for k in PROMPT_FORMAT if k != "log_samples"
@@ -260,7 +260,7 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
     Returns ``results`` with the server, experiment and run ids."""
     import tempfile
 
-    from medmerge import comparison
+    from medmerge.selection import comparison
     from medmerge.tracking import registry
 
     uri = tracking_uri or cfg.resolved_tracking_uri()
@@ -320,7 +320,7 @@ def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_
 def _points(results: SearchResults, cfg: SearchConfig):
     """One Pareto point per candidate: the x objective in the ``if_score`` slot, y in ``medical_avg``, each
     with its stderr (which ``use_stderr`` widens the near set by)."""
-    from medmerge.pareto import ScoredPoint as Point
+    from medmerge.selection.pareto import ScoredPoint as Point
 
     ox, oy = cfg.objective_pair()
     pts = []
@@ -333,7 +333,7 @@ def _points(results: SearchResults, cfg: SearchConfig):
 
 def _selection(results: SearchResults, cfg: SearchConfig):
     """The points, the parents' (IF score, Medical Avg) and the Pareto selection (deterministic)."""
-    from medmerge import pareto
+    from medmerge.selection import pareto
 
     pts = _points(results, cfg)
     by_name = {p.name: p for p in pts}
@@ -347,7 +347,7 @@ def _selection(results: SearchResults, cfg: SearchConfig):
 
 
 def _plot(pts, parents, sel, figures_dir: Path) -> tuple[Path, Path]:
-    from medmerge import figures
+    from medmerge.selection import figures
 
     x, y = sel.labels
     fig_f = figures.plot_frontier(pts, figures_dir / "frontier.png", parents=parents or None, selection=sel,
@@ -360,7 +360,7 @@ def _plot(pts, parents, sel, figures_dir: Path) -> tuple[Path, Path]:
 
 
 def comparison_rows(results: SearchResults) -> list[dict]:
-    """The rows of the comparison table (:mod:`medmerge.comparison`): every candidate, the parents marked."""
+    """The rows of the comparison table (:mod:`medmerge.selection.comparison`): every candidate, the parents marked."""
     return [{"name": c.name, "method": c.method, "params": c.params, "role": c.role, "report": c.report}
             for c in results.candidates]
 
@@ -378,8 +378,8 @@ def select_frontier(results: SearchResults, cfg: SearchConfig, figures_dir: str 
 @measured("write_selected", run=_logged_run)
 def write_selected(cfg: SearchConfig, results: SearchResults, frontier: Frontier) -> list[CheckpointDir]:
     """Write only the selected (near-frontier) candidates, each atomically, reading parents once."""
-    from medmerge.engine import open_parents, plan_merge, write_plans
-    from medmerge.promotion import choose
+    from medmerge.merge.engine import open_parents, plan_merge, write_plans
+    from medmerge.selection.promotion import choose
 
     by = results.by_name()
     # the near set, and the picks and the candidate to promote even when they are not near the frontier
@@ -420,3 +420,21 @@ def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Front
     parent = results.parent_run()
     parent.open_or_nested("registered_versions").json(versions, "registered_versions.json")
     return versions   # the promote step, the last, closes the parent run
+
+
+def shard_results(cfg, parents: dict, shard: int, shards: int):
+    """One shard's :class:`SearchResults` (the fan-out's evaluation step)."""
+    from medmerge.evaluation.cache import EvalCache
+    from medmerge.selection import parallel_search
+
+    return results_of(parents, parallel_search.evaluate_shard(cfg, shard, shards, EvalCache()))
+
+
+def gather_results(cfg, parents: dict, parts: list):
+    """The shards' results as one :class:`SearchResults`, in the sweep's order (what
+    ``evaluate_candidates`` returns for the same config)."""
+    from medmerge.selection import parallel_search
+
+    by_name = [[(c, c.report) for c in part.candidates] for part in parts]
+    order = parallel_search.gather(cfg.sweep, by_name)
+    return SearchResults(parents=parents, candidates=[c for c, _ in order])

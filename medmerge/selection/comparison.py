@@ -2,7 +2,7 @@
 "A Novel Hierarchical Integration Method for Efficient Model Merging in Medical LLMs") and its figure.
 
 One row per candidate plus the parents; one column per task: its accuracy ± stderr (the
-task's primary metric, see :func:`medmerge.objectives.primary_metric`). Then:
+task's primary metric, see :func:`medmerge.evaluation.objectives.primary_metric`). Then:
 
 * ``mean`` — the unweighted mean of the row's task scores, stderr ``sqrt(Σ se_i²) / k``;
 * ``Δ better parent`` — the row's mean minus the higher of the two parents' means;
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medmerge.evaluation.objectives import primary_metric
 from medmerge.io.tables import markdown_table
-from medmerge.objectives import primary_metric
 
 
 def build(rows: Sequence[dict[str, Any]]) -> dict:
@@ -107,7 +107,7 @@ def to_markdown(cmp: dict) -> str:
 
 def plot(cmp: dict, path) -> Path:
     """Grouped bars: one group per task, one bar per row, stderr error bars. Returns the PNG path."""
-    from medmerge.figures import _new_figure, _save_png, _text
+    from medmerge.selection.figures import _new_figure, _save_png, _text
 
     tasks, rows = cmp["tasks"], cmp["rows"]
     n = len(rows)

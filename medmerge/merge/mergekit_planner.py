@@ -69,7 +69,7 @@ def check_private_api() -> None:
         missing.append("the class-level dict LoaderCache.loaders")
     if missing:
         raise MergekitAPIError(f"mergekit {version} has no {', '.join(missing)}, which medmerge's planner adapter "
-                               f"(medmerge/mergekit_planner.py) uses; it is tested with mergekit{TESTED_RANGE}")
+                               f"(medmerge/merge/mergekit_planner.py) uses; it is tested with mergekit{TESTED_RANGE}")
 
 
 def _installed_version() -> str:

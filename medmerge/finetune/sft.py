@@ -12,9 +12,9 @@ LoRA adapter and merges it back, so the output is always a full checkpoint, writ
 
 ``dtype`` (``auto``: the checkpoint's dtype on a CUDA GPU, float32 on a CPU) is the dtype the
 weights are loaded and trained in. Before any weight is loaded, the memory the setting needs is
-estimated (:mod:`medmerge.sft_memory`) and a setting that cannot fit the device is refused with
+estimated (:mod:`medmerge.finetune.sft_memory`) and a setting that cannot fit the device is refused with
 the settings that would. With ``num_gpus > 1`` the same function runs under ``accelerate launch``
-(FSDP full sharding, or DeepSpeed ZeRO-3), one process per GPU: ``python -m medmerge.sft JOB.json``
+(FSDP full sharding, or DeepSpeed ZeRO-3), one process per GPU: ``python -m medmerge.finetune.sft JOB.json``
 is the entry point each process runs.
 """
 
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medmerge.errors import MedmergeError
 from medmerge.generation.data import GenerationExample
-from medmerge.precision import DType, normalise
+from medmerge.merge.precision import DType, normalise
 
 DEFAULT_INSTRUCTION = "Write the clinical text requested for the following input."
 
@@ -126,7 +126,7 @@ def prompt_for(example: GenerationExample, tokenizer, instruction: str) -> str:
 
 def memory_setting(settings: SFTSettings, dtype: str, mixed_bf16: bool):
     """The estimate's view of ``settings`` with the dtype resolved."""
-    from medmerge.sft_memory import MemorySetting
+    from medmerge.finetune.sft_memory import MemorySetting
 
     return MemorySetting(dtype=dtype, mixed_bf16=mixed_bf16, lora=settings.lora, lora_r=settings.lora_r,
                          optim=settings.optim, gradient_checkpointing=settings.gradient_checkpointing,
@@ -138,7 +138,7 @@ def plan_precision(model_path: str | Path, settings: SFTSettings) -> tuple[str, 
     """``(weights dtype, bf16 autocast)`` for ``settings`` on this machine."""
     import torch
 
-    from medmerge.precision import resolve_dtype
+    from medmerge.merge.precision import resolve_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = resolve_dtype(settings.dtype, device, model_path)
@@ -151,8 +151,8 @@ def plan_precision(model_path: str | Path, settings: SFTSettings) -> tuple[str, 
 def check_memory(model_path: str | Path, settings: SFTSettings, dtype: str | None = None,
                  mixed_bf16: bool | None = None):
     """Estimate the memory ``settings`` need for ``model_path`` (from its config.json only) and refuse
-    (:class:`medmerge.sft_memory.SFTMemoryError`, exit 2) when it cannot fit; returns the estimate."""
-    from medmerge.sft_memory import Device, ModelShape, check_fits
+    (:class:`medmerge.finetune.sft_memory.SFTMemoryError`, exit 2) when it cannot fit; returns the estimate."""
+    from medmerge.finetune.sft_memory import Device, ModelShape, check_fits
 
     if dtype is None or mixed_bf16 is None:
         dtype, mixed_bf16 = plan_precision(model_path, settings)
@@ -165,7 +165,7 @@ def _distributed() -> bool:
 
 
 def accelerate_command(settings: SFTSettings, job: str | Path, mixed_bf16: bool = False) -> list[str]:
-    """``accelerate launch`` for ``settings.num_gpus`` processes running ``python -m medmerge.sft JOB``.
+    """``accelerate launch`` for ``settings.num_gpus`` processes running ``python -m medmerge.finetune.sft JOB``.
 
     FSDP: full sharding of weights, gradients and optimiser states, one wrap per decoder layer, the
     full state dict gathered on rank 0 for saving. DeepSpeed: ZeRO-3 with a 16-bit model saved."""
@@ -183,7 +183,7 @@ def accelerate_command(settings: SFTSettings, job: str | Path, mixed_bf16: bool 
         cmd += ["--use_deepspeed", "--zero_stage", "3", "--zero3_init_flag", "true", "--zero3_save_16bit_model",
                 "true", "--offload_optimizer_device", "none", "--offload_param_device", "none",
                 "--gradient_accumulation_steps", str(settings.grad_accum)]
-    return cmd + ["--module", "medmerge.sft", str(job)]
+    return cmd + ["--module", "medmerge.finetune.sft", str(job)]
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
 
     from medmerge.errors import OutputError
     from medmerge.io.atomic import atomic_dir, refuse_aliased_output
-    from medmerge.precision import torch_dtype
+    from medmerge.merge.precision import torch_dtype
 
     refuse_aliased_output(out_dir, [model_path], "model to fine-tune")  # before training, whatever overwrite says
     if Path(out_dir).exists() and not overwrite:  # before training, not after it
@@ -330,7 +330,7 @@ def _save_distributed(trainer, model_path, tokenizer, out_dir, settings: SFTSett
             from peft import PeftModel
             from transformers import AutoModelForCausalLM
 
-            from medmerge.precision import torch_dtype
+            from medmerge.merge.precision import torch_dtype
 
             base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
             PeftModel.from_pretrained(base, str(gathered)).merge_and_unload().save_pretrained(tmp)
@@ -342,7 +342,7 @@ def _save_distributed(trainer, model_path, tokenizer, out_dir, settings: SFTSett
 
 
 def _main(argv: list[str]) -> int:
-    """One process of a distributed SFT: ``python -m medmerge.sft JOB.json`` (under ``accelerate launch``)."""
+    """One process of a distributed SFT: ``python -m medmerge.finetune.sft JOB.json`` (under ``accelerate launch``)."""
     job = json.loads(Path(argv[0]).read_text())
     res = finetune(job["model_path"], [GenerationExample(**e) for e in job["examples"]], job["out_dir"],
                    SFTSettings(**job["settings"]), few_shot=job["few_shot"], max_steps=job["max_steps"],

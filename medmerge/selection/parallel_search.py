@@ -1,6 +1,6 @@
 """A merge search on N local workers (``workers: N`` in the merge_search run config).
 
-The grid: every candidate is one task of a :class:`medmerge.workers.WorkerPool`; each worker builds one
+The grid: every candidate is one task of a :class:`medmerge.runtime.workers.WorkerPool`; each worker builds one
 :class:`~medmerge.evaluation.sweep_eval.SweepEvaluator` (the parents read into memory once, one resident
 model on the worker's device) and evaluates the candidates it is handed, exactly as the one-process
 sweep does. Results come back to the parent and are returned in the sweep's order, so what follows
@@ -31,7 +31,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from medmerge.workers import WorkerPool, current_slot
+from medmerge.runtime.workers import WorkerPool, current_slot
 
 MAX_RETRY = 1              # a trial left running by a dead worker is re-queued once
 HEARTBEAT_INTERVAL = 60    # seconds, RDB storage: a worker's running trial beats this often
@@ -145,7 +145,7 @@ def _trial(w: _Worker, budget: int, sampler: str = "tpe"):
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from medmerge import optuna_search
+    from medmerge.selection import optuna_search
 
     optuna = optuna_search._optuna()
     spec = w.cfg.sweep
@@ -189,7 +189,7 @@ def evaluate_grid(cfg, cache, workers: int, on_event: Callable | None = None):
 def optuna_search(cfg, cache, workers: int, name: str, on_event: Callable | None = None):
     """The parents, then every complete trial of the shared study (in trial order), run on ``workers``
     local processes that ask and tell one study."""
-    from medmerge import optuna_search as osearch
+    from medmerge.selection import optuna_search as osearch
 
     spec = cfg.sweep
     url = shared_storage_url(cfg)
@@ -257,21 +257,3 @@ def gather(spec, shards: list[list]) -> list:
     if missing or len(by_name) != len(expected):
         raise MedmergeError(f"the shards did not evaluate {', '.join(missing) or 'the sweep'}")
     return [by_name[n] for n in expected]
-
-
-def shard_results(cfg, parents: dict, shard: int, shards: int):
-    """One shard's :class:`~medmerge.search.SearchResults` (the fan-out's evaluation step)."""
-    from medmerge.evaluation.cache import EvalCache
-    from medmerge.search import results_of
-
-    return results_of(parents, evaluate_shard(cfg, shard, shards, EvalCache()))
-
-
-def gather_results(cfg, parents: dict, parts: list):
-    """The shards' results as one :class:`~medmerge.search.SearchResults`, in the sweep's order (what
-    ``evaluate_candidates`` returns for the same config)."""
-    from medmerge.search import SearchResults
-
-    by_name = [[(c, c.report) for c in part.candidates] for part in parts]
-    order = gather(cfg.sweep, by_name)
-    return SearchResults(parents=parents, candidates=[c for c, _ in order])

@@ -219,8 +219,8 @@ def staged_scores(mv, objectives, tracking_uri: str) -> dict[str, Score]:
 
     Raises :class:`PromotionError` naming the version and the reason when they cannot be read (no run, the run
     or its report unreadable, an objective it has no score for): the promotion is never decided on a guess."""
+    from medmerge.evaluation.objectives import ObjectiveError
     from medmerge.evaluation.report import EvalReport
-    from medmerge.objectives import ObjectiveError
     from medmerge.tracking import registry
 
     where = f"{mv.name} v{mv.version} (@{STAGE})"
@@ -233,7 +233,7 @@ def staged_scores(mv, objectives, tracking_uri: str) -> dict[str, Score]:
     except MedmergeError as exc:
         raise PromotionError(f"cannot read the scores of {where}: {exc}" + advice) from exc
     if recorded.report_json is not None:
-        from medmerge.objectives import resolve
+        from medmerge.evaluation.objectives import resolve
 
         try:
             out = report_scores(EvalReport.model_validate_json(recorded.report_json),
@@ -361,7 +361,7 @@ def check_finetune_policy(v: Names) -> Names:
 
 
 def _sft_scores(r) -> dict[str, Score]:
-    from medmerge.objectives import ObjectiveError, resolve
+    from medmerge.evaluation.objectives import ObjectiveError, resolve
 
     out = {"composite": Score(value=r.scores["composite"])}
     for name in ("medical_avg", "if_score"):

@@ -58,8 +58,8 @@ class ForgettingReport(BaseModel):
 
 def _scores(report: EvalReport) -> dict[str, tuple[float, float | None]]:
     """Every task metric and every suite score (``report.scores``: computed once, in make_report; a report
-    made before it held them gets them from medmerge.objectives.suite_scores) as ``(value, stderr)``."""
-    from medmerge.objectives import suite_scores
+    made before it held them gets them from medmerge.evaluation.objectives.suite_scores) as ``(value, stderr)``."""
+    from medmerge.evaluation.objectives import suite_scores
 
     out = {}
     for task, res in report.tasks.items():

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("medmerge.cost")
+log = logging.getLogger("medmerge.runtime.cost")
 _HWM = re.compile(r"VmHWM:\s+(\d+)\s+kB")
 MIB = 2 ** 20
 

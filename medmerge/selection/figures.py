@@ -16,7 +16,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medmerge.pareto import ParetoError, Selection, parent_points, select, validate_points
+from medmerge.selection.pareto import ParetoError, Selection, parent_points, select, validate_points
 
 DPI = 120
 FRONTIER_SIZE = (7.0, 5.0)  # inches: 840 × 600 px at DPI
@@ -79,7 +79,7 @@ def frontier_figure(points, parents=None, selection: Selection | None = None, ti
     near-frontier points that are not on the frontier ringed; the knee starred and labelled
     with its name; each parent with its own marker and label. ``parents`` is
     ``{label: (if_score, medical_avg) | ScoredPoint}`` or a list of ScoredPoints. ``selection``
-    defaults to :func:`medmerge.pareto.select` of ``points`` (ε = 0, reference from parents).
+    defaults to :func:`medmerge.selection.pareto.select` of ``points`` (ε = 0, reference from parents).
     Returns the figure (one axes; its artists are what the PNG shows).
     """
     pts = validate_points(points)

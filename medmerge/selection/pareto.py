@@ -3,7 +3,7 @@
 Every candidate is a point (x, y) = (IF score, Medical Avg) by default; both axes are maximised.
 Any two objectives work: a caller puts its x objective in the ``if_score`` slot and its y
 objective in ``medical_avg`` (with their stderrs) and passes ``labels`` (see
-:mod:`medmerge.objectives`). The
+:mod:`medmerge.evaluation.objectives`). The
 functions are pure: they take a list of points and return some of the same objects (never
 copies), so callers can compare by identity. Anything with the attributes of
 :class:`ScoredPoint` (``name``, ``medical_avg``, ``if_score`` and optionally the stderrs) works.

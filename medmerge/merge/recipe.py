@@ -33,8 +33,8 @@ from pydantic import (
 
 from medmerge.errors import RecipeError
 from medmerge.io.yaml_file import Int, Real
-from medmerge.methods import MethodDef, get_method
-from medmerge.methods.domain import UNIT, Domain, ParameterError, show
+from medmerge.merge.methods import MethodDef, get_method
+from medmerge.merge.methods.domain import UNIT, Domain, ParameterError, show
 
 Scalar = Union[bool, int, float, str]
 # a scalar, a gradient (list of scalars interpolated across layers), or filtered values
@@ -260,7 +260,7 @@ DEFAULT_RATIOS = tuple(round(i / 10, 1) for i in range(11))
 SWEEP_METHODS = ("linear", "slerp")
 SEARCHES = ("grid", "optuna")
 RATIO = "ratio"      # a sweep-level parameter: instruct's share (weights (1 - r, r), or slerp's t)
-PRESETS_DIR = Path(__file__).parent / "resources" / "presets"
+PRESETS_DIR = Path(__file__).parents[1] / "resources" / "presets"
 
 
 class Range(BaseModel):
@@ -317,7 +317,7 @@ def _check_grid_value(param, value, where: str) -> None:
     if isinstance(value, list) and any(isinstance(x, (list, dict)) for x in value) or isinstance(value, dict):
         raise ParameterError(f"{where}: a grid value is a value or a gradient [v0, v1, ...], not {show(value)}")
     if isinstance(param, Domain):
-        from medmerge.methods.domain import check_setting
+        from medmerge.merge.methods.domain import check_setting
 
         check_setting(param, value, where)
     else:

@@ -3,7 +3,7 @@
 What counts as a change, by content hash only:
 
 * a parent checkpoint: the sha256 of every weight file of every parent of the merge search
-  (:func:`medmerge.search.check_parents`), compared with what the tags of the version the search's
+  (:func:`medmerge.selection.search.check_parents`), compared with what the tags of the version the search's
   registered model has under the ``staging`` alias record of its parents (read through
   :mod:`medmerge.io.provenance`);
 * the training data of each task of the finetune run: ``TrainingData.train_sha256`` (after the configured
@@ -33,7 +33,7 @@ from medmerge.tracking.registry import STAGE
 
 if TYPE_CHECKING:   # the configs import the tracking and evaluation layers: only the type checker needs them here
     from medmerge.finetune import FinetuneConfig
-    from medmerge.search import SearchConfig
+    from medmerge.selection.search import SearchConfig
 
 RETRAIN_EXPERIMENT = "medmerge-retrain"
 _TAG_LIMIT = 5000        # medmerge.tracking.registry.register_checkpoint cuts tag values to this length
@@ -152,7 +152,7 @@ def _last_retrain(uri: str, key: str) -> dict[str, str] | None:
     from medmerge.tracking import runs
 
     run = runs.latest(uri, RETRAIN_EXPERIMENT,
-                      f"tags.`medmerge.retrain` = '{_TAG_RAN}' and tags.`medmerge.retrain.key` = '{key}'")
+                      f"tags.`medmerge.ops.retrain` = '{_TAG_RAN}' and tags.`medmerge.ops.retrain.key` = '{key}'")
     return {"run_id": run.run_id, "status": run.status} if run else None
 
 
@@ -164,7 +164,7 @@ def _key(search_cfg: SearchConfig, ft_cfg: FinetuneConfig) -> str:
 
 def current_parents(search_cfg: SearchConfig) -> ParentWeights:
     """``{parent ref: {weight file: sha256}}`` now (hashes are cached by file size and mtime)."""
-    from medmerge.search import check_parents
+    from medmerge.selection.search import check_parents
 
     return provenance.weights(check_parents(search_cfg))
 
@@ -262,9 +262,9 @@ def open_record(decision: RetrainDecision, search_cfg: SearchConfig, ft_cfg: Fin
 
     outcome = _TAG_RAN if decision.changed else _TAG_NOOP
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    tags = {"medmerge.phase": "retrain", "medmerge.retrain": outcome, "medmerge.retrain.key": _key(search_cfg, ft_cfg),
-            "medmerge.retrain.reasons": ("; ".join(decision.reasons) or "nothing changed")[:7900],
-            "medmerge.retrain.host": socket.gethostname()}
+    tags = {"medmerge.phase": "retrain", "medmerge.ops.retrain": outcome, "medmerge.ops.retrain.key": _key(search_cfg, ft_cfg),
+            "medmerge.ops.retrain.reasons": ("; ".join(decision.reasons) or "nothing changed")[:7900],
+            "medmerge.ops.retrain.host": socket.gethostname()}
     record = runs.create(tracking_uri, RETRAIN_EXPERIMENT, f"retrain-{outcome}-{stamp}", tags)
     params = {"parents_fingerprint": decision.parents_fingerprint,
               "search_registered_model": search_cfg.registered_model,
@@ -294,7 +294,7 @@ def close_record(tracking_uri: str, run_id: str, ok: bool, outputs: dict | None 
         if isinstance(v, (dict, list)):
             record.json(v, f"{k}.json")
         else:
-            record.tag(f"medmerge.retrain.{k}", str(v)[:7900])
+            record.tag(f"medmerge.ops.retrain.{k}", str(v)[:7900])
     if error:
-        record.tag("medmerge.retrain.error", error[:7900])
+        record.tag("medmerge.ops.retrain.error", error[:7900])
     record.finish() if ok else record.fail()

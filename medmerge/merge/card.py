@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timezone
 
 from medmerge import __version__
-from medmerge.recipe import Recipe
+from medmerge.merge.recipe import Recipe
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n.*?^---[ \t]*(\r?\n|\Z)", re.DOTALL | re.MULTILINE)
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medmerge.errors import RecipeError
-from medmerge.methods import domain as _domain
-from medmerge.methods import hierarchical_ot
-from medmerge.methods.domain import BOOLEAN, FINITE, Domain, ParameterError, choice, real, show
+from medmerge.merge.methods import domain as _domain
+from medmerge.merge.methods import hierarchical_ot
+from medmerge.merge.methods.domain import BOOLEAN, FINITE, Domain, ParameterError, choice, real, show
 
 if TYPE_CHECKING:   # the engine and the recipe import this registry: only the type checker follows these
-    from medmerge.engine import Step
     from medmerge.io.checkpoint import Checkpoint
-    from medmerge.recipe import Recipe
+    from medmerge.merge.plan import Step
+    from medmerge.merge.recipe import Recipe
 
 MISSING = object()
 

@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 
-from medmerge.recipe import RATIO, Range, SweepCandidate, SweepSpec
+from medmerge.merge.recipe import RATIO, Range, SweepCandidate, SweepSpec
 
 N_STARTUP_TRIALS = 5
 

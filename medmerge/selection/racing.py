@@ -61,7 +61,7 @@ Paired bounds (the default, ``bounds="paired"``)
 Stopping rule, and why it keeps the near set
     With ``shift_j = ε + (use_stderr ? √2 · se_max_j : 0)`` (``se_max_j`` an upper bound on any
     candidate's full-suite stderr, so the shift is never smaller than the one
-    :func:`medmerge.pareto.near_frontier` will use), p stops after a round when some q (running or
+    :func:`medmerge.selection.pareto.near_frontier` will use), p stops after a round when some q (running or
     stopped: a stopped candidate's last bounds stay valid) has ``lower_q,j ≥ upper_p,j + shift_j`` on
     every objective j, strictly on at least one: then, when the bounds hold, q's full scores dominate
     p's shifted by ``shift``, i.e. p is outside ``near_frontier(ε)`` of the full evaluation.
@@ -137,7 +137,7 @@ class RacingPlan:
 
     ``first``: documents per stratum in round 1; ``growth``: factor per round; ``confidence``: the
     probability that every bound holds (so that the near set and knee come out right); ``eps`` and
-    ``use_stderr``: the near set's margin, as in :func:`medmerge.pareto.near_frontier`; ``seed``: the
+    ``use_stderr``: the near set's margin, as in :func:`medmerge.selection.pareto.near_frontier`; ``seed``: the
     document order. ``min_gain`` (for a search's trials; never for a sweep whose near set must come out
     exact): a candidate also stops when, on every objective, it cannot beat some running or finished
     candidate by more than ``min_gain``: it would add at most about ``min_gain`` × the frontier's span to
