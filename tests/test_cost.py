@@ -93,3 +93,25 @@ def test_sweep_and_sft_rows_are_read_from_the_runs(mlflow_client):
     assert (row.wall_seconds, row.peak_rss_mib) == (100.0, 700.0) and row.detail.startswith("3 candidates")
     assert cost.sweep_row(uri, [f"models:/m/{mv.version}"]) == row
     assert cost.sft_rows(uri, [("knee-8", sft, 30)]) == [CostRow("SFT knee-8", "30 steps", 40.0, None, None)]
+    # trained in a worker: the sft step only logged it (0.2 s); the row is the training's own figures
+    worker = c.create_run(exp, run_name="knee-full").info.run_id
+    for k, v in {"cost.sft.wall_seconds": 0.2, "cost.sft_train.wall_seconds": 55.0,
+                 "cost.sft_train.peak_rss_mib": 900.0}.items():
+        c.log_metric(worker, k, v)
+    assert cost.sft_rows(uri, [("knee-full", worker, 60)]) == [CostRow("SFT knee-full", "60 steps", 55.0, 900.0, None)]
+
+
+def test_measuring_a_block_logs_nothing_and_hands_its_figures_on(monkeypatch):
+    import time
+
+    logged = []
+    monkeypatch.setattr(cost, "_log", lambda *a: logged.append(a))
+    active, pending = list(cost._active), list(cost._pending)   # (an earlier test may leave a run-less step)
+    with cost.measuring("sft_train") as c:
+        time.sleep(0.2)
+        block = bytearray(64 * 2**20)   # 64 MiB touched inside the block
+        block[::4096] = b"x" * len(block[::4096])
+    m = c.metrics()
+    assert set(m) == {"cost.sft_train.wall_seconds", "cost.sft_train.peak_rss_mib"}
+    assert 0.2 <= m["cost.sft_train.wall_seconds"] < 5 and m["cost.sft_train.peak_rss_mib"] >= 64
+    assert logged == [] and cost._active == active and cost._pending == pending

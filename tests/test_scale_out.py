@@ -215,5 +215,10 @@ def test_finetune_sft_runs_trained_side_by_side(demo_models, mlflow_server, tmp_
         if r["info"]["run_name"] in trained:
             loss = {m["key"]: m["value"] for m in r["data"]["metrics"]}["train_loss"]
             assert loss == pytest.approx(trained[r["info"]["run_name"]]["train_loss"])   # the worker's training
+            # and what the training cost in the worker, not the sft step's logging of it (cost.md's SFT rows)
+            record = json.loads((tmp_path / "out" / "sft" / r["info"]["run_name"] / "medmerge_sft.json").read_text())
+            metrics = {m["key"]: m["value"] for m in r["data"]["metrics"]}
+            assert record["cost"]["cost.sft_train.wall_seconds"] > 0
+            assert metrics["cost.sft_train.wall_seconds"] == pytest.approx(record["cost"]["cost.sft_train.wall_seconds"])
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     assert last.steps["sft_clinical_8"].status == ExecutionStatus.COMPLETED

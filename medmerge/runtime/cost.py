@@ -31,7 +31,8 @@ import re
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +145,7 @@ def _start_system_metrics(tracking_uri: str, run_id: str):
                                 interval=float(os.environ.get("MEDMERGE_SYSTEM_METRICS_INTERVAL", "5")))
 
 
-def begin(step: str) -> StepCost:
-    cost = StepCost(step=step)
+def _start_clock(cost: StepCost) -> StepCost:
     _reset_peak_rss()
     cuda = _cuda()
     if cuda is not None:
@@ -153,16 +153,37 @@ def begin(step: str) -> StepCost:
         for i in range(cuda.device_count()):
             cuda.reset_peak_memory_stats(i)
     cost._t0 = time.perf_counter()
-    _active.append(cost)
     return cost
 
 
-def end(cost: StepCost) -> StepCost:
+def _stop_clock(cost: StepCost) -> StepCost:
     cost.wall_seconds = time.perf_counter() - cost._t0
     cost.peak_rss_bytes = _peak_rss_bytes()
     cuda = _cuda()
     if cuda is not None:
         cost.peak_gpu_bytes = sum(cuda.max_memory_allocated(i) for i in range(cuda.device_count()))
+    return cost
+
+
+@contextmanager
+def measuring(step: str) -> Iterator[StepCost]:
+    """Measure a block as step ``step`` and log nothing: its ``metrics()`` are the caller's to hand on (a
+    worker process never talks to MLflow: the SFT it trains records them beside the checkpoint)."""
+    cost = _start_clock(StepCost(step=step))
+    try:
+        yield cost
+    finally:
+        _stop_clock(cost)
+
+
+def begin(step: str) -> StepCost:
+    cost = _start_clock(StepCost(step=step))
+    _active.append(cost)
+    return cost
+
+
+def end(cost: StepCost) -> StepCost:
+    _stop_clock(cost)
     if _active and _active[-1] is cost:
         _active.pop()
     if cost._monitor is not None:
@@ -285,7 +306,9 @@ def sweep_row(tracking_uri: str, model_uris: list[str]) -> CostRow | None:
 
 
 def sft_rows(tracking_uri: str, sft_runs: list[tuple[str, str, int]]) -> list[CostRow]:
-    """One row per SFT run ``(label, run id, optimisation steps)``: its ``sft`` step's figures."""
+    """One row per SFT run ``(label, run id, optimisation steps)``: the training's own figures
+    (``cost.sft_train.*``, measured where it trained: in the ``sft`` step or in a worker), else the ``sft``
+    step's."""
     from medmerge.tracking import runs
 
     out = []
@@ -294,7 +317,9 @@ def sft_rows(tracking_uri: str, sft_runs: list[tuple[str, str, int]]) -> list[Co
             metrics = runs.get(tracking_uri, rid).metrics
         except Exception:
             metrics = {}
-        wall, rss, gpu = _metrics_row(metrics, ("sft",))
+        wall, rss, gpu = _metrics_row(metrics, ("sft_train",))
+        if wall is None:
+            wall, rss, gpu = _metrics_row(metrics, ("sft",))
         out.append(CostRow(what=f"SFT {label}", detail=f"{steps} steps", wall_seconds=wall, peak_rss_mib=rss,
                            peak_gpu_mib=gpu))
     return out
