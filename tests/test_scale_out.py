@@ -222,3 +222,26 @@ def test_finetune_sft_runs_trained_side_by_side(demo_models, mlflow_server, tmp_
             assert metrics["cost.sft_train.wall_seconds"] == pytest.approx(record["cost"]["cost.sft_train.wall_seconds"])
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     assert last.steps["sft_clinical_8"].status == ExecutionStatus.COMPLETED
+
+
+def test_batched_optuna_search_on_two_workers_is_the_one_worker_search(demo_models, medmerge_cache, tmp_path):
+    """``batch: 2``: the parent asks and tells each round of two trials, the workers evaluate them: the trials,
+    their parameters and scores, and the frontier are those of one worker (each in its own study storage)."""
+    from medmerge.selection import optuna_search
+    from medmerge.selection.search import SearchConfig, _study_name, check_parents, evaluate, select_frontier
+
+    sweep = _sweep(tmp_path, demo_models, search="optuna", budget=4, batch=2, seed=1,
+                   methods={"linear": {"ratio": {"low": 0.0, "high": 1.0}}, "slerp": {"ratio": {"low": 0.0, "high": 1.0}}})
+    out = {}
+    for n in (1, 2):
+        cfg = SearchConfig(sweep=sweep, **DEMO_EVAL, output_dir=str(tmp_path / f"out-{n}"),
+                           study_storage=f"sqlite:///{tmp_path / f'study-{n}.db'}")
+        res = evaluate(cfg, check_parents(cfg), workers=n)
+        out[n] = (res, select_frontier(res, cfg, tmp_path / f"figures-{n}"))
+        study = optuna_search._optuna().load_study(study_name=_study_name(cfg, check_parents(cfg)),
+                                                   storage=cfg.study_storage)
+        assert len(optuna_search.complete_trials(study)) == 4 and len(study.get_trials()) == 4   # none twice
+    (one, f1), (two, f2) = out[1], out[2]
+    recipes = lambda res: [(c.name, c.recipe.to_yaml(), c.report.medical_avg, c.report.if_score) for c in res.candidates]
+    assert recipes(two) == recipes(one) and len(recipes(one)) == 2 + 4
+    assert (f2.frontier, f2.near, f2.knee) == (f1.frontier, f1.near, f1.knee)

@@ -76,6 +76,22 @@ def test_pool_state_built_once_per_worker_and_dead_worker_task_rerun():
     for r in out.values():
         by_pid.setdefault(r["pid"], set()).add(r["built"])
     assert all(len(b) == 1 for b in by_pid.values())       # a worker built its state once
+    pool.close()
+
+
+def test_workers_are_kept_between_runs_until_closed():
+    """A search in rounds calls run() once a round: the same workers (and the state each built) serve every
+    round; close() stops them."""
+    with WorkerPool(2, "cpu", _state, ("t",), cores=2) as pool:
+        first = pool.run(_work, [(i, (i, 0.1)) for i in range(4)])
+        second = pool.run(_work, [(i, (i, 0.1)) for i in range(4, 8)])
+        pids = {r["pid"] for r in first.values()}
+        assert {r["pid"] for r in second.values()} <= pids and len(pids) <= 2
+        assert len({(r["pid"], r["built"]) for r in [*first.values(), *second.values()]}) == len(pids)
+    assert pool._live is None
+    for pid in pids:   # stopped (and reaped) by close()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_a_task_that_kills_its_worker_each_time_fails_the_run():

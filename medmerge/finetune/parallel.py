@@ -72,6 +72,6 @@ def train_all(cfg, data, subsets: dict[str, list[str]], inits: dict, workers: in
     todo = jobs(cfg, data, subsets, inits)
     if not todo:
         return {}
-    pool = WorkerPool(min(workers, len(todo)), default_device(), _no_state, on_event=on_event,
-                      gpus_per_worker=cfg.sft.num_gpus)
-    return pool.run(_train, todo)
+    with WorkerPool(min(workers, len(todo)), default_device(), _no_state, on_event=on_event,
+                    gpus_per_worker=cfg.sft.num_gpus) as pool:
+        return pool.run(_train, todo)

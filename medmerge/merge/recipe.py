@@ -418,6 +418,9 @@ class SweepSpec(BaseModel):
     ratio_sweep: bool = False            # set at parse: True for the ratio form
     search: str = "grid"
     budget: Int | None = None
+    # search: optuna, trials asked B at a time from the trials told before them, evaluated side by side and
+    # told together: the same search whatever the number of workers (None: each worker asks when it is free)
+    batch: Int | None = None
     seed: Int = 0
     dtype: DType = None
     out_dtype: DType = None
@@ -491,8 +494,12 @@ class SweepSpec(BaseModel):
                 raise ValueError("search: optuna needs budget: N (the number of evaluations)")
             if self.budget < 1:
                 raise ValueError(f"budget {self.budget}: it must be at least 1")
+            if self.batch is not None and self.batch < 1:
+                raise ValueError(f"batch {self.batch}: it must be at least 1")
         elif self.budget is not None:
             raise ValueError("budget: applies to search: optuna (a grid evaluates all its candidates)")
+        elif self.batch is not None:
+            raise ValueError("batch: applies to search: optuna (a grid evaluates all its candidates)")
         for method, grid in self.grids().items():
             m = get_method(method)
             given = {} if self.ratio_sweep else self.methods[method]

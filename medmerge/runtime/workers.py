@@ -149,14 +149,30 @@ class WorkerPool:
         self.on_event = on_event
         self.breaks = 0
         self.ctx = mp.get_context("spawn")
+        self._live: tuple | None = None    # the executor and its event queue, kept between runs until close()
 
     def _executor(self):
-        slots, events = self.ctx.Queue(), self.ctx.Queue()
-        for s in self.slots:
-            slots.put(s)
-        ex = ProcessPoolExecutor(len(self.slots), mp_context=self.ctx, initializer=_start,
-                                 initargs=(slots, self.init, self.init_args, events))
-        return ex, events
+        if self._live is None:
+            slots, events = self.ctx.Queue(), self.ctx.Queue()
+            for s in self.slots:
+                slots.put(s)
+            ex = ProcessPoolExecutor(len(self.slots), mp_context=self.ctx, initializer=_start,
+                                     initargs=(slots, self.init, self.init_args, events))
+            self._live = (ex, events)
+        return self._live
+
+    def close(self) -> None:
+        """Stop the workers (they are kept between :meth:`run` calls: a search that runs in rounds pays their
+        start-up, the parents read and the model loaded, once)."""
+        if self._live is not None:
+            self._live[0].shutdown(wait=True, cancel_futures=True)
+            self._live = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def run(self, fn: Callable, tasks: Iterable[tuple[Hashable, tuple]],
             ) -> dict:
@@ -189,13 +205,16 @@ class WorkerPool:
                 for key in started:   # in flight when a worker died: the dead one's task among them
                     attempts[key] = attempts.get(key, 0) + 1
                     if attempts[key] >= MAX_ATTEMPTS:
+                        self.close()
                         raise WorkerError(f"a worker died {attempts[key]} times while running {key} "
                                           "(killed, or out of memory?); giving up") from None
+            except BaseException:   # fn's own error, Ctrl-C: the workers go with it
+                self.close()
+                raise
             else:
                 broken = False
-            finally:
-                ex.shutdown(wait=True, cancel_futures=True)
             if broken:   # every worker of that pool has exited now; a fresh pool takes what is left
+                self.close()
                 self._event("broken", None, None)
         return results
 

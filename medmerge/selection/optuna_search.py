@@ -126,25 +126,36 @@ def run_study(spec: SweepSpec, evaluate: Callable, score: Callable, *, storage: 
     ``evaluate(candidate) -> report``; ``score(report) -> (x, y)``, both maximised;
     ``on_trial(n_complete)`` is called after each trial is told (progress, tests)."""
     study = open_study(storage, name, spec.seed)
-    done = {t.number for t in complete_trials(study)}
-    reports = {}
-    while len(done) < spec.budget:
-        trial = study.ask()
-        method, params = suggest(trial, spec)
-        cand = spec.candidate(method, params, name=trial_name(trial.number, method))
-        trial.set_user_attr("candidate", json.dumps([method, params]))
-        report = evaluate(cand)
-        study.tell(trial, list(score(report)))
-        reports[trial.number] = (cand, report)
-        done.add(trial.number)
-        if on_trial is not None:
-            on_trial(len(done))
+    reports = run_rounds(study, spec, lambda cands: [evaluate(c) for c in cands], score, on_trial)
     for t in complete_trials(study)[:spec.budget]:
         if t.number in reports:
             yield reports[t.number]
         else:
             cand = candidate_of(spec, t)
             yield cand, evaluate(cand)
+
+
+def run_rounds(study, spec: SweepSpec, evaluate_many: Callable, score: Callable,
+               on_trial: Callable | None = None) -> dict[int, tuple[SweepCandidate, object]]:
+    """Until ``spec.budget`` trials are complete, ask ``batch: B`` trials (one without it; the sampler sees the
+    trials told in earlier rounds, never this round's), evaluate them together (``evaluate_many(candidates) -> reports`` in
+    the same order, however many workers share them) and tell them in trial order. Ask and tell happen here
+    only, in one order, so the trials and their results are those of one worker. ``{number: (candidate,
+    report)}`` of this call's trials."""
+    reports: dict[int, tuple[SweepCandidate, object]] = {}
+    while (n := len(complete_trials(study))) < spec.budget:
+        trials = [study.ask() for _ in range(min(spec.batch or 1, spec.budget - n))]
+        cands = []
+        for trial in trials:
+            method, params = suggest(trial, spec)
+            trial.set_user_attr("candidate", json.dumps([method, params]))
+            cands.append(spec.candidate(method, params, name=trial_name(trial.number, method)))
+        for trial, cand, report in zip(trials, cands, evaluate_many(cands), strict=True):
+            study.tell(trial, list(score(report)))
+            reports[trial.number] = (cand, report)
+        if on_trial is not None:
+            on_trial(len(complete_trials(study)))
+    return reports
 
 
 COARSE_LEVELS = (0.25, 0.5, 0.75)

@@ -19,7 +19,9 @@ over every complete trial of the study.
 
 With N workers TPE proposes each trial from the trials finished so far by all workers, so the
 trials differ from a one-worker search (each worker's sampler is seeded ``seed + worker index``); a
-grid gives the same candidates, reports and selection whatever N.
+grid gives the same candidates, reports and selection whatever N. ``batch: B`` makes an Optuna search the
+same whatever N too: the parent asks and tells, a round of B trials at a time
+(:func:`medmerge.selection.optuna_search.run_rounds`), and the workers, kept between rounds, only evaluate.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ def journal_path(sqlite_url: str) -> Path:
     return Path(sqlite_url.removeprefix("sqlite:///")).with_suffix(".journal")
 
 
-def open_storage(url: str):
+def open_storage(url: str, heartbeat: bool = True):
     """``url`` as an Optuna storage several processes can share: ``journal:`` + a path is a journal file;
-    an SQLAlchemy URL an RDB storage with the heartbeat on."""
+    an SQLAlchemy URL an RDB storage, with the heartbeat on for workers that ask and tell on their own (a
+    batched search asks and tells in the parent only: a killed parent's RUNNING trials are re-queued when the
+    study is opened again)."""
     import warnings
 
     import optuna
@@ -55,6 +59,8 @@ def open_storage(url: str):
 
     if url.startswith("journal:"):
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if not heartbeat:
+        return RDBStorage(url)
     with warnings.catch_warnings():   # the heartbeat and its retry callback are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
@@ -180,9 +186,9 @@ def evaluate_grid(cfg, cache, workers: int, on_event: Callable | None = None):
     """``(candidate, report)`` for every candidate of the sweep (as :func:`evaluate_sweep` yields them), on
     ``workers`` local processes."""
     cands = cfg.sweep.evaluated_candidates()
-    pool = WorkerPool(min(workers, len(cands)), cfg.eval_settings().device, _make_worker,
-                      (cfg, str(cache.root), cands, None), on_event=on_event)
-    done = pool.run(_task, [(c.name, ("evaluate", c)) for c in cands])
+    with WorkerPool(min(workers, len(cands)), cfg.eval_settings().device, _make_worker,
+                    (cfg, str(cache.root), cands, None), on_event=on_event) as pool:
+        done = pool.run(_task, [(c.name, ("evaluate", c)) for c in cands])
     return [done[c.name] for c in cands]
 
 
@@ -193,7 +199,8 @@ def optuna_search(cfg, cache, workers: int, name: str, on_event: Callable | None
 
     spec = cfg.sweep
     url = shared_storage_url(cfg)
-    study = osearch.open_study(open_storage(url), name, spec.seed)   # created here; a killed run's trials re-queued
+    # created here; a killed run's trials re-queued
+    study = osearch.open_study(open_storage(url, heartbeat=not spec.batch), name, spec.seed)
     fixed = spec.parent_candidates()
     have = osearch.complete_trials(study)
     left = max(0, spec.budget - len(have))
@@ -206,19 +213,41 @@ def optuna_search(cfg, cache, workers: int, name: str, on_event: Callable | None
 
     pool = WorkerPool(workers, cfg.eval_settings().device, _make_worker,
                       (cfg, str(cache.root), fixed + osearch.representatives(spec), (url, name)), on_event=event)
+    if spec.batch:
+        with pool:
+            return _optuna_rounds(cfg, pool, study, fixed, have)
     tasks = [(c.name, ("evaluate", c)) for c in fixed]
     tasks += [(osearch.candidate_of(spec, t).name, ("evaluate", osearch.candidate_of(spec, t))) for t in have]
     tasks += [(f"trial-task-{i}", ("trial", spec.budget)) for i in range(left)]
-    done = pool.run(_task, tasks)
-    trials = {r[0]: (r[1], r[2]) for k, r in done.items() if k.startswith("trial-task-") and r is not None}
-    trials.update({t.number: done[osearch.candidate_of(spec, t).name] for t in have})
-    # a trial told just before its worker died has no report here: from the evaluation cache
-    complete = osearch.complete_trials(study)
-    missing = [t for t in complete if t.number not in trials]
-    if missing:
-        again = pool.run(_task, [(t.number, ("evaluate", osearch.candidate_of(spec, t))) for t in missing])
-        trials.update(again)
+    with pool:
+        done = pool.run(_task, tasks)
+        trials = {r[0]: (r[1], r[2]) for k, r in done.items() if k.startswith("trial-task-") and r is not None}
+        trials.update({t.number: done[osearch.candidate_of(spec, t).name] for t in have})
+        # a trial told just before its worker died has no report here: from the evaluation cache
+        complete = osearch.complete_trials(study)
+        missing = [t for t in complete if t.number not in trials]
+        if missing:
+            trials.update(pool.run(_task, [(t.number, ("evaluate", osearch.candidate_of(spec, t))) for t in missing]))
     return [done[c.name] for c in fixed] + [trials[t.number] for t in complete]
+
+
+def _optuna_rounds(cfg, pool: WorkerPool, study, fixed: list, have: list) -> list:
+    """``batch: B``: the parent asks and tells (:func:`~medmerge.selection.optuna_search.run_rounds`), the
+    workers evaluate each round's B candidates side by side; the same trials as one worker makes."""
+    from medmerge.selection import optuna_search as osearch
+
+    spec = cfg.sweep
+    ox, oy = cfg.objective_pair()
+
+    def evaluate_many(cands: list) -> list:
+        done = pool.run(_task, [(c.name, ("evaluate", c)) for c in cands])
+        return [done[c.name][1] for c in cands]
+
+    earlier = [osearch.candidate_of(spec, t) for t in have]
+    reports = dict(zip([c.name for c in fixed + earlier], evaluate_many(fixed + earlier), strict=True))
+    new = osearch.run_rounds(study, spec, evaluate_many, lambda r: (ox.score(r)[0], oy.score(r)[0]))
+    trials = {t.number: (c, reports[c.name]) for t, c in zip(have, earlier, strict=True)} | new
+    return [(c, reports[c.name]) for c in fixed] + [trials[t.number] for t in osearch.complete_trials(study)]
 
 
 # --- a fan-out over pods (pipelines.merge_search_parallel): shards of the grid, gathered ---------------
