@@ -90,7 +90,7 @@ def test_workers_are_kept_between_runs_until_closed():
         assert len({(r["pid"], r["built"]) for r in [*first.values(), *second.values()]}) == len(pids)
     assert pool._live is None
     for pid in pids:   # stopped (and reaped) by close()
-        with pytest.raises(ProcessLookupError):
+        with pytest.raises(ProcessLookupError, match="No such process"):
             os.kill(pid, 0)
 
 
