@@ -76,6 +76,7 @@ test-integration: $(STAMP)
 # ruff over the production code (rules and their reasons: pyproject.toml, [tool.ruff])
 lint: $(STAMP)
 	$(BIN)/ruff check medmerge steps pipelines materializers
+	$(BIN)/mypy medmerge steps pipelines materializers
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)

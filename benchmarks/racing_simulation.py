@@ -205,10 +205,10 @@ def race_batch(plan, n, s1, s2, g, z):
 
 
 class P:
-    __slots__ = ("if_score", "medical_avg", "name")
+    __slots__ = ("x", "y", "name")
 
     def __init__(self, name, x, y):
-        self.name, self.if_score, self.medical_avg = name, x, y
+        self.name, self.x, self.y = name, x, y
 
 
 def selection(names, xy, keep, eps):

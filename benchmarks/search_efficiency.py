@@ -72,7 +72,7 @@ def hv_curve(points: list[tuple[str, float, float]], reference) -> list[float]:
     """Hypervolume of the first k points, k = 1..len(points)."""
     from medmerge.selection.pareto import ScoredPoint, hypervolume
 
-    pts = [ScoredPoint(name=n, if_score=x, medical_avg=y) for n, x, y in points]
+    pts = [ScoredPoint(name=n, x=x, y=y) for n, x, y in points]
     return [hypervolume(pts[:k], reference=reference) for k in range(1, len(pts) + 1)]
 
 
@@ -193,7 +193,7 @@ def hv_of(points, reference) -> float:
 
     if not points:
         return 0.0
-    return hypervolume([ScoredPoint(name=n, if_score=x, medical_avg=y) for n, x, y in points], reference=reference)
+    return hypervolume([ScoredPoint(name=n, x=x, y=y) for n, x, y in points], reference=reference)
 
 
 def run_raced_study(space, plan, scorer_of, cands, *, sampler: str, seed: int, warm: list[dict], budget_docs: int,
@@ -267,7 +267,7 @@ def racing_comparison(args, grid, space, ev, work) -> None:
 
     class Pt:
         def __init__(self, n, x, y):
-            self.name, self.if_score, self.medical_avg = n, x, y
+            self.name, self.x, self.y = n, x, y
 
     def sel(points):
         s = pareto.select([Pt(*p) for p in points], eps=0.0)

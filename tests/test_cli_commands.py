@@ -73,8 +73,9 @@ def test_evaluate_sweep_prints_a_row_per_candidate_and_writes_reports(fam, tmp_p
     assert list(rows) == names
     for name in names:
         report = json.loads((tmp_path / "reports" / f"{name}.json").read_text())
-        assert len(report["tasks"]) == 10 and report["if_score"] is None
-        assert rows[name] == [name, f"{report['medical_avg']:.4f}", "0"]   # no IF score: clinical only
+        assert len(report["tasks"]) == 10 and list(report["scores"]) == ["medical_avg"]   # no IF score: clinical only
+        assert "if_score" not in report and "medical_avg" not in report                # each score stored once
+        assert rows[name] == [name, f"{report['scores']['medical_avg']['value']:.4f}", "0"]
         assert all(t["n_samples"] == 2 for t in report["tasks"].values())
     # ratio 0 is the clinical model and ratio 1 the instruct model, whichever method
     assert rows["linear-0.0"][1] == rows["slerp-0.0"][1] and rows["linear-1.0"][1] == rows["slerp-1.0"][1]
@@ -114,7 +115,7 @@ def test_medical5_is_five_shot_with_hellaswag_acc_norm(fam, tmp_path, capsys, mo
     norm = r["tasks"]["mm_hellaswag"]["metrics"]["acc_norm"]
     assert norm["value"] * 3 == pytest.approx(round(norm["value"] * 3))
     assert norm["stderr"] == pytest.approx(binomial_stderr(norm["value"], 3))
-    assert r["medical_avg"] is None and r["if_score"] is None                # medical5 feeds neither score
+    assert "medical_avg" not in r["scores"] and "if_score" not in r["scores"]   # medical5 feeds neither score
     table = {tuple(line.split()[:2]) for line in printed.splitlines()}
     assert ("HellaSwag", "acc_norm") in table                                # the alias, as printed
     # the shots are real: every MedQA prompt holds five solved questions before its own (4 options each)

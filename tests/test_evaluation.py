@@ -71,7 +71,7 @@ def test_evaluate_cli_writes_the_report(demo_models, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert set(r["tasks"]) >= {"mm_ifeval", "mm_pubmedqa", "mm_mmlu_pro_health"}
     ife = r["tasks"]["mm_ifeval"]["metrics"]
-    assert r["if_score"] == pytest.approx((ife["prompt_level_strict_acc"]["value"] + ife["inst_level_strict_acc"]["value"]) / 2)
+    assert r["scores"]["if_score"]["value"] == pytest.approx((ife["prompt_level_strict_acc"]["value"] + ife["inst_level_strict_acc"]["value"]) / 2)
     assert r["lm_eval_version"] and len(r["model_fingerprint"]) == 64 and r["seconds"] > 0
     assert all(len(t["config_hash"]) == 64 for t in r["tasks"].values())
 

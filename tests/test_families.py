@@ -208,7 +208,7 @@ def test_evaluate_sft_and_generate_run(fams, tmp_path, family):
     assert main(["evaluate", str(path), "--suite", "clinical", "--data-dir", str(PACKAGED_SAMPLE), "--limit", "2",
                  "--out", str(report), "--no-cache"]) == 0
     r = json.loads(report.read_text())
-    assert len(r["tasks"]) == 10 and 0 <= r["medical_avg"] <= 1
+    assert len(r["tasks"]) == 10 and 0 <= r["scores"]["medical_avg"]["value"] <= 1
 
     examples = load_task("mts_dialog", "train", data_dir=PACKAGED_SAMPLE)[:4]
     out = finetune(path, examples, tmp_path / "sft", SFTSettings(learning_rate=1e-3, max_length=256,

@@ -118,8 +118,8 @@ def test_generation_is_batched_seeded_and_caps_long_inputs(tmp_path):
 def report(ifs: float, se: float = 0.0) -> EvalReport:
     t = TaskResult(task="mm_ifeval", metrics={"prompt_level_strict_acc": MetricValue(value=ifs, stderr=se)},
                    n_samples=8, num_fewshot=0, config_hash="0" * 64)
-    return EvalReport(model="m", model_fingerprint="f", suites=["ifeval"], tasks={"mm_ifeval": t}, medical_avg=None,
-                      if_score=ifs, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+    return EvalReport(model="m", model_fingerprint="f", suites=["ifeval"], tasks={"mm_ifeval": t},
+                      scores={"if_score": MetricValue(value=ifs, stderr=se)}, lm_eval_version="x", medmerge_version="x", seconds=1.0)
 
 
 def result(init, shots, n, comp, before=0.5, after=0.5) -> SFTResult:

@@ -19,8 +19,8 @@ def report(ifeval: float, pubmed: float, pubmed_se: float | None, med: float) ->
     }
     # the suite scores as make_report computes them (here Medical Avg stands on PubMedQA alone: its stderr)
     scores = {"medical_avg": MetricValue(value=med, stderr=pubmed_se), "if_score": MetricValue(value=ifeval, stderr=0.0)}
-    return EvalReport(model="m", model_fingerprint="f", suites=["clinical", "ifeval"], tasks=tasks, medical_avg=med,
-                      if_score=ifeval, scores=scores, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+    return EvalReport(model="m", model_fingerprint="f", suites=["clinical", "ifeval"], tasks=tasks,
+                      scores=scores, lm_eval_version="x", medmerge_version="x", seconds=1.0)
 
 
 def test_drop_within_margin_plus_stderr_passes():
@@ -73,7 +73,7 @@ def test_means_get_their_stderr_from_their_parts():
         tasks["mm_ifeval"] = task("mm_ifeval", {"prompt_level_strict_acc": MetricValue(value=value, stderr=p_se),
                                                 "inst_level_strict_acc": MetricValue(value=value, stderr=i_se)})
         return EvalReport(model="m", model_fingerprint="f", suites=["clinical", "ifeval"], tasks=tasks,
-                          medical_avg=value, if_score=value, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+                          lm_eval_version="x", medmerge_version="x", seconds=1.0)
 
     gate = forgetting_gate(rep(0.10, None), rep(0.10, 0.06, value=0.45), margin=0.0)
     by = {c.score: c for c in gate.changes}

@@ -73,8 +73,13 @@ def test_merge_search_pipeline(demo_search, tmp_path, capsys):
     for mv in mvs:
         tags = {t["key"]: t["value"] for t in mv["tags"]}
         assert {"merge_method", "parents_weight_hashes", "parents_fingerprint", "medical_avg", "if_score", "run_id",
-                "candidate"} <= set(tags)
+                "candidate", "medical_avg_stderr", "if_score_stderr"} <= set(tags)
         assert versions[tags["candidate"]] == mv["version"]
+        # the selection's objectives under their own names, with the scores the selection used
+        assert tags["objectives"] == "if_score,medical_avg"
+        cand = results.by_name()[tags["candidate"]]
+        assert float(tags["medical_avg"]) == pytest.approx(cand.report.scores["medical_avg"].value)
+        assert float(tags["if_score_stderr"]) == pytest.approx(cand.report.scores["if_score"].stderr)
 
     # promotion: models:/NAME@staging is an MLflow Model of the knee: its weights are the merged candidate's,
     # and MLflow's transformers flavor loads it and generates

@@ -26,7 +26,7 @@ from medmerge.selection.pareto import (
 
 
 def C(name: str, x: float, y: float, **kw) -> ScoredPoint:
-    return ScoredPoint(name=name, if_score=x, medical_avg=y, **kw)
+    return ScoredPoint(name=name, x=x, y=y, **kw)
 
 
 def names(points) -> list[str]:
@@ -93,12 +93,12 @@ def test_near_frontier_eps_keeps_small_gaps_and_drops_large_ones():
 
 def test_near_frontier_stderr_keeps_points_within_one_combined_stderr():
     # Combined stderr P–Q on each axis: sqrt(0.03² + 0.04²) = sqrt(0.0025) = 0.05.
-    P = C("P", 0.50, 0.70, if_stderr=0.03, medical_stderr=0.04)
-    Q = C("Q", 0.48, 0.66, if_stderr=0.04, medical_stderr=0.03)
+    P = C("P", 0.50, 0.70, x_stderr=0.03, y_stderr=0.04)
+    Q = C("Q", 0.48, 0.66, x_stderr=0.04, y_stderr=0.03)
     # Q shifted by 0.05: (0.53, 0.71); P = (0.5, 0.7) is below on both → Q stays.
     # U = (0.40, 0.60) vs P: x shift sqrt(2·0.03²) = 0.0424 → 0.4424; y shift sqrt(2·0.04²) = 0.0566
     # → 0.6566; P = (0.5, 0.7) is above both → U goes.
-    U = C("U", 0.40, 0.60, if_stderr=0.03, medical_stderr=0.04)
+    U = C("U", 0.40, 0.60, x_stderr=0.03, y_stderr=0.04)
     assert names(near_frontier([P, Q, U], use_stderr=True)) == ["Q", "P"]
     assert names(near_frontier([P, Q, U], use_stderr=False)) == ["P"]  # plain frontier
     # The same scores without stderrs: the shift is 0, P dominates Q (0.5 > 0.48, 0.7 > 0.66).
@@ -108,7 +108,7 @@ def test_near_frontier_stderr_keeps_points_within_one_combined_stderr():
 
 def test_near_frontier_stderr_adds_to_eps():
     # Shift = ε + combined stderr = 0.02 + sqrt(0.03² + 0.0²) = 0.05 on x, 0.02 on y (no y stderr).
-    P = C("P", 0.50, 0.70, if_stderr=0.03)
+    P = C("P", 0.50, 0.70, x_stderr=0.03)
     # Q = (0.46, 0.60) shifted: (0.51, 0.62); P.x = 0.5 < 0.51 → stays.
     Q = C("Q", 0.46, 0.60)
     # W = (0.44, 0.60) shifted: (0.49, 0.62); P = (0.5, 0.7) above both → goes.
@@ -180,7 +180,7 @@ def test_hypervolume_ignores_points_outside_the_reference():
 
 
 def test_hypervolume_does_not_double_count_duplicates():
-    dup = HV3 + [C(p.name + "'", p.if_score, p.medical_avg) for p in HV3]
+    dup = HV3 + [C(p.name + "'", p.x, p.y) for p in HV3]
     assert hypervolume(dup, reference=REF) == pytest.approx(0.22, abs=1e-12)
 
 
@@ -208,7 +208,7 @@ def test_hypervolume_default_reference_from_parents():
 # --- select -----------------------------------------------------------------------------------
 
 def test_select_bundles_everything_and_serialises():
-    pts = [C("linear-0.0", 0.30, 0.70, method="linear", ratio=0.0, medical_stderr=0.01),
+    pts = [C("linear-0.0", 0.30, 0.70, method="linear", ratio=0.0, y_stderr=0.01),
            C("linear-0.5", 0.5, 0.65, method="linear", ratio=0.5),
            C("slerp-0.5", 0.6, 0.6, method="slerp", ratio=0.5),
            C("slerp-0.7", 0.58, 0.55, method="slerp", ratio=0.7),
@@ -235,6 +235,28 @@ def test_select_bundles_everything_and_serialises():
     assert [p["near"] for p in d["points"]] == [True] * 5
     assert [p["on_frontier"] for p in d["points"]] == [True, True, True, False, True]
     assert select(pts).hypervolume is None  # no reference, no parents → no hypervolume
+    assert d["objectives"] == {"x": "if_score", "y": "medical_avg"}
+    assert d["labels"] == {"x": "IF score", "y": "Medical Avg"}
+
+
+def test_the_selection_carries_the_objectives_it_was_given():
+    """Any two objectives: the table, the JSON (typed as SelectionSummary) and the figure name them."""
+    from types import SimpleNamespace
+
+    from medmerge.selection.figures import frontier_figure
+    from medmerge.selection.pareto import SelectionSummary
+
+    pts = [C("a", 0.2, 0.9), C("b", 0.6, 0.5, y_stderr=0.01)]
+    objectives = (SimpleNamespace(name="hellaswag", label="HellaSwag acc_norm"),
+                  SimpleNamespace(name="medical5", label="Medical-5 mean"))
+    sel = select(pts, objectives=objectives)
+    assert sel.table().splitlines()[0].split()[3:6] == ["Medical-5", "mean", "HellaSwag"]
+    summary = SelectionSummary(**json.loads(json.dumps(sel.to_dict())))
+    assert summary.objectives == {"x": "hellaswag", "y": "medical5"}
+    assert summary.labels == {"x": "HellaSwag acc_norm", "y": "Medical-5 mean"}
+    assert summary.points[1].y_stderr == 0.01 and summary.knee.name in {"a", "b"}
+    ax = frontier_figure(pts, selection=sel).axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("HellaSwag acc_norm", "Medical-5 mean")
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -246,13 +268,13 @@ def test_empty_input_is_refused(fn):
 
 
 def test_nan_scores_are_refused():
-    with pytest.raises(ValueError, match="medical_avg must be a finite number"):
+    with pytest.raises(ValueError, match="y must be a finite number"):
         C("bad", 0.5, math.nan)
-    with pytest.raises(ValueError, match="if_stderr must be a finite number >= 0"):
-        C("bad", 0.5, 0.5, if_stderr=-0.1)
+    with pytest.raises(ValueError, match="x_stderr must be a finite number >= 0"):
+        C("bad", 0.5, 0.5, x_stderr=-0.1)
     # Objects that skipped validation are still checked by every function.
-    sneaky = ScoredPoint.model_construct(name="sneaky", if_score=math.nan, medical_avg=0.5)
-    with pytest.raises(ParetoError, match="'sneaky': if_score is nan"):
+    sneaky = ScoredPoint.model_construct(name="sneaky", x=math.nan, y=0.5)
+    with pytest.raises(ParetoError, match="'sneaky': x is nan"):
         frontier([C("ok", 0.1, 0.1), sneaky])
 
 
@@ -329,7 +351,7 @@ def test_frontier_figure_shows_the_points_the_frontier_the_near_set_the_knee_and
     ringed = _offsets(ax, "near frontier (ε=0.03)")
     assert {(0.45, 0.66), (0.62, 0.60)} <= set(ringed) and (0.47, 0.66) not in ringed
     assert len(ringed) == len(sel.near) - len(sel.frontier)
-    assert _offsets(ax, "knee") == [(sel.knee.if_score, sel.knee.medical_avg)]
+    assert _offsets(ax, "knee") == [(sel.knee.x, sel.knee.y)]
     assert f"knee: {sel.knee.name}" in [t.get_text() for t in ax.texts]
     assert _offsets(ax, "parent: clinical") == [(0.30, 0.70)] and _offsets(ax, "parent: instruct") == [(0.80, 0.50)]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("IF score", "Medical Avg")

@@ -18,7 +18,8 @@ from medmerge.selection.promotion import (
 
 
 def search(points: dict[str, tuple[str, float]], near: list[str], knee: str):
-    cands = [SimpleNamespace(name=n, method=m, ratio=float(n.rsplit("-", 1)[1]), report=SimpleNamespace(medical_avg=med))
+    cands = [SimpleNamespace(name=n, method=m, ratio=float(n.rsplit("-", 1)[1]),
+                             report=SimpleNamespace(scores={"medical_avg": SimpleNamespace(value=med)}))
              for n, (m, med) in points.items()]
     results = SimpleNamespace(candidates=cands, by_name=lambda: {c.name: c for c in cands})
     return results, SimpleNamespace(near=near, knee=knee)
@@ -35,6 +36,23 @@ def test_best_per_method_is_the_best_medical_avg_of_each_method_near_the_frontie
     # linear-0.0 (the clinical parent itself) is no merge; ties has no merge near the frontier: its best overall
     assert picks.picks == {"pick-linear": "linear-0.5", "pick-slerp": "slerp-0.4", "pick-ties": "ties-0.5"}
     assert picks.promote_candidate is None
+
+
+def test_picks_follow_the_selections_y_objective():
+    """With other objectives (here y = a task's accuracy), best_per_method and best_medical take the best on y,
+    read from each candidate's report: not Medical Avg, which these candidates hold the other way round."""
+    from medmerge.evaluation.report import MetricValue, TaskResult
+
+    results, frontier = search(POINTS, NEAR, knee="linear-0.8")
+    for c in results.candidates:   # the task's accuracy is 1 - the Medical Avg this helper gives
+        acc = 1 - c.report.scores["medical_avg"].value
+        c.report.tasks = {"mm_hellaswag": TaskResult(task="mm_hellaswag", metrics={"acc": MetricValue(value=acc)},
+                                                     n_samples=10, num_fewshot=0, config_hash="")}
+        c.report.model = c.name
+    frontier.selection = SimpleNamespace(objectives={"x": "if_score", "y": "mm_hellaswag.acc"})
+    picks = choose("best_per_method", "best_medical", frontier, results)
+    assert picks.picks == {"pick-linear": "linear-0.8", "pick-slerp": "slerp-0.6", "pick-ties": "ties-0.5"}
+    assert picks.promote_candidate == "linear-0.8"      # the lowest Medical Avg: the best on y
 
 
 def test_other_picks_and_policies():

@@ -89,7 +89,7 @@ def test_eps_keeps_a_candidate_within_eps_of_the_frontier():
                                              streams(TABLE)[0]).candidates[1].reason
     # at full scores good − bad = 7/8 − 1/8 = 0.75 > 0.5, so the selection itself drops bad from the near set:
     # racing kept it only because round 1 could not show that
-    full = [pareto.ScoredPoint(name=n, if_score=v["X"], medical_avg=v["Y"]) for n, v in res.scores().items()]
+    full = [pareto.ScoredPoint(name=n, x=v["X"], y=v["Y"]) for n, v in res.scores().items()]
     assert [p.name for p in pareto.near_frontier(full, eps=0.5)] == ["good"]
     # with stderrs in the shift, the margin grows by √2 · the largest full-suite stderr, √(¼/7) ≈ 0.189
     plan = RacingPlan(**{**PLAN.__dict__, "eps": 0.3, "use_stderr": True})
@@ -302,7 +302,7 @@ def test_survivors_give_full_evaluations_near_set_and_knee():
     table = {c: {"x": (rng.random(400) < px).astype(float), "y": (rng.random(400) < py).astype(float)}
              for c, (px, py) in true.items()}
     res = race(plan, list(true), streams(table)[0])
-    full = [pareto.ScoredPoint(name=c, if_score=t["x"].mean(), medical_avg=t["y"].mean()) for c, t in table.items()]
+    full = [pareto.ScoredPoint(name=c, x=t["x"].mean(), y=t["y"].mean()) for c, t in table.items()]
     kept = [p for p in full if p.name in res.scores()]
     assert {c.name for c in res.candidates if c.stopped} == {f"poor{i}" for i in range(4)}
     # the nearer a poor one is to the frontier, the later it stops (of 800 documents each)

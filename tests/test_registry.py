@@ -26,7 +26,8 @@ def fake_report(name: str, med: float, ifs: float) -> EvalReport:
     task = TaskResult(task="mm_pubmedqa", metrics={"acc": MetricValue(value=med, stderr=0.01)}, n_samples=10,
                       num_fewshot=0, config_hash="0" * 64)
     return EvalReport(model=name, model_fingerprint="f" * 64, suites=["clinical"], tasks={"mm_pubmedqa": task},
-                      medical_avg=med, if_score=ifs, lm_eval_version="x", medmerge_version="x", seconds=1.0)
+                      scores={"medical_avg": MetricValue(value=med, stderr=0.01), "if_score": MetricValue(value=ifs)},
+                      lm_eval_version="x", medmerge_version="x", seconds=1.0)
 
 
 def test_log_register_promote(server, tmp_path):

@@ -73,8 +73,8 @@ def test_stderr_reaches_the_selection():
     pts, _, plain = _selection(res, config())
     assert [p.name for p in plain.near] == ["B"]
     a = next(p for p in pts if p.name == "A")
-    assert a.if_score == 0.50 and a.if_stderr == 0.05            # x: HellaSwag
-    assert a.medical_stderr == pytest.approx(math.sqrt(5 * 0.05**2) / 5)   # y: the medical5 mean
+    assert a.x == 0.50 and a.x_stderr == 0.05            # x: HellaSwag
+    assert a.y_stderr == pytest.approx(math.sqrt(5 * 0.05**2) / 5)   # y: the medical5 mean
     _, _, widened = _selection(res, config(use_stderr=True))
     assert [p.name for p in widened.near] == ["A", "B"]
     assert widened.labels == ("hellaswag", "medical5 mean")

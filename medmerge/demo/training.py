@@ -35,7 +35,7 @@ def new_model(config, seed: int):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(torch.float32)
+    return LlamaForCausalLM(config).float()
 
 
 def encode_docs(tokenizer, texts: Sequence[str]) -> list[list[int]]:

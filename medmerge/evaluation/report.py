@@ -1,4 +1,5 @@
-"""The evaluation report: per-task metrics with stderr, Medical Avg, IF score, provenance."""
+"""The evaluation report: per-task metrics with stderr, the suites' scores (Medical Avg, IF score, ...) with theirs,
+provenance."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from medmerge.io.tables import text_table
+
+# how the report's table shows a suite score: (label, what it is); a score not listed shows its own name
+SCORE_ROWS = {"medical_avg": ("Medical Avg", "acc (mean of tasks)"), "if_score": ("IF score", "mean(prompt, inst strict)")}
 
 
 class MetricValue(BaseModel):
@@ -45,10 +49,8 @@ class EvalReport(BaseModel):
     model_fingerprint: str
     suites: list[str]
     tasks: dict[str, TaskResult]
-    medical_avg: float | None = None
-    if_score: float | None = None
-    # the suites' scores with their stderrs (medmerge.evaluation.objectives.suite_scores), computed once in make_report;
-    # medical_avg and if_score above are their values
+    # the suites' scores with their stderrs, under their names (medmerge.evaluation.objectives.suite_scores: the
+    # clinical suite's medical_avg, IFEval's if_score, ...), computed once in make_report and stored only here
     scores: dict[str, MetricValue] = Field(default_factory=dict)
     lm_eval_version: str
     medmerge_version: str
@@ -56,17 +58,38 @@ class EvalReport(BaseModel):
     seconds: float
     cached_tasks: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_copy(cls, data):
+        """A report written before the scores were kept once also held Medical Avg and IF score as fields:
+        they are ``scores``' values, dropped on reading."""
+        if isinstance(data, dict) and ("medical_avg" in data or "if_score" in data):
+            data = {k: v for k, v in data.items() if k not in ("medical_avg", "if_score")}
+        return data
+
+    def score(self, name: str) -> float | None:
+        """The value of the suite score ``name`` (None when its suite was not run)."""
+        s = self.scores.get(name)
+        return None if s is None else s.value
+
+    @property
+    def medical_avg(self) -> float | None:
+        """The forgetting study's Medical Avg, ``scores["medical_avg"]``'s value (None without the clinical suite)."""
+        return self.score("medical_avg")
+
+    @property
+    def if_score(self) -> float | None:
+        """The forgetting study's IF score, ``scores["if_score"]``'s value (None without IFEval)."""
+        return self.score("if_score")
+
     def table(self) -> str:
         rows = [("task", "metric", "value", "stderr")]
         for t in self.tasks.values():
             for m, v in t.metrics.items():
                 rows.append((t.alias or t.task, m, f"{v.value:.4f}", "" if v.stderr is None else f"{v.stderr:.4f}"))
-        for name, label, how in (("medical_avg", "Medical Avg", "acc (mean of tasks)"),
-                                 ("if_score", "IF score", "mean(prompt, inst strict)")):
-            value = getattr(self, name)
-            if value is not None:
-                se = self.scores[name].stderr if name in self.scores else None
-                rows.append((label, how, f"{value:.4f}", "" if se is None else f"{se:.4f}"))
+        for name, score in self.scores.items():   # every suite score, under its label
+            label, how = SCORE_ROWS.get(name, (name, "suite score"))
+            rows.append((label, how, f"{score.value:.4f}", "" if score.stderr is None else f"{score.stderr:.4f}"))
         return text_table(rows)
 
     def write(self, path: str | os.PathLike) -> Path:

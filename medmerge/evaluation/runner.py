@@ -57,7 +57,7 @@ class EvalSettings:
                    prompt: dict[str, Any] | None = None) -> dict[str, Any]:
         from importlib.metadata import version
 
-        part = {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
+        part: dict[str, Any] = {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
                 "backend": self.backend, "seed": self.seed, "lm_eval": version("lm_eval")}
         if dtype != "float32":  # float32 keys stay as they were before the dtype setting existed
             part["dtype"] = dtype
@@ -227,7 +227,8 @@ def load_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = 
     ckpt = Checkpoint(path)  # refuses pickle-only and adapter checkpoints with a clear error
     resolved = resolve_dtype(dtype, device, ckpt.path)
     model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch_dtype(resolved),
-                                                 trust_remote_code=trust_remote_code).to(device)
+                                                 trust_remote_code=trust_remote_code)
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() as the model's own
     tokenizer = AutoTokenizer.from_pretrained(ckpt.path, trust_remote_code=trust_remote_code)
     model.eval()
     return model, tokenizer
@@ -421,7 +422,7 @@ class ModelEvaluator:
             results.update(hits)
             cached.extend(hits)
             for task, result in self.run(todo, shots, model_path).items():
-                if keys.get(task):
+                if keys.get(task) and cache is not None:
                     result = cache.put(keys[task], result)
                 results[task] = result
         return make_report(name, fingerprint, results, self.settings, time.perf_counter() - t0, cached,
@@ -445,8 +446,7 @@ def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], set
         seconds=round(seconds, 3), cached_tasks=cached,
     )
     scores = suite_scores(report)   # what suites.yaml declares under score:, each with its stderr, once
-    return report.model_copy(update={"scores": scores, **{k: scores[k].value for k in ("medical_avg", "if_score")
-                                                          if k in scores}})
+    return report.model_copy(update={"scores": scores})
 
 
 def plan_tasks(settings: EvalSettings, spec_of, max_gen_toks: int, dtype: str, prompt_format: dict[str, Any],
@@ -468,7 +468,7 @@ def plan_tasks(settings: EvalSettings, spec_of, max_gen_toks: int, dtype: str, p
             _, hits, todo, keys = plan.setdefault((suite, shots), (shots, {}, [], {}))
             part = settings.cache_part(shots, max_gen_toks, dtype, prompt_format)
             key = cache_key(identity, spec.config_hash, part) if identity and cache else None
-            hit = cache.get(key, samples=settings.log_samples) if key else None
+            hit = cache.get(key, samples=settings.log_samples) if key and cache else None
             if hit is not None:
                 hits[task] = hit
             else:

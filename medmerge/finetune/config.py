@@ -15,7 +15,7 @@ from medmerge.generation.generate import GenerationSettings
 
 MAX_LOGGED_SAMPLES = 20
 DEFAULT_TASK = "mts_dialog"
-DEFAULT_SHOTS = (8, 16, 32, 64, 128, 256, 512, "full")
+DEFAULT_SHOTS: tuple[int | Literal["full"], ...] = (8, 16, 32, 64, 128, 256, 512, "full")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -249,7 +249,7 @@ class FinetuneConfig(BaseModel):
         from medmerge.io.atomic import refuse_aliased_output
 
         if not (info.context or {}).get("preflight"):   # the preflight checks output_dir itself, more fully
-            refuse_aliased_output(self.output_dir, [i.path for i in self.initialisations], "initialisation",
+            refuse_aliased_output(self.output_dir, [i.path for i in self.initialisations if i.path], "initialisation",
                                   may_contain=True)
         return self
 
@@ -259,7 +259,7 @@ class FinetuneConfig(BaseModel):
         return resolve_tracking_uri(self.tracking_uri)
 
     def bertscore_kwargs(self) -> dict:
-        out = {}
+        out: dict[str, str | int] = {}
         if self.bertscore_model:
             out["model_path"] = self.bertscore_model
         if self.bertscore_layer is not None:
@@ -267,7 +267,7 @@ class FinetuneConfig(BaseModel):
         return out
 
 
-def shot_label(shots: Shot) -> str:
+def shot_label(shots: Shot | str) -> str:
     return "full" if shots == "full" else str(shots)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any
 
 from medmerge.finetune.artifacts import InitModel, TrackingRun, TrainingData
 from medmerge.finetune.config import ZERO_SHOT, FinetuneConfig, FinetuneError, shot_label
@@ -62,8 +63,8 @@ def load_data(cfg: FinetuneConfig, inits: dict[str, InitModel] | None = None) ->
     from medmerge.evaluation.tasks import resolve_data_dir
     from medmerge.generation.data import load_task
 
-    kw = dict(data_dir=resolve_data_dir(cfg.data_dir), id_field=cfg.id_field, input_field=cfg.input_field,
-              target_field=cfg.target_field)
+    kw: dict[str, Any] = dict(data_dir=resolve_data_dir(cfg.data_dir), id_field=cfg.id_field,
+                              input_field=cfg.input_field, target_field=cfg.target_field)
     train = load_task(cfg.task, cfg.train_split, **kw)
     held = load_task(cfg.task, cfg.eval_split, **kw)
     if not held:
@@ -151,7 +152,7 @@ def subsample(cfg: FinetuneConfig, data: TrainingData) -> dict[str, list[str]]:
     """``{shots: [example ids]}``: nested, seeded subsets (sizes larger than the train split are dropped)."""
     from medmerge.generation.subsets import few_shot_subsets
 
-    sizes = [s for s in cfg.shots if s not in ("full", 0)]
+    sizes = [s for s in cfg.shots if isinstance(s, int) and s != 0]   # "full" and 0 train on no subset
     too_big = [s for s in sizes if s > len(data.train)]
     if too_big:
         raise FinetuneError(f"shots {too_big} exceed the {len(data.train)} training examples of {cfg.task} "

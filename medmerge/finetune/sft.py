@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -301,7 +301,7 @@ def finetune(model_path: str | Path, examples: Sequence[GenerationExample], out_
         if distributed:
             _save_distributed(trainer, model_path, tokenizer, out_dir, settings, dtype, overwrite, work)
         else:
-            trained = trainer.model
+            trained: Any = trainer.model   # a PreTrainedModel, or a PeftModel with LoRA
             if settings.lora:
                 trained = trained.merge_and_unload()
             check_finite_weights(trained, what)   # the last step's update is logged by no later loss

@@ -31,8 +31,8 @@ def curve_table(results: list[SFTResult], metric: str = "composite") -> str:
     for i in inits:
         row = [i]
         for s in shots:
-            r = cell.get((i, s))
-            row.append("" if r is None else f"{r.scores[metric]:.4f}" + ("" if r.forgetting.passed else " (forgot)"))
+            got = cell.get((i, s))
+            row.append("" if got is None else f"{got.scores[metric]:.4f}" + ("" if got.forgetting.passed else " (forgot)"))
         rows.append(row)
     return text_table(rows)
 
@@ -106,7 +106,7 @@ def summarise_and_register(cfg: FinetuneConfig, run: TrackingRun, checkpoints: l
             continue
         tags = {"initialisation": r.init, "shots": r.shots, "n_examples": r.n_examples, "task": cfg.task_label,
                 **{k: f"{v:.6f}" for k, v in r.scores.items()},
-                "medical_avg": r.after.medical_avg, "if_score": r.after.if_score,
+                **{k: s.value for k, s in r.after.scores.items()},   # the forgetting re-check's suite scores
                 "forgetting_gate": "passed" if r.forgetting.passed else "failed"}
         if data is not None:  # what a retrain compares with: the data and the initialisation it was made from
             tags["train_sha256"] = data.train_sha256

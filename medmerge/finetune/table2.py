@@ -9,7 +9,7 @@ the task's held-out split. The best cell of each column is marked (``**bold**`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from medmerge.io.tables import markdown_table
 
@@ -18,7 +18,7 @@ def _shot_key(s: str):
     return (s == "full", int(s) if s != "full" else 0)
 
 
-def build(results_by_task: dict[str, Iterable], metric: str = "composite") -> dict:
+def build(results_by_task: Mapping[str, Iterable], metric: str = "composite") -> dict:
     """``results_by_task``: ``{task: [SFTResult, ...]}``. Returns the JSON-serialisable table."""
     tasks = list(results_by_task)
     cells: dict[tuple[str, str], dict[str, dict]] = {}

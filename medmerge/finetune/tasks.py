@@ -35,7 +35,7 @@ class CrossTaskSummary(BaseModel):
 
 def group_by_task(cfg: FinetuneConfig, results: list[SFTResult]) -> dict[str, list[SFTResult]]:
     """``{task label: results}`` in the config's task order; a task without results is an error."""
-    labels = [label for label, _ in cfg.task_configs()]
+    labels = [label or cfg.task_label for label, _ in cfg.task_configs()]
     out: dict[str, list[SFTResult]] = {t: [] for t in labels}
     for r in results:
         if r.task not in out:

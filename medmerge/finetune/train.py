@@ -22,12 +22,12 @@ def resolve_initialisations(cfg: FinetuneConfig) -> dict[str, InitModel]:
 
     out = {}
     for init in cfg.initialisations:
-        path = init.path
-        if init.model_uri:
-            path = str(_download_registered(cfg, init))
+        path = str(_download_registered(cfg, init)) if init.model_uri else init.path
+        if path is None:   # refused when the config is parsed: a path or a model_uri
+            raise FinetuneError(f"initialisation {init.name!r} has neither a path nor a model_uri")
         prov = provenance.parent_provenance(open_parents([path], check=False))[path]
         out[init.name] = InitModel(name=init.name, path=prov["path"], sha256=provenance.checkpoint_sha256(prov["weights"]),
-                                   source=init.model_uri or init.path)
+                                   source=init.model_uri or path)
     return out
 
 
@@ -38,15 +38,16 @@ def _download_registered(cfg: FinetuneConfig, init: Initialisation) -> Path:
 
     uri = cfg.resolved_tracking_uri()
     registry.check_reachable(uri)
+    model_uri = init.model_uri or ""
     try:
-        mv = registry.model_version(uri, init.model_uri)
+        mv = registry.model_version(uri, model_uri)
     except registry.RegistryError:
         raise  # the server is down: say so, not "not in the registry"
     except Exception as exc:
         raise FinetuneError(f"initialisation {init.name!r}: {init.model_uri} is not in the registry at {uri}") from exc
     dest = Path(cfg.output_dir) / "initialisations" / f"{mv.name}-v{mv.version}"
     if not (dest / "config.json").exists():
-        with atomic_dir(dest, overwrite=True) as tmp, registry.unreachable_as_error(uri, f"downloading {init.model_uri.removeprefix('models:/')}"):
+        with atomic_dir(dest, overwrite=True) as tmp, registry.unreachable_as_error(uri, f"downloading {model_uri.removeprefix('models:/')}"):
             got = download_checkpoint(mv, uri, Path(tmp))   # the MLflow Model's model/ folder
             if got != Path(tmp):  # the artifact folder lands inside tmp: lift its files up
                 for f in got.iterdir():

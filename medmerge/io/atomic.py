@@ -83,7 +83,7 @@ ERRNO_WORDS = {
 
 def describe_os_error(exc: OSError) -> str:
     """One line for an OSError: the path(s) it names and the reason in words."""
-    words = ERRNO_WORDS.get(exc.errno) or exc.strerror or str(exc) or type(exc).__name__
+    words = (ERRNO_WORDS.get(exc.errno) if exc.errno is not None else None) or exc.strerror or str(exc) or type(exc).__name__
     where = exc.filename
     if where is not None and exc.filename2 is not None:
         where = f"{where} -> {exc.filename2}"
@@ -113,11 +113,12 @@ def pid_alive(pid: int) -> bool:
 def _disk_full(exc: BaseException) -> bool:
     """ENOSPC, raised as an OSError or wrapped (safetensors: "No space left on device (os error 28)")."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if getattr(cur, "errno", None) == errno.ENOSPC or "No space left on device" in str(cur):
             return True
-        exc = exc.__cause__ or exc.__context__
+        cur = cur.__cause__ or cur.__context__
     return False
 
 
@@ -133,18 +134,18 @@ def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[str | os.Path
     is a parent folder whose own subfolders are checked separately (a sweep's output directory), so
     holding an input elsewhere inside it is fine."""
     dest = Path(os.path.realpath(_normal(out)))
-    out = out if shown is None else shown
+    named = out if shown is None else shown
     for ref in inputs:
         src_path = Path(str(ref)).expanduser()
         if not src_path.exists():
             continue
         src = Path(os.path.realpath(src_path))
         if dest == src:
-            raise OutputError(f"{label} {out} is the {what} {ref}; {remedy}")
+            raise OutputError(f"{label} {named} is the {what} {ref}; {remedy}")
         if src.is_relative_to(dest) and not may_contain:
-            raise OutputError(f"{label} {out} contains the {what} {ref}; {remedy}")
+            raise OutputError(f"{label} {named} contains the {what} {ref}; {remedy}")
         if dest.is_relative_to(src) and src.is_dir():
-            raise OutputError(f"{label} {out} lies inside the {what} {ref}; {remedy}")
+            raise OutputError(f"{label} {named} lies inside the {what} {ref}; {remedy}")
 
 
 def _normal(path: str | os.PathLike) -> Path:
@@ -444,18 +445,18 @@ def atomic_dirs(finals: Sequence[str | os.PathLike], *, overwrite: bool = False,
     protect = list(protect)
     for f in finals:
         check_output_dir(f, overwrite=overwrite, protect=protect, protect_what=protect_what, label=label)
-    finals = [_normal(f) for f in finals]
-    if len(set(finals)) != len(finals):
+    paths = [_normal(f) for f in finals]
+    if len(set(paths)) != len(paths):
         raise ValueError("the same output directory is listed twice")
     created: list[Path] = []
     tmps: list[Path] = []
     try:
-        for f in finals:
+        for f in paths:
             created += _make_parents(f.parent)
             remove_stale_tmp(f.parent, f.name)
             tmps.append(Path(tempfile.mkdtemp(prefix=f"{_owner_prefix(f.name)}{os.getpid()}.", dir=f.parent)))
         yield list(tmps)
-        _commit(finals, tmps, overwrite=overwrite, protect=protect, protect_what=protect_what, label=label)
+        _commit(paths, tmps, overwrite=overwrite, protect=protect, protect_what=protect_what, label=label)
     except BaseException as exc:
         for t in tmps:
             shutil.rmtree(t, ignore_errors=True)
@@ -463,7 +464,7 @@ def atomic_dirs(finals: Sequence[str | os.PathLike], *, overwrite: bool = False,
         if isinstance(exc, Exception) and not isinstance(exc, OutputError) and _disk_full(exc):
             where = ", ".join(str(t) for t in tmps)
             raise OutputError(
-                f"no space left on device while writing {', '.join(map(str, finals))}; the temporary "
+                f"no space left on device while writing {', '.join(map(str, paths))}; the temporary "
                 f"director{'y' if len(tmps) == 1 else 'ies'} {where} {'was' if len(tmps) == 1 else 'were'} removed"
             ) from exc
         raise
@@ -542,7 +543,7 @@ def output_container(path: str | os.PathLike, *, protect: Iterable[str | os.Path
 def remove_stale_tmp(parent: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Remove the temporary directories under ``parent`` (of output ``name``, or all) that processes
     of this host left behind when killed; a live process's are kept. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     parent = Path(parent)
     if not parent.is_dir():
         return removed

@@ -167,7 +167,8 @@ class SafetensorsFile:
     def _read(self, offset: int, nbytes: int) -> torch.Tensor:
         buf = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes:
-            got = os.preadv(self._f.fileno(), [memoryview(buf.numpy())], self._start + offset)
+            view = memoryview(buf.numpy())  # type: ignore[arg-type]  # an ndarray is a buffer; its stubs say not
+            got = os.preadv(self._f.fileno(), [view], self._start + offset)
             if got != nbytes:
                 raise CheckpointError(f"{self.path}: short read ({got} of {nbytes} bytes); is the file truncated?")
         return buf

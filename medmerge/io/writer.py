@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -98,7 +99,7 @@ class StreamingCheckpointWriter:
         self._pos = 0
         self._partial = 0  # bytes of the current tensor written so far (row blocks)
         self._shard_idx = -1
-        self._file = None
+        self._file: BinaryIO | None = None
 
     def _open_shard(self, si: int) -> None:
         if self._file is not None:
@@ -114,9 +115,9 @@ class StreamingCheckpointWriter:
             offset += spec.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # safetensors aligns the data start to 8 bytes
-        self._file = open(self.out_dir / self.filenames[si], "wb")
-        self._file.write(struct.pack("<Q", len(raw)))
-        self._file.write(raw)
+        self._file = f = open(self.out_dir / self.filenames[si], "wb")
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
         self._shard_idx = si
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -137,7 +138,8 @@ class StreamingCheckpointWriter:
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         if self._partial + data.nbytes > spec.nbytes:
             raise ValueError(f"tensor {name}: more rows written than its planned shape {spec.shape}")
-        self._file.write(memoryview(data))
+        assert self._file is not None   # _open_shard above
+        self._file.write(memoryview(data))  # type: ignore[arg-type]  # an ndarray is a buffer; its stubs say not
         self._partial += data.nbytes
         if self._partial == spec.nbytes:
             self._pos += 1

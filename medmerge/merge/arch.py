@@ -58,7 +58,7 @@ def family_of(config: dict) -> Family | None:
     named after its ``model_type``."""
     archs = config.get("architectures") or []
     if not archs:
-        return families().get(config.get("model_type"))
+        return families().get(str(config.get("model_type")))
     for fam in families().values():
         if any(a in fam.architectures for a in archs):
             return fam
@@ -149,8 +149,9 @@ def attention_layout(config: dict, shapes: dict[str, tuple[int, ...]], method: s
             continue
         layer, rel = m.group("layer"), m.group("rel")
         if rel in fam.split:
-            sizes = [config.get(k) for k in fam.split[rel]]
-            if not all(isinstance(s, int) for s in sizes) or not shape or sum(sizes) != shape[0]:
+            given = [config.get(k) for k in fam.split[rel]]
+            sizes = [s for s in given if isinstance(s, int)]
+            if len(sizes) != len(given) or not shape or sum(sizes) != shape[0]:
                 raise CompatibilityError(
                     f"architecture {arch}: tensor {name} has shape {list(shape)}, not the "
                     f"{' + '.join(f'{k}' for k in fam.split[rel])} rows the table expects")
@@ -184,7 +185,7 @@ def attention_layout(config: dict, shapes: dict[str, tuple[int, ...]], method: s
                 raise CompatibilityError(
                     f"architecture {arch}: tensor {name} has shape {list(shape)}, expected {expected} columns "
                     f"({keys['heads']}={n_heads} x head_dim={head_dim})")
-            parts = (Part("o", 0, shape[0]),)
+            parts: tuple[Part, ...] = (Part("o", 0, shape[0]),)
         else:
             sizes = [rows_of[r] for r in roles]
             if shape[0] != sum(sizes):
@@ -196,10 +197,11 @@ def attention_layout(config: dict, shapes: dict[str, tuple[int, ...]], method: s
         layout.tensors[name] = TensorLayout(name, layer, parts, fused=len(parts) > 1)
         if not is_bias:
             for p in parts:
-                layout.weights.setdefault(layer, {})[p.role] = (name, p)
+                if p.role is not None:   # head-structured parts only (a fused split has none)
+                    layout.weights.setdefault(layer, {})[p.role] = (name, p)
 
-    for layer, roles in layout.weights.items():
-        missing = [r for r in ROLES if r not in roles]
+    for layer, have in layout.weights.items():
+        missing = [r for r in ROLES if r not in have]
         if missing:
             raise CompatibilityError(f"architecture {arch}: layer {layer} has no {missing[0]} projection weight "
                                      f"the table names (known: {', '.join(fam.attention)})")

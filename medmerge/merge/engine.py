@@ -108,11 +108,11 @@ def _mergekit_steps(recipe: Recipe, parents: dict[str, Checkpoint], trust_remote
         if not inputs:
             continue
         in_dtypes = []
-        shape = None
+        shape: tuple[int, ...] = ()
         for _, ckpt_ref, name, cast in inputs:
             dt, shp = parents[ckpt_ref].info(name)
             in_dtypes.append(cast or dt)
-            shape = shape or shp
+            shape = shape or tuple(shp)
         out_dtype = task.out_dtype
         if out_dtype is None:
             out_dtype = in_dtypes[0]
@@ -150,7 +150,7 @@ def tokenizer_source(recipe: Recipe, parents: dict[str, Checkpoint]) -> str:
     tok = recipe.tokenizer_source
     if tok is not None:
         ref = recipe.base_model if tok == "base" else tok
-        if not has_tokenizer(parents[ref]):
+        if ref is None or not has_tokenizer(parents[ref]):
             raise CompatibilityError(f"tokenizer_source {tok!r} ({ref}) has no tokenizer files "
                                      f"({', '.join(VOCAB_FILES[:3])})")
         return ref
@@ -270,7 +270,10 @@ def stream_plans(plans: Sequence[MergePlan], emit: Callable[[int, Step, torch.Te
     """
     if not _same_layout(plans):
         for i, plan in enumerate(plans):
-            stream_plans([plan], lambda _, s, t, i=i: emit(i, s, t), chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
+            def emit_one(_: int, s: Step, t: torch.Tensor, i: int = i) -> None:
+                emit(i, s, t)
+
+            stream_plans([plan], emit_one, chunk_bytes=chunk_bytes, quiet=quiet, desc=desc)
         return
     parents = _plans_parents(plans)
     reader = _TensorReader(parents)
@@ -280,7 +283,8 @@ def stream_plans(plans: Sequence[MergePlan], emit: Callable[[int, Step, torch.Te
         for idx, step0 in enumerate(first):
             steps = [p.steps[idx] for p in plans]
             blocks = _row_blocks(step0.spec, chunk_bytes) if all(s.row_separable for s in steps) else None
-            for rows in blocks or [None]:
+            parts: list[tuple[int, int] | None] = list(blocks) if blocks else [None]   # None: the whole tensor
+            for rows in parts:
                 reader.reset(rows)
                 for pi, step in enumerate(steps):
                     emit(pi, step, _run_step(step, reader))

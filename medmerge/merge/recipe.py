@@ -577,11 +577,15 @@ class SweepSpec(BaseModel):
         if ratio is not None:
             params[RATIO] = ratio
         common = {"dtype": self.dtype, "out_dtype": self.out_dtype}
-        shared, per_model = {}, {}
+        shared: dict[str, Any] = {}
+        per_model: dict[str, Any] = {}
         for key, value in params.items():
             if key == RATIO:
                 continue
-            (per_model if m.param(key).per_model else shared)[key] = value
+            p = m.param(key)
+            if p is None:   # the grid's keys were checked against the method when the spec was parsed
+                raise RecipeError(f"{method} has no parameter {key!r}")
+            (per_model if p.per_model else shared)[key] = value
         r = params.get(RATIO)
         w_clin = w_inst = per_model.pop("weight", 1.0)
         if r is not None:
@@ -591,8 +595,8 @@ class SweepSpec(BaseModel):
             else:
                 shared["t"] = r
         if m.max_models == 1:   # interpolates from the base to one model: clinical -> instruct
-            base, models = self.clinical, (ModelEntry(model=self.clinical), ModelEntry(model=self.instruct))
-            return Recipe(merge_method=method, base_model=base, models=models, parameters=shared, **common)
+            pair = (ModelEntry(model=self.clinical), ModelEntry(model=self.instruct))
+            return Recipe(merge_method=method, base_model=self.clinical, models=pair, parameters=shared, **common)
         weighted = m.param("weight") is not None
         models = tuple(
             ModelEntry(model=ref, parameters={**per_model, **({"weight": w} if weighted else {})})

@@ -31,9 +31,7 @@ gets every check but those of the file system, which the step pods would see dif
 
 from __future__ import annotations
 
-from medmerge.preflight.problems import (  # noqa: F401
-    HUB_ID,
-    MEDMERGE_FILES,
+from medmerge.preflight.problems import (
     ZENML_RUN_KEYS,
     PreflightError,
     Problems,
@@ -41,14 +39,9 @@ from medmerge.preflight.problems import (  # noqa: F401
     one_line,
     read_run_config,
 )
-from medmerge.preflight.runconfig import check_finetune, check_run_configs, check_search  # noqa: F401
-from medmerge.preflight.schema import pydantic_problems, strict_scan  # noqa: F401
-from medmerge.preflight.values import (  # noqa: F401
-    checkpoint_problem,
-    compatibility_problem,
-    device_problem,
-    model_name_problem,
-    output_dir_problem,
-    sqlalchemy_url_problem,
-    tracking_uri_problem,
-)
+from medmerge.preflight.runconfig import check_finetune, check_run_configs, check_search
+from medmerge.preflight.schema import pydantic_problems
+
+# what the entry points, the pipeline launcher and the tests use; the one-value checks are in .values
+__all__ = ["PreflightError", "Problems", "RunConfigError", "ZENML_RUN_KEYS", "check_finetune", "check_run_configs",
+           "check_search", "one_line", "pydantic_problems", "read_run_config"]

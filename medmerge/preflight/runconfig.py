@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from medmerge.errors import MedmergeError
 from medmerge.preflight.problems import (
@@ -94,7 +95,7 @@ def _without(raw: dict, locs: list[tuple], keys: set[str]) -> dict:
 
     out = {k: copy.deepcopy(v) for k, v in raw.items() if k not in keys}
     for loc in locs:
-        node = out
+        node: Any = out
         for part in loc[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and all(isinstance(x, str) for x in loc):
@@ -166,7 +167,7 @@ def _eval_data_problems(opts, local: bool) -> list[tuple[tuple, str]]:
         return []
     from medmerge.evaluation.tasks import resolve_data_dir, suite_tasks, task_spec
 
-    d = Path(resolve_data_dir(opts.data_dir)).expanduser()
+    d = Path(resolve_data_dir(opts.data_dir) or opts.data_dir).expanduser()
     if not d.is_dir():
         what = "is a file, not a directory" if d.exists() else "does not exist"
         return [(("data_dir",), f"data directory {opts.data_dir} {what}")]

@@ -288,7 +288,7 @@ def sweep_row(tracking_uri: str, model_uris: list[str]) -> CostRow | None:
     for uri in model_uris:
         try:
             mv = model_version(tracking_uri, uri)
-            parent_id = runs.get(tracking_uri, mv.run_id).parent_run_id
+            parent_id = runs.get(tracking_uri, mv.run_id).parent_run_id if mv.run_id else None
             if not parent_id:
                 continue
             parent = runs.get(tracking_uri, parent_id)

@@ -107,7 +107,7 @@ def plan_slots(n: int, device: str, cores: int | None = None, gpus_per_worker: i
 _SLOT: Slot | None = None
 _STATE: Any = None
 _INIT: tuple[Callable, tuple] | None = None
-_EVENTS = None
+_EVENTS: Any = None
 
 
 def _start(slots, init: Callable, init_args: tuple, events) -> None:
@@ -128,6 +128,7 @@ def _call(fn: Callable, key: Hashable, args: tuple):
     global _STATE
     _EVENTS.put(("start", os.getpid(), key))
     if _STATE is None:   # built once per worker, on its first task
+        assert _INIT is not None and _SLOT is not None   # set by _start, the pool's initializer
         init, init_args = _INIT
         _STATE = init(_SLOT, *init_args)
         if "torch" in sys.modules:

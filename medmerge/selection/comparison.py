@@ -36,7 +36,7 @@ def build(rows: Sequence[dict[str, Any]]) -> dict:
                 tasks.append(t)
     out_rows = []
     for r in ordered:
-        cells = {}
+        cells: dict[str, dict[str, Any] | None] = {}
         for t in tasks:
             tr = r["report"].tasks.get(t)
             if tr is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medmerge.selection.pareto import ParetoError, Selection, parent_points, select, validate_points
+from medmerge.selection.pareto import DEFAULT_LABELS, ParetoError, Selection, parent_points, select, validate_points
 
 DPI = 120
 FRONTIER_SIZE = (7.0, 5.0)  # inches: 840 × 600 px at DPI
@@ -73,12 +73,13 @@ def plot_frontier(points, path, parents=None, selection: Selection | None = None
 
 
 def frontier_figure(points, parents=None, selection: Selection | None = None, title: str | None = None) -> Figure:
-    """Medical Avg (y) against IF score (x) for every candidate, with the Pareto frontier.
+    """The y objective against the x objective (by default Medical Avg against IF score) for every candidate,
+    with the Pareto frontier.
 
     Draws: candidates coloured by method; the frontier as a line through its points in x order;
     near-frontier points that are not on the frontier ringed; the knee starred and labelled
     with its name; each parent with its own marker and label. ``parents`` is
-    ``{label: (if_score, medical_avg) | ScoredPoint}`` or a list of ScoredPoints. ``selection``
+    ``{label: (x, y) | ScoredPoint}`` or a list of ScoredPoints. ``selection``
     defaults to :func:`medmerge.selection.pareto.select` of ``points`` (ε = 0, reference from parents).
     Returns the figure (one axes; its artists are what the PNG shows).
     """
@@ -89,22 +90,22 @@ def frontier_figure(points, parents=None, selection: Selection | None = None, ti
     fig = _new_figure(FRONTIER_SIZE)
     ax = fig.add_subplot()
     for method, group in _by_method(pts).items():
-        ax.scatter([p.if_score for p in group], [p.medical_avg for p in group], s=28, alpha=0.75,
+        ax.scatter([p.x for p in group], [p.y for p in group], s=28, alpha=0.75,
                    label=_text(method), zorder=2)
-    ax.plot([p.if_score for p in sel.frontier], [p.medical_avg for p in sel.frontier], color="black",
+    ax.plot([p.x for p in sel.frontier], [p.y for p in sel.frontier], color="black",
             linewidth=1.4, marker="o", markersize=4, label="Pareto frontier", zorder=3)
 
     on_front = _ids(sel.frontier)
     near_only = [p for p in sel.near if id(p) not in on_front]
     if near_only:
         what = f"near frontier (ε={sel.eps:g}" + (" + stderr)" if sel.use_stderr else ")")
-        ax.scatter([p.if_score for p in near_only], [p.medical_avg for p in near_only], s=140,
+        ax.scatter([p.x for p in near_only], [p.y for p in near_only], s=140,
                    facecolors="none", edgecolors="tab:orange", linewidths=1.6, label=what, zorder=4)
 
     k = sel.knee
-    ax.scatter([k.if_score], [k.medical_avg], marker="*", s=260, color="tab:red", edgecolors="black",
+    ax.scatter([k.x], [k.y], marker="*", s=260, color="tab:red", edgecolors="black",
                linewidths=0.6, label="knee", zorder=5)
-    ax.annotate(_text(f"knee: {getattr(k, 'name', '')}"), (k.if_score, k.medical_avg), xytext=(10, 10),
+    ax.annotate(_text(f"knee: {getattr(k, 'name', '')}"), (k.x, k.y), xytext=(10, 10),
                 textcoords="offset points", fontsize=9, color="tab:red",
                 arrowprops={"arrowstyle": "-", "color": "tab:red", "linewidth": 0.8})
 
@@ -134,9 +135,8 @@ def _series(ax, group, attr: str, se_attr: str, label: str, color) -> None:
         ax.plot(xs, ys, marker="o", markersize=4, color=color, label=label)
 
 
-def plot_trajectories(points, path, title: str | None = None,
-                      labels: tuple[str, str] = ("IF score", "Medical Avg")) -> Path:
-    """Medical Avg and IF score against the merge ratio, one line per method, two panels.
+def plot_trajectories(points, path, title: str | None = None, labels: tuple[str, str] = DEFAULT_LABELS) -> Path:
+    """The two objectives (``labels``: x's, y's) against the merge ratio, one line per method, two panels.
 
     Points without a ratio are skipped (at least one must have one, else ValueError). Within a
     method, points are joined in ratio order; stderr bars are drawn where stderrs are known.
@@ -147,18 +147,18 @@ def plot_trajectories(points, path, title: str | None = None,
         raise ParetoError("no candidate has a ratio: nothing to plot against the merge ratio")
 
     fig = _new_figure(TRAJECTORY_SIZE)
-    ax_med, ax_if = fig.subplots(1, 2, sharex=True)
+    ax_y, ax_x = fig.subplots(1, 2, sharex=True)
     colors = [f"C{i}" for i in range(10)]
     for i, (method, group) in enumerate(_by_method(pts).items()):
         group = sorted(group, key=lambda p: p.ratio)
-        _series(ax_med, group, "medical_avg", "medical_stderr", _text(method), colors[i % 10])
-        _series(ax_if, group, "if_score", "if_stderr", _text(method), colors[i % 10])
-    for ax, name in ((ax_med, labels[1]), (ax_if, labels[0])):
+        _series(ax_y, group, "y", "y_stderr", _text(method), colors[i % 10])
+        _series(ax_x, group, "x", "x_stderr", _text(method), colors[i % 10])
+    for ax, name in ((ax_y, labels[1]), (ax_x, labels[0])):
         ax.set_xlabel(RATIO_LABEL)
         ax.set_ylabel(name)
         ax.set_title(name)
         ax.grid(True, alpha=0.3)
-    ax_med.legend(fontsize=8, loc="best")
+    ax_y.legend(fontsize=8, loc="best")
     fig.suptitle(title if title is not None else "Scores along the merge ratio")
     return _save_png(fig, path)
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from medmerge.merge.recipe import RATIO, Range, SweepCandidate, SweepSpec
 
@@ -143,8 +144,9 @@ def run_rounds(study, spec: SweepSpec, evaluate_many: Callable, score: Callable,
     only, in one order, so the trials and their results are those of one worker. ``{number: (candidate,
     report)}`` of this call's trials."""
     reports: dict[int, tuple[SweepCandidate, object]] = {}
-    while (n := len(complete_trials(study))) < spec.budget:
-        trials = [study.ask() for _ in range(min(spec.batch or 1, spec.budget - n))]
+    budget = spec.budget or 0   # set for search: optuna (the spec refuses one without it)
+    while (n := len(complete_trials(study))) < budget:
+        trials = [study.ask() for _ in range(min(spec.batch or 1, budget - n))]
         cands = []
         for trial in trials:
             method, params = suggest(trial, spec)
@@ -180,7 +182,7 @@ def coarse_grid(spec: SweepSpec, levels=COARSE_LEVELS) -> list[dict]:
             elif len(values) > 1:
                 axes.append([{name: json.dumps(v)} for v in values])
         for combo in itertools.product(*axes):
-            params = {"method": method} if len(spec.grids()) > 1 else {}
+            params: dict[str, Any] = {"method": method} if len(spec.grids()) > 1 else {}
             for part in combo:
                 params.update(part)
             out.append(params)

@@ -32,6 +32,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from medmerge.runtime.workers import WorkerPool, current_slot
 
@@ -122,11 +123,11 @@ def local_worker_alive(worker: str) -> bool:
 # --- inside a worker -------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Worker:
-    cfg: object
-    evaluator: object
+    cfg: Any
+    evaluator: Any
     study_url: str | None = None
     study_name: str | None = None
-    study: object = None
+    study: Any = None
 
 
 def _make_worker(slot, cfg, cache_root: str, representatives: list, study: tuple[str, str] | None):
@@ -157,6 +158,7 @@ def _trial(w: _Worker, budget: int, sampler: str = "tpe"):
     spec = w.cfg.sweep
     if w.study is None:
         slot = current_slot()
+        assert w.study_url is not None   # a worker of an Optuna search is made with its study
         w.study = optuna.load_study(study_name=w.study_name, storage=open_storage(w.study_url),
                                     sampler=optuna_search.make_sampler(sampler, spec.seed + (slot.index if slot else 0)))
     if len(optuna_search.complete_trials(w.study)) >= budget:

@@ -1,14 +1,13 @@
 """Pareto selection over a merge sweep's candidates: frontier, near-frontier, knee, hypervolume.
 
-Every candidate is a point (x, y) = (IF score, Medical Avg) by default; both axes are maximised.
-Any two objectives work: a caller puts its x objective in the ``if_score`` slot and its y
-objective in ``medical_avg`` (with their stderrs) and passes ``labels`` (see
-:mod:`medmerge.evaluation.objectives`). The
-functions are pure: they take a list of points and return some of the same objects (never
-copies), so callers can compare by identity. Anything with the attributes of
-:class:`ScoredPoint` (``name``, ``medical_avg``, ``if_score`` and optionally the stderrs) works.
+Every candidate is a point (x, y) of two objectives, both maximised: by default x = IF score and
+y = Medical Avg, any two scores of :mod:`medmerge.evaluation.objectives` otherwise; :func:`select` takes the
+objectives (their names and labels) and the table, the JSON and the figures carry them. The functions are
+pure: they take a list of points and return some of the same objects (never copies), so callers can compare
+by identity. Anything with the attributes of :class:`ScoredPoint` (``name``, ``x``, ``y`` and optionally
+the stderrs) works.
 
-Definitions (x = if_score, y = medical_avg):
+Definitions:
 
 * ``a`` dominates ``b``  ⇔  a.x ≥ b.x and a.y ≥ b.y and (a.x > b.x or a.y > b.y).
 * frontier  = the points no other point dominates (exact duplicates do not dominate each other).
@@ -38,6 +37,8 @@ from medmerge.io.tables import text_table
 # Two floats closer than this count as tied (knee selection): hand-equal values computed along
 # different paths differ by an ulp or so, and the tie rule must still apply to them.
 TIE_TOL = 1e-12
+DEFAULT_NAMES = ("if_score", "medical_avg")      # (x, y): medmerge.evaluation.objectives.DEFAULT_OBJECTIVES
+DEFAULT_LABELS = ("IF score", "Medical Avg")
 
 
 class ParetoError(MedmergeError, ValueError):
@@ -45,7 +46,7 @@ class ParetoError(MedmergeError, ValueError):
 
 
 class ScoredPoint(BaseModel):
-    """One scored candidate: x = ``if_score``, y = ``medical_avg`` (both maximised).
+    """One scored candidate: its two objectives ``x`` and ``y`` (both maximised), with their stderrs.
 
     Scores and stderrs must be finite; stderrs must be ≥ 0. ``method``/``ratio`` describe the
     merge (e.g. ``"slerp"``, 0.3) and are only used for tables and trajectory plots.
@@ -53,21 +54,21 @@ class ScoredPoint(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str
-    medical_avg: float
-    if_score: float
-    medical_stderr: float | None = None
-    if_stderr: float | None = None
+    y: float
+    x: float
+    y_stderr: float | None = None
+    x_stderr: float | None = None
     method: str | None = None
     ratio: float | None = None
 
-    @field_validator("medical_avg", "if_score", "ratio")
+    @field_validator("y", "x", "ratio")
     @classmethod
     def _finite(cls, v, info):
         if v is not None and not math.isfinite(v):
             raise ValueError(f"{info.field_name} must be a finite number, got {v}")
         return v
 
-    @field_validator("medical_stderr", "if_stderr")
+    @field_validator("y_stderr", "x_stderr")
     @classmethod
     def _stderr(cls, v, info):
         if v is not None and not (math.isfinite(v) and v >= 0):
@@ -91,11 +92,11 @@ def validate_points(points) -> list:
         raise ParetoError("no candidates: need at least one point")
     for i, p in enumerate(pts):
         label = repr(getattr(p, "name", f"#{i}"))
-        for attr in ("if_score", "medical_avg"):
+        for attr in ("x", "y"):
             v = getattr(p, attr, None)
             if not _number(v):
                 raise ParetoError(f"candidate {label}: {attr} is {v!r}; scores must be finite numbers")
-        for attr in ("if_stderr", "medical_stderr"):
+        for attr in ("x_stderr", "y_stderr"):
             v = getattr(p, attr, None)
             if v is not None and not (_number(v) and v >= 0):
                 raise ParetoError(f"candidate {label}: {attr} is {v!r}; stderrs must be finite and >= 0, or None")
@@ -112,7 +113,7 @@ def _check_reference(reference) -> tuple[float, float]:
     try:
         x, y = reference
     except (TypeError, ValueError):
-        raise ParetoError(f"reference is {reference!r}; it must be a pair (if_score, medical_avg)") from None
+        raise ParetoError(f"reference is {reference!r}; it must be a pair (x, y)") from None
     if not (_number(x) and _number(y)):
         raise ParetoError(f"reference is {reference!r}; both coordinates must be finite numbers")
     return float(x), float(y)
@@ -122,24 +123,24 @@ def _check_reference(reference) -> tuple[float, float]:
 
 
 def _order(points: list) -> list:
-    """Frontier order: if_score ascending, then medical_avg descending, then name."""
-    return sorted(points, key=lambda p: (p.if_score, -p.medical_avg, str(getattr(p, "name", ""))))
+    """Frontier order: x ascending, then y descending, then name."""
+    return sorted(points, key=lambda p: (p.x, -p.y, str(getattr(p, "name", ""))))
 
 
 def dominates(a, b) -> bool:
     """``a`` dominates ``b``: a.x ≥ b.x and a.y ≥ b.y, strictly on at least one axis.
 
-    x = if_score, y = medical_avg. A point never dominates an exact copy of itself.
+    x = x, y = y. A point never dominates an exact copy of itself.
     """
-    return (a.if_score >= b.if_score and a.medical_avg >= b.medical_avg
-            and (a.if_score > b.if_score or a.medical_avg > b.medical_avg))
+    return (a.x >= b.x and a.y >= b.y
+            and (a.x > b.x or a.y > b.y))
 
 
 def frontier(points) -> list:
     """The non-dominated points: {p : no q dominates p}.
 
     Exact duplicates of a frontier point all stay (equal points do not dominate each other).
-    Returned in frontier order: if_score ascending, then medical_avg descending, then name
+    Returned in frontier order: x ascending, then y descending, then name
     (on a frontier, x ascending means y descending). O(n²), which is nothing for a sweep.
     """
     pts = validate_points(points)
@@ -151,15 +152,15 @@ def _shift(p, q, eps: float, use_stderr: bool) -> tuple[float, float]:
     if not use_stderr:
         return eps, eps
     se = lambda o, a: getattr(o, a, None) or 0.0  # noqa: E731  (missing stderr counts as 0)
-    return (eps + math.hypot(se(p, "if_stderr"), se(q, "if_stderr")),
-            eps + math.hypot(se(p, "medical_stderr"), se(q, "medical_stderr")))
+    return (eps + math.hypot(se(p, "x_stderr"), se(q, "x_stderr")),
+            eps + math.hypot(se(p, "y_stderr"), se(q, "y_stderr")))
 
 
 def _far_dominated(p, q, eps: float, use_stderr: bool) -> bool:
     """q dominates p shifted up by the per-axis shift (dx, dy)."""
     dx, dy = _shift(p, q, eps, use_stderr)
-    px, py = p.if_score + dx, p.medical_avg + dy
-    return q.if_score >= px and q.medical_avg >= py and (q.if_score > px or q.medical_avg > py)
+    px, py = p.x + dx, p.y + dy
+    return q.x >= px and q.y >= py and (q.x > px or q.y > py)
 
 
 def near_frontier(points, eps: float = 0.0, use_stderr: bool = False) -> list:
@@ -186,7 +187,7 @@ def _normalise(front: list) -> list[tuple[float, float]]:
         lo, hi = min(vals), max(vals)
         return [0.0 if hi == lo else (v - lo) / (hi - lo) for v in vals]
 
-    return list(zip(scale([p.if_score for p in front]), scale([p.medical_avg for p in front])))
+    return list(zip(scale([p.x for p in front]), scale([p.y for p in front])))
 
 
 def _chord_distances(norm: list[tuple[float, float]], a: tuple[float, float],
@@ -214,7 +215,7 @@ def knee(points):
 
     1. Take the frontier F (frontier order) and normalise it per axis to [0, 1] by F's own
        min/max: x' = (x − min x) / (max x − min x), same for y; a zero-range axis maps to 0.
-    2. Draw the chord from the max-if_score point A to the max-medical_avg point B (in
+    2. Draw the chord from the max-x point A to the max-y point B (in
        normalised coordinates A = (1, 0), B = (0, 1), so the chord is x' + y' = 1).
     3. The knee is the point P of F with the largest *signed* perpendicular distance to the
        chord, d(P) = ((B.y − A.y)(P.x − A.x) − (B.x − A.x)(P.y − A.y)) / |B − A|, positive on
@@ -230,8 +231,8 @@ def knee(points):
     front = frontier(points)
     norm = _normalise(front)
     if len(front) >= 3:
-        a = norm[max(range(len(front)), key=lambda i: front[i].if_score)]
-        b = norm[max(range(len(front)), key=lambda i: front[i].medical_avg)]
+        a = norm[max(range(len(front)), key=lambda i: front[i].x)]
+        b = norm[max(range(len(front)), key=lambda i: front[i].y)]
         dist = _chord_distances(norm, a, b)
         if max(dist) > TIE_TOL:
             return front[_first_max(dist)]
@@ -242,10 +243,10 @@ def knee(points):
 
 
 def parent_points(parents) -> list[tuple[str, float, float]]:
-    """``[(label, if_score, medical_avg), ...]`` from the accepted parent forms.
+    """``[(label, x, y), ...]`` from the accepted parent forms.
 
-    ``parents`` is a mapping ``{label: (if_score, medical_avg) | ScoredPoint}`` or a sequence of
-    Candidates / ``(if_score, medical_avg)`` pairs (labelled by name, else "parent 1", ...).
+    ``parents`` is a mapping ``{label: (x, y) | ScoredPoint}`` or a sequence of
+    Candidates / ``(x, y)`` pairs (labelled by name, else "parent 1", ...).
     """
     if parents is None:
         raise ParetoError("no parents given")
@@ -255,12 +256,12 @@ def parent_points(parents) -> list[tuple[str, float, float]]:
         raise ParetoError("no parents: need at least one parent")
     out = []
     for label, p in items:
-        if hasattr(p, "if_score") and hasattr(p, "medical_avg"):
-            xy = (p.if_score, p.medical_avg)
+        if hasattr(p, "x") and hasattr(p, "y"):
+            xy = (p.x, p.y)
         elif isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
             xy = tuple(p)
         else:
-            raise ParetoError(f"parent {label!r} is {p!r}; give a ScoredPoint or an (if_score, medical_avg) pair")
+            raise ParetoError(f"parent {label!r} is {p!r}; give a ScoredPoint or an (x, y) pair")
         if not (_number(xy[0]) and _number(xy[1])):
             raise ParetoError(f"parent {label!r} has scores {xy!r}; they must be finite numbers")
         out.append((str(label), float(xy[0]), float(xy[1])))
@@ -268,7 +269,7 @@ def parent_points(parents) -> list[tuple[str, float, float]]:
 
 
 def default_reference(parents) -> tuple[float, float]:
-    """The worse parent on each axis: (min parents' if_score, min parents' medical_avg)."""
+    """The worse parent on each axis: (min parents' x, min parents' y)."""
     pp = parent_points(parents)
     return min(x for _, x, _ in pp), min(y for _, _, y in pp)
 
@@ -294,9 +295,9 @@ def hypervolume(points, reference=None, parents=None) -> float:
     rx, ry = _resolve_reference(reference, parents)
     area, prev_x = 0.0, rx
     for p in frontier(points):
-        if p.if_score > rx and p.medical_avg > ry:
-            area += (p.if_score - prev_x) * (p.medical_avg - ry)
-            prev_x = p.if_score
+        if p.x > rx and p.y > ry:
+            area += (p.x - prev_x) * (p.y - ry)
+            prev_x = p.x
     return area
 
 
@@ -336,11 +337,12 @@ class SelectionSummary(BaseModel):
     reference: list[float] | None = None
     eps: float
     use_stderr: bool
-    objectives: dict[str, str]
+    objectives: dict[str, str]                           # {"x": name, "y": name}
+    labels: dict[str, str] = {}                          # {"x": label, "y": label}
 
 
 def _point_dict(p) -> dict:
-    keys = ("name", "method", "ratio", "medical_avg", "if_score", "medical_stderr", "if_stderr")
+    keys = ("name", "method", "ratio", "x", "y", "x_stderr", "y_stderr")
     return {k: getattr(p, k, None) for k in keys}
 
 
@@ -359,7 +361,8 @@ class Selection:
     reference: tuple[float, float] | None
     eps: float = 0.0
     use_stderr: bool = False
-    labels: tuple[str, str] = ("IF score", "Medical Avg")   # the objectives on x (if_score) and y (medical_avg)
+    names: tuple[str, str] = DEFAULT_NAMES      # the objectives on x and y, as run configs name them
+    labels: tuple[str, str] = DEFAULT_LABELS    # and as tables and figures show them
 
     def flags(self, p) -> dict[str, bool]:
         """``{"on_frontier", "near", "knee"}`` for one of ``self.points``."""
@@ -375,13 +378,13 @@ class Selection:
             f = self.flags(p)
             rows.append((str(getattr(p, "name", "")), str(getattr(p, "method", None) or ""),
                          _fmt_ratio(getattr(p, "ratio", None)),
-                         _fmt(p.medical_avg, getattr(p, "medical_stderr", None)),
-                         _fmt(p.if_score, getattr(p, "if_stderr", None)),
+                         _fmt(p.y, getattr(p, "y_stderr", None)),
+                         _fmt(p.x, getattr(p, "x_stderr", None)),
                          "yes" if f["on_frontier"] else "", "yes" if f["near"] else "",
                          "yes" if f["knee"] else ""))
         lines = [text_table(rows)]
         near = f"near: eps={self.eps:g}" + (" + combined stderr" if self.use_stderr else "")
-        if self.hypervolume is None:
+        if self.hypervolume is None or self.reference is None:
             lines.append(f"{near}; hypervolume: n/a (no reference)")
         else:
             rx, ry = self.reference
@@ -400,17 +403,19 @@ class Selection:
             "reference": None if self.reference is None else list(self.reference),
             "eps": self.eps,
             "use_stderr": self.use_stderr,
-            "objectives": {"x": self.labels[0], "y": self.labels[1]},
+            "objectives": {"x": self.names[0], "y": self.names[1]},
+            "labels": {"x": self.labels[0], "y": self.labels[1]},
         }
 
 
 def select(points, eps: float = 0.0, use_stderr: bool = False, reference=None, parents=None,
-           labels: tuple[str, str] = ("IF score", "Medical Avg")) -> Selection:
+           objectives: Sequence | None = None) -> Selection:
     """Frontier, near-frontier (ε, stderr), knee and hypervolume of ``points`` in one call.
 
     The hypervolume uses ``reference`` if given, else :func:`default_reference` of ``parents``;
-    with neither it is None (the rest is still computed). ``labels`` name the two objectives
-    (x, y) in the table and the JSON: any two scores can sit in the x and y slots.
+    with neither it is None (the rest is still computed). ``objectives`` are the x and y objectives (anything
+    with a ``name`` and a ``label``, e.g. :class:`medmerge.evaluation.objectives.Objective`; default IF score and
+    Medical Avg): the table, the JSON and the figures name them.
     """
     eps = _check_eps(eps)
     pts = validate_points(points)
@@ -424,5 +429,6 @@ def select(points, eps: float = 0.0, use_stderr: bool = False, reference=None, p
         reference=ref,
         eps=eps,
         use_stderr=bool(use_stderr),
-        labels=tuple(labels),
+        names=DEFAULT_NAMES if objectives is None else tuple(o.name for o in objectives),
+        labels=DEFAULT_LABELS if objectives is None else tuple(o.label for o in objectives),
     )

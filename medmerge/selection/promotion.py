@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Union
+from typing import Any, Union
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -94,9 +94,25 @@ class Picks(BaseModel):
     promote_candidate: str | None = None
 
 
-def _medical(cand) -> float:
-    r = cand.report
-    return r.medical_avg if r.medical_avg is not None else float("-inf")
+def _y_score(frontier):
+    """A candidate's score on the selection's y objective (Medical Avg by default, ``-inf`` when it has none):
+    what ``best_per_method`` and ``best_medical`` maximise."""
+    from medmerge.evaluation.objectives import ObjectiveError, resolve
+
+    objectives = getattr(getattr(frontier, "selection", None), "objectives", None) or {}
+    name = objectives.get("y", "medical_avg")
+
+    def score(cand) -> float:
+        kept = getattr(cand.report, "scores", {}).get(name)   # a suite score, stored with the report
+        if kept is not None:
+            return kept.value
+        try:   # a task metric, or a report written before its scores were stored
+            value = resolve(name).score(cand.report)[0]
+        except (ObjectiveError, KeyError, AttributeError):
+            return float("-inf")
+        return float("-inf") if value is None else value
+
+    return score
 
 
 def choose(picks: Names, promote: Names, frontier, results) -> Picks:
@@ -109,11 +125,12 @@ def choose(picks: Names, promote: Names, frontier, results) -> Picks:
                 raise PromotionError(f"{field}: {n!r} names no candidate of this search "
                                      f"(candidates: {', '.join(sorted(by))})")
     near = [by[n] for n in frontier.near]
+    _medical = _y_score(frontier)
     if picks == "best_per_method":
         def is_merge(c):   # a candidate that reproduces a parent (ratio 0 or 1) is no merge to pick
             return getattr(c, "role", None) is None and getattr(c, "ratio", None) not in (0.0, 1.0)
 
-        best: dict[str, object] = {}
+        best: dict[str, Any] = {}
         for pool in (near, results.candidates):   # a method with no merge near the frontier: its best merge
             for c in pool:   # ties keep the first (frontier order)
                 if not is_merge(c) or (pool is not near and c.method in best and best[c.method] in near):
@@ -173,7 +190,9 @@ def _policy_text(p: Names) -> str:
 def compare(candidate: dict[str, Score], staged: dict[str, Score]) -> tuple[bool, str]:
     """``(dominated, reason)`` for the candidate against the staged version on their common objectives
     (see the module docstring for the rule)."""
-    worse, better, even = [], [], []
+    worse: list[str] = []
+    better: list[str] = []
+    even: list[str] = []
     for name, c in candidate.items():
         s = staged.get(name)
         if s is None:
@@ -309,7 +328,7 @@ def promote_search(cfg, results, frontier, picks: Picks, versions: dict[str, str
                                      picks=pick_versions)
     for alias, p in pick_versions.items():
         registry.set_alias(name, alias, p["version"], uri, tag="pick")
-    if decision.promoted:
+    if decision.promoted and decision.version is not None:
         decision.reason += "; " + registry.promote(name, decision.version, uri, stage=STAGE)
     # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead
     run = results.parent_run().open_or_nested("promotion")
@@ -364,7 +383,7 @@ def _sft_scores(r) -> dict[str, Score]:
     from medmerge.evaluation.objectives import ObjectiveError, resolve
 
     out = {"composite": Score(value=r.scores["composite"])}
-    for name in ("medical_avg", "if_score"):
+    for name in r.after.scores or ("medical_avg", "if_score"):   # the forgetting re-check's suite scores
         try:
             v, se = resolve(name).score(r.after)
         except (ObjectiveError, KeyError):
@@ -399,16 +418,16 @@ def promote_finetuned(cfg, run, results, versions: dict[str, str]) -> PromotionD
         version = versions[target]
         candidate = _sft_scores(by[target])
         if not by[target].forgetting.passed:
-            staged = registry.staged_version(run.tracking_uri, cfg.registered_model, STAGE)
+            held = registry.staged_version(run.tracking_uri, cfg.registered_model, STAGE)
             promoted, scores = False, {"candidate": candidate}
             reason = f"{target} failed its forgetting gate ({by[target].forgetting.failures[0].score})"
-            staged = None if staged is None else str(staged.version)
+            staged = None if held is None else str(held.version)
         else:
             promoted, reason, scores, staged = against_staged(cfg.registered_model, target, version, candidate,
                                                               list(candidate), run.tracking_uri)
         decision = PromotionDecision(policy=policy, candidate=target, version=version, scores=scores,
                                      staged_version=staged, promoted=promoted, reason=reason)
-    if decision.promoted:
+    if decision.promoted and decision.version is not None:
         decision.reason += "; " + registry.promote(cfg.registered_model, decision.version, run.tracking_uri,
                                                    stage=STAGE)
     # the last step: it closes the parent run; on a rerun (the parent closed) it logs to a nested run instead

@@ -311,7 +311,7 @@ def paired_dominators(lower_diff, shift, candidates_mask=None) -> np.ndarray:
     return _first((ld >= shift).all(-1) & (ld > shift).any(-1), candidates_mask)
 
 
-def _pair_stats(values: list[np.ndarray], n: np.ndarray):
+def _pair_stats(values: list[np.ndarray], n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Common-prefix statistics of every ordered pair: ``values[s]`` (C, N_s) holds each candidate's values in
     race order (beyond its ``n[c, s]`` documents: anything)."""
     C, S = n.shape
@@ -535,7 +535,7 @@ class Racer:
             for i in np.flatnonzero(active):
                 for k in range(S):
                     if row[k] > prev[k]:
-                        values = self._score(i, k, int(prev[k]), int(row[k]))
+                        values = self._score(int(i), k, int(prev[k]), int(row[k]))
                         self.seen[k][i, prev[k]:row[k]] = values
                         n[i, k] += len(values)
                         self.s1[i, k] += values.sum()

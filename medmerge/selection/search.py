@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -17,7 +18,7 @@ from medmerge.errors import as_value_error, not_blank
 from medmerge.evaluation.objectives import DEFAULT_OBJECTIVES
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import PROMPT_FORMAT, EvalOptions
-from medmerge.merge.recipe import Recipe, SweepSpec, load_sweep, parse_sweep
+from medmerge.merge.recipe import Recipe, SweepCandidate, SweepSpec, load_sweep, parse_sweep
 from medmerge.runtime import cost
 from medmerge.runtime.cost import measured
 from medmerge.selection.pareto import SelectionSummary
@@ -234,7 +235,7 @@ def _optuna_search(cfg: SearchConfig, parents: dict[str, dict], cache, on_trial=
     ox, oy = cfg.objective_pair()
     fixed = spec.parent_candidates()
     ev = SweepEvaluator(spec, cfg.eval_settings(), cache, representatives=fixed + optuna_search.representatives(spec))
-    out = [(c, ev.evaluate(c)) for c in fixed]
+    out: list[tuple[SweepCandidate, Any]] = [(c, ev.evaluate(c)) for c in fixed]
     out += list(optuna_search.run_study(spec, ev.evaluate, lambda r: (ox.score(r)[0], oy.score(r)[0]),
                                         storage=cfg.resolved_study_storage(), name=_study_name(cfg, parents),
                                         on_trial=on_trial))
@@ -318,35 +319,33 @@ def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_
 
 
 def _points(results: SearchResults, cfg: SearchConfig):
-    """One Pareto point per candidate: the x objective in the ``if_score`` slot, y in ``medical_avg``, each
-    with its stderr (which ``use_stderr`` widens the near set by)."""
+    """One Pareto point per candidate: the run config's x and y objectives, each with its stderr (which
+    ``use_stderr`` widens the near set by)."""
     from medmerge.selection.pareto import ScoredPoint as Point
 
     ox, oy = cfg.objective_pair()
     pts = []
     for c in results.candidates:
         (x, x_se), (y, y_se) = ox.score(c.report), oy.score(c.report)
-        pts.append(Point(name=c.name, medical_avg=y, if_score=x, medical_stderr=y_se, if_stderr=x_se,
-                         method=c.method, ratio=c.ratio))
+        pts.append(Point(name=c.name, x=x, y=y, x_stderr=x_se, y_stderr=y_se, method=c.method, ratio=c.ratio))
     return pts
 
 
 def _selection(results: SearchResults, cfg: SearchConfig):
-    """The points, the parents' (IF score, Medical Avg) and the Pareto selection (deterministic)."""
+    """The points, the parents' (x, y) and the Pareto selection (deterministic)."""
     from medmerge.selection import pareto
 
     pts = _points(results, cfg)
     by_name = {p.name: p for p in pts}
     ends = {role: next((by_name[c.name] for c in results.candidates if c.role == role), None)
             for role in ("clinical", "instruct")}
-    parents = {k: (v.if_score, v.medical_avg) for k, v in ends.items() if v is not None}
-    labels = tuple(o.label for o in cfg.objective_pair())
+    parents = {k: (v.x, v.y) for k, v in ends.items() if v is not None}
     sel = pareto.select(pts, eps=cfg.eps, use_stderr=cfg.use_stderr, parents=parents if len(parents) == 2 else None,
-                        labels=labels)
+                        objectives=cfg.objective_pair())
     return pts, parents, sel
 
 
-def _plot(pts, parents, sel, figures_dir: Path) -> tuple[Path, Path]:
+def _plot(pts, parents, sel, figures_dir: Path) -> tuple[Path, Path | None]:
     from medmerge.selection import figures
 
     x, y = sel.labels
@@ -408,11 +407,18 @@ def register_selected(cfg: SearchConfig, results: SearchResults, frontier: Front
 
     by = results.by_name()
     parents = provenance.tags(provenance.weights(results.parents))   # what retrain compares with
+    objectives = cfg.objective_pair()
     versions = {}
     for ck in checkpoints:
         cand = by[ck.name]
-        tags = {**cand.recipe.tags(), "candidate": ck.name, "medical_avg": cand.report.medical_avg,
-                "if_score": cand.report.if_score, **parents,
+        scores = {}   # the selection's objectives under their own names, each with its stderr
+        for o in objectives:
+            value, stderr = o.score(cand.report)
+            scores[o.name] = value
+            if stderr is not None:
+                scores[f"{o.name}_stderr"] = stderr
+        tags = {**cand.recipe.tags(), "candidate": ck.name, **scores,
+                "objectives": ",".join(o.name for o in objectives), **parents,
                 "knee": str(ck.name == frontier.knee)}
         reg = registry.register_checkpoint(cfg.registered_model, Path(ck.path), cand.run_id, ck.identity, tags,
                                            results.tracking_uri)

@@ -12,6 +12,7 @@ already keys its caches on (first 16 hex digits; the full hash sits in the profi
 from __future__ import annotations
 
 import json
+from typing import Any
 
 CONTEXT_TAG = "mlflow.data.context"
 
@@ -24,7 +25,7 @@ def entity(name: str, sha256: str, source: str, rows: int | None = None):
                    profile=json.dumps(profile))
 
 
-def log(c, run_id: str, datasets: list[tuple[object, str]]) -> None:
+def log(c, run_id: str, datasets: list[tuple[Any, str]]) -> None:
     """Log ``[(Dataset, context), ...]`` (context: ``evaluation``, ``training`` ...) as inputs of ``run_id``."""
     from mlflow.entities import DatasetInput, InputTag
 

@@ -45,10 +45,6 @@ def report_metrics(report) -> dict[str, float]:
             out[f"{task}.{metric}"] = value.value
             if value.stderr is not None:
                 out[f"{task}.{metric}_stderr"] = value.stderr
-    if report.medical_avg is not None:
-        out["medical_avg"] = report.medical_avg
-    if report.if_score is not None:
-        out["if_score"] = report.if_score
     for name, score in report.scores.items():   # the suites' scores with their stderrs (EvalReport.scores)
         out[name] = score.value
         if score.stderr is not None:
@@ -275,9 +271,16 @@ def set_version_tags(name: str, version: str, tracking_uri: str, tags: dict[str,
 def _short(tag: str | None) -> str | None:
     """A score tag as people read it (4 decimals); the tag itself keeps every digit."""
     try:
-        return f"{float(tag):.4f}"
-    except (TypeError, ValueError):
+        return f"{float(tag):.4f}" if tag is not None else None
+    except ValueError:
         return tag
+
+
+def _tagged_scores(tags: dict) -> str:
+    """``name=value, ...`` of the objectives a version is tagged with (its ``objectives`` tag; a version
+    registered before that tag existed: Medical Avg and IF score), 4 decimals (the tags keep every digit)."""
+    names = [n for n in tags.get("objectives", "").split(",") if n] or ["medical_avg", "if_score"]
+    return ", ".join(f"{n}={_short(tags.get(n))}" for n in names)
 
 
 def promote(name: str, version: str, tracking_uri: str, stage: str = STAGE, force: bool = False) -> str:
@@ -303,10 +306,9 @@ def promote(name: str, version: str, tracking_uri: str, stage: str = STAGE, forc
                             f"({mv.tags.get('forgetting_failures', 'see the run forgetting.txt')}); "
                             f"pass --force to promote it anyway")
     previous = staged_version(tracking_uri, name, stage)   # None: nothing there yet; other failures say so
-    reason = f"{name} v{version}: medical_avg={_short(mv.tags.get('medical_avg'))}, if_score={_short(mv.tags.get('if_score'))}"
+    reason = f"{name} v{version}: {_tagged_scores(mv.tags)}"
     if previous is not None and previous.version != str(mv.version):
-        reason += (f"; replaces v{previous.version} (medical_avg={_short(previous.tags.get('medical_avg'))}, "
-                   f"if_score={_short(previous.tags.get('if_score'))}), now archived")
+        reason += f"; replaces v{previous.version} ({_tagged_scores(previous.tags)}), now archived"
     if gate_failed:
         reason += f"; FORCED past a failed forgetting gate ({mv.tags.get('forgetting_failures', '')})"
     c.set_registered_model_alias(name, stage, str(version))

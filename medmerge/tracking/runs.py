@@ -17,7 +17,7 @@ make no MLflow calls of their own.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +113,7 @@ class Run:
 
         self._batch(tags=[RunTag(k, str(v)) for k, v in values.items()])
 
-    def _batch(self, metrics: list = (), params: list = (), tags: list = ()) -> None:
+    def _batch(self, metrics: Sequence = (), params: Sequence = (), tags: Sequence = ()) -> None:
         for i in range(0, len(metrics), METRIC_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + METRIC_BATCH])
         for i in range(0, len(params), BATCH):
@@ -178,7 +178,7 @@ class Run:
 
     def nested(self, name: str, tags: Mapping[str, Any] | None = None) -> Run:
         """A new run under this one (``mlflow.parentRunId``)."""
-        exp = self.experiment_id or self.client.get_run(self.run_id).info.experiment_id
+        exp = self._experiment()
         run = self.client.create_run(exp, run_name=name,
                                      tags={"mlflow.parentRunId": self.run_id, **{k: str(v) for k, v in
                                                                                 (tags or {}).items()}})
@@ -187,7 +187,7 @@ class Run:
     def nested_by_key(self, name: str, key_tag: str, key: str, tags: Mapping[str, Any] | None = None) -> Run:
         """The nested run tagged ``key_tag == key`` that has not finished (a killed run's), set RUNNING again;
         else a new one with that tag."""
-        for r in search(self.uri, [self.experiment_id], max_results=5, filter_string=(
+        for r in search(self.uri, [self._experiment()], max_results=5, filter_string=(
                 f"tags.mlflow.parentRunId = '{self.run_id}' and tags.`{key_tag}` = '{key}'")):
             if r.status != "FINISHED":
                 self.client.update_run(r.run_id, status="RUNNING")
@@ -196,7 +196,11 @@ class Run:
 
     def children(self) -> list[RunRecord]:
         """The nested runs, as records (a handle on one: :meth:`child`)."""
-        return search(self.uri, [self.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'")
+        return search(self.uri, [self._experiment()], f"tags.mlflow.parentRunId = '{self.run_id}'")
+
+    def _experiment(self) -> str:
+        """This run's experiment id (asked of the server when the handle was made without it)."""
+        return self.experiment_id or self.client.get_run(self.run_id).info.experiment_id
 
     def child(self, run_id: str) -> Run:
         """A handle on run ``run_id`` of this run's experiment (one of :meth:`children`), sharing its client."""
@@ -206,6 +210,10 @@ class Run:
 class HasParentRun:
     """For a phase's record of where it logs (fields ``tracking_uri``, ``experiment_id``, ``parent_run_id``; the
     record travels between pipeline steps, a handle does not): :meth:`parent_run`, the handle on that run."""
+
+    tracking_uri: str
+    experiment_id: str | None
+    parent_run_id: str
 
     def parent_run(self) -> Run:
         return Run(self.tracking_uri, self.parent_run_id, self.experiment_id or None)
@@ -294,7 +302,7 @@ def start_system_metrics(uri: str, run_id: str, interval: float = 5.0):
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        kwargs = {"sampling_interval": interval, "samples_before_logging": 1, "resume_logging": True}
+        kwargs: dict[str, Any] = {"sampling_interval": interval, "samples_before_logging": 1, "resume_logging": True}
         if "tracking_uri" in inspect.signature(SystemMetricsMonitor).parameters:
             kwargs["tracking_uri"] = uri
         monitor = SystemMetricsMonitor(run_id, **kwargs)

@@ -113,7 +113,7 @@ def _index_sense_text(src: Path) -> str:
     lines = set()
     for (pos, offset), (ss_type, lex_filenum, words, head) in synsets.items():
         head_word = head_id = ""
-        if ss_type == "s":
+        if ss_type == "s" and head is not None:   # a satellite adjective names its head synset
             word, lex_id = synsets[("adj", head)][2][0]
             head_word, head_id = word.lower(), f"{lex_id:02d}"
         for word, lex_id in words:

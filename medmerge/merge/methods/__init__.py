@@ -140,13 +140,13 @@ class MethodDef:
         gamma) and normalised weights must not sum to zero. Undeclared keys are not checked here.
         Raises :class:`ParameterError` whose message starts with the key path."""
         pre = f"{where}." if where else ""
-        for key, value in shared.items():
+        for key, setting in shared.items():
             if (p := self.param(key)) is not None:
-                p.check(value, f"{pre}parameters.{key}")
+                p.check(setting, f"{pre}parameters.{key}")
         for path, params, _ in models:
-            for key, value in params.items():
+            for key, setting in params.items():
                 if (p := self.param(key)) is not None:
-                    p.check(value, f"{pre}{path}.{key}")
+                    p.check(setting, f"{pre}{path}.{key}")
         joint = {p.name for p in self.params if p.per_model} | {"normalize"} if self.rules else {"weight", "normalize"}
         settings = [shared.get(n) for n in joint] + [m.get(n) for _, m, _ in models for n in joint]
         pts = _domain.points(s for s in settings if s is not None)
@@ -160,10 +160,10 @@ class MethodDef:
             return None if p is None or p.required else p.default
 
         def defaulted(scopes) -> str:
-            names = [p.name for p in self.params if p.per_model and not p.required and p.name != "weight"
-                     and not any(p.name in scope for scope in scopes)]
-            return f"; {' and '.join(f'{n} {show(self.param(n).default)}' for n in names)} is mergekit's default" \
-                if names else ""
+            left = [p for p in self.params if p.per_model and not p.required and p.name != "weight"
+                    and not any(p.name in scope for scope in scopes)]
+            return f"; {' and '.join(f'{p.name} {show(p.default)}' for p in left)} is mergekit's default" \
+                if left else ""
 
         weight = self.param("weight")
         sums: dict = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from medmerge.errors import RecipeError
 
@@ -48,7 +48,7 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
     """An int or a float, never a bool (YAML's ``true`` is not 1)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -77,6 +77,7 @@ class Domain:
             return f"{'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
         if self.low is not None:
             return f"{what} {'>' if self.low_open else '>='} {_num(self.low)}"
+        assert self.high is not None   # the one bound left
         return f"{what} {'<' if self.high_open else '<='} {_num(self.high)}"
 
     @property
