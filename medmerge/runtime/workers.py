@@ -183,40 +183,36 @@ class WorkerPool:
         todo = dict(tasks)
         results: dict = {}
         attempts: dict = {}
-        while todo:
-            ex, events = self._executor()
-            started: dict = {}
-            try:
-                futures = {ex.submit(_call, fn, k, a): k for k, a in todo.items()}
-                while futures:
-                    done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+        try:
+            while todo:
+                ex, events = self._executor()
+                started: dict = {}
+                try:
+                    futures = {ex.submit(_call, fn, k, a): k for k, a in todo.items()}
+                    while futures:
+                        done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                        self._drain(events, started, results)
+                        if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                            raise BrokenProcessPool("a worker died")
+                        for fut in done:
+                            key = futures.pop(fut)
+                            self._take(key, fut.result(), results, todo, started)   # fn's own error raises here
+                except BrokenProcessPool:
+                    self.breaks += 1
+                    for fut, key in futures.items():   # returned before the break: kept, not run again
+                        if fut.done() and not fut.cancelled() and fut.exception() is None:
+                            self._take(key, fut.result(), results, todo, started)
                     self._drain(events, started, results)
-                    if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
-                        raise BrokenProcessPool("a worker died")
-                    for fut in done:
-                        key = futures.pop(fut)
-                        self._take(key, fut.result(), results, todo, started)   # fn's own error raises here
-            except BrokenProcessPool:
-                broken = True
-                self.breaks += 1
-                for fut, key in futures.items():   # returned before the break: kept, not run again
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
-                        self._take(key, fut.result(), results, todo, started)
-                self._drain(events, started, results)
-                for key in started:   # in flight when a worker died: the dead one's task among them
-                    attempts[key] = attempts.get(key, 0) + 1
-                    if attempts[key] >= MAX_ATTEMPTS:
-                        self.close()
-                        raise WorkerError(f"a worker died {attempts[key]} times while running {key} "
-                                          "(killed, or out of memory?); giving up") from None
-            except BaseException:   # fn's own error, Ctrl-C: the workers go with it
-                self.close()
-                raise
-            else:
-                broken = False
-            if broken:   # every worker of that pool has exited now; a fresh pool takes what is left
-                self.close()
-                self._event("broken", None, None)
+                    for key in started:   # in flight when a worker died: the dead one's task among them
+                        attempts[key] = attempts.get(key, 0) + 1
+                        if attempts[key] >= MAX_ATTEMPTS:
+                            raise WorkerError(f"a worker died {attempts[key]} times while running {key} "
+                                              "(killed, or out of memory?); giving up") from None
+                    self.close()   # every worker of that pool has exited now; a fresh pool takes what is left
+                    self._event("broken", None, None)
+        except BaseException:   # fn's own error, a worker dying too often, Ctrl-C: the workers go with it
+            self.close()
+            raise
         return results
 
     def _take(self, key, result, results: dict, todo: dict, started: dict) -> None:
