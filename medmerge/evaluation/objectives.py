@@ -15,7 +15,9 @@ forgetting gate and MLflow read ``EvalReport.scores``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from medmerge.errors import MedmergeError
 from medmerge.evaluation.scores import IF_METRICS, if_score_of, mean_of_tasks
@@ -124,3 +126,9 @@ def resolve_pair(names, suites) -> tuple[Objective, Objective]:
                                  f"({', '.join(suites)}) do not evaluate")
         out.append(obj)
     return out[0], out[1]
+
+
+def values_of(objectives: Sequence[Objective]) -> Callable[[Any], tuple[float, ...]]:
+    """``report -> (value, ...)``: a report's values on ``objectives`` (what an Optuna study maximises), in
+    their order, without the stderrs."""
+    return lambda report: tuple(o.score(report)[0] for o in objectives)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from medmerge.merge.recipe import RATIO, Range, SweepCandidate, SweepSpec
@@ -120,20 +120,30 @@ def candidate_of(spec: SweepSpec, trial) -> SweepCandidate:
 
 
 def run_study(spec: SweepSpec, evaluate: Callable, score: Callable, *, storage: str | None, name: str,
-              on_trial: Callable | None = None) -> Iterator[tuple[SweepCandidate, object]]:
-    """Run trials until ``spec.budget`` are complete; yield ``(candidate, report)`` for every complete
-    trial in trial order (those finished before a resume are re-evaluated from the evaluation cache).
+              on_trial: Callable | None = None) -> list[tuple[SweepCandidate, object]]:
+    """Run trials until ``spec.budget`` are complete; ``(candidate, report)`` for every complete trial in
+    trial order (those finished before a resume are re-evaluated from the evaluation cache).
 
     ``evaluate(candidate) -> report``; ``score(report) -> (x, y)``, both maximised;
-    ``on_trial(n_complete)`` is called after each trial is told (progress, tests)."""
+    ``on_trial(n_complete)`` is called after each round's trials are told (progress, tests)."""
     study = open_study(storage, name, spec.seed)
-    reports = run_rounds(study, spec, lambda cands: [evaluate(c) for c in cands], score, on_trial)
-    for t in complete_trials(study)[:spec.budget]:
-        if t.number in reports:
-            yield reports[t.number]
-        else:
-            cand = candidate_of(spec, t)
-            yield cand, evaluate(cand)
+    return study_results(study, spec, lambda cands: [evaluate(c) for c in cands], score, on_trial)
+
+
+def study_results(study, spec: SweepSpec, evaluate_many: Callable, score: Callable,
+                  on_trial: Callable | None = None) -> list[tuple[SweepCandidate, object]]:
+    """The rounds still missing (:func:`run_rounds`), then ``(candidate, report)`` for the study's first
+    ``spec.budget`` complete trials in trial order: this call's as evaluated, a resumed study's earlier ones
+    evaluated again together (``evaluate_many``: from the evaluation cache). One worker and a batched search
+    on N workers both end here."""
+    reports = run_rounds(study, spec, evaluate_many, score, on_trial)
+    complete = complete_trials(study)[:spec.budget]
+    earlier = [t for t in complete if t.number not in reports]
+    if earlier:
+        cands = [candidate_of(spec, t) for t in earlier]
+        for t, cand, report in zip(earlier, cands, evaluate_many(cands), strict=True):
+            reports[t.number] = (cand, report)
+    return [reports[t.number] for t in complete]
 
 
 def run_rounds(study, spec: SweepSpec, evaluate_many: Callable, score: Callable,

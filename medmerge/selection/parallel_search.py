@@ -163,7 +163,9 @@ def _trial(w: _Worker, budget: int, sampler: str = "tpe"):
                                     sampler=optuna_search.make_sampler(sampler, spec.seed + (slot.index if slot else 0)))
     if len(optuna_search.complete_trials(w.study)) >= budget:
         return None
-    ox, oy = w.cfg.objective_pair()
+    from medmerge.evaluation.objectives import values_of
+
+    score = values_of(w.cfg.objective_pair())
     out = {}
 
     def objective(trial):
@@ -173,7 +175,7 @@ def _trial(w: _Worker, budget: int, sampler: str = "tpe"):
         trial.set_user_attr("worker", worker_id())
         report = w.evaluator.evaluate(cand)
         out["result"] = (trial.number, cand, report)
-        return ox.score(report)[0], oy.score(report)[0]
+        return score(report)
 
     w.study.optimize(objective, n_trials=1, callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))])
     return out.get("result")
@@ -217,7 +219,7 @@ def optuna_search(cfg, cache, workers: int, name: str, on_event: Callable | None
                       (cfg, str(cache.root), fixed + osearch.representatives(spec), (url, name)), on_event=event)
     if spec.batch:
         with pool:
-            return _optuna_rounds(cfg, pool, study, fixed, have)
+            return _optuna_rounds(cfg, pool, study, fixed)
     tasks = [(c.name, ("evaluate", c)) for c in fixed]
     tasks += [(osearch.candidate_of(spec, t).name, ("evaluate", osearch.candidate_of(spec, t))) for t in have]
     tasks += [(f"trial-task-{i}", ("trial", spec.budget)) for i in range(left)]
@@ -233,23 +235,18 @@ def optuna_search(cfg, cache, workers: int, name: str, on_event: Callable | None
     return [done[c.name] for c in fixed] + [trials[t.number] for t in complete]
 
 
-def _optuna_rounds(cfg, pool: WorkerPool, study, fixed: list, have: list) -> list:
-    """``batch: B``: the parent asks and tells (:func:`~medmerge.selection.optuna_search.run_rounds`), the
-    workers evaluate each round's B candidates side by side; the same trials as one worker makes."""
+def _optuna_rounds(cfg, pool: WorkerPool, study, fixed: list) -> list:
+    """``batch: B``: the parent asks and tells (:func:`~medmerge.selection.optuna_search.study_results`, as one
+    worker does), the workers evaluate each round's B candidates side by side; the same trials as one worker."""
+    from medmerge.evaluation.objectives import values_of
     from medmerge.selection import optuna_search as osearch
-
-    spec = cfg.sweep
-    ox, oy = cfg.objective_pair()
 
     def evaluate_many(cands: list) -> list:
         done = pool.run(_task, [(c.name, ("evaluate", c)) for c in cands])
         return [done[c.name][1] for c in cands]
 
-    earlier = [osearch.candidate_of(spec, t) for t in have]
-    reports = dict(zip([c.name for c in fixed + earlier], evaluate_many(fixed + earlier), strict=True))
-    new = osearch.run_rounds(study, spec, evaluate_many, lambda r: (ox.score(r)[0], oy.score(r)[0]))
-    trials = {t.number: (c, reports[c.name]) for t, c in zip(have, earlier, strict=True)} | new
-    return [(c, reports[c.name]) for c in fixed] + [trials[t.number] for t in osearch.complete_trials(study)]
+    parents = list(zip(fixed, evaluate_many(fixed), strict=True))
+    return parents + osearch.study_results(study, cfg.sweep, evaluate_many, values_of(cfg.objective_pair()))
 
 
 # --- a fan-out over pods (pipelines.merge_search_parallel): shards of the grid, gathered ---------------

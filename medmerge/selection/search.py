@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from medmerge.errors import as_value_error, not_blank
-from medmerge.evaluation.objectives import DEFAULT_OBJECTIVES
+from medmerge.evaluation.objectives import DEFAULT_OBJECTIVES, values_of
 from medmerge.evaluation.report import EvalReport
 from medmerge.evaluation.runner import PROMPT_FORMAT, EvalOptions
 from medmerge.merge.recipe import Recipe, SweepCandidate, SweepSpec, load_sweep, parse_sweep
@@ -232,13 +232,12 @@ def _optuna_search(cfg: SearchConfig, parents: dict[str, dict], cache, on_trial=
     from medmerge.selection import optuna_search
 
     spec = cfg.sweep
-    ox, oy = cfg.objective_pair()
     fixed = spec.parent_candidates()
     ev = SweepEvaluator(spec, cfg.eval_settings(), cache, representatives=fixed + optuna_search.representatives(spec))
     out: list[tuple[SweepCandidate, Any]] = [(c, ev.evaluate(c)) for c in fixed]
-    out += list(optuna_search.run_study(spec, ev.evaluate, lambda r: (ox.score(r)[0], oy.score(r)[0]),
-                                        storage=cfg.resolved_study_storage(), name=_study_name(cfg, parents),
-                                        on_trial=on_trial))
+    out += optuna_search.run_study(spec, ev.evaluate, values_of(cfg.objective_pair()),
+                                   storage=cfg.resolved_study_storage(), name=_study_name(cfg, parents),
+                                   on_trial=on_trial)
     return out
 
 
@@ -318,12 +317,11 @@ def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_
     return parent, logged
 
 
-def _points(results: SearchResults, cfg: SearchConfig):
-    """One Pareto point per candidate: the run config's x and y objectives, each with its stderr (which
-    ``use_stderr`` widens the near set by)."""
+def _points(results: SearchResults, ox, oy):
+    """One Pareto point per candidate: its scores on the objectives ``ox`` and ``oy``, each with its stderr
+    (which ``use_stderr`` widens the near set by)."""
     from medmerge.selection.pareto import ScoredPoint as Point
 
-    ox, oy = cfg.objective_pair()
     pts = []
     for c in results.candidates:
         (x, x_se), (y, y_se) = ox.score(c.report), oy.score(c.report)
@@ -335,13 +333,14 @@ def _selection(results: SearchResults, cfg: SearchConfig):
     """The points, the parents' (x, y) and the Pareto selection (deterministic)."""
     from medmerge.selection import pareto
 
-    pts = _points(results, cfg)
+    objectives = cfg.objective_pair()
+    pts = _points(results, *objectives)
     by_name = {p.name: p for p in pts}
     ends = {role: next((by_name[c.name] for c in results.candidates if c.role == role), None)
             for role in ("clinical", "instruct")}
     parents = {k: (v.x, v.y) for k, v in ends.items() if v is not None}
     sel = pareto.select(pts, eps=cfg.eps, use_stderr=cfg.use_stderr, parents=parents if len(parents) == 2 else None,
-                        objectives=cfg.objective_pair())
+                        objectives=objectives)
     return pts, parents, sel
 
 
