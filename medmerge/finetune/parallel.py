@@ -14,6 +14,7 @@ step, one (initialisation, shots) at a time).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from medmerge.runtime import cost
@@ -32,7 +33,7 @@ def _train(slot, cfg, init_path: str, examples: list, out: str, identity: str, f
 
     with cost.measuring("sft_train") as trained:   # the worker's own figures: the sft step logs them
         res = finetune(init_path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
-    train._record_sft(Path(out), identity, res, trained.metrics())
+    train._record_sft(Path(out), identity, replace(res, cost=trained.metrics()))
     evaluate_checkpoint(out, cfg.forgetting.eval_settings(), EvalCache())   # the forgetting check's "after"
     return {k: getattr(res, k) for k in ("steps", "train_loss", "seconds", "memory_estimate_gib")}
 

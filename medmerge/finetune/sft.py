@@ -202,6 +202,9 @@ class SFTRun:
     seconds: float | None = None                # wall time, model load included
     train_seconds: float | None = None          # the Trainer's own runtime
     samples_per_second: float | None = None
+    # what the training cost where it ran (cost.sft_train.*: wall time, peak RSS and GPU memory), recorded
+    # beside the checkpoint so that a step that finds it finished (trained by a worker) logs the same
+    cost: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)

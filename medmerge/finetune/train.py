@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from medmerge.evaluation.report import EvalReport
@@ -78,21 +79,13 @@ def sft_identity(cfg: FinetuneConfig, init: InitModel, ids: list[str], data: Tra
 SFT_RECORD = "medmerge_sft.json"   # in a finished SFT checkpoint: its identity and losses
 
 
-def _record_sft(out: Path, identity: str, res: SFTRun, cost_metrics: dict[str, float] | None = None) -> None:
+def _record_sft(out: Path, identity: str, res: SFTRun) -> None:
     """Record a finished SFT beside its checkpoint: its identity, losses and what training it cost
-    (``cost.sft_train.*``, measured where it trained), so a step that finds it finished logs the same."""
+    (``SFTRun.cost``, measured where it trained), so a step that finds it finished logs the same."""
     from medmerge.io.atomic import write_text_atomic
 
-    keep = {k: getattr(res, k) for k in ("steps", "train_loss", "first_loss", "last_loss", "losses")}
-    write_text_atomic(out / SFT_RECORD, json.dumps({"identity": identity, **keep, "cost": cost_metrics or {}}))
-
-
-def _recorded_cost(out: Path) -> dict[str, float]:
-    """The ``cost.sft_train.*`` figures recorded with the SFT in ``out`` ({} when there are none)."""
-    try:
-        return {k: float(v) for k, v in json.loads((out / SFT_RECORD).read_text()).get("cost", {}).items()}
-    except (OSError, ValueError, AttributeError):
-        return {}
+    keep = {k: getattr(res, k) for k in ("steps", "train_loss", "first_loss", "last_loss", "losses", "cost")}
+    write_text_atomic(out / SFT_RECORD, json.dumps({"identity": identity, **keep}))
 
 
 def _finished_sft(out: Path, identity: str) -> SFTRun | None:
@@ -141,9 +134,9 @@ def run_sft(cfg: FinetuneConfig, data: TrainingData, subsets: dict[str, list[str
         elif res is None:
             with cost.measuring("sft_train") as trained:
                 res = finetune(init.path, examples, out, cfg.sft, few_shot=few, max_steps=steps, overwrite=True)
-            _record_sft(out, identity, res, trained.metrics())
-        if not zero:   # what the training cost, wherever it ran (this step, a worker, an earlier run)
-            nested.metrics(_recorded_cost(out))
+            res = replace(res, cost=trained.metrics())
+            _record_sft(out, identity, res)
+        nested.metrics(res.cost)   # what the training cost, wherever it ran (this step, a worker, an earlier run)
         nested.series("train_loss_step", res.losses)
         if res.train_loss is not None:
             nested.metric("train_loss", res.train_loss)
