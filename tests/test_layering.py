@@ -71,12 +71,20 @@ def test_importing_the_core_loads_no_zenml():
     assert got["imported"] > 50 and got["upper"] == []
 
 
+CLIENT_MODULES = {"registry", "connection"}   # tracking/'s modules that hand out an MlflowClient
+
+
 def mlflow_uses(path: Path, root: Path = ROOT) -> list[str]:
-    """``file:line: what`` for every import of MLflow and every ``registry.client(...)`` call in ``path``."""
+    """``file:line: what`` for every import of MLflow, every ``registry.client(...)``/``connection.client(...)``
+    call and every import of that ``client`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     hits = [(line, n) for line, n in imported_modules(path) if n.split(".")[0] == "mlflow"]
-    hits += [(node.lineno, "registry.client()") for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+    hits += [(node.lineno, f"{node.func.value.id}.client()") for node in ast.walk(tree)
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "client"
-             and isinstance(node.func.value, ast.Name) and node.func.value.id == "registry"]
+             and isinstance(node.func.value, ast.Name) and node.func.value.id in CLIENT_MODULES]
+    hits += [(node.lineno, f"{node.module} import client") for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module in {f"medmerge.tracking.{m}" for m in CLIENT_MODULES}
+             and any(a.name == "client" for a in node.names)]
     return [f"{path.relative_to(root)}:{line}: {n}" for line, n in sorted(hits)]
 
 
@@ -132,8 +140,11 @@ def rebuilt_handles(path: Path, root: Path = ROOT) -> list[str]:
                      "    from steps import x\n    from .io import atomic\n    import stepsize\n",
      ["probe.py:2: zenml.client", "probe.py:5: pipelines.retrain", "probe.py:6: steps"]),
     (mlflow_uses, "import mlflow\n\ndef f(uri):\n    from mlflow.tracking import MlflowClient\n"
-                  "    c = registry.client(uri)\n    return runs.Run(uri, 'x')\n",
-     ["probe.py:1: mlflow", "probe.py:4: mlflow.tracking", "probe.py:5: registry.client()"]),
+                  "    c = registry.client(uri)\n    return runs.Run(uri, 'x')\n\n"
+                  "def g(uri):\n    from medmerge.tracking.connection import client, RegistryError\n"
+                  "    return connection.client(uri), registry.check_reachable(uri)\n",
+     ["probe.py:1: mlflow", "probe.py:4: mlflow.tracking", "probe.py:5: registry.client()",
+      "probe.py:9: medmerge.tracking.connection import client", "probe.py:10: connection.client()"]),
     (entity_reads, "def f(run, mv, rec, cfg):\n    a = run.info.run_id, run.data.metrics['x'], run.data.tags\n"
                    "    b = mv.current_stage, c.get_registered_model('m').latest_versions\n"
                    "    ok = rec.run_id, rec.status, rec.metrics, rec.tags, cfg.data.path, run.info.size\n",

@@ -23,7 +23,6 @@ from typing import Any
 
 from medmerge.errors import MedmergeError
 from medmerge.tracking.connection import (  # noqa: F401  (also the registry's names)
-    ENV_DEFAULTS,
     RegistryError,
     check_reachable,
     client,
