@@ -58,7 +58,7 @@ class EvalSettings:
         from importlib.metadata import version
 
         part: dict[str, Any] = {"num_fewshot": num_fewshot, "limit": self.limit, "max_gen_toks": max_gen_toks,
-                "backend": self.backend, "seed": self.seed, "lm_eval": version("lm_eval")}
+                                "backend": self.backend, "seed": self.seed, "lm_eval": version("lm_eval")}
         if dtype != "float32":  # float32 keys stay as they were before the dtype setting existed
             part["dtype"] = dtype
         if prompt:  # plain prompts keep the keys they had before the prompt-format settings existed

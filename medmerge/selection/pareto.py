@@ -54,21 +54,21 @@ class ScoredPoint(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str
-    y: float
     x: float
-    y_stderr: float | None = None
+    y: float
     x_stderr: float | None = None
+    y_stderr: float | None = None
     method: str | None = None
     ratio: float | None = None
 
-    @field_validator("y", "x", "ratio")
+    @field_validator("x", "y", "ratio")
     @classmethod
     def _finite(cls, v, info):
         if v is not None and not math.isfinite(v):
             raise ValueError(f"{info.field_name} must be a finite number, got {v}")
         return v
 
-    @field_validator("y_stderr", "x_stderr")
+    @field_validator("x_stderr", "y_stderr")
     @classmethod
     def _stderr(cls, v, info):
         if v is not None and not (math.isfinite(v) and v >= 0):
@@ -130,10 +130,9 @@ def _order(points: list) -> list:
 def dominates(a, b) -> bool:
     """``a`` dominates ``b``: a.x ≥ b.x and a.y ≥ b.y, strictly on at least one axis.
 
-    x = x, y = y. A point never dominates an exact copy of itself.
+    A point never dominates an exact copy of itself.
     """
-    return (a.x >= b.x and a.y >= b.y
-            and (a.x > b.x or a.y > b.y))
+    return a.x >= b.x and a.y >= b.y and (a.x > b.x or a.y > b.y)
 
 
 def frontier(points) -> list:

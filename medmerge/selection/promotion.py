@@ -3,8 +3,8 @@
 **Picks** (``picks:`` in the run config) are the candidates phase two fine-tunes; each gets an alias
 of the registered model (``models:/NAME@pick-linear``):
 
-* ``best_per_method`` (the default): per method, the near-frontier merge with the best Medical Avg
-  (a candidate that reproduces a parent, ratio 0 or 1, is not a merge; a method with no merge near
+* ``best_per_method`` (the default): per method, the near-frontier merge best on the selection's y objective
+  (Medical Avg by default; a candidate that reproduces a parent, ratio 0 or 1, is not a merge; a method with no merge near
   the frontier gets its best merge overall, so every family has a pick, as in the forgetting study, which
   fine-tunes SLERP t=0.4 and Linear α=0.5);
 * ``knee``: the knee; ``near_frontier``: every near-frontier candidate;
@@ -14,8 +14,8 @@ A pick's alias is ``pick-<method>`` when it is its method's only pick, else ``pi
 (MLflow aliases take letters, digits, ``_`` and ``-``: a ``.`` becomes ``_``).
 
 **Promotion** (``promote:``) moves ``@staging`` only after comparing. The policy names the candidate:
-``knee``, ``best_medical`` (the best Medical Avg), a list of names (the one with the best Medical Avg
-among them) or ``none``. That candidate is compared with the version ``@staging`` points at on the
+``knee``, ``best_medical`` (the best on the search's y objective, Medical Avg by default), a list of names
+(the one of them best on y) or ``none``. That candidate is compared with the version ``@staging`` points at on the
 search's objectives, each with its stderr: on objective *i* the difference d_i = c_i − s_i counts
 only beyond one combined standard error, se_i = sqrt(se_c² + se_s²) (a missing stderr counts as 0).
 The candidate is *dominated* when it is significantly worse on some objective (d_i < −se_i) and
@@ -125,7 +125,7 @@ def choose(picks: Names, promote: Names, frontier, results) -> Picks:
                 raise PromotionError(f"{field}: {n!r} names no candidate of this search "
                                      f"(candidates: {', '.join(sorted(by))})")
     near = [by[n] for n in frontier.near]
-    _medical = _y_score(frontier)
+    y_of = _y_score(frontier)
     if picks == "best_per_method":
         def is_merge(c):   # a candidate that reproduces a parent (ratio 0 or 1) is no merge to pick
             return getattr(c, "role", None) is None and getattr(c, "ratio", None) not in (0.0, 1.0)
@@ -135,7 +135,7 @@ def choose(picks: Names, promote: Names, frontier, results) -> Picks:
             for c in pool:   # ties keep the first (frontier order)
                 if not is_merge(c) or (pool is not near and c.method in best and best[c.method] in near):
                     continue
-                if c.method not in best or _medical(c) > _medical(best[c.method]):
+                if c.method not in best or y_of(c) > y_of(best[c.method]):
                     best[c.method] = c
         chosen = list(best.values())
     elif picks == "knee":
@@ -153,9 +153,9 @@ def choose(picks: Names, promote: Names, frontier, results) -> Picks:
     if promote == "knee":
         target = frontier.knee
     elif promote == "best_medical":
-        target = max(results.candidates, key=_medical).name
+        target = max(results.candidates, key=y_of).name
     elif promote != "none":
-        target = max((by[n] for n in promote), key=_medical).name
+        target = max((by[n] for n in promote), key=y_of).name
     return Picks(policy=picks, picks=out, promote_policy=promote, promote_candidate=target)
 
 
