@@ -66,3 +66,38 @@ class EvalCache:
             result = result.model_copy(update={"samples_file": str(f)})
         write_text_atomic(self._path(key), stored)
         return result
+
+
+class DocumentCache:
+    """Per-document results of a document range (racing, :mod:`medmerge.selection.race_search`), one JSON file per
+    (candidate identity, task config, settings, documents): a list of ``{"metric,filter": value}``, one per
+    document, with no document text. Written atomically, so a killed race leaves whole ranges only."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else cache_dir() / "eval" / "documents"
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(identity: str, config_hash: str, settings: dict, documents) -> str:
+        return cache_key(identity, config_hash, {**settings, "documents": [int(d) for d in documents]})
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str, n: int) -> list[dict] | None:
+        """The ``n`` documents' results stored under ``key``, or None (missing, unreadable or of another length)."""
+        try:
+            docs = json.loads(self._path(key).read_text())
+            if not (isinstance(docs, list) and len(docs) == n and all(isinstance(d, dict) for d in docs)):
+                raise ValueError("not a range's results")
+        except (OSError, ValueError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return docs
+
+    def put(self, key: str, documents: list[dict]) -> None:
+        from medmerge.io.atomic import write_text_atomic
+
+        write_text_atomic(self._path(key), json.dumps(documents))

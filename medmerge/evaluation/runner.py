@@ -303,6 +303,7 @@ class ModelEvaluator:
 
         self.task_manager = TaskManager(include_defaults=False)  # our tasks come as configs
         self._specs: dict[str, TaskSpec] = dict(specs or {})
+        self._task_objects: dict[str, Any] = {}
         self.template = resolve_chat_template(settings.chat_template, self.hflm)
         self._evaluating = "the model"   # evaluate() names it: a checkpoint or a candidate
         guard_finite_logits(model, lambda: self._evaluating)
@@ -368,13 +369,17 @@ class ModelEvaluator:
                                              config_hash=s.config_hash, samples=samples)
         return results
 
-    def _simple_evaluate(self, lm, group: list[TaskSpec], num_fewshot: int) -> dict:
+    def _simple_evaluate(self, lm, group: list[TaskSpec], num_fewshot: int,
+                         samples: dict[str, list[int]] | None = None) -> dict:
         import lm_eval
 
         try:
             return lm_eval.simple_evaluate(
-                model=lm, tasks=[dict(s.config) for s in group], num_fewshot=num_fewshot,
-                limit=self.settings.limit, log_samples=self.settings.log_samples,
+                model=lm, num_fewshot=num_fewshot,
+                # a document subset reuses the task objects (their datasets loaded once); a full run builds its own
+                tasks=[dict(s.config) for s in group] if samples is None else [self.task_object(s.name) for s in group],
+                limit=self.settings.limit if samples is None else None, samples=samples,
+                log_samples=self.settings.log_samples or samples is not None,
                 bootstrap_iters=self.settings.bootstrap_iters,
                 apply_chat_template=self.template is not None, fewshot_as_multiturn=self.fewshot_as_multiturn,
                 system_instruction=self.settings.system_instruction,
@@ -391,6 +396,45 @@ class ModelEvaluator:
                 f"could not load the Hub datasets ({sources}) for {', '.join(s.name for s in group)}: {first}. "
                 "Without network access, pass --data-dir with local copies (see README)"
             ) from exc
+
+    def task_object(self, task: str):
+        """lm-eval's task object for ``task`` (its documents, its aggregation functions), built once."""
+        if task not in self._task_objects:
+            from lm_eval.tasks import get_task_dict
+
+            self._task_objects[task] = get_task_dict([dict(self.spec(task).config)], self.task_manager)[task]
+        return self._task_objects[task]
+
+    def document_count(self, task: str) -> int:
+        """How many documents a full evaluation of ``task`` scores: its evaluation split, or ``limit`` of them."""
+        n = len(self.task_object(task).eval_docs)
+        return n if self.settings.limit is None else min(n, self.settings.limit)
+
+    def run_documents(self, indices: dict[str, list[int]], num_fewshot: int,
+                      model_path: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Score the resident weights on the documents ``indices[task]`` only (lm-eval's ``samples``): per task,
+        one ``{"metric,filter": value}`` per document, in the order given (values as lm-eval's
+        ``process_results`` gives them: a number, a bool, or a list for IFEval's instruction-level accuracy).
+        :func:`task_result_of` aggregates them as lm-eval does. Documents are scored independently only when no
+        few-shot examples are drawn (lm-eval draws them in sequence), so callers use ``num_fewshot`` 0."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        by_lm: dict[int, tuple[Any, list[TaskSpec]]] = {}
+        for task in indices:
+            s = self.spec(task)
+            lm = self._generation_lm(model_path) if s.config.get("output_type") == "generate_until" else self.hflm
+            by_lm.setdefault(id(lm), (lm, []))[1].append(s)
+        for lm, group in by_lm.values():
+            # sorted: lm-eval yields the chosen documents in the split's order and names them by the list's order
+            res = self._simple_evaluate(lm, group, num_fewshot,
+                                        samples={s.name: sorted({int(i) for i in indices[s.name]}) for s in group})
+            for s in group:
+                per_doc: dict[int, dict[str, Any]] = {}
+                for sample in res["samples"][s.name]:
+                    doc = per_doc.setdefault(int(sample["doc_id"]), {})
+                    for metric in sample["metrics"]:
+                        doc[f"{metric},{sample['filter']}"] = _plain(sample[metric])
+                out[s.name] = [per_doc[int(i)] for i in indices[s.name]]
+        return out
 
     def spec(self, task: str) -> TaskSpec:
         if task not in self._specs:
@@ -427,6 +471,39 @@ class ModelEvaluator:
                 results[task] = result
         return make_report(name, fingerprint, results, self.settings, time.perf_counter() - t0, cached,
                            max_gen_toks=self.max_gen_toks, dtype=self.dtype, prompt_format=self.prompt_format)
+
+
+def _plain(value):
+    """A per-document metric value as plain JSON (numpy scalars and tuples become numbers and lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def task_result_of(task_obj, spec: TaskSpec, documents: list[dict[str, Any]], num_fewshot: int,
+                   bootstrap_iters: int) -> TaskResult:
+    """A task's result from its per-document values (:meth:`ModelEvaluator.run_documents`, in document order),
+    aggregated by lm-eval's own code (the task's aggregation functions and their stderrs): what one lm-eval run
+    over the same documents reports."""
+    from lm_eval.evaluator_utils import _compute_task_aggregations
+
+    raw: dict[tuple[str, str], list] = {}
+    for doc in documents:
+        for key, value in doc.items():
+            metric, filt = key.split(",", 1)
+            raw.setdefault((metric, filt), []).append(value)
+    agg, n = _compute_task_aggregations(task_obj, raw, bootstrap_iters)
+    metrics = {}
+    for key, value in agg.items():
+        if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+            continue
+        metric, filt = key.split(",", 1)
+        stderr = agg.get(f"{metric}_stderr,{filt}")
+        metrics[metric] = MetricValue(value=float(value), stderr=float(stderr) if isinstance(stderr, (int, float)) else None)
+    return TaskResult(task=spec.name, alias=spec.name, metrics=metrics, n_samples=int(n), num_fewshot=num_fewshot,
+                      config_hash=spec.config_hash)
 
 
 def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], settings: EvalSettings,

@@ -58,21 +58,26 @@ class SweepEvaluator:
     def plan(self, cand: SweepCandidate):
         return plan_merge(cand.recipe, self.parents)
 
+    def identity(self, cand: SweepCandidate) -> str:
+        return candidate_identity(cand.recipe, self.parent_hashes)
+
+    def swap_in(self, cand: SweepCandidate, plan=None, all_plans=None) -> None:
+        """Merge ``cand`` from the preloaded parents into the resident model (parents read on the first call)."""
+        plan = plan or self.plan(cand)
+        if self._preloaded is None:  # parents are read only once some candidate really needs evaluating
+            self._preloaded = PreloadedParents(self.parents, all_plans or self.representatives or [plan])
+        state = merged_state_dict(plan, self._preloaded)
+        with torch.no_grad():
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or missing:
+            raise RuntimeError(f"candidate {cand.name} does not fit the resident model: {missing or unexpected}")
+        self.evaluator._evaluating = cand.name
+
     def evaluate(self, cand: SweepCandidate, plan=None, all_plans=None) -> EvalReport:
         plan = plan or self.plan(cand)
-        identity = candidate_identity(cand.recipe, self.parent_hashes)
-
-        def swap_in():
-            if self._preloaded is None:  # parents are read only once some candidate really needs evaluating
-                self._preloaded = PreloadedParents(self.parents, all_plans or self.representatives or [plan])
-            state = merged_state_dict(plan, self._preloaded)
-            with torch.no_grad():
-                missing, unexpected = self.model.load_state_dict(state, strict=False)
-            if unexpected or missing:
-                raise RuntimeError(f"candidate {cand.name} does not fit the resident model: {missing or unexpected}")
-
+        identity = self.identity(cand)
         return self.evaluator.evaluate(cand.name, f"candidate:{identity}", identity=identity, cache=self.cache,
-                                       prepare=swap_in)
+                                       prepare=lambda: self.swap_in(cand, plan, all_plans))
 
 
 def evaluate_sweep(spec: SweepSpec, settings: EvalSettings, cache: EvalCache | None = None, *,

@@ -350,6 +350,8 @@ class DocRange:
 
 
 Scorer = Callable[[str, DocRange], Sequence[float]]   # (candidate, documents) -> one value per document
+# (candidate, ranges of several strata) -> one sequence of values per range: a round's documents in one call
+BatchScorer = Callable[[str, list[DocRange]], Sequence[Sequence[float]]]
 
 
 class RangeCache(Protocol):
@@ -476,8 +478,11 @@ class Racer:
     range is looked up in ``cache`` first and stored there once scored, so a rerun with the same cache replays
     finished rounds without scoring."""
 
-    def __init__(self, plan: RacingPlan, scorer: Scorer, cache: RangeCache | None = None, capacity: int = 2):
-        self.plan, self.scorer = plan, scorer
+    def __init__(self, plan: RacingPlan, scorer: Scorer | None = None, cache: RangeCache | None = None,
+                 capacity: int = 2, batch: BatchScorer | None = None):
+        if (scorer is None) == (batch is None):
+            raise RacingError("give a racer one scorer: per range (scorer) or per round (batch)")
+        self.plan, self.scorer, self.batch = plan, scorer, batch
         self.cache = cache if cache is not None else MemoryRangeCache()
         self.capacity = capacity
         self.sched = plan.schedule()
@@ -491,19 +496,32 @@ class Racer:
         self.lower, self.upper = np.zeros((0, O)), np.zeros((0, O))
         self.result = RaceResult(plan, [], 0, self.z)
 
-    def _score(self, i: int, k: int, start: int, stop: int) -> np.ndarray:
-        st, name = self.plan.strata[k], self.names[i]
-        docs = DocRange(st.name, start, stop, self.plan.seed, tuple(int(d) for d in self.orders[st.name][start:stop]))
-        values = self.cache.get(name, docs)
-        if values is None:
-            values = np.asarray(self.scorer(name, docs), dtype=float)
-            if values.shape != (stop - start,) or not np.isfinite(values).all():
-                raise RacingError(f"scorer gave {values.shape} values for {name} on {st.name} "
-                                  f"[{start}, {stop}); expected {stop - start} finite")
-            if ((values < st.low) | (values > st.high)).any():
-                raise RacingError(f"scorer gave a value outside [{st.low}, {st.high}] for {name} on {st.name}")
-            self.cache.put(name, docs, values)
-        return values
+    def _range(self, k: int, start: int, stop: int) -> DocRange:
+        st = self.plan.strata[k]
+        return DocRange(st.name, start, stop, self.plan.seed, tuple(int(d) for d in self.orders[st.name][start:stop]))
+
+    def _scores(self, i: int, ranges: list[tuple[int, DocRange]]) -> list[np.ndarray]:
+        """Candidate i's values on each range: from the cache, the rest scored (in one call with a batch scorer)."""
+        name = self.names[i]
+        values = [self.cache.get(name, docs) for _, docs in ranges]
+        missing = [j for j, v in enumerate(values) if v is None]
+        if missing:
+            if self.batch is not None:
+                scored = list(self.batch(name, [ranges[j][1] for j in missing]))
+            else:
+                assert self.scorer is not None
+                scored = [self.scorer(name, ranges[j][1]) for j in missing]
+            for j, got in zip(missing, scored):
+                k, docs = ranges[j]
+                st, v = self.plan.strata[k], np.asarray(got, dtype=float)
+                if v.shape != (docs.stop - docs.start,) or not np.isfinite(v).all():
+                    raise RacingError(f"scorer gave {v.shape} values for {name} on {st.name} "
+                                      f"[{docs.start}, {docs.stop}); expected {docs.stop - docs.start} finite")
+                if ((v < st.low) | (v > st.high)).any():
+                    raise RacingError(f"scorer gave a value outside [{st.low}, {st.high}] for {name} on {st.name}")
+                self.cache.put(name, docs, v)
+                values[j] = v
+        return [v for v in values if v is not None]
 
     def add(self, candidates: Sequence[str],
             on_round: Callable[[int, RaceResult], None] | None = None) -> list[CandidateRace]:
@@ -533,13 +551,12 @@ class Racer:
         n, shift, z = self.n, self.shift, self.z
         for r, row in enumerate(self.sched, start=1):
             for i in np.flatnonzero(active):
-                for k in range(S):
-                    if row[k] > prev[k]:
-                        values = self._score(int(i), k, int(prev[k]), int(row[k]))
-                        self.seen[k][i, prev[k]:row[k]] = values
-                        n[i, k] += len(values)
-                        self.s1[i, k] += values.sum()
-                        self.s2[i, k] += (values ** 2).sum()
+                ranges = [(k, self._range(k, int(prev[k]), int(row[k]))) for k in range(S) if row[k] > prev[k]]
+                for (k, _), values in zip(ranges, self._scores(int(i), ranges)):
+                    self.seen[k][i, prev[k]:row[k]] = values
+                    n[i, k] += len(values)
+                    self.s1[i, k] += values.sum()
+                    self.s2[i, k] += (values ** 2).sum()
             est, half = objective_bounds(n, self.s1, self.s2, plan, z)
             self.lower[active], self.upper[active] = (est - half)[active], (est + half)[active]
             for i in np.flatnonzero(active):
@@ -592,19 +609,20 @@ class Racer:
         return courses
 
 
-def race(plan: RacingPlan, candidates: Sequence[str], scorer: Scorer, cache: RangeCache | None = None,
-         on_round: Callable[[int, RaceResult], None] | None = None) -> RaceResult:
+def race(plan: RacingPlan, candidates: Sequence[str], scorer: Scorer | None = None, cache: RangeCache | None = None,
+         on_round: Callable[[int, RaceResult], None] | None = None, batch: BatchScorer | None = None) -> RaceResult:
     """Race ``candidates`` (unique names) under ``plan`` (see :class:`Racer`); ``on_round(r, partial result)``
     runs after each round's stopping decisions."""
     names = list(candidates)
     if len(set(names)) != len(names) or not names:
         raise RacingError(f"candidates must be a non-empty list of unique names, got {names}")
-    racer = Racer(plan, scorer, cache, capacity=len(names))
+    racer = Racer(plan, scorer, cache, capacity=len(names), batch=batch)
     racer.add(names, on_round)
     return racer.result
 
 
 __all__ = [
+    "BatchScorer",
     "CandidateRace",
     "DirRangeCache",
     "DocRange",

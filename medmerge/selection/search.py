@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -22,6 +22,7 @@ from medmerge.merge.recipe import Recipe, SweepCandidate, SweepSpec, load_sweep,
 from medmerge.runtime import cost
 from medmerge.runtime.cost import measured
 from medmerge.selection.pareto import SelectionSummary
+from medmerge.selection.race_search import RacingOptions
 from medmerge.tracking.runs import HasParentRun
 
 
@@ -51,6 +52,10 @@ class SearchConfig(EvalOptions):
     # of the cores (medmerge.selection.parallel_search); 1: one process. Not part of any cache key: the pipeline hands
     # it to the evaluation step apart from the config (pipelines.definitions)
     workers: int = Field(1, ge=1)
+    # full: every candidate on every document; racing: candidates on growing batches of documents, those that
+    # cannot reach the near set stopped early (medmerge.selection.race_search; zero-shot grids, one worker)
+    evaluation: Literal["full", "racing"] = "full"
+    racing: RacingOptions = RacingOptions()
 
     # The checks below raise ValueError (the medmerge error's text), so pydantic reports every bad key of a
     # config at once, each under its key (the preflight prints one line per key).
@@ -93,6 +98,14 @@ class SearchConfig(EvalOptions):
         return v
 
     _name = field_validator("registered_model", "experiment")(not_blank)
+
+    @model_validator(mode="after")
+    def _racing(self):
+        from medmerge.selection.race_search import check_racing
+
+        with as_value_error():
+            check_racing(self)
+        return self
 
     @model_validator(mode="after")
     def _output_apart_from_parents(self, info: ValidationInfo):
@@ -138,6 +151,7 @@ class CandidateResult(BaseModel):
     identity: str
     run_id: str = ""                  # its nested MLflow run ("" until logged)
     report: EvalReport
+    race: dict | None = None          # evaluation: racing: documents used, whether and why it stopped
 
 
 class SearchResults(BaseModel, HasParentRun):
@@ -148,7 +162,10 @@ class SearchResults(BaseModel, HasParentRun):
     experiment_id: str = ""
     parent_run_id: str = ""
     parents: dict[str, dict]          # ref -> {path, weights: {file: sha256}}
-    candidates: list[CandidateResult]
+    candidates: list[CandidateResult]  # every candidate scored on the full suite: what the selection sees
+    # evaluation: racing: the candidates stopped early (partial reports, never selected) and the race's record
+    stopped: list[CandidateResult] = Field(default_factory=list)
+    racing: dict | None = None
 
     def by_name(self) -> dict[str, CandidateResult]:
         return {c.name: c for c in self.candidates}
@@ -202,6 +219,14 @@ def evaluate(cfg: SearchConfig, parents: dict[str, dict], workers: int | None = 
     from medmerge.evaluation.sweep_eval import evaluate_sweep
 
     workers = workers or cfg.workers
+    if cfg.evaluation == "racing":
+        from medmerge.selection.race_search import race_grid
+
+        raced = race_grid(cfg, EvalCache())
+        full, stopped = results_of(parents, raced.full), results_of(parents, raced.stopped)
+        mark = lambda rs: [c.model_copy(update={"race": raced.courses[c.name]}) for c in rs.candidates]  # noqa: E731
+        return full.model_copy(update={"candidates": mark(full), "stopped": mark(stopped),
+                                       "racing": raced.result.record()})
     if workers > 1:
         from medmerge.selection import parallel_search
 
@@ -275,10 +300,18 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
         parent.json(results.parents, "parents.json")
         if results.candidates:  # the dtype the candidates were evaluated in (auto resolved)
             parent.param("dtype", str(results.candidates[0].report.settings.get("dtype")))
-        candidates = []
-        for cand in results.candidates:
-            rid = logged.get(cand.name) or registry.log_candidate(pid, exp_id, cand.name, cand.recipe, cand.report, uri)
-            candidates.append(cand.model_copy(update={"run_id": rid}))
+        parent.param("evaluation", cfg.evaluation)
+        candidates, stopped = [], []
+        for group, out in ((results.candidates, candidates), (results.stopped, stopped)):
+            for cand in group:
+                rid = logged.get(cand.name) or registry.log_candidate(pid, exp_id, cand.name, cand.recipe, cand.report,
+                                                                      uri, tags=race_tags(cand.race))
+                out.append(cand.model_copy(update={"run_id": rid}))
+        if results.racing is not None:   # how many documents each candidate used, and why it stopped
+            parent.json(results.racing, "racing.json")
+            used, full = results.racing["documents_used"], results.racing["documents_full"]
+            parent.metrics({"racing.documents_used": used, "racing.documents_full": full,
+                            "racing.documents_fraction": used / full, "racing.stopped": len(results.stopped)})
         with tempfile.TemporaryDirectory(prefix="medmerge-figures-") as tmp:
             pts, ends, sel = _selection(results, cfg)
             for f in _plot(pts, ends, sel, Path(tmp)):
@@ -293,7 +326,15 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
         if sel.hypervolume is not None:
             parent.metric("hypervolume", sel.hypervolume)
     return results.model_copy(update={"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": pid,
-                                      "candidates": candidates})
+                                      "candidates": candidates, "stopped": stopped})
+
+
+def race_tags(race: dict | None) -> dict[str, str]:
+    """A raced candidate's run tags: documents used (of the full suite's), whether it stopped, and why."""
+    if race is None:
+        return {}
+    return {"racing.documents": str(race["documents"]), "racing.documents_full": str(race["documents_full"]),
+            "racing.stopped": str(race["stopped"]).lower(), "racing.reason": race["reason"][:5000]}
 
 
 def _open_parent_run(uri: str, cfg: SearchConfig, parents: dict[str, dict], run_name: str):

@@ -52,13 +52,14 @@ def report_metrics(report) -> dict[str, float]:
     return out
 
 
-def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, report, tracking_uri: str) -> str:
+def log_candidate(parent_run_id: str, experiment_id: str, name: str, recipe, report, tracking_uri: str,
+                  tags: dict[str, str] | None = None) -> str:
     """A nested run for one candidate (the recipe as params, the scores as metrics, ``report.json``, the
-    evaluation datasets), logged in batches and closed; returns its run id. FAILED if logging fails."""
+    evaluation datasets, ``tags``), logged in batches and closed; returns its run id. FAILED if logging fails."""
     from medmerge.evaluation.report import samples_jsonl
     from medmerge.tracking import datasets, runs
 
-    run = runs.Run(tracking_uri, parent_run_id, experiment_id).nested(name, {"candidate": name})
+    run = runs.Run(tracking_uri, parent_run_id, experiment_id).nested(name, {"candidate": name, **(tags or {})})
     with run.failing_on_error():
         run.params(flat_params(recipe))
         run.metrics(report_metrics(report))
