@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -92,12 +93,34 @@ class RacedSweep:
     courses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def _metric(doc: dict, metric: str) -> Any:
+    """A document's lm-eval value of ``metric`` (under whichever filter the task has)."""
+    for key, value in doc.items():
+        if key.split(",", 1)[0] == metric:
+            return value
+    raise RaceSearchError(f"lm-eval gave no {metric} for a document (it gave: {', '.join(doc)})")
+
+
+def _metric_value(doc: dict, metric: str) -> float:
+    return float(_metric(doc, metric))
+
+
+def _if_value(doc: dict, kbar: float) -> float:
+    """``(prompt-level strict + instructions followed / k̄) / 2``: its mean over prompts is IF score."""
+    from medmerge.evaluation.scores import IF_METRICS
+
+    return (float(_metric(doc, IF_METRICS[0])) + sum(map(float, _metric(doc, IF_METRICS[1]))) / kbar) / 2
+
+
+def _unweighted(doc: dict) -> float:
+    return 0.0
+
+
 def _value_functions(objectives, ev) -> tuple[list[racing.Stratum], tuple[racing.Objective, ...], dict]:
     """Strata (one per task of the suites), the objectives as weights on them, and per task the function from a
     document's lm-eval values to its value in the race."""
     from lm_eval.api.metrics import mean
 
-    from medmerge.evaluation.scores import IF_METRICS
     from medmerge.evaluation.tasks import suite_tasks
 
     tasks = list(dict.fromkeys(t for ts in suite_tasks(list(ev.settings.suites)).values() for t in ts))
@@ -105,12 +128,6 @@ def _value_functions(objectives, ev) -> tuple[list[racing.Stratum], tuple[racing
     value_of: dict[str, Callable[[dict], float]] = {}
     strata: dict[str, racing.Stratum] = {}
     weights: list[dict[str, float]] = []
-
-    def metric_key(doc: dict, metric: str) -> Any:
-        for key, value in doc.items():
-            if key.split(",", 1)[0] == metric:
-                return value
-        raise RaceSearchError(f"lm-eval gave no {metric} for a document (it gave: {', '.join(doc)})")
 
     for o in objectives:
         w: dict[str, float] = {}
@@ -125,8 +142,7 @@ def _value_functions(objectives, ev) -> tuple[list[racing.Stratum], tuple[racing
             if o.kind == "if_score":
                 k = np.array([len(d["instruction_id_list"]) for d in list(task_obj.eval_docs)[:n]], dtype=float)
                 kbar = float(k.mean())
-                value_of[task] = lambda d, kbar=kbar: (float(metric_key(d, IF_METRICS[0]))
-                                                       + sum(map(float, metric_key(d, IF_METRICS[1]))) / kbar) / 2
+                value_of[task] = partial(_if_value, kbar=kbar)
                 strata[task] = racing.Stratum(task, n, 0.0, (1.0 + float(k.max()) / kbar) / 2)
                 continue
             aggregations = task_obj.aggregation()
@@ -134,13 +150,13 @@ def _value_functions(objectives, ev) -> tuple[list[racing.Stratum], tuple[racing
             if aggregations.get(metric) is not mean:
                 raise RaceSearchError(f"objective {o.name!r}: {task}'s {metric} is not a mean over documents, so "
                                       "it cannot be raced; use evaluation: full")
-            value_of[task] = lambda d, m=metric: float(metric_key(d, m))
+            value_of[task] = partial(_metric_value, metric=metric)
             strata[task] = racing.Stratum(task, n)
         weights.append(w)
     for task in tasks:   # a suite's task no objective reads: scored with the rest (its report needs it), weight 0
         if task not in strata:
             strata[task] = racing.Stratum(task, ev.document_count(task))
-            value_of[task] = lambda d: 0.0
+            value_of[task] = _unweighted
     objs = tuple(racing.Objective(o.name, w) for o, w in zip(objectives, weights))
     return [strata[t] for t in tasks], objs, value_of
 
@@ -228,7 +244,7 @@ def race_grid(cfg, cache, quiet: bool = False) -> RacedSweep:
             report = report.model_copy(update={"settings": {**report.settings, "racing": record}})
             stopped.append((cand, report))
             continue
-        for _, hits, todo, keys in ev.lookup(ident, cache):   # what a later full evaluation reads: nothing to score
+        for _, _hits, todo, keys in ev.lookup(ident, cache):   # what a later full evaluation reads: nothing to score
             for spec_ in todo:
                 if keys.get(spec_.name):
                     cache.put(keys[spec_.name], results[spec_.name])

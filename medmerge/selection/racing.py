@@ -351,7 +351,7 @@ class DocRange:
 
 Scorer = Callable[[str, DocRange], Sequence[float]]   # (candidate, documents) -> one value per document
 # (candidate, ranges of several strata) -> one sequence of values per range: a round's documents in one call
-BatchScorer = Callable[[str, list[DocRange]], Sequence[Sequence[float]]]
+BatchScorer = Callable[[str, list[DocRange]], Sequence[Sequence[float] | np.ndarray]]
 
 
 class RangeCache(Protocol):

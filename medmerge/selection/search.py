@@ -301,7 +301,8 @@ def log_search(cfg: SearchConfig, results: SearchResults, tracking_uri: str | No
         if results.candidates:  # the dtype the candidates were evaluated in (auto resolved)
             parent.param("dtype", str(results.candidates[0].report.settings.get("dtype")))
         parent.param("evaluation", cfg.evaluation)
-        candidates, stopped = [], []
+        candidates: list[CandidateResult] = []
+        stopped: list[CandidateResult] = []
         for group, out in ((results.candidates, candidates), (results.stopped, stopped)):
             for cand in group:
                 rid = logged.get(cand.name) or registry.log_candidate(pid, exp_id, cand.name, cand.recipe, cand.report,
