@@ -28,12 +28,22 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def run_arm(cfg, parents, cache: Path) -> tuple[object, float]:
+def run_arm(cfg, parents, cache: Path, on_round=None) -> tuple[object, float]:
+    """merge_search's evaluation step for ``cfg`` with a fresh cache (a race through its core, to watch its rounds)."""
+    from medmerge.evaluation.cache import EvalCache
     from medmerge.selection import search
+    from medmerge.selection.race_search import race_grid
 
     os.environ["MEDMERGE_CACHE_DIR"] = str(cache)
     t0 = time.perf_counter()
-    results = search.evaluate(cfg, parents)
+    if cfg.evaluation == "racing":
+        raced = race_grid(cfg, EvalCache(), on_round=on_round)
+        results = search.results_of(parents, raced.full).model_copy(
+            update={"stopped": search.results_of(parents, raced.stopped).candidates, "racing": raced.result.record()})
+        for c in results.stopped:
+            c.race = raced.courses[c.name]
+    else:
+        results = search.evaluate(cfg, parents)
     return results, time.perf_counter() - t0
 
 
@@ -77,7 +87,13 @@ def main() -> None:
           f"{full_s:.1f} s; near set {near}; knee {knee}", flush=True)
     for seed in args.seeds:
         cfg = search.SearchConfig(**base, evaluation="racing", racing={"first": args.first, "seed": seed})
-        raced, s = run_arm(cfg, parents, work / f"cache-race-{seed}")
+        first: dict = {}
+
+        def keep_round_1(r, res, first=first):
+            if r == 1:
+                first.update({c.name: (c.estimate, c.half_width, c.documents_used) for c in res.candidates})
+
+        raced, s = run_arm(cfg, parents, work / f"cache-race-{seed}", keep_round_1)
         r_near, r_knee = chosen(cfg, raced)
         rec = raced.racing or {}
         stops = [(c.name, c.race["documents"]) for c in raced.stopped if c.race]
@@ -88,6 +104,14 @@ def main() -> None:
               f"{s:.1f} s ({s / full_s:.2f}x), z {rec.get('z', 0):.2f}, {len(stops)} stopped {stops}; near set "
               f"{'equal' if r_near == near else f'DIFFERS: {r_near}'}, knee {'equal' if r_knee == knee else f'DIFFERS: {r_knee}'}",
               flush=True)
+        for c in raced.stopped:
+            print(f"    {c.name}: {c.race['reason'] if c.race else ''}")
+        if seed == args.seeds[0]:   # why (nearly) nobody stops: the intervals after round 1
+            print(f"    after round 1, each candidate's estimate ± half-width (z = {rec.get('z', 0):.2f}; the rule "
+                  "bounds pairwise differences, which are narrower):")
+            for name, (est, half, docs) in first.items():
+                print(f"      {name:12s} ({docs} documents) IF score {est[0]:.3f} ± {half[0]:.3f}, "
+                      f"Medical Avg {est[1]:.3f} ± {half[1]:.3f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     shutil.rmtree(work, ignore_errors=True)

@@ -161,10 +161,11 @@ def _value_functions(objectives, ev) -> tuple[list[racing.Stratum], tuple[racing
     return [strata[t] for t in tasks], objs, value_of
 
 
-def race_grid(cfg, cache, quiet: bool = False) -> RacedSweep:
+def race_grid(cfg, cache, quiet: bool = False,
+              on_round: Callable[[int, racing.RaceResult], None] | None = None) -> RacedSweep:
     """Race the grid of ``cfg`` (a :class:`~medmerge.selection.search.SearchConfig` with ``evaluation: racing``)
     in memory, one resident model; ``cache`` an :class:`~medmerge.evaluation.cache.EvalCache` (its folder also
-    holds the per-document ranges)."""
+    holds the per-document ranges); ``on_round(r, result so far)`` after each round's decisions."""
     from tqdm.auto import tqdm
 
     from medmerge.evaluation.cache import DocumentCache
@@ -218,11 +219,13 @@ def race_grid(cfg, cache, quiet: bool = False) -> RacedSweep:
             bar.update(len(r.documents))
         return values
 
-    def on_round(r: int, res: racing.RaceResult) -> None:
+    def after_round(r: int, res: racing.RaceResult) -> None:
         running = sum(not c.stopped for c in res.candidates)
         bar.set_postfix_str(f"round {r}, {running} of {len(res.candidates)} running")
+        if on_round is not None:
+            on_round(r, res)
 
-    result = racing.race(plan, [c.name for c in candidates], cache=None, on_round=on_round, batch=batch)
+    result = racing.race(plan, [c.name for c in candidates], cache=None, on_round=after_round, batch=batch)
     bar.close()
 
     full, stopped, courses = [], [], {}
