@@ -303,7 +303,7 @@ class ModelEvaluator:
 
         self.task_manager = TaskManager(include_defaults=False)  # our tasks come as configs
         self._specs: dict[str, TaskSpec] = dict(specs or {})
-        self._task_objects: dict[str, Any] = {}
+        self._task_objects: dict[tuple[str, int | None], Any] = {}
         self.template = resolve_chat_template(settings.chat_template, self.hflm)
         self._evaluating = "the model"   # evaluate() names it: a checkpoint or a candidate
         guard_finite_logits(model, lambda: self._evaluating)
@@ -376,8 +376,10 @@ class ModelEvaluator:
         try:
             return lm_eval.simple_evaluate(
                 model=lm, num_fewshot=num_fewshot,
-                # a document subset reuses the task objects (their datasets loaded once); a full run builds its own
-                tasks=[dict(s.config) for s in group] if samples is None else [self.task_object(s.name) for s in group],
+                # lm-eval's task objects, built once per (task, shots) for every model this evaluator scores: their
+                # datasets are loaded once, not once per candidate (lm-eval sets the shots on the object and keeps an
+                # explicit 0, so an object never serves two shot counts)
+                tasks=[self.task_object(s.name, num_fewshot) for s in group],
                 limit=self.settings.limit if samples is None else None, samples=samples,
                 log_samples=self.settings.log_samples or samples is not None,
                 bootstrap_iters=self.settings.bootstrap_iters,
@@ -397,13 +399,15 @@ class ModelEvaluator:
                 "Without network access, pass --data-dir with local copies (see README)"
             ) from exc
 
-    def task_object(self, task: str):
-        """lm-eval's task object for ``task`` (its documents, its aggregation functions), built once."""
-        if task not in self._task_objects:
+    def task_object(self, task: str, shots: int | None = None):
+        """lm-eval's task object for ``task`` (its documents, its aggregation functions), built once per shot count
+        it is run with (``None``: for reading its documents and aggregations only)."""
+        key = (task, shots)
+        if key not in self._task_objects:
             from lm_eval.tasks import get_task_dict
 
-            self._task_objects[task] = get_task_dict([dict(self.spec(task).config)], self.task_manager)[task]
-        return self._task_objects[task]
+            self._task_objects[key] = get_task_dict([dict(self.spec(task).config)], self.task_manager)[task]
+        return self._task_objects[key]
 
     def document_count(self, task: str) -> int:
         """How many documents a full evaluation of ``task`` scores: its evaluation split, or ``limit`` of them."""
