@@ -153,3 +153,11 @@ def test_racing_refuses_an_optuna_search(demo_models, tmp_path):
                                      "search": "optuna", "methods": ["linear"], "budget": 4}))
     with pytest.raises(ValidationError, match="an Optuna search .search: optuna. evaluates each trial in full"):
         search.SearchConfig(sweep=str(sweep), output_dir=str(tmp_path / "o"), **EVAL, **RACING)
+
+
+def test_the_fan_out_refuses_racing(demo_models, tmp_path):
+    from medmerge.selection.race_search import RaceSearchError
+
+    cfg = config(demo_models, tmp_path, **RACING)
+    with pytest.raises(RaceSearchError, match="merge_search_parallel fans the evaluation out in full"):
+        search.shard_results(cfg, {}, 0, 1)

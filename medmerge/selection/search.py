@@ -473,6 +473,11 @@ def shard_results(cfg, parents: dict, shard: int, shards: int):
     """One shard's :class:`SearchResults` (the fan-out's evaluation step)."""
     from medmerge.evaluation.cache import EvalCache
     from medmerge.selection import parallel_search
+    from medmerge.selection.race_search import RaceSearchError
+
+    if cfg.evaluation == "racing":   # a shard sees only its candidates: it cannot race them against the others
+        raise RaceSearchError("evaluation: racing runs in merge_search on one process; merge_search_parallel fans "
+                              "the evaluation out in full (use evaluation: full there)")
 
     return results_of(parents, parallel_search.evaluate_shard(cfg, shard, shards, EvalCache()))
 
