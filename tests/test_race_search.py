@@ -59,7 +59,8 @@ def test_racing_selects_as_full_evaluation_and_reuses_its_ranges(demo_models, tm
     by = full.by_name()
     for c in raced.candidates:
         assert c.race is not None and c.race["documents"] == c.race["documents_full"] == 11 * 6
-        assert {t: r.metrics for t, r in c.report.tasks.items()} == {t: r.metrics for t, r in by[c.name].report.tasks.items()}
+        as_full = {t: (r.metrics, r.alias, r.n_samples) for t, r in by[c.name].report.tasks.items()}
+        assert {t: (r.metrics, r.alias, r.n_samples) for t, r in c.report.tasks.items()} == as_full
         assert c.report.scores == by[c.name].report.scores
     for c in raced.stopped:   # the demo models are close to chance: few or none stop, each with its reason
         assert c.race is not None and c.race["stopped"] and c.race["documents"] < c.race["documents_full"]

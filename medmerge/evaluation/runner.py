@@ -346,28 +346,25 @@ class ModelEvaluator:
         if not specs:
             return {}
         results: dict[str, TaskResult] = {}
+        for lm, group in self._by_lm(specs, model_path):
+            out = self._simple_evaluate(lm, group, num_fewshot)
+            for s in group:
+                raw = out["results"][s.name]
+                n = out.get("n-samples", {}).get(s.name, {})
+                samples = sample_records(out["samples"][s.name]) if self.settings.log_samples else None
+                results[s.name] = TaskResult(task=s.name, alias=raw.get("alias"), metrics=metric_values(raw),
+                                             n_samples=int(n.get("effective", 0)), num_fewshot=num_fewshot,
+                                             config_hash=s.config_hash, samples=samples)
+        return results
+
+    def _by_lm(self, specs: list[TaskSpec], model_path: str | None) -> list[tuple[Any, list[TaskSpec]]]:
+        """``specs`` grouped by the lm-eval model that runs them: generation tasks on the generation backend
+        (vllm when asked), the others on the resident model."""
         by_lm: dict[int, tuple[Any, list[TaskSpec]]] = {}
         for s in specs:
             lm = self._generation_lm(model_path) if s.config.get("output_type") == "generate_until" else self.hflm
             by_lm.setdefault(id(lm), (lm, []))[1].append(s)
-        for lm, group in by_lm.values():
-            out = self._simple_evaluate(lm, group, num_fewshot)
-            for s in group:
-                raw = out["results"][s.name]
-                metrics = {}
-                for key, value in raw.items():
-                    if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
-                        continue
-                    metric, filt = key.split(",", 1)
-                    stderr = raw.get(f"{metric}_stderr,{filt}")
-                    metrics[metric] = MetricValue(value=float(value),
-                                                  stderr=float(stderr) if isinstance(stderr, (int, float)) else None)
-                n = out.get("n-samples", {}).get(s.name, {})
-                samples = sample_records(out["samples"][s.name]) if self.settings.log_samples else None
-                results[s.name] = TaskResult(task=s.name, alias=raw.get("alias"), metrics=metrics,
-                                             n_samples=int(n.get("effective", 0)), num_fewshot=num_fewshot,
-                                             config_hash=s.config_hash, samples=samples)
-        return results
+        return list(by_lm.values())
 
     def _simple_evaluate(self, lm, group: list[TaskSpec], num_fewshot: int,
                          samples: dict[str, list[int]] | None = None) -> dict:
@@ -422,12 +419,7 @@ class ModelEvaluator:
         :func:`task_result_of` aggregates them as lm-eval does. Documents are scored independently only when no
         few-shot examples are drawn (lm-eval draws them in sequence), so callers use ``num_fewshot`` 0."""
         out: dict[str, list[dict[str, Any]]] = {}
-        by_lm: dict[int, tuple[Any, list[TaskSpec]]] = {}
-        for task in indices:
-            s = self.spec(task)
-            lm = self._generation_lm(model_path) if s.config.get("output_type") == "generate_until" else self.hflm
-            by_lm.setdefault(id(lm), (lm, []))[1].append(s)
-        for lm, group in by_lm.values():
+        for lm, group in self._by_lm([self.spec(task) for task in indices], model_path):
             # sorted: lm-eval yields the chosen documents in the split's order and names them by the list's order
             res = self._simple_evaluate(lm, group, num_fewshot,
                                         samples={s.name: sorted({int(i) for i in indices[s.name]}) for s in group})
@@ -499,15 +491,21 @@ def task_result_of(task_obj, spec: TaskSpec, documents: list[dict[str, Any]], nu
             metric, filt = key.split(",", 1)
             raw.setdefault((metric, filt), []).append(value)
     agg, n = _compute_task_aggregations(task_obj, raw, bootstrap_iters)
+    return TaskResult(task=spec.name, alias=spec.config.get("task_alias", spec.name), metrics=metric_values(agg),
+                      n_samples=int(n), num_fewshot=num_fewshot, config_hash=spec.config_hash)
+
+
+def metric_values(results: dict[str, Any]) -> dict[str, MetricValue]:
+    """``{metric: MetricValue}`` from lm-eval's results for one task (``"metric,filter": value`` with
+    ``"metric_stderr,filter"`` beside it; "N/A" and other non-numbers are no value / no stderr)."""
     metrics = {}
-    for key, value in agg.items():
+    for key, value in results.items():
         if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
             continue
         metric, filt = key.split(",", 1)
-        stderr = agg.get(f"{metric}_stderr,{filt}")
+        stderr = results.get(f"{metric}_stderr,{filt}")
         metrics[metric] = MetricValue(value=float(value), stderr=float(stderr) if isinstance(stderr, (int, float)) else None)
-    return TaskResult(task=spec.name, alias=spec.name, metrics=metrics, n_samples=int(n), num_fewshot=num_fewshot,
-                      config_hash=spec.config_hash)
+    return metrics
 
 
 def make_report(name: str, fingerprint: str, results: dict[str, TaskResult], settings: EvalSettings,
