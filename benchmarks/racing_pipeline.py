@@ -37,11 +37,7 @@ def run_arm(cfg, parents, cache: Path, on_round=None) -> tuple[object, float]:
     os.environ["MEDMERGE_CACHE_DIR"] = str(cache)
     t0 = time.perf_counter()
     if cfg.evaluation == "racing":
-        raced = race_grid(cfg, EvalCache(), on_round=on_round)
-        results = search.results_of(parents, raced.full).model_copy(
-            update={"stopped": search.results_of(parents, raced.stopped).candidates, "racing": raced.result.record()})
-        for c in results.stopped:
-            c.race = raced.courses[c.name]
+        results = search.raced_results(parents, race_grid(cfg, EvalCache(), on_round=on_round))
     else:
         results = search.evaluate(cfg, parents)
     return results, time.perf_counter() - t0

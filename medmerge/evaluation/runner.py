@@ -406,9 +406,10 @@ class ModelEvaluator:
             self._task_objects[key] = get_task_dict([dict(self.spec(task).config)], self.task_manager)[task]
         return self._task_objects[key]
 
-    def document_count(self, task: str) -> int:
-        """How many documents a full evaluation of ``task`` scores: its evaluation split, or ``limit`` of them."""
-        n = len(self.task_object(task).eval_docs)
+    def document_count(self, task: str, shots: int | None = None) -> int:
+        """How many documents a full evaluation of ``task`` scores: its evaluation split, or ``limit`` of them
+        (read from the task object of ``shots``, so that no other is built for it)."""
+        n = len(self.task_object(task, shots).eval_docs)
         return n if self.settings.limit is None else min(n, self.settings.limit)
 
     def run_documents(self, indices: dict[str, list[int]], num_fewshot: int,

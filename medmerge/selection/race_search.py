@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -82,15 +82,17 @@ def check_racing(cfg) -> None:
                                   "which documents ran before it); set num_fewshot: 0 or use evaluation: full")
 
 
+RACE_SHOTS = 0   # racing is zero-shot (check_racing): its task objects are the ones scored at 0 shots
+
+
 @dataclass
 class RacedSweep:
     """The race's outcome: ``full`` (candidate, full-suite report) for every survivor, ``stopped`` (candidate,
-    partial report) for the others, the race itself, and per candidate its record for MLflow."""
+    partial report) for the others, and the race itself (its record: each candidate's course)."""
 
     full: list[tuple[SweepCandidate, EvalReport]]
     stopped: list[tuple[SweepCandidate, EvalReport]]
     result: racing.RaceResult
-    courses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _metric(doc: dict, metric: str) -> Any:
@@ -136,8 +138,8 @@ def _value_functions(objectives, ev) -> tuple[list[racing.Stratum], tuple[racing
                 raise RaceSearchError(f"objectives {owner[task]!r} and {o.name!r} both read task {task}; racing needs "
                                       "each task to feed one objective (use evaluation: full)")
             owner[task] = o.name
-            task_obj = ev.task_object(task)
-            n = ev.document_count(task)
+            task_obj = ev.task_object(task, RACE_SHOTS)
+            n = ev.document_count(task, RACE_SHOTS)
             w[task] = 1.0 / len(o.tasks)
             if o.kind == "if_score":
                 k = np.array([len(d["instruction_id_list"]) for d in list(task_obj.eval_docs)[:n]], dtype=float)
@@ -155,7 +157,7 @@ def _value_functions(objectives, ev) -> tuple[list[racing.Stratum], tuple[racing
         weights.append(w)
     for task in tasks:   # a suite's task no objective reads: scored with the rest (its report needs it), weight 0
         if task not in strata:
-            strata[task] = racing.Stratum(task, ev.document_count(task))
+            strata[task] = racing.Stratum(task, ev.document_count(task, RACE_SHOTS))
             value_of[task] = _unweighted
     objs = tuple(racing.Objective(o.name, w) for o, w in zip(objectives, weights))
     return [strata[t] for t in tasks], objs, value_of
@@ -188,7 +190,6 @@ def race_grid(cfg, cache, quiet: bool = False,
     part = settings.cache_part(0, ev.max_gen_toks, ev.dtype, ev.prompt_format)
     raw: dict[str, dict[str, dict[int, dict]]] = {c.name: {s.name: {} for s in strata} for c in candidates}
     resident: list[str | None] = [None]
-    scored = [0]
     bar = tqdm(total=plan.full_documents(len(candidates)), desc="racing candidates (documents)", disable=quiet,
                unit="doc")
 
@@ -208,10 +209,9 @@ def race_grid(cfg, cache, quiet: bool = False,
                 cand, p = by_name[name]
                 sev.swap_in(cand, p, plans)
                 resident[0] = name
-            for task, docs in ev.run_documents(todo, 0).items():
+            for task, docs in ev.run_documents(todo, RACE_SHOTS).items():
                 docs_cache.put(keys[task], docs)
                 out[task] = docs
-                scored[0] += len(docs)
         values = []
         for r in ranges:
             raw[name][r.stratum].update(zip(r.documents, out[r.stratum]))
@@ -227,23 +227,21 @@ def race_grid(cfg, cache, quiet: bool = False,
 
     result = racing.race(plan, [c.name for c in candidates], cache=None, on_round=after_round, batch=batch)
     bar.close()
+    seconds = (time.perf_counter() - t0) / len(candidates)   # the race's time, shared by its candidates
 
-    full, stopped, courses = [], [], {}
-    prompt = ev.prompt_format
+    full, stopped = [], []
     for course in result.candidates:
         cand, _ = by_name[course.name]
         ident = identities[course.name]
         results = {}
         for s in strata:
             docs = [d for _, d in sorted(raw[course.name][s.name].items())]
-            results[s.name] = task_result_of(ev.task_object(s.name), ev.spec(s.name), docs, 0, settings.bootstrap_iters)
-        record = {"documents": course.documents_used, "documents_full": int(plan.sizes.sum()),
-                  "per_task": dict(course.documents), "stopped_round": course.stopped_round,
-                  "stopped": course.stopped, "dominator": course.dominator, "reason": course.reason}
-        courses[course.name] = record
-        report = make_report(cand.name, f"candidate:{ident}", results, settings, 0.0, [],
-                             max_gen_toks=ev.max_gen_toks, dtype=ev.dtype, prompt_format=prompt)
+            results[s.name] = task_result_of(ev.task_object(s.name, RACE_SHOTS), ev.spec(s.name), docs, RACE_SHOTS,
+                                             settings.bootstrap_iters)
+        report = make_report(cand.name, f"candidate:{ident}", results, settings, seconds, [],
+                             max_gen_toks=ev.max_gen_toks, dtype=ev.dtype, prompt_format=ev.prompt_format)
         if course.stopped:
+            record = course.record(int(plan.sizes.sum()))
             report = report.model_copy(update={"settings": {**report.settings, "racing": record}})
             stopped.append((cand, report))
             continue
@@ -252,7 +250,4 @@ def race_grid(cfg, cache, quiet: bool = False,
                 if keys.get(spec_.name):
                     cache.put(keys[spec_.name], results[spec_.name])
         full.append((cand, report))
-    result_seconds = time.perf_counter() - t0
-    for _, rep in full + stopped:
-        rep.seconds = round(result_seconds / max(1, len(candidates)), 3)
-    return RacedSweep(full, stopped, result, courses)
+    return RacedSweep(full, stopped, result)

@@ -431,6 +431,13 @@ class CandidateRace:
     def documents_used(self) -> int:
         return sum(self.documents.values())
 
+    def record(self, documents_full: int) -> dict:
+        """JSON-ready: documents used (of ``documents_full``, per stratum), whether and when it stopped, who
+        stopped it and why."""
+        return {"documents": self.documents_used, "documents_full": documents_full, "per_task": dict(self.documents),
+                "stopped_round": self.stopped_round, "stopped": self.stopped, "dominator": self.dominator,
+                "reason": self.reason}
+
 
 @dataclass
 class RaceResult:
@@ -461,8 +468,7 @@ class RaceResult:
                 "eps": self.plan.eps, "use_stderr": self.plan.use_stderr, "min_gain": self.plan.min_gain,
                 "first": self.plan.first, "growth": self.plan.growth, "seed": self.plan.seed,
                 "documents_used": self.documents_used, "documents_full": self.documents_full,
-                "candidates": {c.name: {"documents": c.documents_used, "stopped_round": c.stopped_round,
-                                        "dominator": c.dominator, "reason": c.reason} for c in self.candidates}}
+                "candidates": {c.name: c.record(int(self.plan.sizes.sum())) for c in self.candidates}}
 
 
 def _fmt_bounds(names, est, half) -> str:

@@ -222,11 +222,7 @@ def evaluate(cfg: SearchConfig, parents: dict[str, dict], workers: int | None = 
     if cfg.evaluation == "racing":
         from medmerge.selection.race_search import race_grid
 
-        raced = race_grid(cfg, EvalCache())
-        full, stopped = results_of(parents, raced.full), results_of(parents, raced.stopped)
-        mark = lambda rs: [c.model_copy(update={"race": raced.courses[c.name]}) for c in rs.candidates]  # noqa: E731
-        return full.model_copy(update={"candidates": mark(full), "stopped": mark(stopped),
-                                       "racing": raced.result.record()})
+        return raced_results(parents, race_grid(cfg, EvalCache()))
     if workers > 1:
         from medmerge.selection import parallel_search
 
@@ -239,6 +235,18 @@ def evaluate(cfg: SearchConfig, parents: dict[str, dict], workers: int | None = 
     else:
         pairs = evaluate_sweep(cfg.sweep, cfg.eval_settings(), EvalCache())
     return results_of(parents, pairs)
+
+
+def raced_results(parents: dict[str, dict], raced) -> SearchResults:
+    """``SearchResults`` of a race (:class:`~medmerge.selection.race_search.RacedSweep`): the survivors as the
+    candidates, the others as ``stopped``, each with its course, and the race's record."""
+    record = raced.result.record()
+    courses = record["candidates"]
+
+    def marked(pairs) -> list[CandidateResult]:
+        return [c.model_copy(update={"race": courses[c.name]}) for c in results_of(parents, pairs).candidates]
+
+    return SearchResults(parents=parents, candidates=marked(raced.full), stopped=marked(raced.stopped), racing=record)
 
 
 def results_of(parents: dict[str, dict], pairs) -> SearchResults:
