@@ -201,6 +201,23 @@ def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(work, fam, cap
     assert snapshot(work.parent) == before           # new/ and new/deeper/ were created by the merge: gone too
 
 
+def test_an_os_error_on_our_temporary_name_names_the_output_the_user_gave(work, fam, capsys, monkeypatch):
+    """Where the OS refuses the staging directory (``/sys/out``: EPERM; ``/proc/x``: ENOENT), the line names the
+    output as typed, never the ``.medmerge-tmp-...`` name medmerge stages it under."""
+    import tempfile
+
+    from medmerge.io import atomic
+
+    def refuse(suffix=None, prefix=None, dir=None):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM), os.path.join(dir, f"{prefix}x1y2z3"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert main(["merge", "recipe.yml", "outdir", "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{work / 'outdir'}: operation not permitted" in line and atomic.TMP_PREFIX not in line
+    assert not (work / "outdir").exists()
+
+
 def test_an_internal_error_is_one_line_with_exit_1_and_debug_shows_the_traceback(work, capsys, monkeypatch):
     import medmerge.merge.engine
 

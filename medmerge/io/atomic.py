@@ -84,10 +84,24 @@ ERRNO_WORDS = {
 def describe_os_error(exc: OSError) -> str:
     """One line for an OSError: the path(s) it names and the reason in words."""
     words = (ERRNO_WORDS.get(exc.errno) if exc.errno is not None else None) or exc.strerror or str(exc) or type(exc).__name__
-    where = exc.filename
+    where = _shown_path(exc.filename)
     if where is not None and exc.filename2 is not None:
-        where = f"{where} -> {exc.filename2}"
-    return f"{os.fsdecode(where) if isinstance(where, bytes) else where}: {words}" if where is not None else words
+        where = f"{where} -> {_shown_path(exc.filename2)}"
+    return f"{where}: {words}" if where is not None else words
+
+
+def _shown_path(path) -> str | None:
+    """A path as the user gave it: a temporary name of ours (``<dir>/.medmerge-tmp-<name>.<host>.<pid>...``) is
+    shown as ``<dir>/<name>``, the output it stands for, never as the name the user never typed."""
+    if path is None:
+        return None
+    path = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    head, base = os.path.split(path)
+    if base.startswith(TMP_PREFIX):
+        name, sep, _ = base[len(TMP_PREFIX):].rpartition(f".{socket.gethostname()}.")
+        if sep and name:
+            return os.path.join(head, name)
+    return path
 
 
 def _owner_prefix(name: str) -> str:
