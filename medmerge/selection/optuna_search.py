@@ -199,9 +199,49 @@ def coarse_grid(spec: SweepSpec, levels=COARSE_LEVELS) -> list[dict]:
     return out
 
 
+def frontier_bisection(spec: SweepSpec, scored: list[tuple[dict, float, float]],
+                       gain: Callable[[tuple[float, float]], float], tried: set[str]) -> list[dict]:
+    """The next trials to enqueue where the frontier has gaps, at most one per method: for every two trials
+    scored in full (``(params, x, y)``, Optuna's parameter names) of the same method and the same choices,
+    the midpoint of their ranges' values (geometric for a log range), whose objectives are guessed as the
+    midpoint of the chord between the two; per method, the pair whose guess ``gain`` (what a point adds to
+    the hypervolume) rates highest, if above 0 and not already in ``tried`` (its JSON key is then added).
+    Best first; empty when no pair qualifies (the sampler proposes).
+
+    Why: merges of one pair of parents trace smooth trade-off curves in their mixing ratio, and a
+    frontier's hypervolume is paid for by points spread along such a curve. The chord's midpoint is the
+    guess a concave curve beats; it cannot tell which method's curve bows out more, so each method gets its
+    proposal and racing the few proposals together (a poor one costs a round) decides."""
+    logs = {f"{m}.{k}" for m, grid in spec.grids().items() for k, v in grid.items()
+            if isinstance(v, Range) and v.log}
+    best: dict[str, tuple[float, dict, str]] = {}
+    for i, (p, x1, y1) in enumerate(scored):
+        for q, x2, y2 in scored[i + 1:]:
+            if p.keys() != q.keys() or any(p[k] != q[k] for k in p if not isinstance(p[k], float)):
+                continue
+            mid: dict[str, Any] = {}
+            for k, v in p.items():
+                if not isinstance(v, float):
+                    mid[k] = v
+                elif k.split("[")[0] in logs:
+                    mid[k] = math.sqrt(v * q[k])
+                else:
+                    mid[k] = (v + q[k]) / 2
+            key = json.dumps(mid, sort_keys=True)
+            if mid == p or mid == q or key in tried:
+                continue
+            g = gain(((x1 + x2) / 2, (y1 + y2) / 2))
+            method = str(p.get("method", ""))
+            if g > 0 and (method not in best or g > best[method][0]):
+                best[method] = (g, mid, key)
+    out = sorted(best.values(), key=lambda b: -b[0])
+    tried.update(key for _, _, key in out)
+    return [mid for _, mid, _ in out]
+
+
 def representatives(spec: SweepSpec) -> list[SweepCandidate]:
     """One candidate per method of the space (the parents read the same tensors whatever the values)."""
     return [spec.candidate(m, spec.first_params(m)) for m in spec.grids()]
 
 
-__all__ = ["RATIO", "run_study", "suggest", "open_study", "study_name", "representatives", "complete_trials"]
+__all__ = ["RATIO", "frontier_bisection", "coarse_grid", "run_study", "suggest", "open_study", "study_name", "representatives", "complete_trials"]
