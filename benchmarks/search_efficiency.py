@@ -35,19 +35,22 @@ full evaluation is 59). Side by side, three seeds each:
 * Optuna, every trial on every document (no warm start): the study as ``search: optuna`` runs it;
 * Optuna raced and warm-started: the study first evaluates the space's coarse grid
   (:func:`medmerge.selection.optuna_search.coarse_grid`, enqueued with ``study.enqueue_trial``: each range at
-  ``--warm-levels`` of its span, by default its midpoint, a gradient constant across layers: 3 points
-  in the per-layer space; 1/4, 1/2, 3/4 give 15), raced as one sweep (the coarse points stop each
-  other); then each trial races
-  every earlier one (:class:`medmerge.selection.racing.Racer`) and also stops when it
-  cannot beat one of them by more than ``--min-gain`` (0.02 nats/token, ~1% of the frontier's span)
-  on either objective; a stopped trial is told its partial estimates; samplers ``--samplers``
-  (multivariate TPE, TPE with ``group=True``, GP).
+  ``--warm-levels`` of its span, by default 1/4 and 3/4, a gradient constant across layers: 8 points in the
+  per-layer space), raced as one pool; then each trial is raced against the frontier of the trials finished
+  before it (:class:`medmerge.selection.trial_race.TrialRace`: control-variate estimates against the parents
+  and the finished trials, one-sided ``--confidence`` 0.8; a trial stops when even its upper corner adds less
+  than ``--min-gain`` 0.5% of the ideal box to the hypervolume, after ``--trial-first`` 4, 8, 16, ...
+  documents per corpus), and a stopped trial is told its estimates; samplers ``--samplers`` (multivariate TPE,
+  TPE with ``group=True``, GP);
+* the same, with frontier bisection: before each ask, :func:`medmerge.selection.optuna_search.frontier_bisection`
+  enqueues, per method, the midpoint of the two finished trials whose chord leaves the largest gap in the
+  frontier, and those proposals race as one pool; the sampler proposes when no gap is left.
 
-Each study runs until it has spent the grid's documents; reported per arm: documents (as a share of
-the full grid's), wall time, hypervolume against documents, and the documents at which the median
-over seeds first reaches the full grid's hypervolume. Target: the warm-started raced search in the
-per-layer space (``--space past``) at <= 50% of the grid's documents. Per-document losses are cached
-on disk by (recipe, corpus, document), so wall times after the first arm mostly measure merging.
+Each study runs until it has spent the grid's documents (or ``--max-trials``); reported per arm: documents
+(as a share of the full grid's), wall time, hypervolume against documents, and the documents at which the
+median over seeds first reaches the full grid's hypervolume. Target: the warm-started raced search in the
+per-layer space (``--space past``) at <= 50% of the grid's documents. Per-document losses are cached on disk
+by (recipe, corpus, document), so wall times after the first arm mostly measure merging.
 
     python benchmarks/search_efficiency.py --racing --space past [--samplers tpe tpe-group gp]
 """
@@ -168,7 +171,7 @@ CORPORA = ("instruct", "clinical")
 LOSS_CAP = 50.0     # per-document −loss is clipped at −50 nats/token (a chance-level model here: ~log V ≈ 6)
 
 
-def racing_plan(values, parents, first: int, racing: bool = True, min_gain: float = 0.0):
+def racing_plan(values, parents, first: int, racing: bool = True):
     """Strata: the two held-out corpora; x = mean −loss over instruct documents, y over clinical ones. Each
     stratum's sample variance is shrunk towards the parents' per-document difference variance (values are
     losses, not 0/1, so the range's worst case would swamp them). ``racing=False``: one round of every
@@ -185,7 +188,7 @@ def racing_plan(values, parents, first: int, racing: bool = True, min_gain: floa
     objectives = (rc.Objective(f"-loss({CORPORA[0]})", {CORPORA[0]: 1.0}),
                   rc.Objective(f"-loss({CORPORA[1]})", {CORPORA[1]: 1.0}))
     first = first if racing else max(values.sizes.values())
-    return rc.RacingPlan(tuple(strata), objectives, first=first, min_gain=min_gain if racing else 0.0)
+    return rc.RacingPlan(tuple(strata), objectives, first=first)
 
 
 def hv_of(points, reference) -> float:
@@ -196,24 +199,38 @@ def hv_of(points, reference) -> float:
     return hypervolume([ScoredPoint(name=n, x=x, y=y) for n, x, y in points], reference=reference)
 
 
-def run_raced_study(space, plan, scorer_of, cands, *, sampler: str, seed: int, warm: list[dict], budget_docs: int,
-                    max_trials: int, reference):
-    """One study: trials race every earlier trial (``plan``) until ``budget_docs`` are spent. Returns the curve
-    ``[(documents so far, hypervolume of the trials scored on every document)]`` and the trials' courses."""
+def run_raced_study(space, plan, scorer_of, cands, references, *, sampler: str, seed: int, warm: list[dict],
+                    budget_docs: int, max_trials: int, confidence: float, min_gain: float, bisect: bool):
+    """One study: trials race the frontier of the trials finished before them
+    (:class:`medmerge.selection.trial_race.TrialRace`; ``min_gain=0``: every trial on every document) until
+    ``budget_docs`` are spent; the warm-start grid races as one pool, then one trial at a time, and with
+    ``bisect`` each ask is preceded by :func:`medmerge.selection.optuna_search.frontier_bisection`'s proposal,
+    if any, enqueued. Returns the curve ``[(documents so far, hypervolume of the trials scored on every
+    document)]``, one point per decided trial, and the race."""
+    import dataclasses
+
     import optuna
 
     from medmerge.selection import optuna_search
-    from medmerge.selection.racing import Racer
+    from medmerge.selection.trial_race import TrialRace
 
     study = optuna.create_study(directions=["maximize", "maximize"],
                                 sampler=optuna_search.make_sampler(sampler, seed))
     for params in warm:
         study.enqueue_trial(params)
-    racer = Racer(plan, scorer_of, capacity=max_trials)
-    spent, survivors, curve = 0, [], []
-    batch = max(1, len(warm))       # the warm-start grid races as one sweep; then one trial at a time
-    while spent < budget_docs and len(racer.names) + batch <= max_trials:
+    race = TrialRace(dataclasses.replace(plan, seed=seed), scorer_of, references, confidence=confidence,
+                     min_gain=min_gain)
+    scored: list[tuple[dict, float, float]] = []
+    tried: set[str] = set()
+    asked, batch = 0, max(1, len(warm))
+    while race.spent < budget_docs and asked < max_trials:
+        if bisect and scored and batch == 1:
+            proposals = optuna_search.frontier_bisection(space, scored, race.gain, tried)
+            for params in proposals:
+                study.enqueue_trial(params)
+            batch = max(1, len(proposals))      # the proposals race as one pool
         trials = [study.ask() for _ in range(batch)]
+        asked += batch
         names = []
         for trial in trials:
             method, params = optuna_search.suggest(trial, space)
@@ -221,15 +238,12 @@ def run_raced_study(space, plan, scorer_of, cands, *, sampler: str, seed: int, w
                                    name=f"s{seed}-{sampler}-{optuna_search.trial_name(trial.number, method)}")
             cands[cand.name] = cand
             names.append(cand.name)
-        courses = racer.add(names)
-        for trial, course in zip(trials, courses):
-            spent += course.documents_used
+        for trial, course in zip(trials, race.race(names)):
             study.tell(trial, list(course.estimate))
             if not course.stopped:
-                survivors.append((course.name, *course.estimate))
-            curve.append((spent, hv_of(survivors, reference)))
+                scored.append((dict(trial.params), *course.estimate))
         batch = 1
-    return curve, racer.result
+    return [(d.spent, d.hypervolume) for d in race.decisions], race
 
 
 def racing_comparison(args, grid, space, ev, work) -> None:
@@ -247,7 +261,7 @@ def racing_comparison(args, grid, space, ev, work) -> None:
     t0 = time.perf_counter()
     parents = grid.parent_candidates()
     plan = racing_plan(values, parents, args.first)
-    trial_plan = racing_plan(values, parents, args.first, min_gain=args.min_gain)
+    trial_plan = racing_plan(values, parents, args.trial_first)
     full_plan = racing_plan(values, parents, args.first, racing=False)
     full_docs = full_plan.full_documents(1)
     ref_pts = {p.role: [float(sum(values(p, c, range(values.sizes[c]))) / values.sizes[c]) for c in CORPORA]
@@ -294,23 +308,29 @@ def racing_comparison(args, grid, space, ev, work) -> None:
           f"(z = {raced.z:.2f}; the paired rule bounds differences, which are narrower):")
     for name, (est, half) in first_round.items():
         print(f"  {name:12s} " + "  ".join(f"{o.name} {e:.3f} ± {h:.3f}" for o, e, h in zip(plan.objectives, est, half)))
-    arms = [("optuna, every document, no warm start", "tpe", False, [])]
     warm = optuna_search.coarse_grid(space, levels=tuple(args.warm_levels))
-    print(f"warm start: the space's coarse grid, {len(warm)} points raced as one sweep "
-          f"(optuna_search.coarse_grid: each range at {', '.join(f'{v:g}' for v in args.warm_levels)} of its span)")
-    arms += [(f"optuna raced + warm start ({s})", s, True, warm) for s in args.samplers]
+    print(f"warm start: the space's coarse grid, {len(warm)} points raced as one pool "
+          f"(optuna_search.coarse_grid: each range at {', '.join(f'{v:g}' for v in args.warm_levels)} of its span); "
+          f"trials raced at {args.confidence:.0%} against the finished trials' frontier, stopped when their upper "
+          f"corner adds under {args.min_gain:.2%} of the ideal box; rounds {[list(map(int, r)) for r in trial_plan.schedule()]}")
+    references = {p.name: [values(p, c, range(values.sizes[c])) for c in CORPORA] for p in parents}
+    arms = [("optuna, every document, no warm start", "tpe", 0.0, [], False)]
+    arms += [(f"optuna raced + warm start ({s})", s, args.min_gain, warm, False) for s in args.samplers]
+    arms += [(f"optuna raced + warm start + bisection ({s})", s, args.min_gain, warm, True) for s in args.samplers]
     results = {}
-    for label, sampler, raced_arm, warm in arms:
+    for label, sampler, min_gain, warm_params, bisect in arms:
         curves, secs = {}, 0.0
         for seed in args.seeds:
             t1 = time.perf_counter()
-            curve, res = run_raced_study(space.model_copy(update={"seed": seed}), trial_plan if raced_arm else full_plan,
-                                         scorer, cands, sampler=sampler, seed=seed, warm=warm,
-                                         budget_docs=grid_docs, max_trials=args.max_trials, reference=reference)
+            curve, res = run_raced_study(space.model_copy(update={"seed": seed}), trial_plan, scorer, cands, references,
+                                         sampler=sampler, seed=seed, warm=warm_params, budget_docs=grid_docs,
+                                         max_trials=args.max_trials, confidence=args.confidence, min_gain=min_gain,
+                                         bisect=bisect)
             secs += time.perf_counter() - t1
             curves[seed] = curve
             first = next((d for d, h in curve if h >= grid_hv), None)
-            print(f"  {label}, seed {seed}: {len(curve)} trials, {sum(c.stopped for c in res.candidates)} stopped; "
+            stopped = sum(d.course.stopped for d in res.decisions)
+            print(f"  {label}, seed {seed}: {len(curve)} trials, {stopped} stopped; "
                   f"HV {curve[-1][1]:.5f} at {curve[-1][0]} documents; grid's HV reached at "
                   f"{first if first is not None else 'never'}", flush=True)
         results[label] = curves
@@ -323,17 +343,17 @@ def racing_comparison(args, grid, space, ev, work) -> None:
         rows.append((label, statistics.median(c[-1][0] for c in curves.values()), secs / len(args.seeds),
                      hv_at(grid_docs), f"median reaches the grid's HV at "
                      f"{'never' if reach is None else f'{reach} documents ({100 * reach / grid_docs:.0f}%)'}"))
-    print(f"\n{'arm':44s} {'documents':>10s} {'of grid':>8s} {'wall s':>7s} {'HV':>9s}  note")
+    print(f"\n{'arm':50s} {'documents':>10s} {'of grid':>8s} {'wall s':>7s} {'HV':>9s}  note")
     for label, docs, secs, hv, note in rows:
-        print(f"{label:44s} {docs:10.0f} {100 * docs / grid_docs:7.0f}% {secs:7.1f} {hv:9.5f}  {note}")
+        print(f"{label:50s} {docs:10.0f} {100 * docs / grid_docs:7.0f}% {secs:7.1f} {hv:9.5f}  {note}")
     print("\nhypervolume (median over seeds) against documents, as a share of the grid's:")
     marks = [0.25, 0.5, 0.75, 1.0]
-    print(f"{'arm':44s} " + " ".join(f"{int(100 * m):>8d}%" for m in marks))
+    print(f"{'arm':50s} " + " ".join(f"{int(100 * m):>8d}%" for m in marks))
     for label, curves in results.items():
         med = [statistics.median(max([h for d, h in c if d <= m * grid_docs], default=0.0) for c in curves.values())
                for m in marks]
-        print(f"{label:44s} " + " ".join(f"{v:9.5f}" for v in med))
-    print(f"{'grid, every document (random order, at 100%)':44s} " + " " * 30 + f"{grid_hv:9.5f}")
+        print(f"{label:50s} " + " ".join(f"{v:9.5f}" for v in med))
+    print(f"{'grid, every document (random order, at 100%)':50s} " + " " * 30 + f"{grid_hv:9.5f}")
     (work / "search_racing.json").write_text(json.dumps(
         {"reference": reference, "grid_hv": grid_hv, "grid_documents": grid_docs, "rows": rows,
          "curves": {k: {str(s): c for s, c in v.items()} for k, v in results.items()}}, indent=2))
@@ -357,12 +377,15 @@ def main() -> None:
                     help="count cost in documents: the grid, the grid raced, Optuna raced and warm-started (issue 24)")
     ap.add_argument("--samplers", nargs="+", default=["tpe", "tpe-group", "gp"], help="with --racing")
     ap.add_argument("--first", type=int, default=8, help="with --racing: documents per corpus in round 1")
-    ap.add_argument("--max-trials", type=int, default=40, help="with --racing: most trials per study")
-    ap.add_argument("--warm-levels", type=float, nargs="+", default=[0.5],
+    ap.add_argument("--max-trials", type=int, default=80, help="with --racing: most trials per study")
+    ap.add_argument("--warm-levels", type=float, nargs="+", default=[0.25, 0.75],
                     help="with --racing: the warm-start grid takes each range at these fractions of its span")
-    ap.add_argument("--min-gain", type=float, default=0.02,
-                    help="with --racing: a raced trial also stops when it cannot beat an earlier one by more than "
-                         "this on any objective (nats/token; medmerge.selection.racing.RacingPlan.min_gain)")
+    ap.add_argument("--trial-first", type=int, default=4, help="with --racing: a trial's round 1, documents per corpus")
+    ap.add_argument("--confidence", type=float, default=0.8,
+                    help="with --racing: a trial's one-sided level (medmerge.selection.trial_race.TrialRace)")
+    ap.add_argument("--min-gain", type=float, default=0.005,
+                    help="with --racing: a trial stops when its upper corner adds less than this share of the ideal "
+                         "box to the finished trials' hypervolume")
     args = ap.parse_args()
 
     import os

@@ -274,24 +274,6 @@ def test_a_prior_variance_replaces_the_range_in_the_shrinkage():
     assert half[0, 0] == pytest.approx(math.sqrt((2 * 0.04 / 6) * 0.6 / 4))   # not (2 · 100 / 6) from the range
 
 
-def test_min_gain_stops_a_near_copy_but_never_both():
-    # two candidates with the same values: after round 1 the paired difference is 0 ± z·√(1/24) with
-    # z = Φ⁻¹(1 − 0.05 / (2·1 pairs · 2 objectives · 1 look)) ≈ 2.241: ± 0.4575 on X and Y. With min_gain 0.5
-    # each "cannot beat the other by more than 0.5": the worse (here the later, on a tie) stops, the other runs on
-    hw = NormalDist().inv_cdf(1 - 0.05 / 4) * math.sqrt(1 / 24)
-    assert hw == pytest.approx(0.4575, abs=1e-4)
-    table = {"a": {"x": MID, "y": MID}, "b": {"x": MID, "y": MID}}
-    for gain, stopped in ((0.5, [None, 1]), (0.45, [None, None])):
-        res = race(RacingPlan(**{**PAIRED.__dict__, "min_gain": gain}), ["a", "b"], streams(table)[0])
-        assert [c.stopped_round for c in res.candidates] == stopped, gain
-    assert res.record()["min_gain"] == 0.45
-    res = race(RacingPlan(**{**PAIRED.__dict__, "min_gain": 0.5}), ["a", "b"], streams(table)[0])
-    assert res.candidates[1].dominator == "a" and res.candidates[1].reason.endswith(
-        "lower bounds at least -0.5, -0.5 on every objective")
-    with pytest.raises(RacingError, match="min_gain is -1"):
-        RacingPlan(**{**PAIRED.__dict__, "min_gain": -1})
-
-
 def test_survivors_give_full_evaluations_near_set_and_knee():
     # six candidates on a trade-off plus four clearly dominated ones, 0/1 outcomes on 400 documents a stratum
     rng = np.random.default_rng(7)

@@ -138,11 +138,8 @@ class RacingPlan:
     ``first``: documents per stratum in round 1; ``growth``: factor per round; ``confidence``: the
     probability that every bound holds (so that the near set and knee come out right); ``eps`` and
     ``use_stderr``: the near set's margin, as in :func:`medmerge.selection.pareto.near_frontier`; ``seed``: the
-    document order. ``min_gain`` (for a search's trials; never for a sweep whose near set must come out
-    exact): a candidate also stops when, on every objective, it cannot beat some running or finished
-    candidate by more than ``min_gain``: it would add at most about ``min_gain`` × the frontier's span to
-    the hypervolume. Stops are then decided worst first and a stopped candidate stops nobody, so two
-    near-copies never stop each other."""
+    document order. (A search's trials are raced by the hypervolume they can add instead:
+    :mod:`medmerge.selection.trial_race`.)"""
 
     strata: tuple[Stratum, ...]
     objectives: tuple[Objective, ...]
@@ -154,7 +151,6 @@ class RacingPlan:
     seed: int = 0
     kappa: float = KAPPA
     bounds: str = "paired"
-    min_gain: float = 0.0
 
     def __post_init__(self):
         if not self.strata:
@@ -183,8 +179,6 @@ class RacingPlan:
             raise RacingError(f"confidence is {self.confidence!r}; it must be in (0, 1)")
         if self.bounds not in ("paired", "marginal"):
             raise RacingError(f"bounds is {self.bounds!r}; use 'paired' or 'marginal'")
-        if not (math.isfinite(self.min_gain) and self.min_gain >= 0):
-            raise RacingError(f"min_gain is {self.min_gain!r}; it must be a finite number >= 0")
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise RacingError(f"eps is {self.eps!r}; it must be a finite number >= 0")
 
@@ -238,10 +232,9 @@ class RacingPlan:
         return np.array([o.max_stderr if o.max_stderr is not None else d for o, d in zip(self.objectives, default)])
 
     def shifts(self) -> np.ndarray:
-        """(O,): how far q's lower bound must clear p's upper bound on each objective to stop p (negative with
-        ``min_gain``: p stops when it cannot beat q by more than ``min_gain`` on any objective)."""
+        """(O,): how far q's lower bound must clear p's upper bound on each objective to stop p."""
         extra = math.sqrt(2) * self.max_stderrs() if self.use_stderr else 0.0
-        return self.eps + np.zeros(len(self.objectives)) + extra - self.min_gain
+        return self.eps + np.zeros(len(self.objectives)) + extra
 
     def order(self, stratum: str) -> np.ndarray:
         """The stratum's documents in the race's order: a permutation of ``range(size)`` fixed by the
@@ -465,7 +458,7 @@ class RaceResult:
     def record(self) -> dict:
         """JSON-ready summary: the settings, and per candidate its documents and why it stopped."""
         return {"z": self.z, "rounds": self.rounds, "confidence": self.plan.confidence, "bounds": self.plan.bounds,
-                "eps": self.plan.eps, "use_stderr": self.plan.use_stderr, "min_gain": self.plan.min_gain,
+                "eps": self.plan.eps, "use_stderr": self.plan.use_stderr,
                 "first": self.plan.first, "growth": self.plan.growth, "seed": self.plan.seed,
                 "documents_used": self.documents_used, "documents_full": self.documents_full,
                 "candidates": {c.name: c.record(int(self.plan.sizes.sum())) for c in self.candidates}}
@@ -580,15 +573,7 @@ class Racer:
                 bar = self.upper[:, None, :] + shift
                 beats = (self.lower[None] >= bar).all(-1) & (self.lower[None] > bar).any(-1)
             beats &= ~np.eye(C, dtype=bool)
-            if plan.min_gain == 0:
-                dom = _first(beats)
-            else:   # worst first; only candidates not stopped may stop others (no chains, no mutual stops)
-                dom = np.full(C, -1)
-                free = np.array([not c.stopped for c in self.result.candidates])
-                for i in sorted(np.flatnonzero(active), key=lambda i: (est[i].sum(), -i)):
-                    qs = np.flatnonzero(beats[i] & free)
-                    if len(qs):
-                        dom[i], free[i] = qs[0], False
+            dom = _first(beats)
             newly = [i for i in np.flatnonzero(active) if dom[i] >= 0]
             bar = ", ".join(f"{s:g}" for s in shift)
             margin = f" by at least {bar}" if shift.any() else ""
