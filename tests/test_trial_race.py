@@ -158,6 +158,9 @@ def test_bad_plans_references_names_and_scores_are_refused():
     bad = TrialRace(_plan(), lambda n, d: [math.nan] * len(d.documents), PARENTS)
     with pytest.raises(RacingError, match="expected 2 finite"):
         bad.race(["x"])
+    outside = TrialRace(_plan(), lambda n, d: [11.0] * len(d.documents), PARENTS)     # the strata hold [-10, 10]
+    with pytest.raises(RacingError, match=r"value outside \[-10.0, 10.0\] for x on a"):
+        outside.race(["x"])
 
 
 # --- frontier bisection ------------------------------------------------------------------------------------

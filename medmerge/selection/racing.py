@@ -347,6 +347,24 @@ Scorer = Callable[[str, DocRange], Sequence[float]]   # (candidate, documents) -
 BatchScorer = Callable[[str, list[DocRange]], Sequence[Sequence[float] | np.ndarray]]
 
 
+def doc_range(plan: RacingPlan, k: int, order: np.ndarray, start: int, stop: int) -> DocRange:
+    """Positions ``[start, stop)`` of stratum ``k``'s race order ``order`` (:meth:`RacingPlan.order`)."""
+    return DocRange(plan.strata[k].name, start, stop, plan.seed, tuple(int(d) for d in order[start:stop]))
+
+
+def checked_values(stratum: Stratum, candidate: str, docs: DocRange, got) -> np.ndarray:
+    """A scorer's values for ``docs`` as an array, refused (:class:`RacingError`) unless there is one finite value
+    per document, each in the stratum's ``[low, high]``."""
+    v = np.asarray(got, dtype=float)
+    if v.shape != (docs.stop - docs.start,) or not np.isfinite(v).all():
+        raise RacingError(f"scorer gave {v.shape} values for {candidate} on {stratum.name} "
+                          f"[{docs.start}, {docs.stop}); expected {docs.stop - docs.start} finite")
+    if ((v < stratum.low) | (v > stratum.high)).any():
+        raise RacingError(f"scorer gave a value outside [{stratum.low}, {stratum.high}] for {candidate} on "
+                          f"{stratum.name}")
+    return v
+
+
 class RangeCache(Protocol):
     """Results per (candidate, document range); an evaluation cache implements these two methods."""
 
@@ -496,8 +514,7 @@ class Racer:
         self.result = RaceResult(plan, [], 0, self.z)
 
     def _range(self, k: int, start: int, stop: int) -> DocRange:
-        st = self.plan.strata[k]
-        return DocRange(st.name, start, stop, self.plan.seed, tuple(int(d) for d in self.orders[st.name][start:stop]))
+        return doc_range(self.plan, k, self.orders[self.plan.strata[k].name], start, stop)
 
     def _scores(self, i: int, ranges: list[tuple[int, DocRange]]) -> list[np.ndarray]:
         """Candidate i's values on each range: from the cache, the rest scored (in one call with a batch scorer)."""
@@ -512,12 +529,7 @@ class Racer:
                 scored = [self.scorer(name, ranges[j][1]) for j in missing]
             for j, got in zip(missing, scored):
                 k, docs = ranges[j]
-                st, v = self.plan.strata[k], np.asarray(got, dtype=float)
-                if v.shape != (docs.stop - docs.start,) or not np.isfinite(v).all():
-                    raise RacingError(f"scorer gave {v.shape} values for {name} on {st.name} "
-                                      f"[{docs.start}, {docs.stop}); expected {docs.stop - docs.start} finite")
-                if ((v < st.low) | (v > st.high)).any():
-                    raise RacingError(f"scorer gave a value outside [{st.low}, {st.high}] for {name} on {st.name}")
+                v = checked_values(self.plan.strata[k], name, docs, got)
                 self.cache.put(name, docs, v)
                 values[j] = v
         return [v for v in values if v is not None]

@@ -11,8 +11,8 @@ a poor trial, and it should cost a fraction of a full evaluation. So:
   references (the parents, free: they define the hypervolume's reference point; then every trial scored
   in full) are known on every document. A trial's full-suite score on objective j is estimated from each
   reference f as ``score_j(f) + mean_j(trial − f)`` over the documents the trial has seen, with the
-  paired stderr of :func:`medmerge.selection.racing.paired_bounds` (finite-population correction,
-  shrunk sample variance): merges of the same parents get the same documents right and wrong, so the
+  paired stderr of :func:`medmerge.selection.racing.paired_bounds` (finite-population correction; the plain
+  sample variance unless ``kappa`` pseudo-documents are asked for): merges of the same parents get the same documents right and wrong, so the
   difference is known far better than the score itself. The reference giving the narrowest interval
   is used, per objective.
 * **Stop when the optimistic point adds too little.** After each round a trial's *upper* corner (estimate +
@@ -43,12 +43,13 @@ import numpy as np
 from medmerge.selection.pareto import ScoredPoint, hypervolume
 from medmerge.selection.racing import (
     CandidateRace,
-    DocRange,
     MemoryRangeCache,
     RacingError,
     RacingPlan,
     RangeCache,
     Scorer,
+    checked_values,
+    doc_range,
     paired_bounds,
 )
 
@@ -77,7 +78,8 @@ class _Entry:
 class TrialRace:
     """Race trials, one pool at a time, against the frontier of the trials finished before them (module
     docstring). ``plan``: strata, the two objectives, the rounds (``first``, ``growth``) and the document
-    order (``seed``); its ``confidence``, ``eps`` and ``min_gain`` are the sweep's and are not used here.
+    order (``seed``); its ``confidence``, ``eps``, ``use_stderr`` and ``bounds`` are the sweep's and are not used
+    here, nor its ``kappa`` (``kappa`` here: the pseudo-documents of the paired variance, 0 by default).
     ``references``: ``{name: values per stratum, in document-index order}`` scored in full beforehand (the
     parents); they set the reference point (the worse on each objective) and the ideal box, and are not
     counted as spent. ``scorer(name, DocRange)`` returns one value per document of the range; ranges are
@@ -104,7 +106,9 @@ class TrialRace:
         self.sched = plan.schedule()
         self.orders = [plan.order(s.name) for s in plan.strata]
         self.full: dict[str, list[np.ndarray]] = {}      # values in race order, every document
+        self.scores: dict[str, np.ndarray] = {}          # their objectives (O,)
         self.finished: list[ScoredPoint] = []            # trials scored in full (not the references)
+        self._hypervolume = 0.0                          # of ``finished``
         self.spent = 0
         self.decisions: list[Decision] = []
         for name, per_stratum in references.items():
@@ -112,7 +116,8 @@ class TrialRace:
             if [len(v) for v in vals] != [s.size for s in plan.strata]:
                 raise RacingError(f"reference {name!r} needs every document of every stratum")
             self.full[name] = [v[o] for v, o in zip(vals, self.orders)]
-        ref_scores = np.array([self._objectives(v) for v in self.full.values()])
+            self.scores[name] = self._objectives(self.full[name])
+        ref_scores = np.array(list(self.scores.values()))
         self.reference = (float(ref_scores[:, 0].min()), float(ref_scores[:, 1].min()))
         ideal = ref_scores.max(axis=0)
         self.box = float((ideal[0] - self.reference[0]) * (ideal[1] - self.reference[1]))
@@ -124,12 +129,12 @@ class TrialRace:
 
     def hypervolume(self) -> float:
         """Hypervolume of the trials finished so far (every document), against the parents' reference point."""
-        return hypervolume(self.finished, reference=self.reference) if self.finished else 0.0
+        return self._hypervolume
 
     def gain(self, point: Sequence[float]) -> float:
         """What ``point`` (x, y) would add to :meth:`hypervolume`."""
         pts = [*self.finished, ScoredPoint(name="probe", x=float(point[0]), y=float(point[1]))]
-        return hypervolume(pts, reference=self.reference) - self.hypervolume()
+        return hypervolume(pts, reference=self.reference) - self._hypervolume
 
     # -- estimates --
     def bounds(self, seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +145,7 @@ class TrialRace:
         d1 = np.array([[(v - self.full[f][s][:len(v)]).sum() for s, v in enumerate(seen)] for f in names])
         d2 = np.array([[((v - self.full[f][s][:len(v)]) ** 2).sum() for s, v in enumerate(seen)] for f in names])
         diff, half = paired_bounds(np.broadcast_to(n, d1.shape), d1, d2, self._paired_plan, self.z)   # (R, O)
-        base = np.array([self._objectives(self.full[f]) for f in names])
+        base = np.array([self.scores[f] for f in names])
         best = half.argmin(axis=0)
         cols = np.arange(half.shape[1])
         est = base[best, cols] + diff[best, cols]
@@ -154,13 +159,10 @@ class TrialRace:
             start, stop = len(entry.seen[s]), int(target[s])
             if stop <= start:
                 continue
-            docs = DocRange(st.name, start, stop, self.plan.seed, tuple(int(d) for d in self.orders[s][start:stop]))
+            docs = doc_range(self.plan, s, self.orders[s], start, stop)
             got = self.cache.get(entry.name, docs)
             if got is None:
-                got = np.asarray(self.scorer(entry.name, docs), dtype=float)
-                if got.shape != (stop - start,) or not np.isfinite(got).all():
-                    raise RacingError(f"scorer gave {got.shape} values for {entry.name} on {st.name} "
-                                      f"[{start}, {stop}); expected {stop - start} finite")
+                got = checked_values(st, entry.name, docs, self.scorer(entry.name, docs))
                 self.cache.put(entry.name, docs, got)
             entry.seen[s] = np.concatenate([entry.seen[s], got])
             self.spent += stop - start
@@ -174,7 +176,7 @@ class TrialRace:
         """Race ``names`` as one pool (module docstring); returns their courses in the order given. A finished
         trial joins the frontier (and the references) before the next decision."""
         names = list(names)
-        if len(set(names)) != len(names) or set(names) & (set(self.full) | {p.name for p in self.finished}):
+        if len(set(names)) != len(names) or set(names) & set(self.full):
             raise RacingError(f"trial names must be new and unique: {names}")
         courses = {n: CandidateRace(n) for n in names}
         pool = [_Entry(n, [np.zeros(0) for _ in self.plan.strata]) for n in names]
@@ -188,8 +190,9 @@ class TrialRace:
                 if all(len(v) == n for v, n in zip(entry.seen, sizes)):
                     scores = self._objectives(entry.seen)
                     course.estimate, course.half_width = tuple(map(float, scores)), (0.0,) * len(scores)
-                    self.full[entry.name] = entry.seen
+                    self.full[entry.name], self.scores[entry.name] = entry.seen, scores
                     self.finished.append(ScoredPoint(name=entry.name, x=float(scores[0]), y=float(scores[1])))
+                    self._hypervolume = hypervolume(self.finished, reference=self.reference)
                     self._decide(entry, course)
                 else:
                     live.append(entry)
