@@ -204,8 +204,8 @@ def run_raced_study(space, plan, scorer_of, cands, references, *, sampler: str, 
     """One study: trials race the frontier of the trials finished before them
     (:class:`medmerge.selection.trial_race.TrialRace`; ``min_gain=0``: every trial on every document) until
     ``budget_docs`` are spent; the warm-start grid races as one pool, then one trial at a time, and with
-    ``bisect`` each ask is preceded by :func:`medmerge.selection.optuna_search.frontier_bisection`'s proposal,
-    if any, enqueued. Returns the curve ``[(documents so far, hypervolume of the trials scored on every
+    ``bisect`` the proposals of :func:`medmerge.selection.optuna_search.frontier_bisection` (one per method, if
+    any) are enqueued and raced as one pool before the sampler is asked again. Returns the curve ``[(documents so far, hypervolume of the trials scored on every
     document)]``, one point per decided trial, and the race."""
     import dataclasses
 
