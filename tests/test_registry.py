@@ -146,6 +146,15 @@ def test_staged_model_is_served(demo_search, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it started: its own process group
             proc.wait(timeout=30)
+    # the leader's exit does not wait for its workers: wait (30 s at most) until no process of the group is left
+    gone_by = time.time() + 30
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.time() < gone_by, "mlflow models serve's workers outlived SIGTERM by 30 s"
+        time.sleep(0.2)
     want = [greedy_continuation(demo_search["selected"] / knee, p, 6) for p in prompts]
     # the prompt and its greedy continuation, token for token (MLflow's pyfunc strips the text's ends)
     assert got == [(p + w).strip() for p, w in zip(prompts, want)], (got, want)
